@@ -1,0 +1,25 @@
+"""sensiprune: sensitivity-based pruning of PyTorch models."""
+
+from .criteria import available as available_criteria
+from .errors import SensipruneError
+from .masks import get_masks, make_permanent
+from .pruning import PruneResult, iterative_prune, prune, score
+from .saving import load, save
+from .train import FinetuneResult, evaluate, finetune
+
+__all__ = [
+    "FinetuneResult",
+    "PruneResult",
+    "SensipruneError",
+    "available_criteria",
+    "evaluate",
+    "finetune",
+    "get_masks",
+    "iterative_prune",
+    "load",
+    "make_permanent",
+    "prune",
+    "save",
+    "score",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,193 @@
+"""The verbs: score, prune, iterative_prune. Validation happens here, at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import criteria, masks, selection, stats
+from .criteria.obs import OptimalBrainSurgeon
+from .data import Batch, LossFn, as_batches, default_loss
+from .errors import SensipruneError
+from .schedule import sparsity_at
+from .selection import Sparsity
+from .targets import IgnoreSpec, Target, require_targets
+from .train import FinetuneResult, finetune
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a prune did: parameter counts and the sparsity of every prunable layer."""
+
+    criterion: str
+    scope: str
+    params_before: int
+    params_after: int
+    layers: tuple[masks.LayerSparsity, ...]
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the prunable weights that are zeroed."""
+        total = sum(layer.numel for layer in self.layers)
+        return 1.0 - sum(layer.kept for layer in self.layers) / total if total else 0.0
+
+    @property
+    def per_layer(self) -> dict[str, float]:
+        return {layer.name: layer.sparsity for layer in self.layers}
+
+    def __str__(self) -> str:
+        width = max([len(layer.name) for layer in self.layers] + [5])
+        lines = [
+            f"pruned with {self.criterion} ({self.scope}): parameters {self.params_before:,} -> "
+            f"{self.params_after:,} ({self.params_before / max(self.params_after, 1):.1f}x fewer), "
+            f"prunable sparsity {self.sparsity:.1%}",
+            f"  {'layer':<{width}}  {'weights':>10}  {'kept':>10}  sparsity",
+        ]
+        lines += [
+            f"  {layer.name:<{width}}  {layer.numel:>10,}  {layer.kept:>10,}  {layer.sparsity:8.1%}"
+            for layer in self.layers
+        ]
+        return "\n".join(lines)
+
+
+def score(
+    model: nn.Module,
+    criterion: str = "taylor",
+    data: Iterable[Batch] | None = None,
+    loss_fn: LossFn | None = None,
+    ignore: IgnoreSpec = (),
+    seed: int = 0,
+    show_progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Importance of every prunable weight, by parameter name (higher = more important)."""
+    crit = criteria.get(criterion)
+    targets = require_targets(model, ignore)
+    return _score(model, crit, targets, data, loss_fn, seed, show_progress)
+
+
+def _score(
+    model: nn.Module,
+    crit: criteria.Criterion,
+    targets: dict[str, Target],
+    data: Iterable[Batch] | None,
+    loss_fn: LossFn | None,
+    seed: int,
+    show_progress: bool,
+) -> dict[str, torch.Tensor]:
+    batches = as_batches(data, f"data (criterion {crit.name!r} needs it)") if crit.needs_data else data
+    loss_fn = loss_fn or default_loss
+    collected = (
+        stats.collect(model, targets, batches, loss_fn, crit.needs, seed, show_progress)
+        if crit.needs
+        else {name: stats.ParamStats() for name in targets}
+    )
+    ctx = criteria.ScoringContext(model, targets, batches, loss_fn, collected, seed, show_progress)
+    return crit.score(ctx)
+
+
+def prune(
+    model: nn.Module,
+    sparsity: Sparsity,
+    criterion: str = "magnitude",
+    data: Iterable[Batch] | None = None,
+    loss_fn: LossFn | None = None,
+    scope: str = "global",
+    ignore: IgnoreSpec = (),
+    min_density: float = 0.01,
+    normalize: str = "mean",
+    seed: int = 0,
+    scores: Mapping[str, torch.Tensor] | None = None,
+    show_progress: bool = False,
+) -> PruneResult:
+    """Mask the least important weights in place so that ``sparsity`` of them are zero.
+
+    ``sparsity`` is a fraction of all prunable weights (ranked over the whole model with
+    ``scope="global"``, within each layer with ``"layer"``, within each output row with
+    ``"row"``) or a ``{layer_name: fraction}`` budget. Weights pruned before stay pruned.
+    ``scores`` reuses scores from :func:`score`. On any error the model is left unmodified.
+    """
+    selection.check_sparsity(sparsity)
+    crit = criteria.get(criterion)
+    targets = require_targets(model, ignore)
+    if scores is None:
+        scores = _score(model, crit, targets, data, loss_fn, seed, show_progress)
+    else:
+        _check_scores(scores, targets)
+    params_before = sum(p.numel() for p in model.parameters())
+    chosen = selection.select(
+        scores, targets, sparsity, scope, normalize, min_density, masks.get_masks(model)
+    )
+    if isinstance(crit, OptimalBrainSurgeon):
+        batches = as_batches(data, "data (criterion 'obs' needs it)")
+        chosen_by_obs, new_weights = crit.compensate(
+            model, targets, chosen, list(batches), loss_fn or default_loss, show_progress
+        )
+        chosen.update(chosen_by_obs)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in new_weights.items():
+                params[name].copy_(value)
+    masks.apply_masks(targets, chosen)
+    layers = masks.layer_sparsity(model, targets)
+    pruned = sum(layer.numel - layer.kept for layer in layers)
+    return PruneResult(crit.name, _describe(sparsity, scope), params_before, params_before - pruned, layers)
+
+
+def iterative_prune(
+    model: nn.Module,
+    sparsity: Sparsity,
+    train_data: Iterable[Batch],
+    criterion: str = "magnitude",
+    data: Iterable[Batch] | None = None,
+    steps: int = 3,
+    epochs_per_step: int = 1,
+    schedule: str = "cubic",
+    loss_fn: LossFn | None = None,
+    scope: str = "global",
+    ignore: IgnoreSpec = (),
+    lr: float = 1e-3,
+    show_progress: bool = False,
+) -> list[tuple[PruneResult, FinetuneResult]]:
+    """Prune → fine-tune in ``steps`` rounds along ``schedule`` up to ``sparsity``.
+
+    Scores are recomputed every round on ``data`` (default: the training data), so each round
+    sees the model as the previous fine-tuning left it.
+    """
+    selection.check_sparsity(sparsity)
+    sparsity_at(sparsity, 1, steps, schedule)  # validates steps and schedule before any work
+    train_batches = as_batches(train_data, "train data")
+    history = []
+    for step in range(1, steps + 1):
+        result = prune(
+            model,
+            sparsity_at(sparsity, step, steps, schedule),
+            criterion,
+            data if data is not None else train_batches,
+            loss_fn,
+            scope,
+            ignore,
+            show_progress=show_progress,
+        )
+        tuned = finetune(
+            model, train_batches, epochs_per_step, loss_fn, lr=lr, show_progress=show_progress
+        )
+        history.append((result, tuned))
+    return history
+
+
+def _check_scores(scores: Mapping[str, torch.Tensor], targets: dict[str, Target]) -> None:
+    for name, target in targets.items():
+        if name not in scores:
+            raise SensipruneError(f"scores has no entry for {name}: score the same model first")
+        if tuple(scores[name].shape) != tuple(target.param.shape):
+            raise SensipruneError(
+                f"scores[{name!r}] has shape {tuple(scores[name].shape)}, the weight has "
+                f"{tuple(target.param.shape)}"
+            )
+
+
+def _describe(sparsity: Sparsity, scope: str) -> str:
+    return "per-layer budget" if isinstance(sparsity, Mapping) else f"{scope}, {sparsity:.0%}"

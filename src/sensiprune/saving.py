@@ -1,0 +1,109 @@
+"""Save and load pruned models with safetensors; no pickle anywhere.
+
+Masked weights are stored compressed: the kept values plus either a bitmask (1 bit per weight)
+or the flat indices of kept weights, whichever is smaller, so the file shrinks with sparsity
+and loads back to identical weights and masks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import masks
+from .atomic import atomic_directory
+from .errors import SensipruneError
+from .targets import Target
+
+FORMAT = 1
+WEIGHTS_FILE = "weights.safetensors"
+MANIFEST_FILE = "sensiprune.json"
+
+
+def save(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write the model's state and masks to ``directory`` (replaced atomically)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    model_masks = {k: v.cpu() for k, v in masks.get_masks(model).items()}
+    tensors: dict[str, torch.Tensor] = {}
+    encodings: dict[str, dict] = {}
+    for key, value in state.items():
+        if key in model_masks:
+            encodings[key] = _encode(key, value, model_masks[key], tensors)
+        else:
+            tensors[key] = value
+    manifest = {"format": FORMAT, "masked": encodings}
+    with atomic_directory(directory) as staging:
+        save_file(tensors, str(staging / WEIGHTS_FILE))
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    return Path(directory)
+
+
+def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.Module:
+    """Build a model with ``factory()`` and restore the saved weights and masks into it."""
+    path = Path(directory)
+    manifest_path, weights_path = path / MANIFEST_FILE, path / WEIGHTS_FILE
+    if not manifest_path.is_file() or not weights_path.is_file():
+        raise SensipruneError(
+            f"{path} is not a sensiprune save (expected {MANIFEST_FILE} and {WEIGHTS_FILE})"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise SensipruneError(f"{path} has format {manifest.get('format')!r}; this reads {FORMAT}")
+    stored = load_file(str(weights_path))
+    state = {k: v for k, v in stored.items() if "::" not in k}
+    model_masks = {}
+    for key, encoding in manifest["masked"].items():
+        state[key], model_masks[key] = _decode(key, encoding, stored)
+    model = factory()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise SensipruneError(f"the saved weights do not fit the model from factory(): {detail}") from exc
+    targets = {name: _target(model, name) for name in model_masks}
+    masks.apply_masks(targets, model_masks)
+    return model
+
+
+def _encode(key: str, value: torch.Tensor, keep: torch.Tensor, out: dict) -> dict:
+    flat_keep = keep.reshape(-1)
+    out[f"{key}::values"] = value.reshape(-1)[flat_keep].clone()
+    n, kept = flat_keep.numel(), int(flat_keep.sum())
+    index_dtype = torch.int16 if n <= 32767 else torch.int32
+    index_bytes = kept * (2 if index_dtype == torch.int16 else 4)
+    if index_bytes < math.ceil(n / 8):
+        out[f"{key}::index"] = flat_keep.nonzero().reshape(-1).to(index_dtype)
+        kind = "index"
+    else:
+        out[f"{key}::bits"] = torch.from_numpy(np.packbits(flat_keep.numpy().astype(np.uint8)))
+        kind = "bits"
+    return {"shape": list(value.shape), "encoding": kind}
+
+
+def _decode(key: str, encoding: dict, stored: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = encoding["shape"]
+    n = math.prod(shape)
+    values = stored[f"{key}::values"]
+    if encoding["encoding"] == "index":
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[stored[f"{key}::index"].long()] = True
+    else:
+        bits = np.unpackbits(stored[f"{key}::bits"].numpy())[:n]
+        keep = torch.from_numpy(bits.astype(bool))
+    dense = torch.zeros(n, dtype=values.dtype)
+    dense[keep] = values
+    return dense.reshape(shape), keep.reshape(shape)
+
+
+def _target(model: nn.Module, name: str) -> Target:
+    layer, _, attr = name.rpartition(".")
+    return Target(name=name, layer=layer, attr=attr, module=model.get_submodule(layer))

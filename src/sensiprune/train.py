@@ -1,0 +1,104 @@
+"""Small, mask-aware fine-tuning and evaluation loops."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import Batch, LossFn, as_batches, default_loss
+from .errors import SensipruneError
+from .progress import progress
+
+log = logging.getLogger(__name__)
+Metric = Callable[[nn.Module, Batch], tuple[float, int]]
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """Mean training loss of each epoch."""
+
+    epoch_losses: tuple[float, ...]
+    steps: int
+
+    def __str__(self) -> str:
+        losses = ", ".join(f"{x:.4f}" for x in self.epoch_losses)
+        return f"fine-tuned {self.steps} steps; loss per epoch: {losses}"
+
+
+def finetune(
+    model: nn.Module,
+    data: Iterable[Batch],
+    epochs: int = 1,
+    loss_fn: LossFn | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 1e-3,
+    show_progress: bool = True,
+) -> FinetuneResult:
+    """Train in place; masked weights stay exactly zero (see masks.py), whatever the optimiser.
+
+    The default optimiser is Adam with ``lr``. A loss that stops being finite ends training
+    with an error before the bad step is applied, so the weights are those of the last good step.
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise SensipruneError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if not lr > 0:
+        raise SensipruneError(f"lr must be positive, got {lr!r}")
+    batches = as_batches(data, "train data")
+    loss_fn = loss_fn or default_loss
+    optimizer = optimizer or torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=lr
+    )
+    model.train()
+    epoch_losses: list[float] = []
+    steps = 0
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        for batch in progress(batches, f"fine-tuning epoch {epoch + 1}/{epochs}", show_progress):
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise SensipruneError(
+                    f"the training loss became {loss.item()} at epoch {epoch + 1}, step "
+                    f"{count + 1}; the weights are those of the last good step: lower the lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            count += 1
+            steps += 1
+        if count == 0:
+            raise SensipruneError("train data yielded no batches: pass a non-empty iterable")
+        epoch_losses.append(total / count)
+        log.info("epoch %d: mean loss %.4f", epoch + 1, epoch_losses[-1])
+    model.eval()
+    return FinetuneResult(tuple(epoch_losses), steps)
+
+
+def correct_predictions(model: nn.Module, batch: Batch) -> tuple[float, int]:
+    """Accuracy numerator and denominator of an (inputs, labels) batch."""
+    logits = model(batch[0])
+    return float((logits.argmax(-1) == batch[1]).sum()), int(batch[1].numel())
+
+
+def evaluate(model: nn.Module, data: Iterable[Batch], metric: Metric | None = None) -> float:
+    """Weighted mean of ``metric`` (default: accuracy) over the data, in eval mode."""
+    metric = metric or correct_predictions
+    batches = as_batches(data, "evaluation data")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                value, n = metric(model, batch)
+                total += value
+                count += n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise SensipruneError("evaluation data yielded no samples")
+    return total / count
