@@ -27,7 +27,9 @@ def default_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(model(inputs), labels)
 
 
-def as_batches(data: Iterable[Batch] | None, what: str = "data") -> Sequence[Batch] | Iterable[Batch]:
+def as_batches(
+    data: Iterable[Batch] | None, what: str = "data"
+) -> Sequence[Batch] | Iterable[Batch]:
     """Check that data was given and is re-iterable; one-shot iterators are materialised."""
     if data is None:
         raise SensipruneError(f"{what} is required here: pass an iterable of batches")

@@ -66,9 +66,7 @@ def apply_masks(targets: dict[str, Target], masks: dict[str, torch.Tensor]) -> N
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """The keep-masks currently attached to the model's parameters, by parameter name."""
-    return {
-        name: getattr(p, _MASK) for name, p in model.named_parameters() if hasattr(p, _MASK)
-    }
+    return {name: getattr(p, _MASK) for name, p in model.named_parameters() if hasattr(p, _MASK)}
 
 
 def make_permanent(model: nn.Module) -> None:

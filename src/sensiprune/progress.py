@@ -11,7 +11,9 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], desc: str, enabled: bool = True, total: int | None = None) -> Iterator[T]:
+def progress(
+    items: Iterable[T], desc: str, enabled: bool = True, total: int | None = None
+) -> Iterator[T]:
     """Wrap ``items`` in a tqdm bar when asked and stderr is a terminal."""
     if not enabled or not sys.stderr.isatty():
         yield from items

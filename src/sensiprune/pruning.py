@@ -77,7 +77,9 @@ def _score(
     seed: int,
     show_progress: bool,
 ) -> dict[str, torch.Tensor]:
-    batches = as_batches(data, f"data (criterion {crit.name!r} needs it)") if crit.needs_data else data
+    batches = (
+        as_batches(data, f"data (criterion {crit.name!r} needs it)") if crit.needs_data else data
+    )
     loss_fn = loss_fn or default_loss
     collected = (
         stats.collect(model, targets, batches, loss_fn, crit.needs, seed, show_progress)
@@ -133,7 +135,9 @@ def prune(
     masks.apply_masks(targets, chosen)
     layers = masks.layer_sparsity(model, targets)
     pruned = sum(layer.numel - layer.kept for layer in layers)
-    return PruneResult(crit.name, _describe(sparsity, scope), params_before, params_before - pruned, layers)
+    return PruneResult(
+        crit.name, _describe(sparsity, scope), params_before, params_before - pruned, layers
+    )
 
 
 def iterative_prune(

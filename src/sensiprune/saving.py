@@ -68,7 +68,9 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
-        raise SensipruneError(f"the saved weights do not fit the model from factory(): {detail}") from exc
+        raise SensipruneError(
+            f"the saved weights do not fit the model from factory(): {detail}"
+        ) from exc
     targets = {name: _target(model, name) for name in model_masks}
     masks.apply_masks(targets, model_masks)
     return model

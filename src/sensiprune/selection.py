@@ -107,7 +107,9 @@ def _count(n: int, sparsity: float, min_density: float, name: str) -> int:
     return k
 
 
-def _prune_lowest(score: torch.Tensor, sparsity: float, min_density: float, name: str) -> torch.Tensor:
+def _prune_lowest(
+    score: torch.Tensor, sparsity: float, min_density: float, name: str
+) -> torch.Tensor:
     flat = score.reshape(-1)
     k = max(_count(flat.numel(), sparsity, min_density, name), int((flat == -torch.inf).sum()))
     keep = torch.ones(flat.numel(), dtype=torch.bool)

@@ -78,9 +78,7 @@ def collect(
                 continue
             loss = checked_loss(loss_fn, model, batch)
             want_hessian = Stat.HESS_DIAG in needs
-            grads = torch.autograd.grad(
-                loss, params, allow_unused=True, create_graph=want_hessian
-            )
+            grads = torch.autograd.grad(loss, params, allow_unused=True, create_graph=want_hessian)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
             for name, g in zip(names, grads):
                 if not torch.isfinite(g).all():
@@ -113,13 +111,9 @@ def _hutchinson(
     params: list[nn.Parameter], grads: list[torch.Tensor], generator: torch.Generator
 ) -> list[torch.Tensor]:
     """One Rademacher probe z per batch: E[z ⊙ Hz] = diag(H) (Hutchinson 1990; Yao et al. 2020)."""
-    probes = [
-        (torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in params
-    ]
+    probes = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in params]
     hvps = torch.autograd.grad(grads, params, grad_outputs=probes, allow_unused=True)
-    return [
-        torch.zeros_like(z) if hv is None else (z * hv).detach() for z, hv in zip(probes, hvps)
-    ]
+    return [torch.zeros_like(z) if hv is None else (z * hv).detach() for z, hv in zip(probes, hvps)]
 
 
 @contextlib.contextmanager

@@ -91,9 +91,7 @@ def _split_ignore(model: nn.Module, ignore: IgnoreSpec) -> tuple[set[int], set[s
                 )
             names.add(item)
         else:
-            raise SensipruneError(
-                f"ignore must hold modules or names, got {type(item).__name__}"
-            )
+            raise SensipruneError(f"ignore must hold modules or names, got {type(item).__name__}")
     return modules, names
 
 

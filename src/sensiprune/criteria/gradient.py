@@ -41,8 +41,7 @@ class SnipCriterion(Criterion):
 
     def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         raw = {
-            name: (t.param.detach() * ctx.stats[name].grad).abs()
-            for name, t in ctx.targets.items()
+            name: (t.param.detach() * ctx.stats[name].grad).abs() for name, t in ctx.targets.items()
         }
         total = sum(s.sum() for s in raw.values())
         if total <= 0:

@@ -107,7 +107,7 @@ class OptimalBrainSurgeon(Criterion):
     def __init__(self) -> None:
         super().__init__(
             "obs",
-            "w²/[H⁻¹]_qq with compensation: layer-wise Optimal Brain Surgeon (Hassibi & Stork 1993)",
+            "w²/[H⁻¹]_qq, compensated: layer-wise Optimal Brain Surgeon (Hassibi & Stork 1993)",
             needs=[Stat.INPUT_COV],
             per_param=obs_saliency,
         )
@@ -167,7 +167,9 @@ def _prune_layer(
     counts: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     has_bias = getattr(layer, "bias", None) is not None
-    h, c, same_inputs = _layer_moments(dense_layer, layer, dense, pruned, batches, loss_fn, has_bias)
+    h, c, same_inputs = _layer_moments(
+        dense_layer, layer, dense, pruned, batches, loss_fn, has_bias
+    )
     weight = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
     if has_bias:
         weight = torch.cat([weight, layer.bias.detach().double().unsqueeze(1)], dim=1)
