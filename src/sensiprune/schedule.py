@@ -30,3 +30,17 @@ def sparsity_at(target: Sparsity, step: int, steps: int, kind: str = "cubic") ->
     if isinstance(target, Mapping):
         return {layer: value * done for layer, value in target.items()}
     return target * done
+
+
+def geometric_sparsity(target: Sparsity, step: int, steps: int) -> Sparsity:
+    """Sparsity after ``step`` of ``steps`` equal *ratios* of density: 1 − (1 − s)^(t/n).
+
+    Each step removes the same fraction of what is left, so saliencies re-measured between
+    steps only ever have to predict a moderate removal.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise SensipruneError(f"steps must be a positive integer, got {steps!r}")
+    done = min(max(step, 0), steps) / steps
+    if isinstance(target, Mapping):
+        return {layer: 1.0 - (1.0 - value) ** done for layer, value in target.items()}
+    return 1.0 - (1.0 - target) ** done

@@ -1,7 +1,9 @@
 """Turning scores into masks: global, per-layer, per-row ranking or an explicit budget.
 
-Scores of different layers are not on one scale, so global ranking normalises each layer's
-scores by their mean first (``normalize="mean"``); ``"none"`` gives the classic raw ranking.
+Scores of different layers are not on one scale. Global ranking can compare them raw
+(``normalize="none"``, the classic), divided by the layer's L2 norm (``"l2"``), or as LAMP
+scores (``"lamp"``, Lee et al. 2021: s_u / Σ_{v ≥ u} s_v over the layer's sorted scores, which
+ranks a weight by the share of the layer's remaining importance that removing it costs).
 Whatever the scope, exactly round(sparsity x n) weights are pruned, already-pruned weights stay
 pruned and count towards the target, and no layer drops below ``min_density``.
 """
@@ -17,7 +19,7 @@ from .errors import SensipruneError
 from .targets import Target, resolve_layer_names
 
 SCOPES = ("global", "layer", "row")
-NORMALIZATIONS = ("mean", "none")
+NORMALIZATIONS = ("none", "l2", "lamp")
 Sparsity = float | Mapping[str, float]
 
 
@@ -46,7 +48,7 @@ def select(
     targets: Mapping[str, Target],
     sparsity: Sparsity,
     scope: str = "global",
-    normalize: str = "mean",
+    normalize: str = "lamp",
     min_density: float = 0.01,
     existing: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -150,8 +152,8 @@ def _prune_global(
     for name in names:
         score = ranked[name].reshape(-1).clone()
         alive = score != -torch.inf
-        if normalize == "mean" and alive.any():
-            score[alive] = score[alive] / score[alive].abs().mean().clamp_min(1e-300)
+        if alive.any():
+            score[alive] = _normalized(score[alive], normalize)
         keep_at_least = _min_kept(score.numel(), min_density)
         if keep_at_least:
             score[torch.topk(score, keep_at_least).indices] = torch.inf
@@ -164,3 +166,16 @@ def _prune_global(
         name: part.reshape(ranked[name].shape)
         for name, part in zip(names, torch.split(keep, sizes))
     }
+
+
+def _normalized(score: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "l2":
+        return score / score.norm().clamp_min(1e-300)
+    if how == "lamp":
+        order = torch.argsort(score, stable=True)
+        ascending = score[order]
+        tail_sums = ascending.flip(0).cumsum(0).flip(0)  # Σ of every score >= this one
+        lamp = torch.empty_like(score)
+        lamp[order] = ascending / tail_sums.clamp_min(1e-300)
+        return lamp
+    return score

@@ -24,13 +24,14 @@ from .targets import Target
 
 class Stat(enum.Enum):
     GRAD = "mean gradient over batches"
+    GRAD_ABS = "mean absolute per-batch gradient"
     GRAD_SQ = "mean squared per-batch gradient (empirical Fisher diagonal)"
     HESS_DIAG = "Hutchinson estimate of the Hessian diagonal"
     INPUT_RMS = "root-mean-square of each input feature"
     INPUT_COV = "input second moment X Xᵀ / n of a layer"
 
 
-GRADIENT_STATS = frozenset({Stat.GRAD, Stat.GRAD_SQ, Stat.HESS_DIAG})
+GRADIENT_STATS = frozenset({Stat.GRAD, Stat.GRAD_ABS, Stat.GRAD_SQ, Stat.HESS_DIAG})
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ParamStats:
     """Statistics of one parameter; fields not requested stay None."""
 
     grad: torch.Tensor | None = None
+    grad_abs: torch.Tensor | None = None
     grad_sq: torch.Tensor | None = None
     hess_diag: torch.Tensor | None = None
     input_rms: torch.Tensor | None = None  # broadcast to the weight's shape
@@ -88,14 +90,22 @@ def collect(
                     )
             if Stat.GRAD in needs:
                 _add(sums[Stat.GRAD], [g.detach() for g in grads])
+            if Stat.GRAD_ABS in needs:
+                _add(sums[Stat.GRAD_ABS], [g.detach().abs() for g in grads])
             if Stat.GRAD_SQ in needs:
                 _add(sums[Stat.GRAD_SQ], [g.detach().pow(2) for g in grads])
             if want_hessian:
                 _add(sums[Stat.HESS_DIAG], _hutchinson(params, grads, generator))
     if n_batches == 0:
         raise SensipruneError("data yielded no batches: pass a non-empty iterable of batches")
+    fields = {
+        Stat.GRAD: "grad",
+        Stat.GRAD_ABS: "grad_abs",
+        Stat.GRAD_SQ: "grad_sq",
+        Stat.HESS_DIAG: "hess_diag",
+    }
     for stat, per_param in sums.items():
-        field = {Stat.GRAD: "grad", Stat.GRAD_SQ: "grad_sq", Stat.HESS_DIAG: "hess_diag"}[stat]
+        field = fields[stat]
         for name, total, p in zip(names, per_param, params):
             setattr(stats[name], field, (total / n_batches).to(p.dtype))
     recorder.finish(stats)

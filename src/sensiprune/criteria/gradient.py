@@ -10,13 +10,17 @@ from .base import Criterion, ScoringContext, per_param, register
 
 @per_param(
     "taylor",
-    "|w · mean ∂L/∂w|: first-order Taylor loss change (Molchanov et al. 2017)",
-    needs=[Stat.GRAD],
+    "mean over batches of |w · ∂L/∂w|: first-order Taylor loss change (Molchanov et al. 2017)",
+    needs=[Stat.GRAD_ABS],
 )
 def taylor(weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
-    """Setting w to zero changes the loss by about -w·∂L/∂w; gradients are averaged first."""
-    assert stats.grad is not None
-    return (weight * stats.grad).abs()
+    """Setting w to zero changes a batch's loss by about -w·∂L/∂w.
+
+    The absolute value is taken per batch before averaging: near a minimum the mean gradient
+    cancels to noise, while |w·g_b| still measures how much each batch leans on the weight.
+    """
+    assert stats.grad_abs is not None
+    return weight.abs() * stats.grad_abs
 
 
 @per_param(

@@ -89,7 +89,7 @@ def _prune_chunk(
         scale = torch.where(active, w[arange, q] / pivot, torch.zeros_like(pivot))
         w -= scale.unsqueeze(1) * column
         downdate = torch.where(active, 1.0 / pivot, torch.zeros_like(pivot))
-        hinv -= downdate.view(-1, 1, 1) * column.unsqueeze(2) * column.unsqueeze(1)
+        hinv.baddbmm_((column * -downdate.unsqueeze(1)).unsqueeze(2), column.unsqueeze(1))
         rows_now = arange[active]
         w[rows_now, q[active]] = 0.0
         removable[rows_now, q[active]] = False

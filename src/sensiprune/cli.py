@@ -1,0 +1,66 @@
+"""The ``sensiprune`` command. Exit codes: 0 success, 1 failed run, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import criteria
+from .errors import SensipruneError
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, seed=args.seed, quick=args.quick)
+    print(result.report.read_text())
+    print(f"\nreport: {result.report}\nplot:   {result.plot}")
+    return 0
+
+
+def _criteria(args: argparse.Namespace) -> int:
+    for name in criteria.available():
+        print(f"{name:16} {criteria.get(name).summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sensiprune", description="Sensitivity-based pruning of PyTorch models."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="prune LeNet-300-100 and LeNet-5 on real digits with every criterion"
+    )
+    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument(
+        "--quick", action="store_true", help="two criteria, two sparsities: a smoke run"
+    )
+    demo.set_defaults(run=_demo)
+    listing = commands.add_parser("criteria", help="list the registered criteria")
+    listing.set_defaults(run=_criteria)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    try:
+        return args.run(args)
+    except SensipruneError as exc:
+        print(f"sensiprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sensiprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Honest numbers: parameters, FLOPs (torch.utils.flop_counter) and measured latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .masks import get_masks
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    total: int
+    nonzero: int  # pruned (masked) weights excluded; unmasked zeros still count
+
+    @property
+    def compression(self) -> float:
+        return self.total / max(self.nonzero, 1)
+
+
+def count_parameters(model: nn.Module) -> ParamCount:
+    total = sum(p.numel() for p in model.parameters())
+    pruned = sum(int((~m).sum()) for m in get_masks(model).values())
+    return ParamCount(total, total - pruned)
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    dense: int  # what the hardware does when the model runs as is
+    effective: int  # multiply-adds of pruned weights removed: what sparse kernels could skip
+
+    @property
+    def reduction(self) -> float:
+        return self.dense / max(self.effective, 1)
+
+
+def count_flops(model: nn.Module, *example_inputs: torch.Tensor) -> FlopCount:
+    """FLOPs of one forward pass; ``effective`` scales each masked layer by its density."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*example_inputs)
+    finally:
+        model.train(was_training)
+    per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    saved = 0.0
+    for name, keep in get_masks(model).items():
+        layer = name.rpartition(".")[0]
+        key = f"{root}.{layer}" if layer else root
+        saved += per_module.get(key, 0) * (1.0 - keep.float().mean().item())
+    total = counter.get_total_flops()
+    return FlopCount(total, round(total - saved))
+
+
+def latency(
+    model: nn.Module, *example_inputs: torch.Tensor, warmup: int = 5, repeats: int = 30
+) -> float:
+    """Median seconds of one forward pass after ``warmup`` untimed runs."""
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(*example_inputs)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(*example_inputs)
+                times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return statistics.median(times)
