@@ -1,48 +1,57 @@
 """Unstructured masks that keep pruned weights at exactly zero through training.
 
-The mask rides on the parameter itself (``param._sensiprune_mask``), so the model keeps its
-own parameters, state_dict keys and optimiser references. Two mechanisms keep zeros zero:
+A mask is a non-persistent buffer beside its weight (``_sensiprune_mask_<attr>``), so it moves
+with ``.to(device)``, survives ``copy.deepcopy`` and stays out of the state_dict: the model keeps
+its own parameters, state_dict keys and optimiser references. Two mechanisms keep zeros zero:
 a global optimiser step hook re-applies masks after every step of any torch optimiser
 (momentum, Adam moments and weight decay cannot revive a weight), and a forward pre-hook
-re-applies a mask whenever the parameter changed in place since it was last masked.
+re-applies a mask whenever the weight changed in place since it was last masked.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from .targets import Target
 
-_MASK = "_sensiprune_mask"
+_PREFIX = "_sensiprune_mask_"
 _SEEN_VERSION = "_sensiprune_version"
-_HOOK = "_sensiprune_mask_hook"
+# parameter -> (its module, attribute name), for the optimiser hook, which only sees parameters
+_OWNERS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
-def _reapply(param: torch.Tensor) -> None:
-    mask = getattr(param, _MASK, None)
-    if mask is None or getattr(param, _SEEN_VERSION, None) == param._version:
+def _masked_attrs(module: nn.Module) -> list[str]:
+    return [name[len(_PREFIX) :] for name in module._buffers if name.startswith(_PREFIX)]
+
+
+def _reapply(module: nn.Module, attr: str) -> None:
+    param = getattr(module, attr)
+    _OWNERS[param] = (weakref.ref(module), attr)
+    if getattr(param, _SEEN_VERSION, None) == param._version:
         return
     with torch.no_grad():
-        if mask.device != param.device:
-            mask = mask.to(param.device)
-            setattr(param, _MASK, mask)
-        param.mul_(mask)
+        param.mul_(getattr(module, _PREFIX + attr))
     setattr(param, _SEEN_VERSION, param._version)
 
 
 def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
     for group in optimizer.param_groups:
         for param in group["params"]:
-            _reapply(param)
+            owner = _OWNERS.get(param)
+            module = owner[0]() if owner is not None else None
+            if module is not None and _PREFIX + owner[1] in module._buffers:
+                _reapply(module, owner[1])
 
 
 def _before_forward(module: nn.Module, args: tuple) -> None:
-    for param in module.parameters(recurse=False):
-        _reapply(param)
+    for attr in _masked_attrs(module):
+        _reapply(module, attr)
 
 
 register_optimizer_step_post_hook(_after_optimizer_step)
@@ -51,36 +60,38 @@ register_optimizer_step_post_hook(_after_optimizer_step)
 def apply_masks(targets: dict[str, Target], masks: dict[str, torch.Tensor]) -> None:
     """Zero the pruned weights and keep them zero from now on (masks only ever shrink)."""
     for name, keep in masks.items():
-        target = targets[name]
-        param = target.param
-        previous = getattr(param, _MASK, None)
+        module, attr = targets[name].module, targets[name].attr
+        param = getattr(module, attr)
         keep = keep.to(device=param.device, dtype=torch.bool)
+        previous = module._buffers.get(_PREFIX + attr)
         if previous is not None:
             keep = keep & previous
-        setattr(param, _MASK, keep)
-        setattr(param, _SEEN_VERSION, None)
-        _reapply(param)
-        if getattr(target.module, _HOOK, None) is None:
-            setattr(target.module, _HOOK, target.module.register_forward_pre_hook(_before_forward))
+        module.register_buffer(_PREFIX + attr, keep, persistent=False)
+        param.__dict__.pop(_SEEN_VERSION, None)
+        _reapply(module, attr)
+        if _before_forward not in module._forward_pre_hooks.values():
+            module.register_forward_pre_hook(_before_forward)
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The keep-masks currently attached to the model's parameters, by parameter name."""
-    return {name: getattr(p, _MASK) for name, p in model.named_parameters() if hasattr(p, _MASK)}
+    """The keep-masks currently attached to the model, by parameter name."""
+    found = {}
+    for layer, module in model.named_modules():
+        for attr in _masked_attrs(module):
+            found[f"{layer}.{attr}" if layer else attr] = module._buffers[_PREFIX + attr]
+    return found
 
 
 def make_permanent(model: nn.Module) -> None:
     """Drop masks and hooks; pruned weights stay zero but may be trained again."""
-    for param in model.parameters():
-        if hasattr(param, _MASK):
-            _reapply(param)
-            param.__dict__.pop(_MASK)
-            param.__dict__.pop(_SEEN_VERSION, None)
     for module in model.modules():
-        handle = getattr(module, _HOOK, None)
-        if handle is not None:
-            handle.remove()
-            delattr(module, _HOOK)
+        for attr in _masked_attrs(module):
+            getattr(module, attr).__dict__.pop(_SEEN_VERSION, None)
+            _reapply(module, attr)
+            del module._buffers[_PREFIX + attr]
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if hook is _before_forward:
+                del module._forward_pre_hooks[key]
 
 
 @dataclass(frozen=True)

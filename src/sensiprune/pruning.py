@@ -159,7 +159,13 @@ def _compensate(
 ) -> None:
     """Let OBS pick the weights within the chosen per-row counts and move the rest."""
     chosen_by_obs, new_weights = crit.compensate(
-        model, targets, chosen, list(data), loss_fn or default_loss, show_progress
+        model,
+        targets,
+        chosen,
+        masks.get_masks(model),
+        list(data),
+        loss_fn or default_loss,
+        show_progress,
     )
     chosen.update(chosen_by_obs)
     params = dict(model.named_parameters())

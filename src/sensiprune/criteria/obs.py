@@ -49,27 +49,42 @@ def obs_saliency(weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
 
 
 def prune_rows(
-    weight: torch.Tensor, hessian_inverse: torch.Tensor, counts: torch.Tensor, frozen: int = 0
+    weight: torch.Tensor,
+    hessian_inverse: torch.Tensor,
+    counts: torch.Tensor,
+    frozen: int = 0,
+    pruned_before: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy OBS per row: remove ``counts[r]`` weights of row r, updating the rest.
 
     ``weight`` is (rows, columns) in float64; the last ``frozen`` columns (the bias) are updated
-    but never removed. Returns the new weights and the boolean mask of kept weights.
+    but never removed; weights marked in ``pruned_before`` are removed first, so a pruned
+    weight is never revived. Returns the new weights and the boolean mask of kept weights.
     """
     rows, cols = weight.shape
+    if pruned_before is None:
+        pruned_before = torch.zeros(rows, cols, dtype=torch.bool)
     kept = torch.ones(rows, cols, dtype=torch.bool)
     result = weight.clone()
     chunk = max(1, _MAX_BATCHED_ELEMENTS // (cols * cols))
     for start in range(0, rows, chunk):
         stop = min(rows, start + chunk)
         result[start:stop], kept[start:stop] = _prune_chunk(
-            result[start:stop], hessian_inverse, counts[start:stop], frozen
+            result[start:stop],
+            hessian_inverse,
+            counts[start:stop],
+            frozen,
+            pruned_before[start:stop].clone(),
         )
     return result, kept
 
 
 def _prune_chunk(
-    w: torch.Tensor, hessian_inverse: torch.Tensor, counts: torch.Tensor, frozen: int
+    w: torch.Tensor,
+    hessian_inverse: torch.Tensor,
+    counts: torch.Tensor,
+    frozen: int,
+    first: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = w.shape
     hinv = hessian_inverse.expand(rows, cols, cols).clone()
@@ -82,6 +97,7 @@ def _prune_chunk(
         active = counts > step
         diag = hinv.diagonal(dim1=1, dim2=2)
         saliency = w.pow(2) / diag
+        saliency[first] = -torch.inf
         saliency[~removable] = torch.inf
         q = saliency.argmin(dim=1)
         pivot = diag[arange, q]
@@ -93,6 +109,7 @@ def _prune_chunk(
         rows_now = arange[active]
         w[rows_now, q[active]] = 0.0
         removable[rows_now, q[active]] = False
+        first[rows_now, q[active]] = False
         kept[rows_now, q[active]] = False
         # A removed column must never be chosen again nor move: pin its inverse to identity.
         hinv[rows_now, q[active], :] = 0.0
@@ -117,11 +134,14 @@ class OptimalBrainSurgeon(Criterion):
         model: nn.Module,
         targets: dict[str, Target],
         masks: dict[str, torch.Tensor],
+        existing: dict[str, torch.Tensor],
         batches: Sequence[Batch],
         loss_fn: LossFn,
         show_progress: bool = False,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Prune each layer to the per-row counts of ``masks`` with OBS, layer after layer.
+
+        Weights pruned before (``existing`` masks) are removed first and stay removed.
 
         Works on a copy: returns (new masks, new weights and biases by parameter name), and the
         caller writes them into the model, so a failure leaves the model untouched.
@@ -141,8 +161,16 @@ class OptimalBrainSurgeon(Criterion):
                 if counts.sum() == 0:
                     continue
                 layer = modules[target.layer]
+                before = existing.get(name)
                 weight, bias, kept = _prune_layer(
-                    target.module, layer, dense, pruned, batches, loss_fn, counts
+                    target.module,
+                    layer,
+                    dense,
+                    pruned,
+                    batches,
+                    loss_fn,
+                    counts,
+                    None if before is None else ~before.reshape(counts.shape[0], -1),
                 )
                 with torch.no_grad():
                     layer.weight.copy_(weight)
@@ -165,6 +193,7 @@ def _prune_layer(
     batches: Sequence[Batch],
     loss_fn: LossFn,
     counts: torch.Tensor,
+    pruned_before: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     has_bias = getattr(layer, "bias", None) is not None
     h, c, same_inputs = _layer_moments(
@@ -176,7 +205,9 @@ def _prune_layer(
     hinv = damped_inverse(h)
     if not same_inputs:  # refit to the dense layer's output from the pruned inputs
         weight = weight @ c.T @ hinv.T
-    new, kept = prune_rows(weight, hinv, counts, frozen=1 if has_bias else 0)
+    if pruned_before is not None and has_bias:
+        pruned_before = torch.cat([pruned_before, torch.zeros_like(pruned_before[:, :1])], 1)
+    new, kept = prune_rows(weight, hinv, counts, 1 if has_bias else 0, pruned_before)
     dtype, shape = layer.weight.dtype, layer.weight.shape
     cols = weight.shape[1] - (1 if has_bias else 0)
     new_weight = new[:, :cols].to(dtype).reshape(shape)

@@ -1,0 +1,185 @@
+"""Each criterion against a value computed another way."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sensiprune as sp
+from sensiprune.criteria.obs import DAMPING
+
+
+def _manual_grads(model, batches):
+    """Per-batch gradients with plain .backward(), one list per batch."""
+    model = copy.deepcopy(model).eval()
+    per_batch = []
+    for x, y in batches:
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        per_batch.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    return per_batch
+
+
+def test_magnitude_is_absolute_weight(mlp):
+    scores = sp.score(mlp, "magnitude")
+    assert torch.equal(scores["fc1.weight"], mlp.fc1.weight.abs())
+    assert set(scores) == {"fc1.weight", "fc2.weight", "head.weight"}
+
+
+def test_random_is_seeded_and_uniform(mlp):
+    a = sp.score(mlp, "random", seed=3)
+    b = sp.score(mlp, "random", seed=3)
+    c = sp.score(mlp, "random", seed=4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["fc1.weight"], c["fc1.weight"])
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
+def test_taylor_and_fisher_match_manual_backward(model_name, request):
+    model = request.getfixturevalue(model_name)
+    batches = request.getfixturevalue(f"{model_name}_batches")
+    grads = _manual_grads(model, batches)
+    params = dict(model.named_parameters())
+    taylor = sp.score(model, "taylor", batches)
+    taylor_sq = sp.score(model, "taylor_sq", batches)
+    obd = sp.score(model, "obd", batches)
+    for name in taylor:
+        w = params[name].detach()
+        expected_taylor = torch.stack([(w * g[name]).abs() for g in grads]).mean(0)
+        expected_sq = torch.stack([(w * g[name]) ** 2 for g in grads]).mean(0)
+        torch.testing.assert_close(taylor[name], expected_taylor, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(taylor_sq[name], expected_sq, rtol=1e-5, atol=1e-10)
+        torch.testing.assert_close(obd[name], 0.5 * expected_sq, rtol=1e-5, atol=1e-10)
+
+
+def test_snip_is_normalised_connection_sensitivity(mlp, mlp_batches):
+    grads = _manual_grads(mlp, mlp_batches)
+    params = dict(mlp.named_parameters())
+    scores = sp.score(mlp, "snip", mlp_batches)
+    raw = {
+        n: (params[n].detach() * torch.stack([g[n] for g in grads]).mean(0)).abs() for n in scores
+    }
+    total = sum(r.sum() for r in raw.values())
+    assert torch.isclose(sum(s.sum() for s in scores.values()), torch.tensor(1.0), atol=1e-5)
+    for name in scores:
+        torch.testing.assert_close(scores[name], raw[name] / total, rtol=1e-4, atol=1e-9)
+
+
+def test_hutchinson_converges_to_exact_hessian_diagonal():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(16, 3)
+    y = torch.randint(0, 2, (16,))
+    weight = model[0].weight
+
+    def loss_of(w):
+        hidden = torch.tanh(F.linear(x, w, model[0].bias))
+        return F.cross_entropy(model[2](hidden), y)
+
+    exact = torch.autograd.functional.hessian(loss_of, weight.detach()).reshape(12, 12).diagonal()
+    estimate = sp.score(model, "obd_hutchinson", [(x, y)] * 4000)["0.weight"]
+    expected = 0.5 * exact.abs().reshape(4, 3) * weight.detach() ** 2
+    torch.testing.assert_close(estimate, expected, rtol=0.1, atol=2e-4)
+
+
+def test_activation_is_weight_times_input_rms(mlp, mlp_batches):
+    x = torch.cat([b[0] for b in mlp_batches])
+    scores = sp.score(mlp, "activation", mlp_batches)
+    rms = x.pow(2).mean(0).sqrt()
+    torch.testing.assert_close(scores["fc1.weight"], mlp.fc1.weight.detach().abs() * rms)
+
+
+def test_activation_handles_grouped_convolutions(cnn, cnn_batches):
+    captured = []
+    handle = cnn.conv2.register_forward_pre_hook(lambda m, a: captured.append(a[0].detach()))
+    scores = sp.score(cnn, "activation", cnn_batches)
+    handle.remove()
+    x = torch.cat(captured)
+    channel_rms = x.transpose(0, 1).reshape(4, -1).pow(2).mean(1).sqrt()
+    w = cnn.conv2.weight.detach()  # (6, 2, 3, 3): outputs 0-2 read channels 0-1, 3-5 read 2-3
+    expected = w.abs().clone()
+    expected[:3] *= channel_rms[:2].view(1, 2, 1, 1)
+    expected[3:] *= channel_rms[2:].view(1, 2, 1, 1)
+    torch.testing.assert_close(scores["conv2.weight"], expected)
+
+
+def test_perturbation_equals_measured_loss_change(mlp, mlp_batches):
+    scores = sp.score(mlp, "perturbation", mlp_batches)["fc2.weight"]
+    model = copy.deepcopy(mlp).eval()
+
+    def mean_loss():
+        with torch.no_grad():
+            return sum(F.cross_entropy(model(x), y) for x, y in mlp_batches) / len(mlp_batches)
+
+    base = mean_loss()
+    for index in [(0, 0), (3, 7), (11, 15)]:
+        kept = model.fc2.weight.data[index].item()
+        model.fc2.weight.data[index] = 0.0
+        expected = mean_loss() - base
+        model.fc2.weight.data[index] = kept
+        assert scores[index].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_obs_matches_closed_form_least_squares():
+    """One weight removed per row: OBS picks the cheapest and moves the rest optimally."""
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 3, bias=False)
+    x = torch.randn(200, 6) @ torch.randn(6, 6)  # correlated inputs: compensation matters
+    batches = [(x, torch.zeros(200, dtype=torch.long))]
+    model = nn.Sequential(layer)
+    dense = layer.weight.detach().double().clone()
+    sp.prune(
+        model,
+        1 / 6,
+        "obs",
+        batches,
+        loss_fn=lambda m, b: m(b[0]).sum(),
+        scope="row",
+        min_density=0,
+    )
+    h = (x.double().T @ x.double()) / 200
+    h = h + DAMPING * h.diagonal().mean() * torch.eye(6, dtype=torch.float64)
+    pruned = layer.weight.detach().double()
+    for row in range(3):
+        best_error, best_weights = None, None
+        for q in range(6):  # brute force over which weight to drop
+            keep = [i for i in range(6) if i != q]
+            w = dense[row]
+            # minimise (w - v)ᵀ H (w - v) with v_q = 0: v_S = w_S + H_SS⁻¹ H_Sq w_q
+            v = torch.zeros(6, dtype=torch.float64)
+            v[keep] = w[keep] + torch.linalg.solve(h[keep][:, keep], h[keep, q] * w[q])
+            error = (w - v) @ h @ (w - v)
+            if best_error is None or error < best_error:
+                best_error, best_weights = error, v
+        torch.testing.assert_close(pruned[row], best_weights, rtol=1e-4, atol=1e-5)
+
+
+def test_obs_with_bias_reconstructs_layer_output_better_than_magnitude(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    sp.finetune(model, digits.train, epochs=3, show_progress=False)
+    x = torch.cat([b[0] for b in digits.val]).flatten(1)
+    dense_out = model[1](x).detach()
+    errors = {}
+    for criterion in ("magnitude", "obs"):
+        pruned = copy.deepcopy(model)
+        sp.prune(pruned, 0.8, criterion, digits.val, scope="layer")
+        errors[criterion] = (pruned[1](x).detach() - dense_out).pow(2).mean().item()
+    assert errors["obs"] < 0.5 * errors["magnitude"]
+
+
+def test_unknown_criterion_lists_the_known_ones(mlp):
+    with pytest.raises(sp.SensipruneError, match="known criteria: activation, magnitude"):
+        sp.score(mlp, "tayler")
+
+
+def test_every_registered_criterion_scores_every_target(cnn, cnn_batches):
+    for name in sp.available_criteria():
+        scores = sp.score(cnn, name, cnn_batches, ignore=["conv2"] if name == "obs" else ())
+        for key, value in scores.items():
+            assert value.shape == dict(cnn.named_parameters())[key].shape, (name, key)
+            assert torch.isfinite(value).all(), (name, key)

@@ -1,0 +1,74 @@
+"""Masks hold through optimiser steps, copies and make_permanent."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import sensiprune as sp
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+        lambda p: torch.optim.Adam(p, lr=0.01),
+        lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+    ],
+    ids=["sgd-momentum-wd", "adam", "adamw"],
+)
+def test_masks_survive_50_optimizer_steps(mlp, mlp_batches, make_optimizer):
+    optimizer = make_optimizer(mlp.parameters())
+    # momentum state from before pruning must not revive pruned weights
+    for x, y in mlp_batches:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(mlp(x), y).backward()
+        optimizer.step()
+    sp.prune(mlp, 0.7, "magnitude")
+    zero = {n: ~m for n, m in sp.get_masks(mlp).items()}
+    params = dict(mlp.named_parameters())
+    for step in range(50):
+        x, y = mlp_batches[step % len(mlp_batches)]
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(mlp(x), y).backward()
+        optimizer.step()
+        for name, where in zero.items():
+            assert (params[name].detach()[where] == 0).all(), (step, name)
+
+
+def test_forward_reapplies_mask_after_manual_edit(mlp, mlp_batches):
+    sp.prune(mlp, 0.5, "magnitude")
+    keep = sp.get_masks(mlp)["fc1.weight"]
+    with torch.no_grad():
+        mlp.fc1.weight.add_(1.0)
+    mlp(mlp_batches[0][0])
+    assert (mlp.fc1.weight[~keep] == 0).all()
+
+
+def test_deepcopy_keeps_masks(mlp):
+    sp.prune(mlp, 0.5, "magnitude")
+    clone = copy.deepcopy(mlp)
+    original = sp.get_masks(mlp)
+    copied = sp.get_masks(clone)
+    assert set(copied) == set(original)
+    assert all(torch.equal(copied[k], original[k]) for k in original)
+
+
+def test_make_permanent_removes_masks_and_keeps_zeros(mlp, mlp_batches):
+    sp.prune(mlp, 0.5, "magnitude")
+    zeros = (mlp.fc1.weight == 0).sum()
+    sp.make_permanent(mlp)
+    assert sp.get_masks(mlp) == {}
+    assert (mlp.fc1.weight == 0).sum() == zeros
+    sp.finetune(mlp, mlp_batches, epochs=1, show_progress=False)
+    assert (mlp.fc1.weight == 0).sum() < zeros  # free to train again
+
+
+def test_pruning_twice_only_shrinks_masks(mlp):
+    sp.prune(mlp, 0.3, "random", seed=1)
+    first = sp.get_masks(mlp)
+    sp.prune(mlp, 0.6, "random", seed=2)
+    for name, keep in sp.get_masks(mlp).items():
+        assert not (keep & ~first[name]).any()
