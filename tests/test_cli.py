@@ -1,0 +1,39 @@
+"""The command line: the demo end to end, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from sensiprune.cli import main
+
+
+def test_quick_demo_writes_a_report_and_a_plot(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| magnitude |" in report and "| obs |" in report
+    assert (tmp_path / "demo" / "accuracy_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "report:" in capsys.readouterr().out
+    # the dense models are cached and reused
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+
+
+def test_out_that_is_a_file_exits_2_with_one_line(tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    run = subprocess.run(
+        [sys.executable, "-m", "sensiprune", "demo", "--quick", "--out", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0
+    assert "not a directory" in run.stderr and "Traceback" not in run.stderr
+    assert target.read_text() == "keep me"
+
+
+def test_criteria_lists_every_criterion(capsys):
+    assert main(["criteria"]) == 0
+    out = capsys.readouterr().out
+    for name in ("magnitude", "random", "taylor", "obd", "obs", "snip", "activation"):
+        assert name in out

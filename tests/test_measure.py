@@ -1,0 +1,32 @@
+"""Parameter, FLOP and latency measurements."""
+
+from __future__ import annotations
+
+import torch
+
+import sensiprune as sp
+from sensiprune.measure import count_flops, count_parameters, latency
+
+
+def test_parameter_counts_follow_masks(mlp):
+    total = sum(p.numel() for p in mlp.parameters())
+    assert count_parameters(mlp).nonzero == total
+    sp.prune(mlp, 0.5, "magnitude", scope="layer")
+    pruned = round(0.5 * 128) + round(0.5 * 192) + round(0.5 * 36)
+    counted = count_parameters(mlp)
+    assert (counted.total, counted.nonzero) == (total, total - pruned)
+    assert counted.compression == total / (total - pruned)
+
+
+def test_flops_match_the_layer_arithmetic(mlp):
+    x = torch.randn(5, 8)
+    dense_flops = 2 * 5 * (8 * 16 + 16 * 12 + 12 * 3)
+    assert count_flops(mlp, x).dense == dense_flops
+    sp.prune(mlp, 0.5, "magnitude", scope="layer")
+    flops = count_flops(mlp, x)
+    assert flops.dense == dense_flops
+    assert flops.effective == dense_flops // 2
+
+
+def test_latency_is_a_positive_median(mlp):
+    assert latency(mlp, torch.randn(4, 8), warmup=1, repeats=3) > 0

@@ -1,0 +1,159 @@
+"""The prune / score / iterative_prune verbs, including bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import sensiprune as sp
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prune_reaches_sparsity_and_reports_it(mlp, mlp_batches):
+    result = sp.prune(mlp, 0.8, "taylor", mlp_batches)
+    total = sum(t.numel() for n, t in mlp.named_parameters() if t.ndim >= 2)
+    assert result.sparsity == pytest.approx(round(0.8 * total) / total)
+    assert result.params_after == result.params_before - round(0.8 * total)
+    zeros = sum(int((p == 0).sum()) for p in (mlp.fc1.weight, mlp.fc2.weight, mlp.head.weight))
+    assert zeros >= round(0.8 * total)
+    text = str(result)
+    assert "taylor" in text and "fc1.weight" in text and "fewer" in text
+
+
+def test_ignore_keeps_modules_dense(mlp, mlp_batches):
+    result = sp.prune(mlp, 0.5, "magnitude", ignore=[mlp.head, "fc1"])
+    assert set(result.per_layer) == {"fc2.weight"}
+    assert (mlp.head.weight != 0).all() and (mlp.fc1.weight != 0).all()
+
+
+def test_random_criterion_is_deterministic_with_a_seed(mlp):
+    a, b = copy.deepcopy(mlp), copy.deepcopy(mlp)
+    sp.prune(a, 0.5, "random", seed=7)
+    sp.prune(b, 0.5, "random", seed=7)
+    assert _same(a.state_dict(), b.state_dict())
+
+
+def test_rescoring_steps_reach_the_same_exact_sparsity(mlp, mlp_batches):
+    one = sp.prune(copy.deepcopy(mlp), 0.9, "obd", mlp_batches)
+    stepped = sp.prune(mlp, 0.9, "obd", mlp_batches, steps=5)
+    assert stepped.sparsity == pytest.approx(one.sparsity)
+
+
+def test_obs_in_steps_never_revives_a_pruned_weight(mlp, mlp_batches):
+    sp.prune(mlp, 0.4, "magnitude")
+    before = sp.get_masks(mlp)
+    sp.prune(mlp, 0.8, "obs", mlp_batches, steps=2)
+    for name, keep in sp.get_masks(mlp).items():
+        assert not (keep & ~before[name]).any()
+        assert (dict(mlp.named_parameters())[name][~keep] == 0).all()
+
+
+def test_iterative_prune_fine_tunes_between_steps(mlp, mlp_batches):
+    history = sp.iterative_prune(
+        mlp, 0.75, mlp_batches, "taylor", steps=3, epochs_per_step=1, schedule="cubic"
+    )
+    sparsities = [result.sparsity for result, _ in history]
+    assert sparsities == sorted(sparsities)
+    assert sparsities[-1] == pytest.approx(0.75, abs=0.01)
+    assert all(tuned.steps == len(mlp_batches) for _, tuned in history)
+
+
+def test_prune_works_on_a_cnn_with_batchnorm(cnn, cnn_batches):
+    for criterion in ("taylor", "activation", "obd"):
+        model = copy.deepcopy(cnn)
+        result = sp.prune(model, 0.6, criterion, cnn_batches)
+        assert result.sparsity == pytest.approx(0.6, abs=0.01)
+        assert model(cnn_batches[0][0]).shape == (8, 3)
+
+
+def test_obs_on_a_cnn_with_an_ungrouped_conv(cnn, cnn_batches):
+    result = sp.prune(cnn, 0.5, "obs", cnn_batches, ignore=["conv2"])
+    assert result.per_layer["conv1.weight"] > 0
+    assert "conv2.weight" not in result.per_layer
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sparsity": 1.0}, r"\[0, 1\)"),
+        ({"sparsity": -0.2}, r"\[0, 1\)"),
+        ({"sparsity": 0.5, "criterion": "nope"}, "known criteria"),
+        ({"sparsity": 0.5, "criterion": "taylor", "data": None}, "needs it"),
+        ({"sparsity": 0.5, "criterion": "taylor", "data": []}, "no batches"),
+        ({"sparsity": 0.5, "criterion": "taylor", "data": iter([])}, "no batches"),
+        ({"sparsity": 0.5, "scope": "everywhere"}, "scope must be one of"),
+        ({"sparsity": 0.5, "normalize": "zscore"}, "normalize must be one of"),
+        ({"sparsity": 0.5, "steps": 0}, "steps must be a positive integer"),
+        ({"sparsity": 0.5, "ignore": ["fc7"]}, "neither a module nor a parameter"),
+        ({"sparsity": {"fc7": 0.5}}, "prunable layers are"),
+        ({"sparsity": 0.5, "criterion": "activation", "data": 5}, "iterable of batches"),
+    ],
+)
+def test_bad_input_is_refused_and_the_model_is_untouched(mlp, kwargs, message):
+    before = _state(mlp)
+    with pytest.raises(sp.SensipruneError, match=message):
+        sp.prune(mlp, **kwargs)
+    assert _same(before, mlp.state_dict())
+    assert sp.get_masks(mlp) == {}
+
+
+def test_nan_gradients_are_refused_and_the_model_is_untouched(mlp, mlp_batches):
+    before = _state(mlp)
+
+    def nan_grad_loss(model, batch):
+        out = model(batch[0])  # sqrt at 0: a finite loss whose gradient is infinite
+        return torch.nn.functional.cross_entropy(out, batch[1]) + (out - out.detach()).sqrt().sum()
+
+    with pytest.raises(sp.SensipruneError, match="not finite"):
+        sp.prune(mlp, 0.5, "taylor", mlp_batches, loss_fn=nan_grad_loss)
+    assert _same(before, mlp.state_dict())
+
+
+def test_nan_loss_is_refused(mlp, mlp_batches):
+    bad = [(torch.full_like(x, float("nan")), y) for x, y in mlp_batches]
+    with pytest.raises(sp.SensipruneError, match="the loss is nan"):
+        sp.prune(mlp, 0.5, "obd", bad)
+
+
+def test_a_model_with_nothing_prunable_is_refused():
+    model = nn.Sequential(nn.LayerNorm(4))
+    with pytest.raises(sp.SensipruneError, match="nothing prunable"):
+        sp.prune(model, 0.5)
+
+
+def test_criterion_that_cannot_read_a_layer_says_which(mlp_batches):
+    model = nn.Sequential(nn.Linear(8, 4), nn.Bilinear(4, 4, 3))
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            h = self.inner[0](x)
+            return self.inner[1](h, h)
+
+    with pytest.raises(sp.SensipruneError, match=r"inputs of inner.1.weight \(Bilinear\)"):
+        sp.prune(Wrap(), 0.5, "activation", mlp_batches)
+
+
+def test_loss_fn_for_any_batch_layout(mlp, mlp_batches):
+    dict_batches = [{"x": x, "y": y} for x, y in mlp_batches]
+
+    def loss_fn(model, batch):
+        return torch.nn.functional.cross_entropy(model(batch["x"]), batch["y"])
+
+    result = sp.prune(mlp, 0.5, "taylor", dict_batches, loss_fn=loss_fn)
+    assert result.sparsity == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(sp.SensipruneError, match="loss_fn"):
+        sp.prune(mlp, 0.5, "taylor", [(mlp_batches[0][0],)])

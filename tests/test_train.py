@@ -1,0 +1,51 @@
+"""Fine-tuning and evaluation loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sensiprune as sp
+
+
+def test_finetune_learns_and_keeps_pruned_weights_zero(mlp, mlp_batches):
+    sp.prune(mlp, 0.5, "magnitude")
+    zero = ~sp.get_masks(mlp)["fc1.weight"]
+    before = sp.evaluate(mlp, mlp_batches)
+    result = sp.finetune(mlp, mlp_batches, epochs=30, lr=1e-2, show_progress=False)
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    assert sp.evaluate(mlp, mlp_batches) > before
+    assert (mlp.fc1.weight[zero] == 0).all()
+    assert "fine-tuned 90 steps" in str(result)
+
+
+def test_a_loss_that_turns_nan_stops_training_with_the_last_good_weights(mlp, mlp_batches):
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        calls["n"] += 1
+        loss = torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    with pytest.raises(sp.SensipruneError, match="became nan at epoch 1, step 3"):
+        sp.finetune(mlp, mlp_batches, epochs=2, loss_fn=loss_fn, show_progress=False)
+    assert all(torch.isfinite(p).all() for p in mlp.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"epochs": -1}, "epochs"), ({"lr": 0}, "lr must be positive"), ({"data": []}, "no batches")],
+)
+def test_finetune_bad_input(mlp, mlp_batches, kwargs, message):
+    args = {"data": mlp_batches, **kwargs}
+    with pytest.raises(sp.SensipruneError, match=message):
+        sp.finetune(mlp, show_progress=False, **args)
+
+
+def test_evaluate_is_accuracy_by_default(mlp, mlp_batches):
+    x = torch.cat([b[0] for b in mlp_batches])
+    y = torch.cat([b[1] for b in mlp_batches])
+    expected = (mlp(x).argmax(1) == y).float().mean().item()
+    assert sp.evaluate(mlp, mlp_batches) == pytest.approx(expected)
+    with pytest.raises(sp.SensipruneError, match="no samples"):
+        sp.evaluate(mlp, [])
