@@ -66,8 +66,7 @@ def collect(
     names = list(targets)
     params = [targets[n].param for n in names]
     sums: dict[Stat, list[torch.Tensor]] = {
-        s: [torch.zeros_like(p, dtype=torch.float64) for p in params]
-        for s in needs & GRADIENT_STATS
+        s: [torch.zeros_like(p) for p in params] for s in needs & GRADIENT_STATS
     }
     generator = torch.Generator().manual_seed(seed)
     n_batches = 0
@@ -82,20 +81,15 @@ def collect(
             want_hessian = Stat.HESS_DIAG in needs
             grads = torch.autograd.grad(loss, params, allow_unused=True, create_graph=want_hessian)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-            for name, g in zip(names, grads):
-                if not torch.isfinite(g).all():
-                    raise SensipruneError(
-                        f"the gradient of {name} is not finite on batch {n_batches}: check the "
-                        "data and the loss (the model was not modified)"
-                    )
-            if Stat.GRAD in needs:
-                _add(sums[Stat.GRAD], [g.detach() for g in grads])
-            if Stat.GRAD_ABS in needs:
-                _add(sums[Stat.GRAD_ABS], [g.detach().abs() for g in grads])
-            if Stat.GRAD_SQ in needs:
-                _add(sums[Stat.GRAD_SQ], [g.detach().pow(2) for g in grads])
-            if want_hessian:
+            if want_hessian:  # needs the graph of the gradients, so before detaching them
                 _add(sums[Stat.HESS_DIAG], _hutchinson(params, grads, generator))
+            grads = [g.detach() for g in grads]
+            if Stat.GRAD in needs:
+                _add(sums[Stat.GRAD], grads)
+            if Stat.GRAD_ABS in needs:
+                _add(sums[Stat.GRAD_ABS], torch._foreach_abs(grads))
+            if Stat.GRAD_SQ in needs:
+                _add(sums[Stat.GRAD_SQ], torch._foreach_mul(grads, grads))
     if n_batches == 0:
         raise SensipruneError("data yielded no batches: pass a non-empty iterable of batches")
     fields = {
@@ -105,16 +99,20 @@ def collect(
         Stat.HESS_DIAG: "hess_diag",
     }
     for stat, per_param in sums.items():
-        field = fields[stat]
-        for name, total, p in zip(names, per_param, params):
-            setattr(stats[name], field, (total / n_batches).to(p.dtype))
+        for name, total in zip(names, per_param):
+            # NaN and inf survive summation, so one check at the end covers every batch
+            if not torch.isfinite(total).all():
+                raise SensipruneError(
+                    f"the gradient of {name} is not finite on some batch: check the data and "
+                    "the loss (the model was not modified)"
+                )
+            setattr(stats[name], fields[stat], total / n_batches)
     recorder.finish(stats)
     return stats
 
 
 def _add(totals: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-    for total, value in zip(totals, values):
-        total.add_(value.to(total.dtype))
+    torch._foreach_add_(totals, values)
 
 
 def _hutchinson(
