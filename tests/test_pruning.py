@@ -157,3 +157,49 @@ def test_loss_fn_for_any_batch_layout(mlp, mlp_batches):
     assert result.sparsity == pytest.approx(0.5, abs=0.01)
     with pytest.raises(sp.SensipruneError, match="loss_fn"):
         sp.prune(mlp, 0.5, "taylor", [(mlp_batches[0][0],)])
+
+
+class _RecurrentClassifier(nn.Module):
+    def __init__(self, cell: type[nn.RNNBase]) -> None:
+        super().__init__()
+        self.rnn = cell(8, 12, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x.unsqueeze(1).expand(-1, 5, -1))
+        return self.head(out[:, -1])
+
+
+class _TransformerClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(2, 16)
+        self.encoder = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.view(x.shape[0], 4, 2))
+        return self.head(self.encoder(tokens).mean(1))
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        lambda: _RecurrentClassifier(nn.LSTM),
+        lambda: _RecurrentClassifier(nn.GRU),
+        _TransformerClassifier,
+    ],
+    ids=["lstm", "gru", "transformer"],
+)
+def test_recurrent_and_attention_weights_are_pruned_and_stay_zero(make_model, mlp_batches):
+    torch.manual_seed(0)
+    model = make_model()
+    result = sp.prune(model, 0.7, "taylor", mlp_batches)
+    assert result.sparsity == pytest.approx(0.7, abs=0.01)
+    names = set(result.per_layer)
+    assert any("weight_hh" in n or "in_proj_weight" in n for n in names)
+    sp.finetune(model, mlp_batches, epochs=2, show_progress=False)
+    params = dict(model.named_parameters())
+    for name, keep in sp.get_masks(model).items():
+        assert (params[name][~keep] == 0).all(), name
+    assert model(mlp_batches[0][0]).shape == (32, 3)
