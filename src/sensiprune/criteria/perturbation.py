@@ -32,8 +32,12 @@ class _LossOf(nn.Module):
 
 
 class PerturbationCriterion(Criterion):
-    """ΔL = L(w with w_i = 0) − L(w), measured for every weight on the scoring data.
+    """|ΔL| = |L(w with w_i = 0) − L(w)|, measured for every weight on the scoring data.
 
+    The absolute change, as in the oracle of Molchanov et al. 2017: near a minimum about half
+    of the single removals lower the loss a little, and ranking by the signed change removes
+    those first, which is catastrophic once many of them go together (test accuracy 0.19
+    instead of 0.94 for LeNet-300-100 at 50% sparsity).
     Exact but costs one forward pass per weight (vectorised in chunks with torch.func.vmap,
     falling back to a plain loop for models vmap cannot run): for small models and validation.
     """
@@ -49,7 +53,7 @@ class PerturbationCriterion(Criterion):
             with torch.no_grad():
                 base = sum(checked_loss(ctx.loss_fn, model, b) for b in batches) / len(batches)
                 return {
-                    name: self._loss_changes(model, t, batches, ctx) - base
+                    name: (self._loss_changes(model, t, batches, ctx) - base).abs()
                     for name, t in progress(
                         ctx.targets.items(), "measuring loss changes", ctx.show_progress
                     )
@@ -106,6 +110,6 @@ def _looped(
 
 register(
     PerturbationCriterion(
-        "perturbation", "measured loss increase when each weight is zeroed (ground truth, slow)"
+        "perturbation", "|measured loss change| when each weight is zeroed (ground truth, slow)"
     )
 )
