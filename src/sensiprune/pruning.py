@@ -9,12 +9,15 @@ import torch
 from torch import nn
 
 from . import criteria, masks, selection, stats
+from . import structured as structured_pruning
 from .criteria.obs import OptimalBrainSurgeon
 from .data import Batch, LossFn, as_batches, default_loss
 from .errors import SensipruneError
+from .graph import DependencyGraph
+from .measure import count_flops
 from .schedule import geometric_sparsity, sparsity_at
 from .selection import Sparsity
-from .targets import IgnoreSpec, Target, require_targets
+from .targets import IgnoreSpec, Target, find_targets, require_targets
 from .train import FinetuneResult, finetune
 
 
@@ -27,6 +30,9 @@ class PruneResult:
     params_before: int
     params_after: int
     layers: tuple[masks.LayerSparsity, ...]
+    flops_before: int | None = None
+    flops_after: int | None = None
+    untouched: tuple[str, ...] = ()  # structured: what the dependency graph left alone, and why
 
     @property
     def sparsity(self) -> float:
@@ -44,8 +50,14 @@ class PruneResult:
             f"pruned with {self.criterion} ({self.scope}): parameters {self.params_before:,} -> "
             f"{self.params_after:,} ({self.params_before / max(self.params_after, 1):.1f}x fewer), "
             f"prunable sparsity {self.sparsity:.1%}",
-            f"  {'layer':<{width}}  {'weights':>10}  {'kept':>10}  sparsity",
         ]
+        if self.flops_before is not None and self.flops_after is not None:
+            lines.append(
+                f"FLOPs {self.flops_before:,} -> {self.flops_after:,} "
+                f"({self.flops_before / max(self.flops_after, 1):.2f}x fewer)"
+            )
+        lines += [f"left alone: {item}" for item in self.untouched]
+        lines.append(f"  {'layer':<{width}}  {'weights':>10}  {'kept':>10}  sparsity")
         lines += [
             f"  {layer.name:<{width}}  {layer.numel:>10,}  {layer.kept:>10,}  {layer.sparsity:8.1%}"
             for layer in self.layers
@@ -103,6 +115,10 @@ def prune(
     steps: int = 1,
     seed: int = 0,
     scores: Mapping[str, torch.Tensor] | None = None,
+    structured: bool = False,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    round_to: int = 1,
+    group_reduction: str = "mean",
     show_progress: bool = False,
 ) -> PruneResult:
     """Mask the least important weights in place so that ``sparsity`` of them are zero.
@@ -114,7 +130,19 @@ def prune(
     a saliency predicts the cost of removing one weight, and is far more reliable for removing
     a fraction of the weights than for removing 90% at once. ``scores`` reuses scores from
     :func:`score` (one step only). On any error the model is left unmodified.
+
+    ``structured=True`` removes whole channels / neurons instead, so layers physically shrink:
+    ``sparsity`` is then the fraction of channels removed from each family of coupled layers
+    (``scope="layer"``) or overall (``"global"``), ``example_inputs`` is a batch the model
+    accepts (for tracing), ``round_to`` keeps channel counts multiples of N, and
+    ``group_reduction`` (mean / sum / max) turns the weight scores of a channel group into one.
+    A module in ``ignore`` keeps its output channels; its inputs may still shrink.
     """
+    if structured:
+        return _prune_structured(
+            model, sparsity, criterion, data, loss_fn, scope, ignore, min_density, normalize,
+            seed, scores, example_inputs, round_to, group_reduction, show_progress,
+        )  # fmt: skip
     selection.check_sparsity(sparsity)
     geometric_sparsity(sparsity, 1, steps)  # validates steps
     crit = criteria.get(criterion)
@@ -172,6 +200,68 @@ def _compensate(
     with torch.no_grad():
         for name, value in new_weights.items():
             params[name].copy_(value)
+
+
+def _prune_structured(
+    model: nn.Module,
+    sparsity: Sparsity,
+    criterion: str,
+    data: Iterable[Batch] | None,
+    loss_fn: LossFn | None,
+    scope: str,
+    ignore: IgnoreSpec,
+    min_density: float,
+    normalize: str,
+    seed: int,
+    scores: Mapping[str, torch.Tensor] | None,
+    example_inputs: object,
+    round_to: int,
+    group_reduction: str,
+    show_progress: bool,
+) -> PruneResult:
+    selection.check_sparsity(sparsity)
+    if scope not in ("global", "layer"):
+        raise SensipruneError(
+            f"structured pruning ranks with scope 'global' or 'layer', got {scope!r}"
+        )
+    if normalize not in selection.NORMALIZATIONS:
+        raise SensipruneError(
+            f"normalize must be one of {', '.join(selection.NORMALIZATIONS)}, got {normalize!r}"
+        )
+    if not isinstance(round_to, int) or round_to < 1:
+        raise SensipruneError(f"round_to must be a positive integer, got {round_to!r}")
+    crit = criteria.get(criterion)
+    if isinstance(crit, OptimalBrainSurgeon):
+        raise SensipruneError("criterion 'obs' prunes single weights: use structured=False")
+    targets = require_targets(model, ignore)
+    ignored_layers = {t.layer for t in find_targets(model).values()} - {
+        t.layer for t in targets.values()
+    }
+    graph, inputs = structured_pruning.build(model, example_inputs)
+    groups = [g for g in graph.groups if not g.producers & ignored_layers]
+    if scores is None:
+        scores = _score(model, crit, find_targets(model), data, loss_fn, seed, show_progress)
+    group_values = structured_pruning.group_scores(model, groups, scores, group_reduction)
+    removed = structured_pruning.choose_groups(
+        groups, group_values, sparsity, scope, normalize, min_density, round_to
+    )
+    params_before = sum(p.numel() for p in model.parameters())
+    flops_before = count_flops(model, *inputs).dense
+    before = {name: t.param.numel() for name, t in targets.items()}
+    kept_graph = DependencyGraph(groups, graph.untouched)
+    structured_pruning.remove_groups(model, kept_graph, removed, inputs)
+    after = {name: p.numel() for name, p in model.named_parameters() if name in before}
+    layers = tuple(masks.LayerSparsity(n, before[n], after[n]) for n in before)
+    return PruneResult(
+        crit.name,
+        "structured, " + _describe(sparsity, scope),
+        params_before,
+        sum(p.numel() for p in model.parameters()),
+        layers,
+        flops_before,
+        count_flops(model, *inputs).dense,
+        tuple(f"{what}: {why}" for what, why in graph.untouched.items()),
+    )
 
 
 def iterative_prune(

@@ -1,5 +1,7 @@
 """Save and load pruned models with safetensors; no pickle anywhere.
 
+A structurally pruned model loads into the model its factory builds: the sizes surgery changed
+(``out_channels``, ``in_features`` ...) are recorded and the fresh modules are resized first.
 Masked weights are stored compressed: the kept values plus either a bitmask (1 bit per weight)
 or the flat indices of kept weights, whichever is smaller, so the file shrinks with sparsity
 and loads back to identical weights and masks.
@@ -24,6 +26,10 @@ from .errors import SensipruneError
 from .targets import Target
 
 FORMAT = 1
+# the module attributes that structured surgery may change (see surgery.py)
+SHAPE_ATTRS = (
+    "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features"
+)  # fmt: skip
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "sensiprune.json"
 
@@ -39,7 +45,17 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
             encodings[key] = _encode(key, value, model_masks[key], tensors)
         else:
             tensors[key] = value
-    manifest = {"format": FORMAT, "masked": encodings}
+    shapes = {
+        name: {
+            a: getattr(module, a) for a in SHAPE_ATTRS if isinstance(getattr(module, a, None), int)
+        }
+        for name, module in model.named_modules()
+    }
+    manifest = {
+        "format": FORMAT,
+        "masked": encodings,
+        "modules": {name: attrs for name, attrs in shapes.items() if attrs},
+    }
     with atomic_directory(directory) as staging:
         save_file(tensors, str(staging / WEIGHTS_FILE))
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
@@ -63,6 +79,7 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     for key, encoding in manifest["masked"].items():
         state[key], model_masks[key] = _decode(key, encoding, stored)
     model = factory()
+    _resize(model, manifest.get("modules", {}), state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -74,6 +91,26 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     targets = {name: _target(model, name) for name in model_masks}
     masks.apply_masks(targets, model_masks)
     return model
+
+
+def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) -> None:
+    """Give every module whose recorded sizes differ the saved attributes and tensor shapes."""
+    modules = dict(model.named_modules())
+    for name, attrs in recorded.items():
+        module = modules.get(name)
+        if module is None or all(getattr(module, a, None) == v for a, v in attrs.items()):
+            continue
+        for attr, value in attrs.items():
+            setattr(module, attr, value)
+        for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            key = f"{name}.{attr}" if name else attr
+            if tensor is None or key not in state or state[key].shape == tensor.shape:
+                continue
+            fresh = torch.empty(state[key].shape, dtype=tensor.dtype, device=tensor.device)
+            if isinstance(tensor, nn.Parameter):
+                module._parameters[attr] = nn.Parameter(fresh, requires_grad=tensor.requires_grad)
+            else:
+                module._buffers[attr] = fresh
 
 
 def _encode(key: str, value: torch.Tensor, keep: torch.Tensor, out: dict) -> dict:

@@ -95,13 +95,13 @@ def _keep_existing(score: torch.Tensor) -> torch.Tensor:
     return score != -torch.inf
 
 
-def _min_kept(n: int, min_density: float) -> int:
+def min_kept(n: int, min_density: float) -> int:
     return 0 if min_density == 0 else max(1, math.ceil(min_density * n))
 
 
 def _count(n: int, sparsity: float, min_density: float, name: str) -> int:
     k = round(sparsity * n)
-    if n - k < _min_kept(n, min_density):
+    if n - k < min_kept(n, min_density):
         raise SensipruneError(
             f"sparsity {sparsity} would leave {name} below min_density={min_density}: "
             "lower the sparsity or pass a smaller min_density"
@@ -141,7 +141,7 @@ def _prune_global(
     names = list(ranked)
     sizes = [ranked[n].numel() for n in names]
     total = sum(sizes)
-    protected = sum(_min_kept(n, min_density) for n in sizes)
+    protected = sum(min_kept(n, min_density) for n in sizes)
     k = round(sparsity * total)
     if k > total - protected:
         raise SensipruneError(
@@ -153,8 +153,8 @@ def _prune_global(
         score = ranked[name].reshape(-1).clone()
         alive = score != -torch.inf
         if alive.any():
-            score[alive] = _normalized(score[alive], normalize)
-        keep_at_least = _min_kept(score.numel(), min_density)
+            score[alive] = normalized(score[alive], normalize)
+        keep_at_least = min_kept(score.numel(), min_density)
         if keep_at_least:
             score[torch.topk(score, keep_at_least).indices] = torch.inf
         flat.append(score)
@@ -168,7 +168,7 @@ def _prune_global(
     }
 
 
-def _normalized(score: torch.Tensor, how: str) -> torch.Tensor:
+def normalized(score: torch.Tensor, how: str) -> torch.Tensor:
     if how == "l2":
         return score / score.norm().clamp_min(1e-300)
     if how == "lamp":

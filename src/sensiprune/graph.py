@@ -1,0 +1,468 @@
+"""Which output channels of which layers must be removed together: the dependency graph.
+
+The model is traced with torch.fx and run once on example inputs for shapes. Every tensor
+carries, along one tracked dimension, a list of *channel slots*. A layer that creates channels
+(Conv, Linear) gives its outputs fresh slots; channel-preserving operations pass slots on;
+element-wise operations between tensors (residual adds, gating) merge the slots they line up;
+concatenation joins slot lists and flatten repeats each slot over the positions it expands to.
+Slots that reach the model's inputs or outputs, or that pass through anything not understood,
+are *pinned*. A group is one class of merged slots with no pinned member: removing it removes
+the matching output channel of every producer, input column of every consumer and entry of every
+per-channel layer (BatchNorm, depthwise conv) in it, and nothing else changes meaning.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import SensipruneError
+
+
+@dataclass
+class Flow:
+    """Channel slots of a tensor along dimension ``dim`` (one slot per index)."""
+
+    dim: int
+    slots: list[int]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One index of one module that belongs to a group."""
+
+    layer: str
+    role: str  # "out": output channel, "in": input column, "channel": per-channel entry
+    index: int
+
+
+@dataclass
+class Group:
+    """Coupled indices that are removed together."""
+
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def producers(self) -> set[str]:
+        return {m.layer for m in self.members if m.role == "out"}
+
+
+@dataclass
+class DependencyGraph:
+    groups: list[Group]
+    untouched: dict[str, str]  # module or operation -> why its channels are left alone
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def new(self) -> int:
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, x: int) -> int:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+_PASS_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.PReLU, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
+    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+)  # fmt: skip
+_PASS_FUNCTIONS = {
+    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish,
+    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh,
+    F.softplus, F.dropout, F.dropout2d, torch.clamp, torch.abs, torch.exp, torch.neg,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, operator.neg,
+}  # fmt: skip
+_PASS_METHODS = {
+    "relu", "sigmoid", "tanh", "clamp", "abs", "exp", "neg", "contiguous", "clone", "detach",
+    "float", "to", "type_as", "relu_", "sigmoid_",
+}  # fmt: skip
+_ELEMENTWISE = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
+    torch.add, torch.sub, torch.mul, torch.div,
+}  # fmt: skip
+_ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> DependencyGraph:
+    """Trace ``model`` and return its removable channel groups; the model is not changed."""
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many types for code it cannot trace
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SensipruneError(
+            f"structured pruning needs a model torch.fx can trace, and tracing failed: {reason} "
+            "(move data-dependent control flow out of forward, or prune unstructured)"
+        ) from exc
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(traced).propagate(*example_inputs)
+    except Exception as exc:
+        raise SensipruneError(
+            f"the model does not run on example_inputs: {str(exc).strip().splitlines()[0]}"
+        ) from exc
+    finally:
+        model.train(was_training)
+    return _Tracer(traced).run()
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+class _Tracer:
+    def __init__(self, traced: fx.GraphModule) -> None:
+        self.traced = traced
+        self.modules = dict(traced.named_modules())
+        self.uf = _UnionFind()
+        self.pinned: set[int] = set()
+        self.flows: dict[fx.Node, Any] = {}
+        self.members: list[tuple[int, Member]] = []
+        self.out_slots: dict[str, list[int]] = {}
+        self.in_slots: dict[tuple[str, int], int] = {}
+        self.untouched: dict[str, str] = {}
+
+    # -- slot helpers -------------------------------------------------------------------
+    def fresh(self, n: int, pinned: bool = False) -> list[int]:
+        slots = [self.uf.new() for _ in range(n)]
+        if pinned:
+            self.pinned.update(slots)
+        return slots
+
+    def pin(self, flow: Any) -> None:
+        for f in _flows_in(flow):
+            self.pinned.update(f.slots)
+
+    def pinned_output(self, node: fx.Node, why: str) -> Any:
+        for arg in _node_args(node):
+            self.pin(self.flows.get(arg))
+        self.untouched.setdefault(_describe(node), why)
+        shape = _shape(node)
+        return Flow(1, self.fresh(shape[1], pinned=True)) if shape and len(shape) > 1 else None
+
+    # -- the walk -----------------------------------------------------------------------
+    def run(self) -> DependencyGraph:
+        for node in self.traced.graph.nodes:
+            self.flows[node] = self.visit(node)
+        classes: dict[int, Group] = {}
+        for slot, member in self.members:
+            root = self.uf.find(slot)
+            classes.setdefault(root, Group()).members.append(member)
+        pinned_roots = {self.uf.find(s) for s in self.pinned}
+        groups = [g for root, g in classes.items() if root not in pinned_roots and g.producers]
+        return DependencyGraph(groups, self.untouched)
+
+    def visit(self, node: fx.Node) -> Any:
+        shape = _shape(node)
+        if node.op == "placeholder":
+            return Flow(1, self.fresh(shape[1], pinned=True)) if shape and len(shape) > 1 else None
+        if node.op == "get_attr":
+            return None
+        if node.op == "output":
+            for arg in _node_args(node):
+                self.pin(self.flows.get(arg))
+            return None
+        if node.op == "call_module":
+            return self.visit_module(node, self.modules[node.target])
+        if node.op == "call_function":
+            return self.visit_function(node)
+        return self.visit_method(node)
+
+    def visit_module(self, node: fx.Node, module: nn.Module) -> Any:
+        flow = self.flows.get(node.args[0]) if node.args else None
+        if isinstance(module, _PASS_MODULES):
+            return flow
+        handler = _MODULE_HANDLERS.get(type(module))
+        if handler is None:
+            for base, candidate in _MODULE_HANDLERS.items():
+                if isinstance(module, base):
+                    handler = candidate
+                    break
+        if handler is None or not isinstance(flow, Flow):
+            return self.pinned_output(node, f"{type(module).__name__} is not understood")
+        return handler(self, node, str(node.target), module, flow)
+
+    def visit_function(self, node: fx.Node) -> Any:
+        target = node.target
+        if target in _PASS_FUNCTIONS:
+            return self.flows.get(node.args[0])
+        if target in _ELEMENTWISE:
+            return self.elementwise(node)
+        if target in (torch.flatten,):
+            return self.flatten(node, *_flatten_dims(node))
+        if target in (torch.cat, torch.concat):
+            return self.concat(node)
+        if target is operator.getitem:
+            return self.getitem(node)
+        if target in (torch.split, torch.chunk):
+            return self.split(node)
+        return self.pinned_output(node, f"{getattr(target, '__name__', target)} is not understood")
+
+    def visit_method(self, node: fx.Node) -> Any:
+        name = node.target
+        if name in _PASS_METHODS:
+            return self.flows.get(node.args[0])
+        if name in _ELEMENTWISE_METHODS:
+            return self.elementwise(node)
+        if name in ("size", "dim", "numel"):
+            return None
+        if name == "flatten":
+            return self.flatten(node, *_flatten_dims(node))
+        if name in ("view", "reshape"):
+            return self.reshape(node)
+        if name in ("permute", "transpose"):
+            return self.permute(node)
+        if name in ("mean", "sum", "amax"):
+            return self.reduce(node)
+        if name in ("split", "chunk"):
+            return self.split(node)
+        return self.pinned_output(node, f"tensor.{name} is not understood")
+
+    # -- rules --------------------------------------------------------------------------
+    def elementwise(self, node: fx.Node) -> Any:
+        """Tensors combined element-wise share channels where their tracked dims line up."""
+        out_shape = _shape(node)
+        tensors = [(a, _shape(a)) for a in node.args if isinstance(a, fx.Node)]
+        tensors = [(a, shape) for a, shape in tensors if shape is not None]
+        tracked = [(self.flows.get(a), len(out_shape) - len(shape)) for a, shape in tensors]
+        tracked = [(f.dim + offset, f.slots) for f, offset in tracked if isinstance(f, Flow)]
+        if out_shape is None or not tracked:
+            return None
+        dim, slots = tracked[0]
+        for other_dim, other in tracked[1:]:
+            if other_dim != dim or len(other) != len(slots):
+                return self.pinned_output(node, "element-wise across different channels")
+            for a, b in zip(slots, other):
+                self.uf.union(a, b)
+        for arg, shape in tensors:
+            aligned = dim - (len(out_shape) - len(shape))
+            if not isinstance(self.flows.get(arg), Flow) and aligned >= 0 and shape[aligned] > 1:
+                # a tensor that cannot be sliced along the channels, e.g. a parameter
+                return self.pinned_output(node, "element-wise with an untracked tensor")
+        return Flow(dim, slots)
+
+    def flatten(self, node: fx.Node, start: int, end: int) -> Any:
+        flow, shape = self.flows.get(node.args[0]), _shape(node.args[0])
+        if not isinstance(flow, Flow) or shape is None:
+            return self.pinned_output(node, "flatten of an untracked tensor")
+        start, end = start % len(shape), end % len(shape)
+        if flow.dim < start:
+            return flow
+        if flow.dim > end:
+            return Flow(flow.dim - (end - start), flow.slots)
+        if flow.dim == start:
+            repeat = math.prod(shape[start + 1 : end + 1])
+            return Flow(start, [s for s in flow.slots for _ in range(repeat)])
+        return self.pinned_output(node, "flatten that interleaves the channels")
+
+    def reshape(self, node: fx.Node) -> Any:
+        flow, before, after = self.flows.get(node.args[0]), _shape(node.args[0]), _shape(node)
+        if not isinstance(flow, Flow) or before is None or after is None:
+            return self.pinned_output(node, "reshape of an untracked tensor")
+        d = flow.dim
+        if before[: d + 1] == after[: d + 1]:
+            return flow
+        if before[:d] == after[:d] and len(after) == d + 1:
+            return self.flatten(node, d, -1)
+        return self.pinned_output(node, "reshape that moves the channels")
+
+    def permute(self, node: fx.Node) -> Any:
+        flow, shape = self.flows.get(node.args[0]), _shape(node.args[0])
+        if not isinstance(flow, Flow) or shape is None:
+            return self.pinned_output(node, "permute of an untracked tensor")
+        dims = [a for a in node.args[1:]] or list(node.kwargs.values())
+        if node.target == "transpose":
+            a, b = (int(x) % len(shape) for x in dims[:2])
+            order = list(range(len(shape)))
+            order[a], order[b] = order[b], order[a]
+        else:
+            order = [
+                int(x) % len(shape)
+                for x in (dims[0] if isinstance(dims[0], (list, tuple)) else dims)
+            ]
+        return Flow(order.index(flow.dim), flow.slots)
+
+    def reduce(self, node: fx.Node) -> Any:
+        flow, shape = self.flows.get(node.args[0]), _shape(node.args[0])
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        if not isinstance(flow, Flow) or shape is None or dims is None:
+            return self.pinned_output(node, "reduction over every dimension")
+        dims = {int(x) % len(shape) for x in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        if flow.dim in dims:
+            return self.pinned_output(node, "reduction over the channels")
+        return Flow(flow.dim if keepdim else flow.dim - sum(d < flow.dim for d in dims), flow.slots)
+
+    def concat(self, node: fx.Node) -> Any:
+        tensors = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        flows = [self.flows.get(t) for t in tensors]
+        shape = _shape(node)
+        if shape is None or not all(isinstance(f, Flow) for f in flows):
+            return self.pinned_output(node, "concatenation with an untracked tensor")
+        dim %= len(shape)
+        if all(f.dim == dim for f in flows):
+            return Flow(dim, [s for f in flows for s in f.slots])
+        return self.pinned_output(node, "concatenation along another dimension")
+
+    def split(self, node: fx.Node) -> Any:
+        flow, shape = self.flows.get(node.args[0]), _shape(node.args[0])
+        if not isinstance(flow, Flow) or shape is None:
+            return self.pinned_output(node, "split of an untracked tensor")
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        if dim % len(shape) != flow.dim:
+            return _SameForEveryPart(flow)  # a split along another dimension keeps the channels
+        n = len(flow.slots)
+        if node.target in (torch.chunk, "chunk"):
+            step = math.ceil(n / size)
+            sizes = [min(step, n - i) for i in range(0, n, step)]
+        else:
+            sizes = list(size) if isinstance(size, (list, tuple)) else [size] * math.ceil(n / size)
+        parts, start = [], 0
+        for s in sizes:
+            parts.append(Flow(flow.dim, flow.slots[start : start + s]))
+            start += s
+        return parts
+
+    def getitem(self, node: fx.Node) -> Any:
+        source = self.flows.get(node.args[0])
+        if isinstance(source, _SameForEveryPart):
+            return source.flow
+        if isinstance(source, list) and isinstance(node.args[1], int):
+            return source[node.args[1]]
+        return self.pinned_output(node, "indexing")
+
+    # -- members ------------------------------------------------------------------------
+    def producer(self, layer: str, n: int, pinned: bool = False) -> list[int]:
+        if layer not in self.out_slots:  # a module called twice produces the same channels
+            self.out_slots[layer] = self.fresh(n, pinned)
+            self.members += [
+                (s, Member(layer, "out", i)) for i, s in enumerate(self.out_slots[layer])
+            ]
+        return self.out_slots[layer]
+
+    def consumer(self, layer: str, slots: list[int]) -> None:
+        for i, slot in enumerate(slots):
+            key = (layer, i)
+            if key in self.in_slots:  # the same input column read twice: one channel
+                self.uf.union(self.in_slots[key], slot)
+            else:
+                self.in_slots[key] = slot
+                self.members.append((slot, Member(layer, "in", i)))
+
+    def channelwise(self, layer: str, slots: list[int]) -> None:
+        for i, slot in enumerate(slots):
+            self.members.append((slot, Member(layer, "channel", i)))
+
+
+@dataclass(frozen=True)
+class _SameForEveryPart:
+    flow: Flow
+
+
+def _flatten_module(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    return t.flatten(node, module.start_dim, module.end_dim)
+
+
+def _conv(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    if flow.dim != 1:
+        return t.pinned_output(node, "convolution over a moved channel dimension")
+    if module.groups == 1:
+        t.consumer(layer, flow.slots)
+        return Flow(1, t.producer(layer, module.out_channels))
+    if module.groups == module.in_channels == module.out_channels:  # depthwise
+        t.channelwise(layer, flow.slots)
+        return flow
+    t.pin(flow)
+    t.untouched[layer] = f"grouped convolution (groups={module.groups})"
+    return Flow(1, t.producer(layer, module.out_channels, pinned=True))
+
+
+def _conv_transpose(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    if flow.dim != 1 or module.groups != 1:
+        return t.pinned_output(node, f"grouped transposed convolution (groups={module.groups})")
+    t.consumer(layer, flow.slots)
+    return Flow(1, t.producer(layer, module.out_channels))
+
+
+def _linear(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    shape = _shape(node.args[0])
+    if shape is None or flow.dim != len(shape) - 1:
+        return t.pinned_output(node, "Linear over a dimension that is not the channels")
+    t.consumer(layer, flow.slots)
+    return Flow(flow.dim, t.producer(layer, module.out_features))
+
+
+def _batchnorm(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    if flow.dim != 1:
+        return t.pinned_output(node, "BatchNorm over a moved channel dimension")
+    t.channelwise(layer, flow.slots)
+    return flow
+
+
+_MODULE_HANDLERS: dict[type, Callable[..., Any]] = {
+    **{c: _conv for c in _CONVS},
+    **{c: _conv_transpose for c in _CONV_TRANSPOSES},
+    nn.Linear: _linear,
+    **{c: _batchnorm for c in _BATCHNORMS},
+    nn.Flatten: _flatten_module,
+}
+
+
+def _flatten_dims(node: fx.Node) -> tuple[int, int]:
+    args = list(node.args[1:])
+    start = args[0] if args else node.kwargs.get("start_dim", 0)
+    end = args[1] if len(args) > 1 else node.kwargs.get("end_dim", -1)
+    return int(start), int(end)
+
+
+def _node_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+def _flows_in(value: Any) -> list[Flow]:
+    if isinstance(value, Flow):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [f for v in value for f in _flows_in(v)]
+    return []
+
+
+def _describe(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    return f"{node.op}:{getattr(node.target, '__name__', node.target)}"

@@ -1,0 +1,196 @@
+"""Structured pruning: score coupled channel groups, choose, and cut them out physically."""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import surgery
+from .errors import SensipruneError
+from .graph import DependencyGraph, Group, Member, build_graph
+from .selection import Sparsity, min_kept, normalized
+
+REDUCTIONS = ("mean", "sum", "max")
+_SIZE_ATTRS = {
+    "out": ("out_features", "out_channels"),
+    "in": ("in_features", "in_channels"),
+    "channel": ("num_features", "out_channels"),
+}
+
+
+def group_scores(
+    model: nn.Module, groups: Sequence[Group], scores: Mapping[str, torch.Tensor], reduce: str
+) -> torch.Tensor:
+    """Reduce the per-weight scores of every member slice of each group to one number."""
+    if reduce not in REDUCTIONS:
+        raise SensipruneError(f"group reduction must be one of {', '.join(REDUCTIONS)}")
+    modules = dict(model.named_modules())
+    result = torch.zeros(len(groups), dtype=torch.float64)
+    for g, group in enumerate(groups):
+        values = [
+            _member_slice(
+                modules[m.layer], m, scores.get(f"{m.layer}.weight" if m.layer else "weight")
+            )
+            for m in group.members
+        ]
+        values = [v.reshape(-1).double() for v in values if v is not None]
+        if not values:
+            continue
+        flat = torch.cat(values)
+        result[g] = {"mean": flat.mean, "sum": flat.sum, "max": flat.max}[reduce]()
+    return result
+
+
+def _member_slice(module: nn.Module, member: Member, score: torch.Tensor | None):
+    if score is None:
+        return None
+    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+    dim = {"out": 1 if transposed else 0, "in": 0 if transposed else 1, "channel": 0}[member.role]
+    return score.select(dim, member.index)
+
+
+def choose_groups(
+    groups: Sequence[Group],
+    scores: torch.Tensor,
+    sparsity: Sparsity,
+    scope: str,
+    normalize: str,
+    min_density: float,
+    round_to: int,
+) -> list[int]:
+    """Indices of the groups to remove: ``sparsity`` of the channels of each family of layers
+    (``scope="layer"``) or of all channels ranked together (``"global"``)."""
+    families: dict[frozenset[str], list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        families[frozenset(group.producers)].append(index)
+    if isinstance(sparsity, Mapping):
+        budget = {
+            family: max((sparsity[layer] for layer in family if layer in sparsity), default=0.0)
+            for family in families
+        }
+        missing = set(sparsity) - {layer for family in families for layer in family}
+        if missing:
+            known = ", ".join(sorted({layer for family in families for layer in family}))
+            raise SensipruneError(
+                f"no prunable channels in {', '.join(sorted(missing))}; layers whose output "
+                f"channels can be pruned: {known}"
+            )
+        return _per_family(families, scores, budget, min_density, round_to)
+    if scope == "layer":
+        return _per_family(
+            families, scores, dict.fromkeys(families, sparsity), min_density, round_to
+        )
+    return _global(families, scores, sparsity, normalize, min_density, round_to)
+
+
+def _kept_count(n: int, wanted_removed: int, min_density: float, round_to: int) -> int:
+    kept = max(n - wanted_removed, min_kept(n, min_density))
+    if round_to > 1 and n >= round_to:
+        kept = max(round_to, round(kept / round_to) * round_to)
+    return min(kept, n)
+
+
+def _per_family(families, scores, budget, min_density: float, round_to: int) -> list[int]:
+    removed = []
+    for family, members in families.items():
+        n = len(members)
+        kept = _kept_count(n, round(budget[family] * n), min_density, round_to)
+        order = sorted(members, key=lambda i: (scores[i].item(), i))
+        removed += order[: n - kept]
+    return removed
+
+
+def _global(families, scores, sparsity: float, normalize: str, min_density: float, round_to: int):
+    ranked = []
+    for family, members in families.items():
+        values = normalized(scores[members], normalize)
+        ranked += [(values[k].item(), i, family) for k, i in enumerate(members)]
+    ranked.sort()
+    total = len(ranked)
+    target = round(sparsity * total)
+    per_family: dict[frozenset[str], int] = defaultdict(int)
+    chosen = 0
+    for _, _, family in ranked:
+        if chosen == target:
+            break
+        n = len(families[family])
+        if n - per_family[family] > min_kept(n, min_density):
+            per_family[family] += 1
+            chosen += 1
+    return _per_family(
+        families,
+        scores,
+        {f: per_family[f] / len(m) for f, m in families.items()},
+        min_density,
+        round_to,
+    )
+
+
+def remove_groups(
+    model: nn.Module,
+    graph: DependencyGraph,
+    removed: Sequence[int],
+    example_inputs: Sequence[torch.Tensor],
+) -> None:
+    """Cut the chosen groups out of ``model`` in place, after proving it on a copy."""
+    cut: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for g in removed:
+        for member in graph.groups[g].members:
+            cut[(member.layer, member.role)].add(member.index)
+    expected = _output_shapes(model, example_inputs)
+    trial = copy.deepcopy(model)
+    modules = dict(trial.named_modules())
+    for (layer, role), indices in cut.items():
+        module = modules[layer]
+        size = _size(module, role)
+        keep = [i for i in range(size) if i not in indices]
+        surgery.shrink(module, role, torch.tensor(keep, dtype=torch.long))
+    if _output_shapes(trial, example_inputs) != expected:
+        raise SensipruneError(
+            "structured pruning would change the output shape; this is a bug in sensiprune's "
+            "dependency graph: please report it with the model (the model was not modified)"
+        )
+    originals = dict(model.named_modules())
+    for layer in {layer for layer, _ in cut}:
+        originals[layer].__dict__.update(modules[layer].__dict__)
+
+
+def _size(module: nn.Module, role: str) -> int:
+    for attr in _SIZE_ATTRS[role]:
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    raise TypeError(f"cannot tell the {role} size of {type(module).__name__}")
+
+
+def _output_shapes(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*example_inputs)
+    except Exception as exc:
+        raise SensipruneError(
+            f"the model does not run after structured pruning: {exc}; this is a bug in "
+            "sensiprune's dependency graph: please report it (the model was not modified)"
+        ) from exc
+    finally:
+        model.train(was_training)
+    flat = out if isinstance(out, (list, tuple)) else [out]
+    return [tuple(o.shape) for o in flat if isinstance(o, torch.Tensor)]
+
+
+def build(model: nn.Module, example_inputs: object) -> tuple[DependencyGraph, list[torch.Tensor]]:
+    """Validate example_inputs at the edge and build the dependency graph."""
+    if example_inputs is None:
+        raise SensipruneError(
+            "structured=True needs example_inputs: a tensor (or tuple of tensors) the model "
+            "accepts, e.g. one batch of inputs"
+        )
+    inputs = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
+    if not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise SensipruneError("example_inputs must be a tensor or a tuple of tensors")
+    return build_graph(model, inputs), inputs

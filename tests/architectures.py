@@ -1,0 +1,197 @@
+"""Hand-written architectures for the structured-pruning tests: small but real topologies."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    )
+
+
+class VGG(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn(3, 16), conv_bn(16, 16), nn.MaxPool2d(2), conv_bn(16, 32), nn.MaxPool2d(2)
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 5)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, width: int, cout: int) -> None:
+        super().__init__()
+        self.reduce = conv_bn(cin, width, 1)
+        self.spatial = conv_bn(width, width, 3)
+        self.expand = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.project = (
+            nn.Identity()
+            if cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.expand(self.spatial(self.reduce(x))))
+        return torch.relu(out + self.project(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.layer1 = nn.Sequential(BasicBlock(16, 16), BasicBlock(16, 16))
+        self.layer2 = nn.Sequential(BasicBlock(16, 32, stride=2), Bottleneck(32, 8, 32))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class DenseNet(nn.Module):
+    def __init__(self, growth: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.layers = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.BatchNorm2d(8 + i * growth),
+                    nn.ReLU(),
+                    nn.Conv2d(8 + i * growth, growth, 3, padding=1),
+                )
+                for i in range(3)
+            ]
+        )
+        self.transition = nn.Sequential(
+            nn.BatchNorm2d(8 + 3 * growth), nn.ReLU(), nn.Conv2d(8 + 3 * growth, 12, 1)
+        )
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], dim=1)
+        x = self.transition(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, expand: int, stride: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_residual = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.use_residual else out
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 16, 4, 1),
+            InvertedResidual(16, 24, 4, 2),
+            InvertedResidual(24, 24, 4, 1),
+        )
+        self.head = nn.Sequential(
+            conv_bn(24, 48, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 5)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+class UNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc1 = conv_bn(3, 8)
+        self.enc2 = conv_bn(8, 16)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec = conv_bn(16, 8)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
+        return self.out(self.dec(torch.cat([self.up(e2), e1], dim=1)))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = conv_bn(3, 16)
+        self.fc1 = nn.Linear(16, 4)
+        self.fc2 = nn.Linear(4, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))))
+        x = x * gate.view(x.shape[0], -1, 1, 1)
+        return self.head(x.mean((2, 3)))
+
+
+class ChannelShuffle(nn.Module):
+    """A shuffle moves channels between groups: the graph must pin, never corrupt, them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(3, 8)
+        self.conv2 = conv_bn(8, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(self.conv2(x).mean((2, 3)))
+
+
+CNN_ZOO = {
+    "vgg": VGG,
+    "resnet": ResNet,
+    "densenet": DenseNet,
+    "mobilenetv2": MobileNetV2,
+    "unet": UNet,
+    "squeeze-excite": SqueezeExcite,
+    "channel-shuffle": ChannelShuffle,
+}

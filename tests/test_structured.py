@@ -1,0 +1,167 @@
+"""Structured pruning end to end on a zoo of architectures, and exact equivalence."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import sensiprune as sp
+from sensiprune.graph import build_graph
+from sensiprune.structured import choose_groups, group_scores, remove_groups
+
+from .architectures import CNN_ZOO, VGG, ChannelShuffle, ResNet
+
+
+def _inputs(name: str) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(4, 3, 16 if name == "vgg" else 8, 16 if name == "vgg" else 8)
+
+
+def _batches(model: nn.Module, x: torch.Tensor) -> list:
+    with torch.no_grad():
+        out = model(x)
+    labels = torch.randint(0, out.shape[1], (x.shape[0], *out.shape[2:]))
+    return [(x, labels)]
+
+
+@pytest.mark.parametrize("name", [n for n in CNN_ZOO if n != "channel-shuffle"])
+@pytest.mark.parametrize("sparsity", [0.3, 0.7])
+def test_every_architecture_shrinks_runs_and_trains(name, sparsity):
+    torch.manual_seed(0)
+    model = CNN_ZOO[name]()
+    x = _inputs(name)
+    shape = model(x).shape
+    result = sp.prune(
+        model,
+        sparsity,
+        "taylor",
+        _batches(model, x),
+        structured=True,
+        example_inputs=x,
+        scope="layer",
+    )
+    assert model(x).shape == shape
+    assert result.params_after < result.params_before
+    assert result.flops_after < result.flops_before
+    sp.finetune(model, _batches(model, x), epochs=1, show_progress=False)
+    assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("name", list(CNN_ZOO))
+def test_removing_groups_that_were_zeroed_leaves_outputs_unchanged(name):
+    torch.manual_seed(0)
+    model = CNN_ZOO[name]().eval()
+    for module in model.modules():  # non-trivial running statistics
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 1.5)
+    x = _inputs(name)
+    graph = build_graph(model, [x])
+    scores = {n: p.detach().abs() for n, p in model.named_parameters()}
+    values = group_scores(model, graph.groups, scores, "mean")
+    removed = choose_groups(graph.groups, values, 0.5, "layer", "none", 0.01, 1)
+    assert removed or name == "channel-shuffle"
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for g in removed:
+            for member in graph.groups[g].members:
+                module = modules[member.layer]
+                if member.role == "in":
+                    continue
+                dim = 1 if member.role == "out" and isinstance(module, nn.ConvTranspose2d) else 0
+                for attr in ("weight", "bias"):
+                    tensor = getattr(module, attr, None)
+                    if tensor is not None:
+                        tensor.select(dim if attr == "weight" else 0, member.index).zero_()
+        expected = model(x)
+        remove_groups(model, graph, removed, [x])
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_branches_are_pruned_together():
+    model = ResNet()
+    graph = build_graph(model, [torch.randn(2, 3, 8, 8)])
+    families = {frozenset(g.producers) for g in graph.groups}
+    # the stem and both layer1 blocks write into one residual stream: one family
+    assert frozenset({"stem.0", "layer1.0.conv2", "layer1.1.conv2"}) in families
+    assert frozenset({"layer1.0.conv1"}) in families
+
+
+def test_flatten_into_linear_removes_every_spatial_column():
+    model = VGG()
+    x = torch.randn(2, 3, 16, 16)
+    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    assert model.features[3][0].out_channels == 16
+    assert model.classifier[1].in_features == 16 * 16
+
+
+def test_channel_shuffle_is_left_alone_and_reported():
+    model = ChannelShuffle()
+    x = torch.randn(2, 3, 8, 8)
+    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    assert model.conv1[0].out_channels == 8  # shuffled channels: untouched
+    assert model.conv2[0].out_channels == 4  # after the shuffle: free to prune
+    assert any("moves the channels" in item for item in result.untouched)
+
+
+def test_ignore_keeps_a_layers_outputs(mlp):
+    x = torch.randn(4, 8)
+    sp.prune(mlp, 0.5, "magnitude", structured=True, example_inputs=x, ignore=[mlp.fc1])
+    assert mlp.fc1.out_features == 16
+    assert mlp.fc2.out_features == 6
+
+
+def test_round_to_keeps_multiples():
+    model = VGG()
+    x = torch.randn(2, 3, 16, 16)
+    sp.prune(model, 0.3, "magnitude", structured=True, example_inputs=x, round_to=8, scope="layer")
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            assert module.out_channels % 8 == 0
+
+
+def test_structured_model_saves_and_loads_by_shape(tmp_path):
+    torch.manual_seed(0)
+    model = ResNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x)
+    sp.save(model, tmp_path / "run")
+    loaded = sp.load(tmp_path / "run", ResNet).eval()
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            return self.fc(x)
+        return -self.fc(x)
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "message"),
+    [
+        (VGG, {"sparsity": 1.0}, r"\[0, 1\)"),
+        (VGG, {"sparsity": 0.5, "ignore": ["nowhere"]}, "neither a module nor a parameter"),
+        (VGG, {"sparsity": 0.5, "example_inputs": None}, "needs example_inputs"),
+        (VGG, {"sparsity": 0.5, "round_to": 0}, "round_to"),
+        (VGG, {"sparsity": 0.5, "scope": "row"}, "scope"),
+        (_Untraceable, {"sparsity": 0.5}, "torch.fx"),
+    ],
+)
+def test_bad_structured_input_leaves_the_model_unmodified(make, kwargs, message):
+    model = make()
+    x = torch.randn(2, 3, 16, 16) if make is VGG else torch.randn(2, 4)
+    before = copy.deepcopy(model.state_dict())
+    args = {"criterion": "magnitude", "structured": True, "example_inputs": x, **kwargs}
+    with pytest.raises(sp.SensipruneError, match=message):
+        sp.prune(model, **args)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
