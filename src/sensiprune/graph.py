@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import SensipruneError
 
@@ -59,6 +60,8 @@ class Group:
 class DependencyGraph:
     groups: list[Group]
     untouched: dict[str, str]  # module or operation -> why its channels are left alone
+    flops: int = 0  # of one forward pass on the example inputs, counted while tracing
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 
 class _UnionFind:
@@ -125,15 +128,29 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            ShapeProp(traced).propagate(*example_inputs)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            output = ShapeProp(traced).propagate(*example_inputs)
     except Exception as exc:
         raise SensipruneError(
             f"the model does not run on example_inputs: {str(exc).strip().splitlines()[0]}"
         ) from exc
     finally:
         model.train(was_training)
-    return _Tracer(traced).run()
+    graph = _Tracer(traced).run()
+    graph.flops = counter.get_total_flops()
+    graph.output_shapes = tensor_shapes(output)
+    return graph
+
+
+def tensor_shapes(output: Any) -> list[tuple[int, ...]]:
+    """Shapes of every tensor in a (possibly nested) model output."""
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if isinstance(output, (list, tuple)):
+        return [shape for item in output for shape in tensor_shapes(item)]
+    if isinstance(output, dict):
+        return [shape for item in output.values() for shape in tensor_shapes(item)]
+    return []
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:

@@ -14,7 +14,6 @@ from .criteria.obs import OptimalBrainSurgeon
 from .data import Batch, LossFn, as_batches, default_loss
 from .errors import SensipruneError
 from .graph import DependencyGraph
-from .measure import count_flops
 from .schedule import geometric_sparsity, sparsity_at
 from .selection import Sparsity
 from .targets import IgnoreSpec, Target, find_targets, require_targets
@@ -246,10 +245,9 @@ def _prune_structured(
         groups, group_values, sparsity, scope, normalize, min_density, round_to
     )
     params_before = sum(p.numel() for p in model.parameters())
-    flops_before = count_flops(model, *inputs).dense
     before = {name: t.param.numel() for name, t in targets.items()}
-    kept_graph = DependencyGraph(groups, graph.untouched)
-    structured_pruning.remove_groups(model, kept_graph, removed, inputs)
+    kept_graph = DependencyGraph(groups, graph.untouched, graph.flops, graph.output_shapes)
+    flops_after = structured_pruning.remove_groups(model, kept_graph, removed, inputs)
     after = {name: p.numel() for name, p in model.named_parameters() if name in before}
     layers = tuple(masks.LayerSparsity(n, before[n], after[n]) for n in before)
     return PruneResult(
@@ -258,8 +256,8 @@ def _prune_structured(
         params_before,
         sum(p.numel() for p in model.parameters()),
         layers,
-        flops_before,
-        count_flops(model, *inputs).dense,
+        graph.flops,
+        flops_after,
         tuple(f"{what}: {why}" for what, why in graph.untouched.items()),
     )
 

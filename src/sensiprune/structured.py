@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from . import surgery
 from .errors import SensipruneError
-from .graph import DependencyGraph, Group, Member, build_graph
+from .graph import DependencyGraph, Group, build_graph, tensor_shapes
 from .selection import Sparsity, min_kept, normalized
 
 REDUCTIONS = ("mean", "sum", "max")
@@ -29,28 +29,41 @@ def group_scores(
     if reduce not in REDUCTIONS:
         raise SensipruneError(f"group reduction must be one of {', '.join(REDUCTIONS)}")
     modules = dict(model.named_modules())
-    result = torch.zeros(len(groups), dtype=torch.float64)
+    per_index: dict[tuple[str, str], tuple[list[float], int]] = {}
+    totals = [0.0] * len(groups)
+    counts = [0] * len(groups)
     for g, group in enumerate(groups):
-        values = [
-            _member_slice(
-                modules[m.layer], m, scores.get(f"{m.layer}.weight" if m.layer else "weight")
-            )
-            for m in group.members
-        ]
-        values = [v.reshape(-1).double() for v in values if v is not None]
-        if not values:
-            continue
-        flat = torch.cat(values)
-        result[g] = {"mean": flat.mean, "sum": flat.sum, "max": flat.max}[reduce]()
+        for member in group.members:
+            key = (member.layer, member.role)
+            if key not in per_index:
+                per_index[key] = _slice_reductions(
+                    modules[member.layer],
+                    member.role,
+                    scores.get(f"{member.layer}.weight" if member.layer else "weight"),
+                    reduce,
+                )
+            values, size = per_index[key]
+            if size:
+                value = values[member.index]
+                totals[g] = max(totals[g], value) if reduce == "max" else totals[g] + value
+                counts[g] += size
+    result = torch.tensor(totals, dtype=torch.float64)
+    if reduce == "mean":
+        return result / torch.tensor(counts, dtype=torch.float64).clamp_min(1)
     return result
 
 
-def _member_slice(module: nn.Module, member: Member, score: torch.Tensor | None):
+def _slice_reductions(
+    module: nn.Module, role: str, score: torch.Tensor | None, reduce: str
+) -> tuple[list[float], int]:
+    """Per index of ``role``: the sum (or max) of the scores in that slice, and its size."""
     if score is None:
-        return None
+        return [], 0
     transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-    dim = {"out": 1 if transposed else 0, "in": 0 if transposed else 1, "channel": 0}[member.role]
-    return score.select(dim, member.index)
+    dim = {"out": 1 if transposed else 0, "in": 0 if transposed else 1, "channel": 0}[role]
+    rows = score.detach().double().movedim(dim, 0).reshape(score.shape[dim], -1)
+    values = rows.amax(1) if reduce == "max" else rows.sum(1)
+    return values.tolist(), rows.shape[1]
 
 
 def choose_groups(
@@ -135,43 +148,51 @@ def remove_groups(
     graph: DependencyGraph,
     removed: Sequence[int],
     example_inputs: Sequence[torch.Tensor],
-) -> None:
-    """Cut the chosen groups out of ``model`` in place, after proving it on a copy."""
+) -> int:
+    """Cut the chosen groups out of ``model`` in place; returns the FLOPs afterwards.
+
+    The pruned model is run once before returning; if it fails or its output shapes changed,
+    every touched module gets its old state back and the error says so.
+    """
     cut: dict[tuple[str, str], set[int]] = defaultdict(set)
     for g in removed:
         for member in graph.groups[g].members:
             cut[(member.layer, member.role)].add(member.index)
-    expected = _output_shapes(model, example_inputs)
-    trial = copy.deepcopy(model)
-    modules = dict(trial.named_modules())
-    for (layer, role), indices in cut.items():
-        module = modules[layer]
-        size = _size(module, role)
-        keep = [i for i in range(size) if i not in indices]
-        surgery.shrink(module, role, torch.tensor(keep, dtype=torch.long))
-    if _output_shapes(trial, example_inputs) != expected:
-        raise SensipruneError(
-            "structured pruning would change the output shape; this is a bug in sensiprune's "
-            "dependency graph: please report it with the model (the model was not modified)"
-        )
-    originals = dict(model.named_modules())
-    for layer in {layer for layer, _ in cut}:
-        originals[layer].__dict__.update(modules[layer].__dict__)
+    modules = dict(model.named_modules())
+    touched = {layer for layer, _ in cut}
+    saved = {layer: _snapshot(modules[layer]) for layer in touched}
+    try:
+        for (layer, role), indices in cut.items():
+            module = modules[layer]
+            keep = [i for i in range(_size(module, role)) if i not in indices]
+            surgery.shrink(module, role, torch.tensor(keep, dtype=torch.long))
+        flops, shapes = _run(model, example_inputs)
+        if shapes != graph.output_shapes:
+            raise SensipruneError(
+                "structured pruning would change the output shape; this is a bug in "
+                "sensiprune's dependency graph: please report it (the model was not modified)"
+            )
+    except BaseException:
+        for layer, state in saved.items():
+            modules[layer].__dict__.clear()
+            modules[layer].__dict__.update(state)
+        raise
+    return flops
 
 
-def _size(module: nn.Module, role: str) -> int:
-    for attr in _SIZE_ATTRS[role]:
-        if hasattr(module, attr):
-            return int(getattr(module, attr))
-    raise TypeError(f"cannot tell the {role} size of {type(module).__name__}")
+def _snapshot(module: nn.Module) -> dict:
+    state = dict(module.__dict__)
+    for key in ("_parameters", "_buffers"):
+        state[key] = dict(state[key])
+    return state
 
 
-def _output_shapes(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list:
+def _run(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[int, list]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            out = model(*example_inputs)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            output = model(*example_inputs)
     except Exception as exc:
         raise SensipruneError(
             f"the model does not run after structured pruning: {exc}; this is a bug in "
@@ -179,8 +200,14 @@ def _output_shapes(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> 
         ) from exc
     finally:
         model.train(was_training)
-    flat = out if isinstance(out, (list, tuple)) else [out]
-    return [tuple(o.shape) for o in flat if isinstance(o, torch.Tensor)]
+    return counter.get_total_flops(), tensor_shapes(output)
+
+
+def _size(module: nn.Module, role: str) -> int:
+    for attr in _SIZE_ATTRS[role]:
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    raise TypeError(f"cannot tell the {role} size of {type(module).__name__}")
 
 
 def build(model: nn.Module, example_inputs: object) -> tuple[DependencyGraph, list[torch.Tensor]]:

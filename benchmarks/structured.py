@@ -1,0 +1,258 @@
+"""Structured pruning benchmark: FLOPs, measured latency, a peer library, and accuracy.
+
+Writes benchmarks/results/structured.md. Reproduce with:
+
+    .venv/bin/pip install torch-pruning==1.6.1     # the peer; a benchmark-only dependency
+    .venv/bin/python benchmarks/structured.py      # a few minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import sensiprune as sp
+from sensiprune.measure import count_flops
+from sensiprune.zoo import LeNet5, load_digits_splits
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=False),
+    ]
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), *conv_bn(cout, cout)[:2])
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet18Style(nn.Module):
+    """A CIFAR-sized ResNet: 4 stages of 2 basic blocks, widths 32-256."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        widths = [32, 64, 128, 256]
+        layers: list[nn.Module] = [nn.Sequential(*conv_bn(3, widths[0]))]
+        cin = widths[0]
+        for i, w in enumerate(widths):
+            layers += [Block(cin, w, 1 if i == 0 else 2), Block(w, w, 1)]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+class Inverted(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 6) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.residual = stride == 1 and cin == cout
+        self.body = nn.Sequential(
+            *conv_bn(cin, hidden, 1),
+            *conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class MobileNetV2Style(nn.Module):
+    """A CIFAR-sized MobileNetV2: inverted residuals with depthwise convolutions."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        config = [(16, 1), (24, 2), (24, 1), (32, 2), (32, 1), (64, 2), (64, 1), (96, 1)]
+        layers: list[nn.Module] = [nn.Sequential(*conv_bn(3, 32))]
+        cin = 32
+        for cout, stride in config:
+            layers.append(Inverted(cin, cout, stride))
+            cin = cout
+        layers.append(nn.Sequential(*conv_bn(cin, 320, 1)))
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(320, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def median_latency(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    model.eval()
+    with torch.no_grad():
+        for _ in range(5):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def prune_ours(model: nn.Module, sparsity: float, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    sp.prune(model, sparsity, "magnitude", structured=True, example_inputs=x, scope="layer",
+             ignore=[model.fc])  # fmt: skip
+    return time.perf_counter() - start
+
+
+def prune_peer(model: nn.Module, sparsity: float, x: torch.Tensor) -> float:
+    import torch_pruning as tp
+
+    start = time.perf_counter()
+    pruner = tp.pruner.MagnitudePruner(
+        model, x, importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=sparsity, ignored_layers=[model.fc],
+    )  # fmt: skip
+    pruner.step()
+    return time.perf_counter() - start
+
+
+def speed_table(repeats: int, with_peer: bool) -> list[str]:
+    out = [
+        "## FLOPs and measured CPU latency (input 3x32x32)",
+        "",
+        'Uniform channel sparsity per layer (`scope="layer"`, L1 magnitude), classifier kept. '
+        f"Latency: median of {repeats} runs after 5 warm-up runs, {torch.get_num_threads()} "
+        "threads, eval mode, no_grad. *efficiency* = latency speed-up / FLOP reduction at "
+        "batch 32 (target ≥ 0.9).",
+        "",
+        "| model | sparsity | params | FLOP reduction | speed-up b1 | speed-up b32 "
+        "| efficiency b32 | prune time (s) | peer prune time (s) | peer FLOP reduction "
+        "| peer params | peer runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, factory in (
+        ("ResNet-18-style", ResNet18Style),
+        ("MobileNetV2-style", MobileNetV2Style),
+    ):
+        torch.manual_seed(0)
+        dense = factory().eval()
+        x1, x32 = torch.randn(1, 3, 32, 32), torch.randn(32, 3, 32, 32)
+        base = count_flops(dense, x1).dense
+        base_params = sum(p.numel() for p in dense.parameters())
+        base_b1, base_b32 = median_latency(dense, x1, repeats), median_latency(dense, x32, repeats)
+        out.append(
+            f"| {name} | dense | {base_params:,} | 1.00 | 1.00 | 1.00 | — | — | — | — | — | — |"
+        )
+        for sparsity in (0.3, 0.5, 0.7):
+            ours = copy.deepcopy(dense)
+            seconds = prune_ours(ours, sparsity, x1)
+            flops = count_flops(ours, x1).dense
+            b1 = base_b1 / median_latency(ours, x1, repeats)
+            b32 = base_b32 / median_latency(ours, x32, repeats)
+            reduction = base / flops
+            peer_cells = "— | — | — | not installed"
+            if with_peer:
+                peer = copy.deepcopy(dense)
+                peer_seconds = prune_peer(peer, sparsity, x1)
+                runs = tuple(peer(x32).shape) == (32, 10)
+                peer_cells = (
+                    f"{peer_seconds:.3f} | {base / count_flops(peer, x1).dense:.2f} | "
+                    f"{sum(p.numel() for p in peer.parameters()):,} | {'yes' if runs else 'NO'}"
+                )
+            out.append(
+                f"| {name} | {sparsity:.0%} | {sum(p.numel() for p in ours.parameters()):,} | "
+                f"{reduction:.2f} | {b1:.2f} | {b32:.2f} | {b32 / reduction:.2f} | "
+                f"{seconds:.3f} | {peer_cells} |"
+            )
+    return out
+
+
+def accuracy_table(seed: int, epochs: int) -> list[str]:
+    data = load_digits_splits(seed=seed)
+    torch.manual_seed(seed)
+    dense = LeNet5()
+    sp.finetune(dense, data.train, epochs=40, show_progress=False)
+    x = data.val[0][0]
+    out = [
+        "",
+        "## Accuracy at equal FLOPs: LeNet-5 on digits, structured",
+        "",
+        f"Dense test accuracy {sp.evaluate(dense, data.test):.3f}. The same channel sparsity in "
+        "every layer gives every criterion the same architecture, so FLOPs are equal; scores on "
+        f"the validation split; then {epochs} epochs of fine-tuning. Cells: one-shot / "
+        "fine-tuned.",
+        "",
+        "| criterion | " + " | ".join(f"{s:.0%} channels" for s in (0.3, 0.5, 0.7)) + " |",
+        "|---|---|---|---|",
+    ]
+    flops_row = []
+    for criterion in ("taylor", "obd", "activation", "magnitude", "random"):
+        cells = []
+        for sparsity in (0.3, 0.5, 0.7):
+            model = copy.deepcopy(dense)
+            sp.prune(model, sparsity, criterion, data.val, structured=True, example_inputs=x,
+                     scope="layer", ignore=[model.fc3])  # fmt: skip
+            one_shot = sp.evaluate(model, data.test)
+            sp.finetune(model, data.train, epochs=epochs, show_progress=False)
+            cells.append(f"{one_shot:.3f} / {sp.evaluate(model, data.test):.3f}")
+            if criterion == "random":
+                flops_row.append(
+                    f"{count_flops(dense, x).dense / count_flops(model, x).dense:.2f}x"
+                )
+        out.append(f"| {criterion} | " + " | ".join(cells) + " |")
+    out.append("| FLOP reduction | " + " | ".join(flops_row) + " |")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="benchmarks/results/structured.md")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs")
+    args = parser.parse_args()
+    try:
+        import torch_pruning  # noqa: F401
+
+        with_peer = True
+    except ImportError:
+        with_peer = False
+    repeats = 5 if args.quick else 25
+    started = time.perf_counter()
+    lines = [
+        "# Structured pruning benchmark",
+        "",
+        f"`python benchmarks/structured.py{' --quick' if args.quick else ''}` — "
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, seed {args.seed}; peer: torch-pruning "
+        + (__import__("torch_pruning").__version__ if with_peer else "not installed")
+        + ".",
+        "",
+    ]
+    lines += speed_table(repeats, with_peer)
+    lines += accuracy_table(args.seed, 2 if args.quick else 10)
+    lines += ["", f"Total benchmark time: {time.perf_counter() - started:.0f} s.", ""]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
