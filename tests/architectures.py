@@ -186,12 +186,39 @@ class ChannelShuffle(nn.Module):
         return self.head(self.conv2(x).mean((2, 3)))
 
 
-CNN_ZOO = {
-    "vgg": VGG,
-    "resnet": ResNet,
-    "densenet": DenseNet,
-    "mobilenetv2": MobileNetV2,
-    "unet": UNet,
-    "squeeze-excite": SqueezeExcite,
-    "channel-shuffle": ChannelShuffle,
+class LSTMClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(torch.relu(self.embed(x)))
+        return self.head(h[-1])
+
+
+class BiGRUClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(3, 12, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x)
+        return self.head(out[:, -1])
+
+
+IMAGE = (4, 3, 8, 8)
+SEQUENCE = (4, 6, 3)
+ZOO = {
+    "vgg": (VGG, (4, 3, 16, 16)),
+    "resnet": (ResNet, IMAGE),
+    "densenet": (DenseNet, IMAGE),
+    "mobilenetv2": (MobileNetV2, IMAGE),
+    "unet": (UNet, IMAGE),
+    "squeeze-excite": (SqueezeExcite, IMAGE),
+    "channel-shuffle": (ChannelShuffle, IMAGE),
+    "lstm": (LSTMClassifier, SEQUENCE),
+    "bigru-2-layer": (BiGRUClassifier, SEQUENCE),
 }

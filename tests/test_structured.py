@@ -11,13 +11,15 @@ from torch import nn
 import sensiprune as sp
 from sensiprune.graph import build_graph
 from sensiprune.structured import choose_groups, group_scores, remove_groups
+from sensiprune.surgery import layout_for, positions
 
-from .architectures import CNN_ZOO, VGG, ChannelShuffle, ResNet
+from .architectures import VGG, ZOO, ChannelShuffle, ResNet
 
 
-def _inputs(name: str) -> torch.Tensor:
+def _make(name: str) -> tuple[nn.Module, torch.Tensor]:
+    factory, shape = ZOO[name]
     torch.manual_seed(0)
-    return torch.randn(4, 3, 16 if name == "vgg" else 8, 16 if name == "vgg" else 8)
+    return factory(), torch.randn(*shape)
 
 
 def _batches(model: nn.Module, x: torch.Tensor) -> list:
@@ -27,12 +29,10 @@ def _batches(model: nn.Module, x: torch.Tensor) -> list:
     return [(x, labels)]
 
 
-@pytest.mark.parametrize("name", [n for n in CNN_ZOO if n != "channel-shuffle"])
+@pytest.mark.parametrize("name", [n for n in ZOO if n != "channel-shuffle"])
 @pytest.mark.parametrize("sparsity", [0.3, 0.7])
 def test_every_architecture_shrinks_runs_and_trains(name, sparsity):
-    torch.manual_seed(0)
-    model = CNN_ZOO[name]()
-    x = _inputs(name)
+    model, x = _make(name)
     shape = model(x).shape
     result = sp.prune(
         model,
@@ -50,32 +50,32 @@ def test_every_architecture_shrinks_runs_and_trains(name, sparsity):
     assert torch.isfinite(model(x)).all()
 
 
-@pytest.mark.parametrize("name", list(CNN_ZOO))
+@pytest.mark.parametrize("name", list(ZOO))
 def test_removing_groups_that_were_zeroed_leaves_outputs_unchanged(name):
-    torch.manual_seed(0)
-    model = CNN_ZOO[name]().eval()
+    model, x = _make(name)
+    model.eval()
     for module in model.modules():  # non-trivial running statistics
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 1.5)
-    x = _inputs(name)
     graph = build_graph(model, [x])
     scores = {n: p.detach().abs() for n, p in model.named_parameters()}
     values = group_scores(model, graph.groups, scores, "mean")
     removed = choose_groups(graph.groups, values, 0.5, "layer", "none", 0.01, 1)
     assert removed or name == "channel-shuffle"
     modules = dict(model.named_modules())
-    with torch.no_grad():
+    with torch.no_grad():  # zero everything that produces the removed channels / units
         for g in removed:
             for member in graph.groups[g].members:
                 module = modules[member.layer]
                 if member.role == "in":
                     continue
-                dim = 1 if member.role == "out" and isinstance(module, nn.ConvTranspose2d) else 0
-                for attr in ("weight", "bias"):
-                    tensor = getattr(module, attr, None)
+                layout = layout_for(module, member.role)
+                for cut in layout.cuts(module):
+                    tensor = getattr(module, cut.attr, None)
                     if tensor is not None:
-                        tensor.select(dim if attr == "weight" else 0, member.index).zero_()
+                        where = positions(cut, torch.tensor([member.index]), layout.size(module))
+                        tensor.index_fill_(cut.dim, where, 0.0)
         expected = model(x)
         remove_groups(model, graph, removed, [x])
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)

@@ -36,12 +36,15 @@ class Flow:
     slots: list[int]
 
 
+PRODUCING_ROLES = ("out", "hidden")
+
+
 @dataclass(frozen=True)
 class Member:
     """One index of one module that belongs to a group."""
 
     layer: str
-    role: str  # "out": output channel, "in": input column, "channel": per-channel entry
+    role: str  # "out" channel, "in" column, "channel" (per-channel entry), "hidden" (RNN unit)
     index: int
 
 
@@ -53,7 +56,7 @@ class Group:
 
     @property
     def producers(self) -> set[str]:
-        return {m.layer for m in self.members if m.role == "out"}
+        return {m.layer for m in self.members if m.role in PRODUCING_ROLES}
 
 
 @dataclass
@@ -180,6 +183,14 @@ class _Tracer:
     def pin(self, flow: Any) -> None:
         for f in _flows_in(flow):
             self.pinned.update(f.slots)
+
+    def along(self, flow: Flow, dim: int, size: int) -> Flow | None:
+        """``flow`` tracked along ``dim``; fully pinned slots can be re-tracked along any dim."""
+        if flow.dim == dim:
+            return flow
+        if all(s in self.pinned for s in flow.slots):
+            return Flow(dim, self.fresh(size, pinned=True))
+        return None
 
     def pinned_output(self, node: fx.Node, why: str) -> Any:
         for arg in _node_args(node):
@@ -374,20 +385,24 @@ class _Tracer:
         return parts
 
     def getitem(self, node: fx.Node) -> Any:
-        source = self.flows.get(node.args[0])
+        source, index = self.flows.get(node.args[0]), node.args[1]
         if isinstance(source, _SameForEveryPart):
             return source.flow
-        if isinstance(source, list) and isinstance(node.args[1], int):
-            return source[node.args[1]]
-        return self.pinned_output(node, "indexing")
+        if isinstance(source, list) and isinstance(index, int):
+            return source[index]
+        shape = _shape(node.args[0])
+        if isinstance(source, Flow) and shape is not None:
+            moved = _index_keeps_dim(source.dim, len(shape), index)
+            if moved is not None:
+                return Flow(moved, source.slots)
+        return self.pinned_output(node, "indexing into the channels")
 
     # -- members ------------------------------------------------------------------------
-    def producer(self, layer: str, n: int, pinned: bool = False) -> list[int]:
+    def producer(self, layer: str, n: int, pinned: bool = False, role: str = "out") -> list[int]:
         if layer not in self.out_slots:  # a module called twice produces the same channels
             self.out_slots[layer] = self.fresh(n, pinned)
-            self.members += [
-                (s, Member(layer, "out", i)) for i, s in enumerate(self.out_slots[layer])
-            ]
+            slots = self.out_slots[layer]
+            self.members += [(s, Member(layer, role, i)) for i, s in enumerate(slots)]
         return self.out_slots[layer]
 
     def consumer(self, layer: str, slots: list[int]) -> None:
@@ -413,8 +428,46 @@ def _flatten_module(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, fl
     return t.flatten(node, module.start_dim, module.end_dim)
 
 
+def _index_keeps_dim(dim: int, ndim: int, index: Any) -> int | None:
+    """Where dimension ``dim`` lands after ``tensor[index]``; None if the index cuts into it."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(i is Ellipsis for i in items):
+        at = items.index(Ellipsis)
+        explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
+        items[at : at + 1] = [slice(None)] * (ndim - explicit)
+    dim_in = dim_out = 0
+    for item in items:
+        if item is None:
+            dim_out += 1
+            continue
+        if not isinstance(item, (int, slice)):
+            return None  # tensor or traced index: unknown positions
+        if dim_in == dim:
+            return dim_out if item == slice(None) else None
+        dim_in += 1
+        dim_out += isinstance(item, slice)
+    return dim_out + (dim - dim_in)
+
+
+def _rnn(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    """Hidden units of every layer and direction are removed together (one hidden_size)."""
+    shape = _shape(node.args[0])
+    flow = t.along(flow, len(shape) - 1, shape[-1]) if shape is not None else None
+    if getattr(module, "proj_size", 0) or flow is None:
+        return t.pinned_output(node, f"{type(module).__name__} with projections or moved features")
+    t.consumer(layer, flow.slots)
+    initial_state = _node_args(node)[1:]
+    hidden = t.producer(layer, module.hidden_size, pinned=bool(initial_state), role="hidden")
+    for arg in initial_state:
+        t.pin(t.flows.get(arg))
+    directions = 2 if module.bidirectional else 1
+    state = Flow(2, hidden)
+    return [Flow(flow.dim, hidden * directions), [state, state] if module.mode == "LSTM" else state]
+
+
 def _conv(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    if flow.dim != 1:
+    flow = t.along(flow, 1, module.in_channels)
+    if flow is None:
         return t.pinned_output(node, "convolution over a moved channel dimension")
     if module.groups == 1:
         t.consumer(layer, flow.slots)
@@ -428,7 +481,8 @@ def _conv(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) 
 
 
 def _conv_transpose(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    if flow.dim != 1 or module.groups != 1:
+    flow = t.along(flow, 1, module.in_channels)
+    if flow is None or module.groups != 1:
         return t.pinned_output(node, f"grouped transposed convolution (groups={module.groups})")
     t.consumer(layer, flow.slots)
     return Flow(1, t.producer(layer, module.out_channels))
@@ -436,14 +490,16 @@ def _conv_transpose(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, fl
 
 def _linear(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
     shape = _shape(node.args[0])
-    if shape is None or flow.dim != len(shape) - 1:
+    flow = t.along(flow, len(shape) - 1, shape[-1]) if shape is not None else None
+    if flow is None:
         return t.pinned_output(node, "Linear over a dimension that is not the channels")
     t.consumer(layer, flow.slots)
     return Flow(flow.dim, t.producer(layer, module.out_features))
 
 
 def _batchnorm(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    if flow.dim != 1:
+    flow = t.along(flow, 1, module.num_features)
+    if flow is None:
         return t.pinned_output(node, "BatchNorm over a moved channel dimension")
     t.channelwise(layer, flow.slots)
     return flow
@@ -455,6 +511,7 @@ _MODULE_HANDLERS: dict[type, Callable[..., Any]] = {
     nn.Linear: _linear,
     **{c: _batchnorm for c in _BATCHNORMS},
     nn.Flatten: _flatten_module,
+    **{c: _rnn for c in (nn.LSTM, nn.GRU, nn.RNN)},
 }
 
 

@@ -15,11 +15,6 @@ from .graph import DependencyGraph, Group, build_graph, tensor_shapes
 from .selection import Sparsity, min_kept, normalized
 
 REDUCTIONS = ("mean", "sum", "max")
-_SIZE_ATTRS = {
-    "out": ("out_features", "out_channels"),
-    "in": ("in_features", "in_channels"),
-    "channel": ("num_features", "out_channels"),
-}
 
 
 def group_scores(
@@ -36,11 +31,9 @@ def group_scores(
         for member in group.members:
             key = (member.layer, member.role)
             if key not in per_index:
+                prefix = f"{member.layer}." if member.layer else ""
                 per_index[key] = _slice_reductions(
-                    modules[member.layer],
-                    member.role,
-                    scores.get(f"{member.layer}.weight" if member.layer else "weight"),
-                    reduce,
+                    modules[member.layer], member.role, scores, prefix, reduce
                 )
             values, size = per_index[key]
             if size:
@@ -54,14 +47,21 @@ def group_scores(
 
 
 def _slice_reductions(
-    module: nn.Module, role: str, score: torch.Tensor | None, reduce: str
+    module: nn.Module, role: str, scores: Mapping[str, torch.Tensor], prefix: str, reduce: str
 ) -> tuple[list[float], int]:
-    """Per index of ``role``: the sum (or max) of the scores in that slice, and its size."""
-    if score is None:
+    """Per index of ``role``: the sum (or max) of the weight scores it owns, and how many."""
+    layout = surgery.layout_for(module, role)
+    n = layout.size(module)
+    parts = []
+    for cut in layout.cuts(module):
+        score = scores.get(prefix + cut.attr)
+        if score is None:
+            continue
+        moved = score.detach().double().movedim(cut.dim, 0)
+        parts.append(moved.reshape(cut.blocks, n, -1).transpose(0, 1).reshape(n, -1))
+    if not parts:
         return [], 0
-    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-    dim = {"out": 1 if transposed else 0, "in": 0 if transposed else 1, "channel": 0}[role]
-    rows = score.detach().double().movedim(dim, 0).reshape(score.shape[dim], -1)
+    rows = torch.cat(parts, dim=1)
     values = rows.amax(1) if reduce == "max" else rows.sum(1)
     return values.tolist(), rows.shape[1]
 
@@ -164,7 +164,8 @@ def remove_groups(
     try:
         for (layer, role), indices in cut.items():
             module = modules[layer]
-            keep = [i for i in range(_size(module, role)) if i not in indices]
+            size = surgery.layout_for(module, role).size(module)
+            keep = [i for i in range(size) if i not in indices]
             surgery.shrink(module, role, torch.tensor(keep, dtype=torch.long))
         flops, shapes = _run(model, example_inputs)
         if shapes != graph.output_shapes:
@@ -201,13 +202,6 @@ def _run(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[int,
     finally:
         model.train(was_training)
     return counter.get_total_flops(), tensor_shapes(output)
-
-
-def _size(module: nn.Module, role: str) -> int:
-    for attr in _SIZE_ATTRS[role]:
-        if hasattr(module, attr):
-            return int(getattr(module, attr))
-    raise TypeError(f"cannot tell the {role} size of {type(module).__name__}")
 
 
 def build(model: nn.Module, example_inputs: object) -> tuple[DependencyGraph, list[torch.Tensor]]:
