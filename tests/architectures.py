@@ -209,6 +209,18 @@ class BiGRUClassifier(nn.Module):
         return self.head(out[:, -1])
 
 
+class TransformerClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
 IMAGE = (4, 3, 8, 8)
 SEQUENCE = (4, 6, 3)
 ZOO = {
@@ -221,4 +233,5 @@ ZOO = {
     "channel-shuffle": (ChannelShuffle, IMAGE),
     "lstm": (LSTMClassifier, SEQUENCE),
     "bigru-2-layer": (BiGRUClassifier, SEQUENCE),
+    "transformer": (TransformerClassifier, SEQUENCE),
 }

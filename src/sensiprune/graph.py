@@ -131,7 +131,9 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # grad enabled: fused inference fast paths (e.g. TransformerEncoderLayer) would hide
+        # their FLOPs from the counter; with grad on, the counted math path runs
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             output = ShapeProp(traced).propagate(*example_inputs)
     except Exception as exc:
         raise SensipruneError(
@@ -465,6 +467,22 @@ def _rnn(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -
     return [Flow(flow.dim, hidden * directions), [state, state] if module.mode == "LSTM" else state]
 
 
+def _transformer_layers(
+    t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow
+) -> Any:
+    """Encoder/decoder layers: the feed-forward neurons (linear1 rows, linear2 columns) of
+    each layer form free groups; the model dimension runs through LayerNorm and residuals and
+    stays pinned, and attention heads are left to a dedicated handler."""
+    if hasattr(module, "layers"):
+        blocks = [(f"{layer}.layers.{i}", block) for i, block in enumerate(module.layers)]
+    else:
+        blocks = [(layer, module)]
+    for name, block in blocks:
+        hidden = t.producer(f"{name}.linear1", block.linear1.out_features)
+        t.consumer(f"{name}.linear2", hidden)
+    return t.pinned_output(node, "attention heads and the model dimension (LayerNorm, residuals)")
+
+
 def _conv(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
     flow = t.along(flow, 1, module.in_channels)
     if flow is None:
@@ -512,6 +530,15 @@ _MODULE_HANDLERS: dict[type, Callable[..., Any]] = {
     **{c: _batchnorm for c in _BATCHNORMS},
     nn.Flatten: _flatten_module,
     **{c: _rnn for c in (nn.LSTM, nn.GRU, nn.RNN)},
+    **{
+        c: _transformer_layers
+        for c in (
+            nn.TransformerEncoderLayer,
+            nn.TransformerDecoderLayer,
+            nn.TransformerEncoder,
+            nn.TransformerDecoder,
+        )
+    },
 }
 
 

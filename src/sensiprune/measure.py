@@ -44,7 +44,9 @@ def count_flops(model: nn.Module, *example_inputs: torch.Tensor) -> FlopCount:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # grad enabled: fused inference fast paths (e.g. TransformerEncoderLayer) would hide
+        # their FLOPs from the counter; with grad on, the counted math path runs
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             model(*example_inputs)
     finally:
         model.train(was_training)

@@ -192,7 +192,9 @@ def _run(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[int,
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # grad enabled: fused inference fast paths (e.g. TransformerEncoderLayer) would hide
+        # their FLOPs from the counter; with grad on, the counted math path runs
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             output = model(*example_inputs)
     except Exception as exc:
         raise SensipruneError(
