@@ -47,7 +47,7 @@ def accuracy_tables(dense_models, data, args) -> list[str]:
     """Every criterion at every sparsity, one-shot and after the same fine-tuning."""
     settings = SweepSettings(
         sparsities=args.sparsities,
-        criteria=tuple(sp.available_criteria()),
+        criteria=tuple(sp.available_criteria(single_weights=True)),
         finetune_epochs=args.finetune_epochs,
         seed=args.seed,
     )
@@ -223,7 +223,7 @@ def cost_table(dense_models, data, repeats: int) -> list[str]:
         base = _median_seconds(forward_backward, repeats)
         rows.setdefault("forward+backward", []).append(f"{1000 * base:.1f}")
         ratios.setdefault("forward+backward", []).append("1.00")
-        for criterion in sp.available_criteria():
+        for criterion in sp.available_criteria(single_weights=True):
             reps = 1 if criterion == "perturbation" else repeats
             seconds = _median_seconds(lambda c=criterion, m=model: sp.score(m, c, data.train), reps)
             rows.setdefault(criterion, []).append(f"{1000 * seconds:.1f}")

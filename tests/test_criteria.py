@@ -173,13 +173,20 @@ def test_obs_with_bias_reconstructs_layer_output_better_than_magnitude(digits):
 
 
 def test_unknown_criterion_lists_the_known_ones(mlp):
-    with pytest.raises(sp.SensipruneError, match="known criteria: activation, magnitude"):
+    with pytest.raises(sp.SensipruneError, match="known criteria: activation, bn_scale, magnitude"):
         sp.score(mlp, "tayler")
 
 
 def test_every_registered_criterion_scores_every_target(cnn, cnn_batches):
+    modules = dict(cnn.named_modules())
     for name in sp.available_criteria():
         scores = sp.score(cnn, name, cnn_batches, ignore=["conv2"] if name == "obs" else ())
+        assert scores, name
         for key, value in scores.items():
-            assert value.shape == dict(cnn.named_parameters())[key].shape, (name, key)
+            if key.endswith("::out"):  # a channel criterion: one score per output channel
+                layer = modules[key.removesuffix("::out")]
+                expected = (getattr(layer, "out_channels", None) or layer.out_features,)
+            else:
+                expected = dict(cnn.named_parameters())[key].shape
+            assert value.shape == expected, (name, key)
             assert torch.isfinite(value).all(), (name, key)

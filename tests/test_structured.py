@@ -165,3 +165,46 @@ def test_bad_structured_input_leaves_the_model_unmodified(make, kwargs, message)
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _feature_map_taylor_by_hand(model, batches, layer):
+    module = dict(model.named_modules())[layer]
+    captured = {}
+    handle = module.register_forward_hook(lambda m, a, out: captured.update(out=out))
+    total, samples = 0, 0
+    for x, y in batches:
+        loss = nn.functional.cross_entropy(model(x), y)
+        out = captured["out"]
+        (grad,) = torch.autograd.grad(loss, out)
+        total = total + (out * grad).detach().sum((2, 3)).abs().sum(0)
+        samples += x.shape[0]
+    handle.remove()
+    return total / samples
+
+
+def test_feature_map_taylor_matches_a_hand_computation():
+    model, x = _make("vgg")
+    model.eval()
+    batches = _batches(model, x) * 2
+    scores = sp.score(model, "taylor_fm", batches)
+    expected = _feature_map_taylor_by_hand(model, batches, "features.0.0")
+    torch.testing.assert_close(scores["features.0.0::out"], expected.float(), rtol=1e-4, atol=1e-7)
+
+
+def test_channel_criteria_prune_structured_only():
+    model, x = _make("resnet")
+    batches = _batches(model, x)
+    for criterion in ("taylor_fm", "bn_scale"):
+        pruned = copy.deepcopy(model)
+        result = sp.prune(pruned, 0.5, criterion, batches, structured=True, example_inputs=x)
+        assert result.flops_after < result.flops_before
+        with pytest.raises(sp.SensipruneError, match="pass structured=True"):
+            sp.prune(copy.deepcopy(model), 0.5, criterion, batches)
+
+
+def test_bn_scale_removes_the_channels_with_the_smallest_scale():
+    model, x = _make("vgg")
+    with torch.no_grad():
+        model.features[0][1].weight.copy_(torch.arange(1.0, 17.0))
+    sp.prune(model, 0.25, "bn_scale", structured=True, example_inputs=x, scope="layer")
+    assert model.features[0][1].weight.tolist() == list(map(float, range(5, 17)))

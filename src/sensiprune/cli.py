@@ -23,6 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _criteria(args: argparse.Namespace) -> int:
     for name in criteria.available():
         print(f"{name:16} {criteria.get(name).summary}")
+    print("\nstructured=True takes every criterion; the channel criteria take nothing else.")
     return 0
 
 

@@ -49,7 +49,7 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False) -> DemoResult:
     data = load_digits_splits(seed=seed)
     settings = SweepSettings(
         sparsities=(0.5, 0.9) if quick else SPARSITIES,
-        criteria=("magnitude", "obs") if quick else tuple(criteria.available()),
+        criteria=("magnitude", "obs") if quick else tuple(criteria.available(single_weights=True)),
         finetune_epochs=1 if quick else FINETUNE_EPOCHS,
         seed=seed,
     )

@@ -51,6 +51,18 @@ def channel_sq_sum(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, in
     return moved.pow(2).sum(1), moved.shape[1]
 
 
+def channel_taylor(module: nn.Module, output: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Per sample and output channel, Σ over positions of a·∂L/∂a: shape (samples, channels)."""
+    product = (output * grad).double()
+    if isinstance(module, nn.Linear):
+        return (
+            product.reshape(-1, product.shape[-1])
+            if product.ndim <= 2
+            else product.sum(tuple(range(1, product.ndim - 1)))
+        )
+    return product.reshape(product.shape[0], product.shape[1], -1).sum(-1)
+
+
 def per_weight_input(module: nn.Module, per_channel: torch.Tensor) -> torch.Tensor:
     """Broadcast a per-input-channel tensor to the weight's shape (grouped convs included)."""
     weight = module.weight

@@ -145,6 +145,10 @@ def prune(
     selection.check_sparsity(sparsity)
     geometric_sparsity(sparsity, 1, steps)  # validates steps
     crit = criteria.get(criterion)
+    if crit.structured_only:
+        raise SensipruneError(
+            f"criterion {criterion!r} scores whole channels: pass structured=True"
+        )
     targets = require_targets(model, ignore)
     if scores is not None and steps != 1:
         raise SensipruneError("scores= cannot be reused across re-scoring steps: pass steps=1")

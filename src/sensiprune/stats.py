@@ -29,9 +29,11 @@ class Stat(enum.Enum):
     HESS_DIAG = "Hutchinson estimate of the Hessian diagonal"
     INPUT_RMS = "root-mean-square of each input feature"
     INPUT_COV = "input second moment X Xᵀ / n of a layer"
+    OUTPUT_TAYLOR = "per output channel, mean over samples of |Σ a·∂L/∂a| (feature-map Taylor)"
 
 
 GRADIENT_STATS = frozenset({Stat.GRAD, Stat.GRAD_ABS, Stat.GRAD_SQ, Stat.HESS_DIAG})
+NEEDS_BACKWARD = GRADIENT_STATS | {Stat.OUTPUT_TAYLOR}
 
 
 @dataclass
@@ -44,6 +46,7 @@ class ParamStats:
     hess_diag: torch.Tensor | None = None
     input_rms: torch.Tensor | None = None  # broadcast to the weight's shape
     input_cov: torch.Tensor | None = None  # (columns, columns) of weight.flatten(1)
+    output_taylor: torch.Tensor | None = None  # (output channels,)
 
 
 def collect(
@@ -73,7 +76,7 @@ def collect(
     with _eval_mode(model), _input_recorder(targets, needs) as recorder:
         for batch in progress(batches, desc="collecting statistics", enabled=show_progress):
             n_batches += 1
-            if not needs & GRADIENT_STATS:
+            if not needs & NEEDS_BACKWARD:
                 with torch.no_grad():
                     checked_loss(loss_fn, model, batch)
                 continue
@@ -142,22 +145,31 @@ class _InputRecorder:
         self.targets = targets
         self.want_rms = Stat.INPUT_RMS in needs
         self.want_cov = Stat.INPUT_COV in needs
+        self.want_taylor = Stat.OUTPUT_TAYLOR in needs
+        self.taylor: dict[str, torch.Tensor] = {}
+        self.samples: dict[str, int] = {}
         self.sq_sum: dict[str, torch.Tensor] = {}
         self.count: dict[str, int] = {}
         self.cov: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
-        if self.want_rms or self.want_cov:
+        if self.want_rms or self.want_cov or self.want_taylor:
             self._check_supported()
             for name, target in targets.items():
                 self.handles.append(
                     target.module.register_forward_pre_hook(self._hook_for(name, target))
                 )
+                if self.want_taylor:
+                    self.handles.append(
+                        target.module.register_forward_hook(self._output_hook_for(name))
+                    )
 
     def _check_supported(self) -> None:
         for name, t in self.targets.items():
-            ok = (not self.want_rms or features.has_input_features(t.module, t.attr)) and (
-                not self.want_cov or features.has_input_matrix(t.module, t.attr)
+            ok = (
+                (not self.want_rms or features.has_input_features(t.module, t.attr))
+                and (not self.want_cov or features.has_input_matrix(t.module, t.attr))
+                and (not self.want_taylor or features.has_input_features(t.module, t.attr))
             )
             if not ok:
                 raise SensipruneError(
@@ -180,12 +192,29 @@ class _InputRecorder:
 
         return hook
 
+    def _output_hook_for(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if not output.requires_grad:
+                return
+            activation = output.detach()
+
+            def on_grad(grad: torch.Tensor) -> None:
+                per_sample = features.channel_taylor(module, activation, grad)
+                self.taylor[name] = self.taylor.get(name, 0) + per_sample.abs().sum(0)
+                self.samples[name] = self.samples.get(name, 0) + per_sample.shape[0]
+
+            output.register_hook(on_grad)
+
+        return hook
+
     def finish(self, stats: dict[str, ParamStats]) -> None:
         for name, target in self.targets.items():
             param = target.param
             if self.want_rms and name in self.sq_sum:
                 rms = (self.sq_sum[name] / self.count[name]).sqrt().to(param.dtype)
                 stats[name].input_rms = features.per_weight_input(target.module, rms)
+            if self.want_taylor and name in self.taylor:
+                stats[name].output_taylor = (self.taylor[name] / self.samples[name]).to(param.dtype)
             if self.want_cov and name in self.cov:
                 stats[name].input_cov = (self.cov[name] / self.rows[name]).to(param.dtype)
         for name in self.targets:

@@ -41,9 +41,10 @@ def group_scores(
                 totals[g] = max(totals[g], value) if reduce == "max" else totals[g] + value
                 counts[g] += size
     result = torch.tensor(totals, dtype=torch.float64)
+    count = torch.tensor(counts, dtype=torch.float64)
     if reduce == "mean":
-        return result / torch.tensor(counts, dtype=torch.float64).clamp_min(1)
-    return result
+        result = result / count.clamp_min(1)
+    return result.masked_fill(count == 0, torch.nan)  # nothing scored: not a candidate
 
 
 def _slice_reductions(
@@ -52,6 +53,9 @@ def _slice_reductions(
     """Per index of ``role``: the sum (or max) of the weight scores it owns, and how many."""
     layout = surgery.layout_for(module, role)
     n = layout.size(module)
+    whole = scores.get(f"{prefix[:-1]}::{role}")  # a criterion that scores channels directly
+    if whole is not None:
+        return whole.detach().double().tolist(), 1
     parts = []
     for cut in layout.cuts(module):
         score = scores.get(prefix + cut.attr)
@@ -79,7 +83,8 @@ def choose_groups(
     (``scope="layer"``) or of all channels ranked together (``"global"``)."""
     families: dict[frozenset[str], list[int]] = defaultdict(list)
     for index, group in enumerate(groups):
-        families[frozenset(group.producers)].append(index)
+        if not torch.isnan(scores[index]):
+            families[frozenset(group.producers)].append(index)
     if isinstance(sparsity, Mapping):
         budget = {
             family: max((sparsity[layer] for layer in family if layer in sparsity), default=0.0)

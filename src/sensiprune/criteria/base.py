@@ -41,12 +41,15 @@ class Criterion:
         needs: Iterable[Stat] = (),
         needs_data: bool = True,
         per_param: Callable[[torch.Tensor, ParamStats], torch.Tensor] | None = None,
+        structured_only: bool = False,
     ) -> None:
         self.name = name
         self.summary = summary
         self.needs = frozenset(needs)
         self.needs_data = needs_data
         self._per_param = per_param
+        # scores channels ("layer::out" entries) or 1-d scales rather than single weights
+        self.structured_only = structured_only
 
     def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         if self._per_param is None:
@@ -88,5 +91,6 @@ def get(name: str) -> Criterion:
     return _REGISTRY[name]
 
 
-def available() -> list[str]:
-    return sorted(_REGISTRY)
+def available(single_weights: bool = False) -> list[str]:
+    """Registered names; ``single_weights=True`` leaves out the channel-only criteria."""
+    return sorted(n for n, c in _REGISTRY.items() if not (single_weights and c.structured_only))
