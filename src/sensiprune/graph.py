@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,67 +25,21 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
+from .channels import (
+    DependencyGraph,
+    Flow,
+    Group,
+    Member,
+    UnionFind,
+    flows_in,
+    node_args,
+    node_shape,
+    tensor_shapes,
+)
 from .errors import SensipruneError
+from .layer_rules import MODULE_RULES
 
-
-@dataclass
-class Flow:
-    """Channel slots of a tensor along dimension ``dim`` (one slot per index)."""
-
-    dim: int
-    slots: list[int]
-
-
-PRODUCING_ROLES = ("out", "hidden")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One index of one module that belongs to a group."""
-
-    layer: str
-    role: str  # "out" channel, "in" column, "channel" (per-channel entry), "hidden" (RNN unit)
-    index: int
-
-
-@dataclass
-class Group:
-    """Coupled indices that are removed together."""
-
-    members: list[Member] = field(default_factory=list)
-
-    @property
-    def producers(self) -> set[str]:
-        return {m.layer for m in self.members if m.role in PRODUCING_ROLES}
-
-
-@dataclass
-class DependencyGraph:
-    groups: list[Group]
-    untouched: dict[str, str]  # module or operation -> why its channels are left alone
-    flops: int = 0  # of one forward pass on the example inputs, counted while tracing
-    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-
-    def new(self) -> int:
-        self.parent.append(len(self.parent))
-        return len(self.parent) - 1
-
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
+__all__ = ["DependencyGraph", "Flow", "Group", "Member", "build_graph", "tensor_shapes"]
 
 _PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
@@ -113,9 +67,6 @@ _ELEMENTWISE = {
     torch.add, torch.sub, torch.mul, torch.div,
 }  # fmt: skip
 _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> DependencyGraph:
@@ -141,33 +92,17 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
         ) from exc
     finally:
         model.train(was_training)
-    graph = _Tracer(traced).run()
+    graph = ChannelTracer(traced).run()
     graph.flops = counter.get_total_flops()
     graph.output_shapes = tensor_shapes(output)
     return graph
 
 
-def tensor_shapes(output: Any) -> list[tuple[int, ...]]:
-    """Shapes of every tensor in a (possibly nested) model output."""
-    if isinstance(output, torch.Tensor):
-        return [tuple(output.shape)]
-    if isinstance(output, (list, tuple)):
-        return [shape for item in output for shape in tensor_shapes(item)]
-    if isinstance(output, dict):
-        return [shape for item in output.values() for shape in tensor_shapes(item)]
-    return []
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-class _Tracer:
+class ChannelTracer:
     def __init__(self, traced: fx.GraphModule) -> None:
         self.traced = traced
         self.modules = dict(traced.named_modules())
-        self.uf = _UnionFind()
+        self.uf = UnionFind()
         self.pinned: set[int] = set()
         self.flows: dict[fx.Node, Any] = {}
         self.members: list[tuple[int, Member]] = []
@@ -183,7 +118,7 @@ class _Tracer:
         return slots
 
     def pin(self, flow: Any) -> None:
-        for f in _flows_in(flow):
+        for f in flows_in(flow):
             self.pinned.update(f.slots)
 
     def along(self, flow: Flow, dim: int, size: int) -> Flow | None:
@@ -195,10 +130,10 @@ class _Tracer:
         return None
 
     def pinned_output(self, node: fx.Node, why: str) -> Any:
-        for arg in _node_args(node):
+        for arg in node_args(node):
             self.pin(self.flows.get(arg))
         self.untouched.setdefault(_describe(node), why)
-        shape = _shape(node)
+        shape = node_shape(node)
         return Flow(1, self.fresh(shape[1], pinned=True)) if shape and len(shape) > 1 else None
 
     # -- the walk -----------------------------------------------------------------------
@@ -214,13 +149,13 @@ class _Tracer:
         return DependencyGraph(groups, self.untouched)
 
     def visit(self, node: fx.Node) -> Any:
-        shape = _shape(node)
+        shape = node_shape(node)
         if node.op == "placeholder":
             return Flow(1, self.fresh(shape[1], pinned=True)) if shape and len(shape) > 1 else None
         if node.op == "get_attr":
             return None
         if node.op == "output":
-            for arg in _node_args(node):
+            for arg in node_args(node):
                 self.pin(self.flows.get(arg))
             return None
         if node.op == "call_module":
@@ -233,9 +168,9 @@ class _Tracer:
         flow = self.flows.get(node.args[0]) if node.args else None
         if isinstance(module, _PASS_MODULES):
             return flow
-        handler = _MODULE_HANDLERS.get(type(module))
+        handler = MODULE_RULES.get(type(module))
         if handler is None:
-            for base, candidate in _MODULE_HANDLERS.items():
+            for base, candidate in MODULE_RULES.items():
                 if isinstance(module, base):
                     handler = candidate
                     break
@@ -282,8 +217,8 @@ class _Tracer:
     # -- rules --------------------------------------------------------------------------
     def elementwise(self, node: fx.Node) -> Any:
         """Tensors combined element-wise share channels where their tracked dims line up."""
-        out_shape = _shape(node)
-        tensors = [(a, _shape(a)) for a in node.args if isinstance(a, fx.Node)]
+        out_shape = node_shape(node)
+        tensors = [(a, node_shape(a)) for a in node.args if isinstance(a, fx.Node)]
         tensors = [(a, shape) for a, shape in tensors if shape is not None]
         tracked = [(self.flows.get(a), len(out_shape) - len(shape)) for a, shape in tensors]
         tracked = [(f.dim + offset, f.slots) for f, offset in tracked if isinstance(f, Flow)]
@@ -303,7 +238,7 @@ class _Tracer:
         return Flow(dim, slots)
 
     def flatten(self, node: fx.Node, start: int, end: int) -> Any:
-        flow, shape = self.flows.get(node.args[0]), _shape(node.args[0])
+        flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
         if not isinstance(flow, Flow) or shape is None:
             return self.pinned_output(node, "flatten of an untracked tensor")
         start, end = start % len(shape), end % len(shape)
@@ -317,7 +252,11 @@ class _Tracer:
         return self.pinned_output(node, "flatten that interleaves the channels")
 
     def reshape(self, node: fx.Node) -> Any:
-        flow, before, after = self.flows.get(node.args[0]), _shape(node.args[0]), _shape(node)
+        flow, before, after = (
+            self.flows.get(node.args[0]),
+            node_shape(node.args[0]),
+            node_shape(node),
+        )
         if not isinstance(flow, Flow) or before is None or after is None:
             return self.pinned_output(node, "reshape of an untracked tensor")
         d = flow.dim
@@ -328,7 +267,7 @@ class _Tracer:
         return self.pinned_output(node, "reshape that moves the channels")
 
     def permute(self, node: fx.Node) -> Any:
-        flow, shape = self.flows.get(node.args[0]), _shape(node.args[0])
+        flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
         if not isinstance(flow, Flow) or shape is None:
             return self.pinned_output(node, "permute of an untracked tensor")
         dims = [a for a in node.args[1:]] or list(node.kwargs.values())
@@ -344,7 +283,7 @@ class _Tracer:
         return Flow(order.index(flow.dim), flow.slots)
 
     def reduce(self, node: fx.Node) -> Any:
-        flow, shape = self.flows.get(node.args[0]), _shape(node.args[0])
+        flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
         if not isinstance(flow, Flow) or shape is None or dims is None:
@@ -358,7 +297,7 @@ class _Tracer:
         tensors = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         flows = [self.flows.get(t) for t in tensors]
-        shape = _shape(node)
+        shape = node_shape(node)
         if shape is None or not all(isinstance(f, Flow) for f in flows):
             return self.pinned_output(node, "concatenation with an untracked tensor")
         dim %= len(shape)
@@ -367,7 +306,7 @@ class _Tracer:
         return self.pinned_output(node, "concatenation along another dimension")
 
     def split(self, node: fx.Node) -> Any:
-        flow, shape = self.flows.get(node.args[0]), _shape(node.args[0])
+        flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
         if not isinstance(flow, Flow) or shape is None:
             return self.pinned_output(node, "split of an untracked tensor")
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
@@ -392,7 +331,7 @@ class _Tracer:
             return source.flow
         if isinstance(source, list) and isinstance(index, int):
             return source[index]
-        shape = _shape(node.args[0])
+        shape = node_shape(node.args[0])
         if isinstance(source, Flow) and shape is not None:
             moved = _index_keeps_dim(source.dim, len(shape), index)
             if moved is not None:
@@ -426,10 +365,6 @@ class _SameForEveryPart:
     flow: Flow
 
 
-def _flatten_module(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    return t.flatten(node, module.start_dim, module.end_dim)
-
-
 def _index_keeps_dim(dim: int, ndim: int, index: Any) -> int | None:
     """Where dimension ``dim`` lands after ``tensor[index]``; None if the index cuts into it."""
     items = list(index) if isinstance(index, tuple) else [index]
@@ -451,116 +386,11 @@ def _index_keeps_dim(dim: int, ndim: int, index: Any) -> int | None:
     return dim_out + (dim - dim_in)
 
 
-def _rnn(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    """Hidden units of every layer and direction are removed together (one hidden_size)."""
-    shape = _shape(node.args[0])
-    flow = t.along(flow, len(shape) - 1, shape[-1]) if shape is not None else None
-    if getattr(module, "proj_size", 0) or flow is None:
-        return t.pinned_output(node, f"{type(module).__name__} with projections or moved features")
-    t.consumer(layer, flow.slots)
-    initial_state = _node_args(node)[1:]
-    hidden = t.producer(layer, module.hidden_size, pinned=bool(initial_state), role="hidden")
-    for arg in initial_state:
-        t.pin(t.flows.get(arg))
-    directions = 2 if module.bidirectional else 1
-    state = Flow(2, hidden)
-    return [Flow(flow.dim, hidden * directions), [state, state] if module.mode == "LSTM" else state]
-
-
-def _transformer_layers(
-    t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow
-) -> Any:
-    """Encoder/decoder layers: the feed-forward neurons (linear1 rows, linear2 columns) of
-    each layer form free groups; the model dimension runs through LayerNorm and residuals and
-    stays pinned, and attention heads are left to a dedicated handler."""
-    if hasattr(module, "layers"):
-        blocks = [(f"{layer}.layers.{i}", block) for i, block in enumerate(module.layers)]
-    else:
-        blocks = [(layer, module)]
-    for name, block in blocks:
-        hidden = t.producer(f"{name}.linear1", block.linear1.out_features)
-        t.consumer(f"{name}.linear2", hidden)
-    return t.pinned_output(node, "attention heads and the model dimension (LayerNorm, residuals)")
-
-
-def _conv(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    flow = t.along(flow, 1, module.in_channels)
-    if flow is None:
-        return t.pinned_output(node, "convolution over a moved channel dimension")
-    if module.groups == 1:
-        t.consumer(layer, flow.slots)
-        return Flow(1, t.producer(layer, module.out_channels))
-    if module.groups == module.in_channels == module.out_channels:  # depthwise
-        t.channelwise(layer, flow.slots)
-        return flow
-    t.pin(flow)
-    t.untouched[layer] = f"grouped convolution (groups={module.groups})"
-    return Flow(1, t.producer(layer, module.out_channels, pinned=True))
-
-
-def _conv_transpose(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    flow = t.along(flow, 1, module.in_channels)
-    if flow is None or module.groups != 1:
-        return t.pinned_output(node, f"grouped transposed convolution (groups={module.groups})")
-    t.consumer(layer, flow.slots)
-    return Flow(1, t.producer(layer, module.out_channels))
-
-
-def _linear(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    shape = _shape(node.args[0])
-    flow = t.along(flow, len(shape) - 1, shape[-1]) if shape is not None else None
-    if flow is None:
-        return t.pinned_output(node, "Linear over a dimension that is not the channels")
-    t.consumer(layer, flow.slots)
-    return Flow(flow.dim, t.producer(layer, module.out_features))
-
-
-def _batchnorm(t: _Tracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    flow = t.along(flow, 1, module.num_features)
-    if flow is None:
-        return t.pinned_output(node, "BatchNorm over a moved channel dimension")
-    t.channelwise(layer, flow.slots)
-    return flow
-
-
-_MODULE_HANDLERS: dict[type, Callable[..., Any]] = {
-    **{c: _conv for c in _CONVS},
-    **{c: _conv_transpose for c in _CONV_TRANSPOSES},
-    nn.Linear: _linear,
-    **{c: _batchnorm for c in _BATCHNORMS},
-    nn.Flatten: _flatten_module,
-    **{c: _rnn for c in (nn.LSTM, nn.GRU, nn.RNN)},
-    **{
-        c: _transformer_layers
-        for c in (
-            nn.TransformerEncoderLayer,
-            nn.TransformerDecoderLayer,
-            nn.TransformerEncoder,
-            nn.TransformerDecoder,
-        )
-    },
-}
-
-
 def _flatten_dims(node: fx.Node) -> tuple[int, int]:
     args = list(node.args[1:])
     start = args[0] if args else node.kwargs.get("start_dim", 0)
     end = args[1] if len(args) > 1 else node.kwargs.get("end_dim", -1)
     return int(start), int(end)
-
-
-def _node_args(node: fx.Node) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
-    return found
-
-
-def _flows_in(value: Any) -> list[Flow]:
-    if isinstance(value, Flow):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [f for v in value for f in _flows_in(v)]
-    return []
 
 
 def _describe(node: fx.Node) -> str:

@@ -1,0 +1,98 @@
+"""The vocabulary of the dependency graph: channel slots, the groups they form, helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+
+@dataclass
+class Flow:
+    """Channel slots of a tensor along dimension ``dim`` (one slot per index)."""
+
+    dim: int
+    slots: list[int]
+
+
+PRODUCING_ROLES = ("out", "hidden")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One index of one module that belongs to a group."""
+
+    layer: str
+    role: str  # "out" channel, "in" column, "channel" (per-channel entry), "hidden" (RNN unit)
+    index: int
+
+
+@dataclass
+class Group:
+    """Coupled indices that are removed together."""
+
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def producers(self) -> set[str]:
+        return {m.layer for m in self.members if m.role in PRODUCING_ROLES}
+
+
+@dataclass
+class DependencyGraph:
+    groups: list[Group]
+    untouched: dict[str, str]  # module or operation -> why its channels are left alone
+    flops: int = 0  # of one forward pass on the example inputs, counted while tracing
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+
+class UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def new(self) -> int:
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, x: int) -> int:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def tensor_shapes(output: Any) -> list[tuple[int, ...]]:
+    """Shapes of every tensor in a (possibly nested) model output."""
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if isinstance(output, (list, tuple)):
+        return [shape for item in output for shape in tensor_shapes(item)]
+    if isinstance(output, dict):
+        return [shape for item in output.values() for shape in tensor_shapes(item)]
+    return []
+
+
+def node_shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def node_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+def flows_in(value: Any) -> list[Flow]:
+    if isinstance(value, Flow):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [f for v in value for f in flows_in(v)]
+    return []

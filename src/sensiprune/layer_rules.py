@@ -1,0 +1,121 @@
+"""How each module type moves channel slots: one rule per type, registered in MODULE_RULES.
+
+A rule gets the tracer, the fx node, the module's name, the module and the channel flow of its
+first input; it records the module's members (output channels, input columns, per-channel
+entries, hidden units) and returns the flow of its output. A new layer type is one new rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from torch import fx, nn
+
+from .channels import Flow, node_args, node_shape
+
+if TYPE_CHECKING:
+    from .graph import ChannelTracer
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _flatten_module(
+    t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow
+) -> Any:
+    return t.flatten(node, module.start_dim, module.end_dim)
+
+
+def _rnn(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    """Hidden units of every layer and direction are removed together (one hidden_size)."""
+    shape = node_shape(node.args[0])
+    flow = t.along(flow, len(shape) - 1, shape[-1]) if shape is not None else None
+    if getattr(module, "proj_size", 0) or flow is None:
+        return t.pinned_output(node, f"{type(module).__name__} with projections or moved features")
+    t.consumer(layer, flow.slots)
+    initial_state = node_args(node)[1:]
+    hidden = t.producer(layer, module.hidden_size, pinned=bool(initial_state), role="hidden")
+    for arg in initial_state:
+        t.pin(t.flows.get(arg))
+    directions = 2 if module.bidirectional else 1
+    state = Flow(2, hidden)
+    return [Flow(flow.dim, hidden * directions), [state, state] if module.mode == "LSTM" else state]
+
+
+def _transformer_layers(
+    t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow
+) -> Any:
+    """Encoder/decoder layers: the feed-forward neurons (linear1 rows, linear2 columns) of
+    each layer form free groups; the model dimension runs through LayerNorm and residuals and
+    stays pinned, and attention heads are left to a dedicated handler."""
+    if hasattr(module, "layers"):
+        blocks = [(f"{layer}.layers.{i}", block) for i, block in enumerate(module.layers)]
+    else:
+        blocks = [(layer, module)]
+    for name, block in blocks:
+        hidden = t.producer(f"{name}.linear1", block.linear1.out_features)
+        t.consumer(f"{name}.linear2", hidden)
+    return t.pinned_output(node, "attention heads and the model dimension (LayerNorm, residuals)")
+
+
+def _conv(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    flow = t.along(flow, 1, module.in_channels)
+    if flow is None:
+        return t.pinned_output(node, "convolution over a moved channel dimension")
+    if module.groups == 1:
+        t.consumer(layer, flow.slots)
+        return Flow(1, t.producer(layer, module.out_channels))
+    if module.groups == module.in_channels == module.out_channels:  # depthwise
+        t.channelwise(layer, flow.slots)
+        return flow
+    t.pin(flow)
+    t.untouched[layer] = f"grouped convolution (groups={module.groups})"
+    return Flow(1, t.producer(layer, module.out_channels, pinned=True))
+
+
+def _conv_transpose(
+    t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow
+) -> Any:
+    flow = t.along(flow, 1, module.in_channels)
+    if flow is None or module.groups != 1:
+        return t.pinned_output(node, f"grouped transposed convolution (groups={module.groups})")
+    t.consumer(layer, flow.slots)
+    return Flow(1, t.producer(layer, module.out_channels))
+
+
+def _linear(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    shape = node_shape(node.args[0])
+    flow = t.along(flow, len(shape) - 1, shape[-1]) if shape is not None else None
+    if flow is None:
+        return t.pinned_output(node, "Linear over a dimension that is not the channels")
+    t.consumer(layer, flow.slots)
+    return Flow(flow.dim, t.producer(layer, module.out_features))
+
+
+def _batchnorm(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    flow = t.along(flow, 1, module.num_features)
+    if flow is None:
+        return t.pinned_output(node, "BatchNorm over a moved channel dimension")
+    t.channelwise(layer, flow.slots)
+    return flow
+
+
+MODULE_RULES: dict[type, Callable[..., Any]] = {
+    **{c: _conv for c in _CONVS},
+    **{c: _conv_transpose for c in _CONV_TRANSPOSES},
+    nn.Linear: _linear,
+    **{c: _batchnorm for c in _BATCHNORMS},
+    nn.Flatten: _flatten_module,
+    **{c: _rnn for c in (nn.LSTM, nn.GRU, nn.RNN)},
+    **{
+        c: _transformer_layers
+        for c in (
+            nn.TransformerEncoderLayer,
+            nn.TransformerDecoderLayer,
+            nn.TransformerEncoder,
+            nn.TransformerDecoder,
+        )
+    },
+}
