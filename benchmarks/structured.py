@@ -202,7 +202,7 @@ def accuracy_table(seed: int, epochs: int) -> list[str]:
         "|---|---|---|---|",
     ]
     flops_row = []
-    for criterion in ("taylor", "obd", "activation", "magnitude", "random"):
+    for criterion in ("taylor_fm", "taylor", "obd", "activation", "magnitude", "random"):
         cells = []
         for sparsity in (0.3, 0.5, 0.7):
             model = copy.deepcopy(dense)
