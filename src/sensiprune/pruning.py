@@ -128,7 +128,8 @@ def prune(
     ``steps > 1`` gets there in geometric steps, re-scoring the masked model before each one:
     a saliency predicts the cost of removing one weight, and is far more reliable for removing
     a fraction of the weights than for removing 90% at once. ``scores`` reuses scores from
-    :func:`score` (one step only). On any error the model is left unmodified.
+    :func:`score` (one step only). Bad input is refused before anything changes, and a
+    failure while scoring (say, a NaN gradient) happens before that step's masks are applied.
 
     ``structured=True`` removes whole channels / neurons instead, so layers physically shrink:
     ``sparsity`` is then the fraction of channels removed from each family of coupled layers
@@ -159,7 +160,11 @@ def prune(
     params_before = sum(p.numel() for p in model.parameters())
     for step in range(1, steps + 1):
         step_sparsity = geometric_sparsity(sparsity, step, steps)
-        step_scores = scores or _score(model, crit, targets, data, loss_fn, seed, show_progress)
+        step_scores = (
+            scores
+            if scores is not None
+            else _score(model, crit, targets, data, loss_fn, seed, show_progress)
+        )
         chosen = selection.select(
             step_scores,
             targets,
