@@ -8,20 +8,15 @@ Writes benchmarks/results/structured.md. Reproduce with:
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime
-import os
-import platform
-import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import finish, header, parser
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.measure import count_flops
+from sensiprune.measure import count_flops, latency
 from sensiprune.zoo import LeNet5, load_digits_splits
 
 
@@ -100,19 +95,6 @@ class MobileNetV2Style(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
-def median_latency(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    model.eval()
-    with torch.no_grad():
-        for _ in range(5):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def prune_ours(model: nn.Module, sparsity: float, x: torch.Tensor) -> float:
     start = time.perf_counter()
     sp.prune(model, sparsity, "magnitude", structured=True, example_inputs=x, scope="layer",
@@ -155,7 +137,10 @@ def speed_table(repeats: int, with_peer: bool) -> list[str]:
         x1, x32 = torch.randn(1, 3, 32, 32), torch.randn(32, 3, 32, 32)
         base = count_flops(dense, x1).dense
         base_params = sum(p.numel() for p in dense.parameters())
-        base_b1, base_b32 = median_latency(dense, x1, repeats), median_latency(dense, x32, repeats)
+        base_b1, base_b32 = (
+            latency(dense, x1, repeats=repeats),
+            latency(dense, x32, repeats=repeats),
+        )
         out.append(
             f"| {name} | dense | {base_params:,} | 1.00 | 1.00 | 1.00 | — | — | — | — | — | — |"
         )
@@ -163,8 +148,8 @@ def speed_table(repeats: int, with_peer: bool) -> list[str]:
             ours = copy.deepcopy(dense)
             seconds = prune_ours(ours, sparsity, x1)
             flops = count_flops(ours, x1).dense
-            b1 = base_b1 / median_latency(ours, x1, repeats)
-            b32 = base_b32 / median_latency(ours, x32, repeats)
+            b1 = base_b1 / latency(ours, x1, repeats=repeats)
+            b32 = base_b32 / latency(ours, x32, repeats=repeats)
             reduction = base / flops
             peer_cells = "— | — | — | not installed"
             if with_peer:
@@ -221,37 +206,21 @@ def accuracy_table(seed: int, epochs: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", default="benchmarks/results/structured.md")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs")
-    args = parser.parse_args()
+    args = parser(
+        __doc__, "benchmarks/results/structured.md", "fewer repeats and epochs"
+    ).parse_args()
     try:
-        import torch_pruning  # noqa: F401
+        import torch_pruning
 
-        with_peer = True
+        with_peer, peer = True, f"torch-pruning {torch_pruning.__version__}"
     except ImportError:
-        with_peer = False
+        with_peer, peer = False, "torch-pruning not installed"
     repeats = 5 if args.quick else 25
     started = time.perf_counter()
-    lines = [
-        "# Structured pruning benchmark",
-        "",
-        f"`python benchmarks/structured.py{' --quick' if args.quick else ''}` — "
-        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, seed {args.seed}; peer: torch-pruning "
-        + (__import__("torch_pruning").__version__ if with_peer else "not installed")
-        + ".",
-        "",
-    ]
+    lines = header("Structured pruning benchmark", "structured.py", args, f"; peer: {peer}")
     lines += speed_table(repeats, with_peer)
     lines += accuracy_table(args.seed, 2 if args.quick else 10)
-    lines += ["", f"Total benchmark time: {time.perf_counter() - started:.0f} s.", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    finish(lines, args.out, started)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,8 @@ Everything is seeded; accuracy is on the held-out test split of scikit-learn's d
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import finish, header, parser
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -308,13 +306,9 @@ def sparse_latency_table(repeats: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", default="benchmarks/results/unstructured.md")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="fewer sparsities and repeats")
-    args = parser.parse_args()
+    args = parser(
+        __doc__, "benchmarks/results/unstructured.md", "fewer sparsities and repeats"
+    ).parse_args()
     args.sparsities = (0.5, 0.9) if args.quick else (0.5, 0.8, 0.9, 0.95, 0.98)
     args.finetune_epochs = 1 if args.quick else 5
     args.long_finetune = 2 if args.quick else 30
@@ -323,14 +317,7 @@ def main() -> None:
     data = load_digits_splits(seed=args.seed)
     dense_models = {name: train_dense(f, data, args.seed) for name, f in MODELS.items()}
     started = time.perf_counter()
-    lines = [
-        "# Unstructured pruning benchmark",
-        "",
-        f"`python benchmarks/unstructured.py{' --quick' if args.quick else ''}` — "
-        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, seed {args.seed}.",
-        "",
-    ]
+    lines = header("Unstructured pruning benchmark", "unstructured.py", args)
     lines += accuracy_tables(dense_models, data, args)
     lines += normalisation_table(dense_models, data, 0.9)
     lines += rescoring_table(dense_models, data, (0.8, 0.9, 0.95), steps=10)
@@ -338,10 +325,7 @@ def main() -> None:
     lines += cost_table(dense_models, data, repeats)
     lines += file_size_table(dense_models["LeNet-300-100"])
     lines += sparse_latency_table(repeats)
-    lines += ["", f"Total benchmark time: {time.perf_counter() - started:.0f} s.", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    finish(lines, args.out, started)
 
 
 if __name__ == "__main__":

@@ -173,13 +173,19 @@ def test_obs_with_bias_reconstructs_layer_output_better_than_magnitude(digits):
 
 
 def test_unknown_criterion_lists_the_known_ones(mlp):
-    with pytest.raises(sp.SensipruneError, match="known criteria: activation, bn_scale, magnitude"):
+    with pytest.raises(
+        sp.SensipruneError, match="known criteria: activation, bn_scale, group_loss, magnitude, obd"
+    ):
         sp.score(mlp, "tayler")
 
 
 def test_every_registered_criterion_scores_every_target(cnn, cnn_batches):
     modules = dict(cnn.named_modules())
     for name in sp.available_criteria():
+        if name == "group_loss":  # measures whole groups: only through prune(structured=True)
+            with pytest.raises(sp.SensipruneError, match="structured=True"):
+                sp.score(cnn, name, cnn_batches)
+            continue
         scores = sp.score(cnn, name, cnn_batches, ignore=["conv2"] if name == "obs" else ())
         assert scores, name
         for key, value in scores.items():

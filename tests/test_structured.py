@@ -208,3 +208,42 @@ def test_bn_scale_removes_the_channels_with_the_smallest_scale():
         model.features[0][1].weight.copy_(torch.arange(1.0, 17.0))
     sp.prune(model, 0.25, "bn_scale", structured=True, example_inputs=x, scope="layer")
     assert model.features[0][1].weight.tolist() == list(map(float, range(5, 17)))
+
+
+def test_group_loss_is_the_measured_change_of_zeroing_a_group():
+    from sensiprune.criteria import get
+
+    model, x = _make("resnet")
+    model.eval()
+    batches = _batches(model, x)
+    graph = build_graph(model, [x])
+    measured = get("group_loss").score_groups(model, graph.groups, batches, sp.data.default_loss)
+    state = copy.deepcopy(model.state_dict())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # restored
+    group = graph.groups[3]
+    with torch.no_grad():
+        base = nn.functional.cross_entropy(model(x), batches[0][1]).item()
+        modules = dict(model.named_modules())
+        for member in group.members:
+            if member.role == "in":
+                continue
+            layout = layout_for(modules[member.layer], member.role)
+            for cut in layout.cuts(modules[member.layer]):
+                tensor = getattr(modules[member.layer], cut.attr, None)
+                if tensor is not None:
+                    where = positions(
+                        cut, torch.tensor([member.index]), layout.size(modules[member.layer])
+                    )
+                    tensor.index_fill_(cut.dim, where, 0.0)
+        zeroed = nn.functional.cross_entropy(model(x), batches[0][1]).item()
+    assert measured[3].item() == pytest.approx(abs(zeroed - base), rel=1e-5, abs=1e-7)
+
+
+def test_group_loss_prunes_structured():
+    model, x = _make("vgg")
+    result = sp.prune(
+        model, 0.5, "group_loss", _batches(model, x), structured=True, example_inputs=x
+    )
+    assert result.flops_after < result.flops_before
+    with pytest.raises(sp.SensipruneError, match="no batches"):
+        sp.prune(model, 0.5, "group_loss", [], structured=True, example_inputs=x)

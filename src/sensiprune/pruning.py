@@ -10,6 +10,7 @@ from torch import nn
 
 from . import criteria, masks, selection, stats
 from . import structured as structured_pruning
+from .criteria.channel import GroupLossChange
 from .criteria.obs import OptimalBrainSurgeon
 from .data import Batch, LossFn, as_batches, default_loss
 from .errors import SensipruneError
@@ -247,9 +248,13 @@ def _prune_structured(
     }
     graph, inputs = structured_pruning.build(model, example_inputs)
     groups = [g for g in graph.groups if not g.producers & ignored_layers]
-    if scores is None:
-        scores = _score(model, crit, find_targets(model), data, loss_fn, seed, show_progress)
-    group_values = structured_pruning.group_scores(model, groups, scores, group_reduction)
+    if isinstance(crit, GroupLossChange):
+        batches = list(as_batches(data, "data (criterion 'group_loss' needs it)"))
+        group_values = crit.score_groups(model, groups, batches, loss_fn or default_loss)
+    else:
+        if scores is None:
+            scores = _score(model, crit, find_targets(model), data, loss_fn, seed, show_progress)
+        group_values = structured_pruning.group_scores(model, groups, scores, group_reduction)
     removed = structured_pruning.choose_groups(
         groups, group_values, sparsity, scope, normalize, min_density, round_to
     )

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from ..channels import Group
+from ..data import Batch, LossFn, checked_loss
+from ..errors import SensipruneError
 from ..stats import Stat
+from ..surgery import layout_for, positions
 from .base import Criterion, ScoringContext, register
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -54,6 +60,73 @@ register(
         "bn_scale",
         "|γ| of BatchNorm per channel: network slimming (Liu et al. 2017); structured",
         needs_data=False,
+        structured_only=True,
+    )
+)
+
+
+class GroupLossChange(Criterion):
+    """|ΔL| when a whole channel group is zeroed, measured on the data: the ground truth that
+    the other group scores estimate (one pass over the data per group, so for small models).
+
+    Zeroes everything that produces the group's channels (output rows and biases, BatchNorm
+    scale and shift, every gate block of a hidden unit), measures, and restores exactly.
+    """
+
+    def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+        raise SensipruneError(
+            f"criterion {self.name!r} scores channel groups: use prune(..., structured=True)"
+        )
+
+    def score_groups(
+        self, model: nn.Module, groups: Sequence[Group], batches: Sequence[Batch], loss_fn: LossFn
+    ) -> torch.Tensor:
+        if not batches:
+            raise SensipruneError("data yielded no batches: pass a non-empty iterable of batches")
+        modules = dict(model.named_modules())
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                base = _mean_loss(model, batches, loss_fn)
+                changes = []
+                for group in groups:
+                    saved = _zero_producers(group, modules)
+                    try:
+                        changes.append(abs(_mean_loss(model, batches, loss_fn) - base))
+                    finally:
+                        for tensor, dim, where, values in reversed(saved):
+                            tensor.index_copy_(dim, where, values)
+        finally:
+            model.train(was_training)
+        return torch.tensor(changes, dtype=torch.float64)
+
+
+def _mean_loss(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn) -> float:
+    return sum(checked_loss(loss_fn, model, b).item() for b in batches) / len(batches)
+
+
+def _zero_producers(group: Group, modules: dict[str, nn.Module]) -> list[tuple]:
+    saved = []
+    for member in group.members:
+        if member.role == "in":  # consumers read zeros once the producers are zero
+            continue
+        module = modules[member.layer]
+        layout = layout_for(module, member.role)
+        for cut in layout.cuts(module):
+            tensor = getattr(module, cut.attr, None)
+            if tensor is None:
+                continue
+            where = positions(cut, torch.tensor([member.index]), layout.size(module))
+            saved.append((tensor, cut.dim, where, tensor.index_select(cut.dim, where).clone()))
+            tensor.index_fill_(cut.dim, where, 0.0)
+    return saved
+
+
+register(
+    GroupLossChange(
+        "group_loss",
+        "|ΔL| when a whole channel group is zeroed (measured, slow); structured",
         structured_only=True,
     )
 )

@@ -1,0 +1,42 @@
+"""What every benchmark script shares: its command line and the header and footer of its table."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def parser(doc: str, default_out: str, quick_help: str) -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    cli.add_argument("--out", default=default_out, help=f"results table (default: {default_out})")
+    cli.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    cli.add_argument("--quick", action="store_true", help=quick_help)
+    return cli
+
+
+def header(title: str, script: str, args: argparse.Namespace, extra: str = "") -> list[str]:
+    """Title, the command that reproduces the table, and the machine it ran on."""
+    return [
+        f"# {title}",
+        "",
+        f"`python benchmarks/{script}{' --quick' if args.quick else ''}` — "
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, seed {args.seed}{extra}.",
+        "",
+    ]
+
+
+def finish(lines: list[str], out: str, started: float) -> None:
+    """Add the total time, write the table and print it."""
+    lines += ["", f"Total benchmark time: {time.perf_counter() - started:.0f} s.", ""]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(lines))
+    print("\n".join(lines))
