@@ -247,3 +247,48 @@ def test_group_loss_prunes_structured():
     assert result.flops_after < result.flops_before
     with pytest.raises(sp.SensipruneError, match="no batches"):
         sp.prune(model, 0.5, "group_loss", [], structured=True, example_inputs=x)
+
+
+@pytest.mark.parametrize("name", ["transformer", "lstm", "bigru-2-layer"])
+def test_pruned_heads_and_hidden_units_save_and_load(name, tmp_path):
+    model, x = _make(name)
+    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    model.eval()
+    sp.save(model, tmp_path / "run")
+    loaded = sp.load(tmp_path / "run", ZOO[name][0]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_head_pruned_attention_matches_multihead_attention_with_every_mask():
+    from sensiprune.attention import become_head_pruned
+
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    pruned = copy.deepcopy(reference)
+    become_head_pruned(pruned, [0, 1, 2, 3])
+    q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    attn_mask = torch.rand(5, 7) > 0.7
+    attn_mask[:, 0] = False
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, 5:] = True
+    per_head = torch.randn(2 * 4, 5, 7)
+    for kwargs in (
+        {},
+        {"attn_mask": attn_mask},
+        {"key_padding_mask": padding, "average_attn_weights": False},
+        {"attn_mask": per_head},
+    ):
+        expected, expected_weights = reference(q, kv, kv, **kwargs)
+        out, weights = pruned(q, kv, kv, **kwargs)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_heads_are_removed_whole():
+    model, x = _make("transformer")
+    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    attention = model.encoder.layers[0].self_attn
+    assert attention.num_heads == 2 and len(attention.kept_heads) == 2
+    assert attention.in_proj_weight.shape == (3 * 2 * 4, 16)
+    assert attention.out_proj.in_features == 8

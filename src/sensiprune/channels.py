@@ -17,7 +17,7 @@ class Flow:
     slots: list[int]
 
 
-PRODUCING_ROLES = ("out", "hidden")
+PRODUCING_ROLES = ("out", "hidden", "head")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Member:
     """One index of one module that belongs to a group."""
 
     layer: str
-    role: str  # "out" channel, "in" column, "channel" (per-channel entry), "hidden" (RNN unit)
+    role: str  # "out" channel, "in" column, "channel" entry, "hidden" RNN unit, "head"
     index: int
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
 
+from .attention import prunable_heads
 from .channels import Flow, node_args, node_shape
 
 if TYPE_CHECKING:
@@ -57,7 +58,24 @@ def _transformer_layers(
     for name, block in blocks:
         hidden = t.producer(f"{name}.linear1", block.linear1.out_features)
         t.consumer(f"{name}.linear2", hidden)
-    return t.pinned_output(node, "attention heads and the model dimension (LayerNorm, residuals)")
+        for attr in ("self_attn", "multihead_attn"):
+            if prunable_heads(getattr(block, attr, None)):
+                _heads(t, f"{name}.{attr}", getattr(block, attr))
+    return t.pinned_output(node, "the model dimension of a transformer (LayerNorm, residuals)")
+
+
+def _heads(t: ChannelTracer, layer: str, attention: nn.MultiheadAttention) -> None:
+    """A head: its q, k and v rows, and the out_proj columns that read its output."""
+    heads = t.producer(layer, attention.num_heads, role="head")
+    width = attention.head_dim
+    t.consumer(f"{layer}.out_proj", [heads[u // width] for u in range(len(heads) * width)])
+
+
+def _attention(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    if prunable_heads(module):
+        _heads(t, layer, module)
+    pinned = t.pinned_output(node, "the model dimension around attention")
+    return [pinned, None]
 
 
 def _conv(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
@@ -109,6 +127,7 @@ MODULE_RULES: dict[type, Callable[..., Any]] = {
     **{c: _batchnorm for c in _BATCHNORMS},
     nn.Flatten: _flatten_module,
     **{c: _rnn for c in (nn.LSTM, nn.GRU, nn.RNN)},
+    nn.MultiheadAttention: _attention,
     **{
         c: _transformer_layers
         for c in (

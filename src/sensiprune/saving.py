@@ -23,12 +23,14 @@ from torch import nn
 from . import masks
 from .atomic import atomic_directory
 from .errors import SensipruneError
+from .surgery import refresh_loaded
 from .targets import Target
 
 FORMAT = 1
 # the module attributes that structured surgery may change (see surgery.py)
 SHAPE_ATTRS = (
-    "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features"
+    "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
+    "hidden_size", "input_size", "num_heads", "kept_heads",
 )  # fmt: skip
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "sensiprune.json"
@@ -46,9 +48,7 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         else:
             tensors[key] = value
     shapes = {
-        name: {
-            a: getattr(module, a) for a in SHAPE_ATTRS if isinstance(getattr(module, a, None), int)
-        }
+        name: {a: getattr(module, a) for a in SHAPE_ATTRS if _recordable(getattr(module, a, None))}
         for name, module in model.named_modules()
     }
     manifest = {
@@ -93,6 +93,11 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     return model
 
 
+def _recordable(value: object) -> bool:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    return is_int or (isinstance(value, list) and all(isinstance(v, int) for v in value))
+
+
 def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) -> None:
     """Give every module whose recorded sizes differ the saved attributes and tensor shapes."""
     modules = dict(model.named_modules())
@@ -101,7 +106,8 @@ def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) ->
         if module is None or all(getattr(module, a, None) == v for a, v in attrs.items()):
             continue
         for attr, value in attrs.items():
-            setattr(module, attr, value)
+            if attr != "kept_heads":
+                setattr(module, attr, value)
         for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
             key = f"{name}.{attr}" if name else attr
             if tensor is None or key not in state or state[key].shape == tensor.shape:
@@ -111,6 +117,7 @@ def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) ->
                 module._parameters[attr] = nn.Parameter(fresh, requires_grad=tensor.requires_grad)
             else:
                 module._buffers[attr] = fresh
+        refresh_loaded(module, attrs.get("kept_heads"))
 
 
 def _encode(key: str, value: torch.Tensor, keep: torch.Tensor, out: dict) -> dict:

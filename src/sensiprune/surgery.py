@@ -16,22 +16,27 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attention import become_head_pruned
+
 _MASK_PREFIX = "_sensiprune_mask_"  # unstructured masks (masks.py) are sliced along
 
 
 @dataclass(frozen=True)
 class Cut:
-    """Index j of the role sits at positions j + b·n (b < blocks) of ``attr`` along ``dim``."""
+    """Index j of the role fills positions j·w … j·w + w − 1, plus b·n·w for each block b,
+    of ``attr`` along ``dim`` (w = ``width``; an attention head is ``head_dim`` rows wide)."""
 
     attr: str
     dim: int
     blocks: int = 1
+    width: int = 1
 
 
 @dataclass(frozen=True)
 class Layout:
     cuts: Callable[[nn.Module], list[Cut]]
     size_attrs: tuple[str, ...]  # attributes holding the role's size, updated after a cut
+    after: Callable[[nn.Module, list[int]], None] | None = None  # fix-ups once cut
 
     def size(self, module: nn.Module) -> int:
         return int(getattr(module, self.size_attrs[0]))
@@ -87,10 +92,24 @@ _BATCHNORM = {
         ("num_features",),
     )
 }
+
+
+def _rnn_refresh(module: nn.RNNBase, keep: list[int]) -> None:
+    module._init_flat_weights()  # RNNs keep a flat list of their weights
+
+
 _RNN = {
-    "hidden": Layout(_rnn_hidden, ("hidden_size",)),
-    "in": Layout(_rnn_input, ("input_size",)),
+    "hidden": Layout(_rnn_hidden, ("hidden_size",), _rnn_refresh),
+    "in": Layout(_rnn_input, ("input_size",), _rnn_refresh),
 }
+
+
+def _attention_heads(module: nn.MultiheadAttention) -> list[Cut]:
+    width = module.head_dim
+    return [Cut("in_proj_weight", 0, 3, width), Cut("in_proj_bias", 0, 3, width)]
+
+
+_ATTENTION = {"head": Layout(_attention_heads, ("num_heads",), become_head_pruned)}
 LAYOUTS: dict[type, dict[str, Layout]] = {
     nn.Linear: {
         "out": Layout(_fixed(Cut("weight", 0), Cut("bias", 0)), ("out_features",)),
@@ -100,6 +119,7 @@ LAYOUTS: dict[type, dict[str, Layout]] = {
     **{c: _CONV_TRANSPOSE for c in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)},
     **{c: _BATCHNORM for c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
     **{c: _RNN for c in (nn.LSTM, nn.GRU, nn.RNN)},
+    nn.MultiheadAttention: _ATTENTION,
 }
 
 
@@ -112,7 +132,9 @@ def layout_for(module: nn.Module, role: str) -> Layout:
 
 def positions(cut: Cut, indices: torch.Tensor, n: int) -> torch.Tensor:
     """Positions along ``cut.dim`` of the given role indices (each repeated per block)."""
-    return (indices.unsqueeze(0) + n * torch.arange(cut.blocks).unsqueeze(1)).reshape(-1)
+    within = (indices.unsqueeze(1) * cut.width + torch.arange(cut.width)).reshape(-1)
+    offsets = n * cut.width * torch.arange(cut.blocks)
+    return (within.unsqueeze(0) + offsets.unsqueeze(1)).reshape(-1)
 
 
 def shrink(module: nn.Module, role: str, keep: torch.Tensor) -> None:
@@ -131,8 +153,21 @@ def shrink(module: nn.Module, role: str, keep: torch.Tensor) -> None:
             module._buffers[_MASK_PREFIX + cut.attr] = mask.index_select(cut.dim, index).clone()
     for attr in layout.size_attrs:
         setattr(module, attr, len(keep))
-    if isinstance(module, nn.RNNBase):
-        module._init_flat_weights()
+    if layout.after is not None:
+        layout.after(module, keep.tolist())
+
+
+def refresh_loaded(module: nn.Module, kept_heads: list[int] | None) -> None:
+    """Run the fix-ups of ``module``'s type after its sizes were restored from a save."""
+    for kind in type(module).__mro__:
+        for layout in LAYOUTS.get(kind, {}).values():
+            if layout.after is become_head_pruned:
+                if kept_heads is not None:
+                    become_head_pruned(module, kept_heads)
+            elif layout.after is not None:
+                layout.after(module, [])
+        if kind in LAYOUTS:
+            return
 
 
 def _replace(module: nn.Module, attr: str, value: torch.Tensor) -> None:
