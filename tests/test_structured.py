@@ -292,3 +292,36 @@ def test_transformer_heads_are_removed_whole():
     assert attention.num_heads == 2 and len(attention.kept_heads) == 2
     assert attention.in_proj_weight.shape == (3 * 2 * 4, 16)
     assert attention.out_proj.in_features == 8
+
+
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+class _PartlyTraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 16)
+        self.c = nn.Linear(16, 8)
+        self.inner = nn.Sequential(_DataDependent())
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.inner(self.c(torch.relu(self.a(x)))))
+
+
+def test_an_untraceable_submodule_is_left_alone_and_the_rest_is_pruned():
+    torch.manual_seed(0)
+    model = _PartlyTraceable()
+    x = torch.randn(5, 4)
+    expected_shape = model(x).shape
+    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    assert model.a.out_features == 8 and model.c.in_features == 8
+    assert model.inner[0].fc.weight.shape == (8, 8)
+    assert any(item.startswith("inner.0: could not be traced") for item in result.untouched)
+    assert model(x).shape == expected_shape

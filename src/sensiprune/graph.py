@@ -71,14 +71,7 @@ _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
 
 def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> DependencyGraph:
     """Trace ``model`` and return its removable channel groups; the model is not changed."""
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many types for code it cannot trace
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SensipruneError(
-            f"structured pruning needs a model torch.fx can trace, and tracing failed: {reason} "
-            "(move data-dependent control flow out of forward, or prune unstructured)"
-        ) from exc
+    traced, opaque = _trace(model)
     was_training = model.training
     model.eval()
     try:
@@ -93,9 +86,44 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
     finally:
         model.train(was_training)
     graph = ChannelTracer(traced).run()
+    for layer, why in opaque.items():
+        graph.untouched[layer] = f"could not be traced ({why}), so it is left as it is"
     graph.flops = counter.get_total_flops()
     graph.output_shapes = tensor_shapes(output)
     return graph
+
+
+class _LeafTracer(fx.Tracer):
+    """torch.fx's tracer, told to treat some submodules as opaque leaves."""
+
+    def __init__(self, opaque: set[str]) -> None:
+        super().__init__()
+        self.opaque = opaque
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.opaque or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+
+def _trace(model: nn.Module) -> tuple[fx.GraphModule, dict[str, str]]:
+    """Trace with torch.fx; a submodule fx cannot trace (data-dependent control flow, say)
+    becomes an opaque leaf and tracing starts again, so the rest of the model stays prunable."""
+    opaque: dict[str, str] = {}
+    while True:
+        tracer = _LeafTracer(set(opaque))
+        try:
+            return fx.GraphModule(model, tracer.trace(model)), opaque
+        except Exception as exc:  # fx raises many types for code it cannot trace
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            inner = next((name for name in reversed(tracer.module_stack) if name), None)
+            if inner is None or inner in opaque:
+                raise SensipruneError(
+                    "structured pruning needs a model torch.fx can trace, and tracing its "
+                    f"forward failed: {reason} (move data-dependent control flow out of "
+                    "forward, or prune unstructured)"
+                ) from exc
+            opaque[inner] = reason
 
 
 class ChannelTracer:
