@@ -30,6 +30,14 @@ def test_magnitude_is_absolute_weight(mlp):
     assert set(scores) == {"fc1.weight", "fc2.weight", "head.weight"}
 
 
+def test_magnitude_sq_sums_to_the_squared_l2_filter_norm():
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3))
+    scores = sp.score(conv, "magnitude_sq")["0.weight"]
+    torch.testing.assert_close(
+        scores.sum((1, 2, 3)), conv[0].weight.detach().flatten(1).norm(dim=1) ** 2
+    )
+
+
 def test_random_is_seeded_and_uniform(mlp):
     a = sp.score(mlp, "random", seed=3)
     b = sp.score(mlp, "random", seed=3)
@@ -174,7 +182,8 @@ def test_obs_with_bias_reconstructs_layer_output_better_than_magnitude(digits):
 
 def test_unknown_criterion_lists_the_known_ones(mlp):
     with pytest.raises(
-        sp.SensipruneError, match="known criteria: activation, bn_scale, group_loss, magnitude, obd"
+        sp.SensipruneError,
+        match="known criteria: activation, bn_scale, group_loss, magnitude, magnitude_sq, obd",
     ):
         sp.score(mlp, "tayler")
 

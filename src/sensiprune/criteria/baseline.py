@@ -14,6 +14,16 @@ def magnitude(weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
     return weight.abs()
 
 
+@per_param(
+    "magnitude_sq",
+    "w²: squared magnitude; over a channel group, the squared L2 filter norm (Li et al. 2017)",
+    needs_data=False,
+)
+def magnitude_squared(weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
+    """Ranks single weights like magnitude; summed over a filter it ranks by the L2 norm."""
+    return weight.pow(2)
+
+
 class RandomCriterion(Criterion):
     """Uniform random scores from a seeded generator: the floor every criterion must beat."""
 
