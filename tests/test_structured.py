@@ -325,3 +325,29 @@ def test_an_untraceable_submodule_is_left_alone_and_the_rest_is_pruned():
     assert model.inner[0].fc.weight.shape == (8, 8)
     assert any(item.startswith("inner.0: could not be traced") for item in result.untouched)
     assert model(x).shape == expected_shape
+
+
+class _TokenClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.lstm = nn.LSTM(8, 12, batch_first=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+def test_embedding_dims_are_pruned_only_when_a_budget_names_them(tmp_path):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 20, (4, 6))
+    model = _TokenClassifier()
+    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=ids, scope="layer")
+    assert model.embed.embedding_dim == 8 and model.lstm.hidden_size == 6
+    sp.prune(model, {"embed": 0.5}, "magnitude", structured=True, example_inputs=ids)
+    assert model.embed.weight.shape == (20, 4) and model.lstm.input_size == 4
+    model.eval()
+    sp.save(model, tmp_path / "run")
+    loaded = sp.load(tmp_path / "run", _TokenClassifier).eval()
+    torch.testing.assert_close(loaded(ids), model(ids))

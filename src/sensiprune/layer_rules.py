@@ -64,6 +64,14 @@ def _transformer_layers(
     return t.pinned_output(node, "the model dimension of a transformer (LayerNorm, residuals)")
 
 
+def _embedding(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Any) -> Any:
+    """Token ids carry no channels; the embedding dimensions are channels it produces."""
+    shape = node_shape(node)
+    if shape is None:
+        return t.pinned_output(node, "an embedding with unknown output")
+    return Flow(len(shape) - 1, t.producer(layer, module.embedding_dim))
+
+
 def _heads(t: ChannelTracer, layer: str, attention: nn.MultiheadAttention) -> None:
     """A head: its q, k and v rows, and the out_proj columns that read its output."""
     heads = t.producer(layer, attention.num_heads, role="head")
@@ -128,6 +136,7 @@ MODULE_RULES: dict[type, Callable[..., Any]] = {
     nn.Flatten: _flatten_module,
     **{c: _rnn for c in (nn.LSTM, nn.GRU, nn.RNN)},
     nn.MultiheadAttention: _attention,
+    nn.Embedding: _embedding,
     **{
         c: _transformer_layers
         for c in (

@@ -247,7 +247,10 @@ def _prune_structured(
         t.layer for t in targets.values()
     }
     graph, inputs = structured_pruning.build(model, example_inputs)
-    groups = [g for g in graph.groups if not g.producers & ignored_layers]
+    # embedding widths change what every token means: pruned only when a budget names them
+    named = set(sparsity) if isinstance(sparsity, Mapping) else set()
+    unasked = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)} - named
+    groups = [g for g in graph.groups if not g.producers & (ignored_layers | unasked)]
     if isinstance(crit, GroupLossChange):
         batches = list(as_batches(data, "data (criterion 'group_loss' needs it)"))
         group_values = crit.score_groups(model, groups, batches, loss_fn or default_loss)

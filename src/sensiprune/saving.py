@@ -30,7 +30,7 @@ FORMAT = 1
 # the module attributes that structured surgery may change (see surgery.py)
 SHAPE_ATTRS = (
     "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
-    "hidden_size", "input_size", "num_heads", "kept_heads",
+    "hidden_size", "input_size", "num_heads", "kept_heads", "embedding_dim",
 )  # fmt: skip
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "sensiprune.json"

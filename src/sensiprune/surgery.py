@@ -120,6 +120,7 @@ LAYOUTS: dict[type, dict[str, Layout]] = {
     **{c: _BATCHNORM for c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
     **{c: _RNN for c in (nn.LSTM, nn.GRU, nn.RNN)},
     nn.MultiheadAttention: _ATTENTION,
+    nn.Embedding: {"out": Layout(_fixed(Cut("weight", 1)), ("embedding_dim",))},
 }
 
 
