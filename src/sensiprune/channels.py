@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -35,9 +36,10 @@ class Group:
 
     members: list[Member] = field(default_factory=list)
 
-    @property
-    def producers(self) -> set[str]:
-        return {m.layer for m in self.members if m.role in PRODUCING_ROLES}
+    @cached_property
+    def producers(self) -> frozenset[str]:
+        """Layers that create these channels (read once the graph is complete)."""
+        return frozenset(m.layer for m in self.members if m.role in PRODUCING_ROLES)
 
 
 @dataclass

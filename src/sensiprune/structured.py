@@ -84,7 +84,7 @@ def choose_groups(
     families: dict[frozenset[str], list[int]] = defaultdict(list)
     for index, group in enumerate(groups):
         if not torch.isnan(scores[index]):
-            families[frozenset(group.producers)].append(index)
+            families[group.producers].append(index)
     if isinstance(sparsity, Mapping):
         budget = {
             family: max((sparsity[layer] for layer in family if layer in sparsity), default=0.0)
