@@ -5,12 +5,16 @@ from .errors import SensipruneError
 from .masks import get_masks, make_permanent
 from .pruning import PruneResult, iterative_prune, prune, score
 from .saving import load, save
+from .sensitivity import Budget, SensitivityTable, allocate, sensitivity
 from .train import FinetuneResult, evaluate, finetune
 
 __all__ = [
+    "Budget",
     "FinetuneResult",
     "PruneResult",
     "SensipruneError",
+    "SensitivityTable",
+    "allocate",
     "available_criteria",
     "evaluate",
     "finetune",
@@ -21,5 +25,6 @@ __all__ = [
     "prune",
     "save",
     "score",
+    "sensitivity",
 ]
 __version__ = "0.1.0"

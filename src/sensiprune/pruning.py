@@ -77,10 +77,10 @@ def score(
     """Importance of every prunable weight, by parameter name (higher = more important)."""
     crit = criteria.get(criterion)
     targets = require_targets(model, ignore)
-    return _score(model, crit, targets, data, loss_fn, seed, show_progress)
+    return score_targets(model, crit, targets, data, loss_fn, seed, show_progress)
 
 
-def _score(
+def score_targets(
     model: nn.Module,
     crit: criteria.Criterion,
     targets: dict[str, Target],
@@ -164,7 +164,7 @@ def prune(
         step_scores = (
             scores
             if scores is not None
-            else _score(model, crit, targets, data, loss_fn, seed, show_progress)
+            else score_targets(model, crit, targets, data, loss_fn, seed, show_progress)
         )
         chosen = selection.select(
             step_scores,
@@ -256,7 +256,9 @@ def _prune_structured(
         group_values = crit.score_groups(model, groups, batches, loss_fn or default_loss)
     else:
         if scores is None:
-            scores = _score(model, crit, find_targets(model), data, loss_fn, seed, show_progress)
+            scores = score_targets(
+                model, crit, find_targets(model), data, loss_fn, seed, show_progress
+            )
         group_values = structured_pruning.group_scores(model, groups, scores, group_reduction)
     removed = structured_pruning.choose_groups(
         groups, group_values, sparsity, scope, normalize, min_density, round_to

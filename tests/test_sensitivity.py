@@ -1,0 +1,120 @@
+"""Per-layer sensitivity curves and budget allocation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import sensiprune as sp
+from sensiprune.sensitivity import SensitivityTable
+
+
+def test_sensitivity_restores_every_weight_exactly(mlp, mlp_batches):
+    before = copy.deepcopy(mlp.state_dict())
+    calls = []
+
+    def evaluate(model):
+        calls.append(1)
+        return sp.evaluate(model, mlp_batches)
+
+    table = sp.sensitivity(mlp, evaluate, [0.5, 0.9], "taylor", mlp_batches, show_progress=False)
+    assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
+    assert len(calls) == 1 + 3 * 2
+    assert table.layers == ("fc1.weight", "fc2.weight", "head.weight")
+    assert "fc2.weight" in table.to_markdown()
+
+
+def test_sensitivity_prunes_one_layer_at_a_time(mlp):
+    seen = []
+
+    def evaluate(model):
+        seen.append(tuple(int((p == 0).sum()) for p in (model.fc1.weight, model.fc2.weight)))
+        return 1.0
+
+    sp.sensitivity(mlp, evaluate, [0.5], show_progress=False)
+    assert seen[1:3] == [(64, 0), (0, 96)]
+
+
+def test_a_failing_evaluate_still_restores_the_layer(mlp):
+    before = mlp.fc1.weight.detach().clone()
+    calls = {"n": 0}
+
+    def evaluate(model):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return 0.5
+
+    with pytest.raises(RuntimeError, match="boom"):
+        sp.sensitivity(mlp, evaluate, [0.5], show_progress=False)
+    assert torch.equal(mlp.fc1.weight, before)
+
+
+def _table(drops: dict[str, list[float]], sizes: dict[str, int]) -> SensitivityTable:
+    sparsities = (0.25, 0.5, 0.75, 0.9)
+    return SensitivityTable(
+        "magnitude", 1.0, tuple(drops), tuple(sizes[n] for n in drops), sparsities,
+        tuple(tuple(1.0 - d for d in drops[n]) for n in drops),
+    )  # fmt: skip
+
+
+def test_allocation_prunes_the_insensitive_layer_much_more_and_meets_the_target():
+    table = _table(
+        {"sensitive": [0.05, 0.2, 0.5, 0.9], "robust": [0.0, 0.001, 0.002, 0.01]},
+        {"sensitive": 1000, "robust": 1000},
+    )
+    budget = sp.allocate(table, 0.5)
+    assert budget["robust"] >= 0.85 and budget.get("sensitive", 0) <= 0.15
+    pruned = sum(round(budget.get(n, 0) * size) for n, size in zip(table.layers, table.sizes))
+    assert abs(pruned - 1000) <= len(table.layers)
+    assert budget.predicted_drop == pytest.approx(
+        table.drop(0, budget.get("sensitive", 0)) + table.drop(1, budget["robust"])
+    )
+
+
+def test_allocation_respects_bounds_and_refuses_the_impossible():
+    table = _table({"a": [0.0] * 4, "b": [0.0] * 4}, {"a": 100, "b": 300})
+    budget = sp.allocate(table, 0.6, max_sparsity=0.7)
+    assert max(budget.values()) <= 0.7 + 1e-9
+    with pytest.raises(sp.SensipruneError, match="cannot be met"):
+        sp.allocate(table, 0.8, max_sparsity=0.7)
+
+
+def test_the_budget_drives_prune(mlp, mlp_batches):
+    table = sp.sensitivity(
+        mlp, lambda m: sp.evaluate(m, mlp_batches), [0.3, 0.6, 0.9], show_progress=False
+    )
+    budget = sp.allocate(table, 0.6)
+    result = sp.prune(mlp, budget, "magnitude")
+    assert result.sparsity == pytest.approx(0.6, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("sparsities", "evaluate", "message"),
+    [
+        ([], lambda m: 1.0, "sparsities is empty"),
+        ([0.5, 1.0], lambda m: 1.0, r"\[0, 1\)"),
+        ([0.5], lambda m: float("nan"), "must return a number"),
+        ([0.5], lambda m: "good", "must return a number"),
+    ],
+)
+def test_bad_sensitivity_input(mlp, sparsities, evaluate, message):
+    with pytest.raises(sp.SensipruneError, match=message):
+        sp.sensitivity(mlp, evaluate, sparsities, show_progress=False)
+
+
+def test_allocation_on_a_real_model_beats_uniform(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    sp.finetune(model, digits.train, epochs=10, show_progress=False)
+    table = sp.sensitivity(
+        model, lambda m: sp.evaluate(m, digits.val), [0.5, 0.8, 0.9, 0.95, 0.98],
+        show_progress=False,
+    )  # fmt: skip
+    allocated, uniform = copy.deepcopy(model), copy.deepcopy(model)
+    sp.prune(allocated, sp.allocate(table, 0.9), "magnitude")
+    sp.prune(uniform, 0.9, "magnitude", scope="layer")
+    assert sp.evaluate(allocated, digits.val) >= sp.evaluate(uniform, digits.val)
