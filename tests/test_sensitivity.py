@@ -118,3 +118,43 @@ def test_allocation_on_a_real_model_beats_uniform(digits):
     sp.prune(allocated, sp.allocate(table, 0.9), "magnitude")
     sp.prune(uniform, 0.9, "magnitude", scope="layer")
     assert sp.evaluate(allocated, digits.val) >= sp.evaluate(uniform, digits.val)
+
+
+def test_cross_validation_uses_disjoint_folds_and_only_the_validation_data(digits):
+    from sensiprune.validation import fold_indices
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    sp.finetune(model, digits.train, epochs=5, show_progress=False)
+    val = [(x, y) for x, y in digits.val for _ in range(1)]
+    seen: set[int] = set()
+
+    def metric(model, batch):
+        seen.add(id(batch[0]))
+        return sp.train.correct_predictions(model, batch)
+
+    result = sp.cross_validate(model, val, target_sparsity=0.8, folds=3, metric=metric,
+                               sparsities=(0.5, 0.8, 0.9))  # fmt: skip
+    folds = [set(f) for f in result.folds]
+    assert set().union(*folds) == set(range(len(val)))
+    assert all(not (a & b) for i, a in enumerate(folds) for b in folds[i + 1 :])
+    assert seen == {id(x) for x, _ in val}  # never a batch from anywhere else (the test split)
+    assert len(result.observed) == 3 and "3-fold cross-validation" in str(result)
+    assert sum(result.budget.values()) > 0
+    assert fold_indices(7, 3) == ((0, 3, 6), (1, 4), (2, 5))
+
+
+def test_cross_validation_bad_input(mlp, mlp_batches):
+    with pytest.raises(sp.SensipruneError, match="folds must be"):
+        sp.cross_validate(mlp, mlp_batches, target_sparsity=0.5, folds=1)
+    with pytest.raises(sp.SensipruneError, match="need at least 5"):
+        sp.cross_validate(mlp, mlp_batches, target_sparsity=0.5, folds=5)
+    with pytest.raises(sp.SensipruneError, match="exactly one"):
+        sp.cross_validate(mlp, mlp_batches, folds=2)
+
+
+def test_max_drop_allocates_as_much_as_the_curves_allow():
+    table = _table({"a": [0.0, 0.01, 0.02, 0.5], "b": [0.0, 0.0, 0.3, 0.6]}, {"a": 100, "b": 100})
+    budget = sp.allocate(table, max_drop=0.02)
+    assert budget.predicted_drop <= 0.02 + 1e-12
+    assert budget["a"] >= 0.7 and budget["b"] >= 0.5

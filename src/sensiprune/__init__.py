@@ -7,15 +7,18 @@ from .pruning import PruneResult, iterative_prune, prune, score
 from .saving import load, save
 from .sensitivity import Budget, SensitivityTable, allocate, sensitivity
 from .train import FinetuneResult, evaluate, finetune
+from .validation import CrossValidation, cross_validate
 
 __all__ = [
     "Budget",
+    "CrossValidation",
     "FinetuneResult",
     "PruneResult",
     "SensipruneError",
     "SensitivityTable",
     "allocate",
     "available_criteria",
+    "cross_validate",
     "evaluate",
     "finetune",
     "get_masks",

@@ -121,48 +121,71 @@ class Budget(dict):
 
 def allocate(
     table: SensitivityTable,
-    target_sparsity: float,
+    target_sparsity: float | None = None,
+    max_drop: float | None = None,
     min_density: float = 0.01,
     max_sparsity: float | None = None,
 ) -> Budget:
-    """Per-layer sparsities that prune ``target_sparsity`` of all the table's weights while
-    minimising the summed predicted drop (greedy on marginal drop per weight, 1% steps, then
-    the last step trimmed so the total is exact to a weight)."""
-    selection.check_sparsity(target_sparsity)
+    """Per-layer sparsities from measured curves, minimising the summed predicted drop.
+
+    Give ``target_sparsity`` (a fraction of all the table's weights, met exactly to a weight)
+    or ``max_drop`` (prune as much as the curves predict costs at most this much of the
+    metric). Greedy on the marginal predicted drop per weight, in 1% steps of a layer.
+    """
+    if (target_sparsity is None) == (max_drop is None):
+        raise SensipruneError("give allocate exactly one of target_sparsity or max_drop")
     ceiling = min(max(table.sparsities), 1.0 - min_density)
     if max_sparsity is not None:
         ceiling = min(ceiling, max_sparsity)
-    total = sum(table.sizes)
-    wanted = round(target_sparsity * total)
-    if wanted > sum(math.floor(ceiling * n) for n in table.sizes):
-        raise SensipruneError(
-            f"target_sparsity {target_sparsity} cannot be met with every layer at most "
-            f"{ceiling:.0%} sparse (measured up to {max(table.sparsities):.0%}): measure higher "
-            "sparsities or lower the target"
-        )
-    step = 0.01
-    level = [0.0] * len(table.layers)
-    pruned = 0
+    capacity = sum(math.floor(ceiling * n) for n in table.sizes)
+    if target_sparsity is not None:
+        selection.check_sparsity(target_sparsity)
+        wanted = round(target_sparsity * sum(table.sizes))
+        if wanted > capacity:
+            raise SensipruneError(
+                f"target_sparsity {target_sparsity} cannot be met with every layer at most "
+                f"{ceiling:.0%} sparse (measured up to {max(table.sparsities):.0%}): measure "
+                "higher sparsities or lower the target"
+            )
+    elif not (isinstance(max_drop, (int, float)) and max_drop >= 0):
+        raise SensipruneError(f"max_drop must be a non-negative number, got {max_drop!r}")
+    else:
+        wanted = capacity
+    counts = [0] * len(table.layers)  # weights pruned per layer: integers, no float drift
+    pruned, predicted = 0, 0.0
     while pruned < wanted:
-        best, best_cost = None, math.inf
-        for i, n in enumerate(table.sizes):
-            nxt = min(level[i] + step, ceiling)
-            gained = math.floor(nxt * n) - math.floor(level[i] * n)
-            if gained <= 0:
-                continue
-            cost = (table.drop(i, nxt) - table.drop(i, level[i])) / gained
-            if cost < best_cost:
-                best, best_cost = i, cost
-        if best is None:
+        step = _cheapest_step(table, counts, ceiling)
+        if step is None:
             break
-        n = table.sizes[best]
-        already = math.floor(level[best] * n)
-        take = min(math.floor(min(level[best] + step, ceiling) * n) - already, wanted - pruned)
-        level[best] = (already + take) / n
-        pruned += take
-    budget = Budget({name: s for name, s in zip(table.layers, level) if s > 0})
-    budget.predicted_drop = sum(table.drop(i, s) for i, s in enumerate(level))
+        layer, count, extra = step
+        if max_drop is not None and predicted + extra > max_drop:
+            break
+        counts[layer] += min(count, wanted - pruned)
+        pruned += min(count, wanted - pruned)
+        predicted = _predicted(table, counts)
+    budget = Budget({name: k / n for name, k, n in zip(table.layers, counts, table.sizes) if k > 0})
+    budget.predicted_drop = _predicted(table, counts)
     return budget
+
+
+def _predicted(table: SensitivityTable, counts: list[int]) -> float:
+    return sum(table.drop(i, k / n) for i, (k, n) in enumerate(zip(counts, table.sizes)))
+
+
+def _cheapest_step(
+    table: SensitivityTable, counts: list[int], ceiling: float, step: float = 0.01
+) -> tuple[int, int, float] | None:
+    """The layer whose next 1% costs the least predicted drop per weight: (layer, weights, drop)."""
+    best, best_cost = None, math.inf
+    for i, n in enumerate(table.sizes):
+        limit = math.floor(ceiling * n)
+        gained = min(max(1, round(step * n)), limit - counts[i])
+        if gained <= 0:
+            continue
+        extra = table.drop(i, (counts[i] + gained) / n) - table.drop(i, counts[i] / n)
+        if extra / gained < best_cost:
+            best, best_cost = (i, gained, extra), extra / gained
+    return best
 
 
 def _check_sparsities(sparsities: Sequence[float]) -> tuple[float, ...]:
