@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -46,6 +47,12 @@ class SensitivityTable:
             if sparsity <= s1:
                 return d0 + (d1 - d0) * (sparsity - s0) / (s1 - s0) if s1 > s0 else d1
         return points[-1][1]
+
+    def plot(self, path: str | Path, budget: Mapping[str, float] | None = None) -> Path:
+        """A PNG of the curves, and of ``budget`` per layer when given."""
+        from .report import plot_sensitivity  # the report layer sits above this one
+
+        return plot_sensitivity(self, path, budget)
 
     def to_markdown(self) -> str:
         header = "| layer | weights | " + " | ".join(f"{s:.0%}" for s in self.sparsities) + " |"

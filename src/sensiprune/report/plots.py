@@ -1,9 +1,9 @@
-"""Accuracy-vs-sparsity plots, one line per criterion."""
+"""Plots: accuracy vs sparsity per criterion, and per-layer sensitivity with its budget."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 
 from ..atomic import atomic_write_bytes
 from ..compare import SweepPoint
+from ..sensitivity import SensitivityTable
 
 
 def plot_sweep(points: Sequence[SweepPoint], dense: dict[str, float], path: str | Path) -> Path:
@@ -40,6 +41,37 @@ def plot_sweep(points: Sequence[SweepPoint], dense: dict[str, float], path: str 
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def plot_sensitivity(
+    table: SensitivityTable, path: str | Path, budget: Mapping[str, float] | None = None
+) -> Path:
+    """Per-layer sensitivity curves; with a budget, the chosen sparsity per layer as bars."""
+    columns = 2 if budget is not None else 1
+    fig, axes = plt.subplots(1, columns, figsize=(6.5 * columns, 4.5), squeeze=False)
+    curves = axes[0][0]
+    for name, values in zip(table.layers, table.values):
+        curves.plot([s * 100 for s in table.sparsities], values, marker="o", label=name)
+    curves.axhline(table.baseline, color="black", linestyle="--", linewidth=1, label="unpruned")
+    curves.set_title(f"one layer pruned at a time ({table.criterion})")
+    curves.set_xlabel("sparsity of that layer (%)")
+    curves.set_ylabel("metric")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=7, loc="lower left")
+    if budget is not None:
+        bars = axes[0][1]
+        bars.barh(list(table.layers), [100 * budget.get(n, 0.0) for n in table.layers])
+        bars.invert_yaxis()
+        bars.set_xlim(0, 100)
+        bars.set_xlabel("allocated sparsity (%)")
+        bars.set_title("budget per layer")
+        bars.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
