@@ -351,3 +351,15 @@ def test_embedding_dims_are_pruned_only_when_a_budget_names_them(tmp_path):
     sp.save(model, tmp_path / "run")
     loaded = sp.load(tmp_path / "run", _TokenClassifier).eval()
     torch.testing.assert_close(loaded(ids), model(ids))
+
+
+def test_structured_steps_reach_the_target_with_rescoring_in_between():
+    model, x = _make("vgg")
+    batches = _batches(model, x)
+    result = sp.prune(model, 0.75, "taylor", batches, structured=True, example_inputs=x,
+                      scope="layer", steps=2)  # fmt: skip
+    assert model.features[0][0].out_channels == 4  # 16 -> 8 -> 4: half of what is left, twice
+    assert result.params_before > result.params_after
+    assert "2 steps" in str(result)
+    before = {layer.name: layer.numel for layer in result.layers}
+    assert before["features.0.0.weight"] == 16 * 3 * 9

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -139,21 +139,42 @@ def prune(
     ``group_reduction`` (mean / sum / max) turns the weight scores of a channel group into one.
     A module in ``ignore`` keeps its output channels; its inputs may still shrink.
     """
-    if structured:
-        return _prune_structured(
-            model, sparsity, criterion, data, loss_fn, scope, ignore, min_density, normalize,
-            seed, scores, example_inputs, round_to, group_reduction, show_progress,
-        )  # fmt: skip
     selection.check_sparsity(sparsity)
     geometric_sparsity(sparsity, 1, steps)  # validates steps
+    if scores is not None and steps != 1:
+        raise SensipruneError("scores= cannot be reused across re-scoring steps: pass steps=1")
+    if structured:
+        # each step removes the same fraction of the channels still there: k steps of
+        # 1 - (1 - s)^(1/k) remove s of the original channels, re-scored in between
+        step_sparsity = _per_step(sparsity, steps)
+        results = [
+            _prune_structured(
+                model,
+                step_sparsity,
+                criterion,
+                data,
+                loss_fn,
+                scope,
+                ignore,
+                min_density,
+                normalize,
+                seed,
+                scores,
+                example_inputs,
+                round_to,
+                group_reduction,
+                show_progress,
+            )
+            for _ in range(steps)
+        ]
+        steps_text = f", {steps} steps" if steps > 1 else ""
+        return _combined(results, f"structured, {_describe(sparsity, scope)}{steps_text}")
     crit = criteria.get(criterion)
     if crit.structured_only:
         raise SensipruneError(
             f"criterion {criterion!r} scores whole channels: pass structured=True"
         )
     targets = require_targets(model, ignore)
-    if scores is not None and steps != 1:
-        raise SensipruneError("scores= cannot be reused across re-scoring steps: pass steps=1")
     if scores is not None:
         _check_scores(scores, targets)
     if crit.needs_data or isinstance(crit, OptimalBrainSurgeon):
@@ -182,6 +203,30 @@ def prune(
     pruned = sum(layer.numel - layer.kept for layer in layers)
     return PruneResult(
         crit.name, _describe(sparsity, scope), params_before, params_before - pruned, layers
+    )
+
+
+def _per_step(sparsity: Sparsity, steps: int) -> Sparsity:
+    if isinstance(sparsity, Mapping):
+        return {k: 1.0 - (1.0 - v) ** (1.0 / steps) for k, v in sparsity.items()}
+    return 1.0 - (1.0 - sparsity) ** (1.0 / steps)
+
+
+def _combined(results: list[PruneResult], scope: str) -> PruneResult:
+    """One result for several structured steps: sizes before the first and after the last."""
+    first, last = results[0], results[-1]
+    before = {layer.name: layer.numel for layer in first.layers}
+    layers = tuple(
+        masks.LayerSparsity(layer.name, before.get(layer.name, layer.numel), layer.kept)
+        for layer in last.layers
+    )
+    return replace(
+        last,
+        scope=scope,
+        params_before=first.params_before,
+        flops_before=first.flops_before,
+        layers=layers,
+        untouched=tuple(dict.fromkeys(u for r in results for u in r.untouched)),
     )
 
 
