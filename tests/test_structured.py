@@ -363,3 +363,14 @@ def test_structured_steps_reach_the_target_with_rescoring_in_between():
     assert "2 steps" in str(result)
     before = {layer.name: layer.numel for layer in result.layers}
     assert before["features.0.0.weight"] == 16 * 3 * 9
+
+
+def test_an_input_statistics_criterion_skips_layers_it_cannot_read():
+    model, x = _make("lstm")
+    batches = _batches(model, x)
+    result = sp.prune(model, 0.5, "activation", batches, structured=True, example_inputs=x,
+                      scope="layer")  # fmt: skip
+    # the LSTM's own weights get no activation scores; its hidden units are still ranked by
+    # the head columns that read them, and the Linear layers by their own weights
+    assert model.embed.out_features == 4 and model.lstm.hidden_size == 8
+    assert result.flops_after < result.flops_before

@@ -74,7 +74,10 @@ def score(
     seed: int = 0,
     show_progress: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Importance of every prunable weight, by parameter name (higher = more important)."""
+    """Importance of every prunable weight, by parameter name (higher = more important).
+
+    Channel criteria (``taylor_fm``) give one score per output channel, under ``"layer::out"``.
+    """
     crit = criteria.get(criterion)
     targets = require_targets(model, ignore)
     return score_targets(model, crit, targets, data, loss_fn, seed, show_progress)
@@ -301,9 +304,14 @@ def _prune_structured(
         group_values = crit.score_groups(model, groups, batches, loss_fn or default_loss)
     else:
         if scores is None:
-            scores = score_targets(
-                model, crit, find_targets(model), data, loss_fn, seed, show_progress
-            )
+            # layers the criterion cannot read (an RNN for an input-statistics criterion) go
+            # unscored: their groups are left alone rather than failing the whole prune
+            scorable = {
+                name: t
+                for name, t in find_targets(model).items()
+                if stats.can_collect(t, crit.needs)
+            }
+            scores = score_targets(model, crit, scorable, data, loss_fn, seed, show_progress)
         group_values = structured_pruning.group_scores(model, groups, scores, group_reduction)
     removed = structured_pruning.choose_groups(
         groups, group_values, sparsity, scope, normalize, min_density, round_to

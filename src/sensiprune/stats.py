@@ -138,6 +138,15 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.train(training)
 
 
+def can_collect(target: Target, needs: frozenset[Stat]) -> bool:
+    """Whether the layer-input statistics in ``needs`` exist for this weight."""
+    if needs & {Stat.INPUT_RMS, Stat.OUTPUT_TAYLOR} and not features.has_input_features(
+        target.module, target.attr
+    ):
+        return False
+    return Stat.INPUT_COV not in needs or features.has_input_matrix(target.module, target.attr)
+
+
 class _InputRecorder:
     """Forward pre-hooks that accumulate input statistics of the target layers."""
 
@@ -165,13 +174,12 @@ class _InputRecorder:
                     )
 
     def _check_supported(self) -> None:
+        needs = {
+            s for s, on in ((Stat.INPUT_RMS, self.want_rms), (Stat.INPUT_COV, self.want_cov),
+                            (Stat.OUTPUT_TAYLOR, self.want_taylor)) if on
+        }  # fmt: skip
         for name, t in self.targets.items():
-            ok = (
-                (not self.want_rms or features.has_input_features(t.module, t.attr))
-                and (not self.want_cov or features.has_input_matrix(t.module, t.attr))
-                and (not self.want_taylor or features.has_input_features(t.module, t.attr))
-            )
-            if not ok:
+            if not can_collect(t, frozenset(needs)):
                 raise SensipruneError(
                     f"this criterion needs the inputs of {name} "
                     f"({type(t.module).__name__}), which it cannot read: pass "
