@@ -374,3 +374,20 @@ def test_an_input_statistics_criterion_skips_layers_it_cannot_read():
     # the head columns that read them, and the Linear layers by their own weights
     assert model.embed.out_features == 4 and model.lstm.hidden_size == 8
     assert result.flops_after < result.flops_before
+
+
+class _SqueezeHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = nn.functional.adaptive_avg_pool2d(self.conv(x), 1).squeeze(-1).squeeze(-1)
+        return self.fc(torch.unsqueeze(pooled, 1).squeeze(1))
+
+
+def test_squeeze_and_unsqueeze_keep_the_channels_tracked():
+    model, x = _SqueezeHead(), torch.randn(2, 3, 8, 8)
+    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    assert model.conv[0].out_channels == 8 and model.fc.in_features == 8

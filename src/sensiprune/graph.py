@@ -220,6 +220,8 @@ class ChannelTracer:
             return self.getitem(node)
         if target in (torch.split, torch.chunk):
             return self.split(node)
+        if target in (torch.squeeze, torch.unsqueeze):
+            return self.squeeze(node)
         return self.pinned_output(node, f"{getattr(target, '__name__', target)} is not understood")
 
     def visit_method(self, node: fx.Node) -> Any:
@@ -240,6 +242,8 @@ class ChannelTracer:
             return self.reduce(node)
         if name in ("split", "chunk"):
             return self.split(node)
+        if name in ("squeeze", "unsqueeze"):
+            return self.squeeze(node)
         return self.pinned_output(node, f"tensor.{name} is not understood")
 
     # -- rules --------------------------------------------------------------------------
@@ -309,6 +313,31 @@ class ChannelTracer:
                 for x in (dims[0] if isinstance(dims[0], (list, tuple)) else dims)
             ]
         return Flow(order.index(flow.dim), flow.slots)
+
+    def squeeze(self, node: fx.Node) -> Any:
+        """Dimensions of size one come and go; the channels keep their place among the rest."""
+        flow, before, after = (
+            self.flows.get(node.args[0]),
+            node_shape(node.args[0]),
+            node_shape(node),
+        )
+        if not isinstance(flow, Flow) or before is None or after is None:
+            return self.pinned_output(node, "squeeze of an untracked tensor")
+        name = getattr(node.target, "__name__", node.target)
+        if name == "unsqueeze":
+            dim = (node.args[1] if len(node.args) > 1 else node.kwargs["dim"]) % len(after)
+            return Flow(flow.dim + (dim <= flow.dim), flow.slots)
+        dims = node.args[1:] or tuple(node.kwargs.values())
+        dims = dims[0] if dims and isinstance(dims[0], (tuple, list)) else dims
+        removed = (
+            {d % len(before) for d in dims}
+            if dims
+            else {i for i, size in enumerate(before) if size == 1}
+        )
+        removed = {d for d in removed if before[d] == 1}
+        if flow.dim in removed:
+            return self.pinned_output(node, "squeeze of the channel dimension")
+        return Flow(flow.dim - sum(d < flow.dim for d in removed), flow.slots)
 
     def reduce(self, node: fx.Node) -> Any:
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
