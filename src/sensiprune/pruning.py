@@ -140,7 +140,8 @@ def prune(
     (``scope="layer"``) or overall (``"global"``), ``example_inputs`` is a batch the model
     accepts (for tracing), ``round_to`` keeps channel counts multiples of N, and
     ``group_reduction`` (mean / sum / max) turns the weight scores of a channel group into one.
-    A module in ``ignore`` keeps its output channels; its inputs may still shrink.
+    A module in ``ignore`` keeps its output channels; its inputs may still shrink. With
+    ``steps > 1`` each step removes the same fraction of the channels still there, re-scored.
     """
     selection.check_sparsity(sparsity)
     geometric_sparsity(sparsity, 1, steps)  # validates steps
