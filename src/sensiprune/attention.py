@@ -81,7 +81,7 @@ class HeadPrunedAttention(nn.MultiheadAttention):
         """One float mask (batch, heads, target, source); True in a bool mask means 'masked'."""
         mask = None
         if attn_mask is None and is_causal:
-            attn_mask = torch.ones(target, source, dtype=torch.bool).triu(1)
+            attn_mask = torch.ones(target, source, dtype=torch.bool, device=like.device).triu(1)
         if attn_mask is not None:
             mask = _as_additive(attn_mask, like)
             if mask.dim() == 3:  # one mask per (batch x original head): keep the kept heads
@@ -94,6 +94,7 @@ class HeadPrunedAttention(nn.MultiheadAttention):
 
 
 def _as_additive(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(like.device)
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(
             mask, float("-inf")

@@ -81,7 +81,7 @@ def select(
 def _rankable(
     name: str, score: torch.Tensor, existing: Mapping[str, torch.Tensor] | None
 ) -> torch.Tensor:
-    score = score.detach().double()
+    score = score.detach().double().cpu()  # ranking happens on the CPU, masks move back
     if torch.isnan(score).any():
         raise SensipruneError(
             f"the criterion gave NaN scores for {name}: check the data and the model"

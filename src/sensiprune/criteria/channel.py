@@ -118,6 +118,7 @@ def _zero_producers(group: Group, modules: dict[str, nn.Module]) -> list[tuple]:
             if tensor is None:
                 continue
             where = positions(cut, torch.tensor([member.index]), layout.size(module))
+            where = where.to(tensor.device)
             saved.append((tensor, cut.dim, where, tensor.index_select(cut.dim, where).clone()))
             tensor.index_fill_(cut.dim, where, 0.0)
     return saved

@@ -38,7 +38,7 @@ _MAX_BATCHED_ELEMENTS = 1 << 25  # rows x columns² held at once while pruning
 
 
 def damped_inverse(cov: torch.Tensor) -> torch.Tensor:
-    cov = cov.double()
+    cov = cov.double().cpu()  # the OBS algebra runs in float64 on the CPU
     damp = DAMPING * cov.diagonal().mean().clamp_min(1e-12)
     eye = torch.eye(cov.shape[0], dtype=cov.dtype)
     return torch.linalg.inv(cov + damp * eye)
@@ -48,7 +48,7 @@ def obs_saliency(weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
     """w_q² / [H⁻¹]_qq: the output-error increase of removing each weight alone."""
     assert stats.input_cov is not None
     inverse_diag = damped_inverse(stats.input_cov).diagonal()
-    rows = weight.detach().double().reshape(weight.shape[0], -1)
+    rows = weight.detach().double().cpu().reshape(weight.shape[0], -1)
     return (rows.pow(2) / inverse_diag).to(weight.dtype).reshape(weight.shape)
 
 
@@ -174,7 +174,7 @@ class OptimalBrainSurgeon(Criterion):
                     batches,
                     loss_fn,
                     counts,
-                    None if before is None else ~before.reshape(counts.shape[0], -1),
+                    None if before is None else ~before.cpu().reshape(counts.shape[0], -1),
                 )
                 with torch.no_grad():
                     layer.weight.copy_(weight)
@@ -203,9 +203,9 @@ def _prune_layer(
     h, c, same_inputs = _layer_moments(
         dense_layer, layer, dense, pruned, batches, loss_fn, has_bias
     )
-    weight = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
+    weight = layer.weight.detach().double().cpu().reshape(layer.weight.shape[0], -1)
     if has_bias:
-        weight = torch.cat([weight, layer.bias.detach().double().unsqueeze(1)], dim=1)
+        weight = torch.cat([weight, layer.bias.detach().double().cpu().unsqueeze(1)], dim=1)
     hinv = damped_inverse(h)
     if not same_inputs:  # refit to the dense layer's output from the pruned inputs
         weight = weight @ c.T @ hinv.T
@@ -238,7 +238,7 @@ def _layer_moments(
 
     def grab(key: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            rows = features.input_matrix(module, args[0].detach()).double()
+            rows = features.input_matrix(module, args[0].detach()).double().cpu()
             if has_bias:
                 rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1)
             captured[key] = torch.cat([captured[key], rows]) if key in captured else rows

@@ -89,7 +89,7 @@ def _vectorised(
             copies = flat.repeat(len(index), 1)
             copies[torch.arange(len(index)), index] = 0
             losses = vmap(loss_with)(copies.reshape(len(index), *weight.shape))
-            totals[index] += losses.double()
+            totals[index] += losses.double().cpu()
     return (totals / len(batches)).to(weight.dtype).reshape(weight.shape)
 
 
