@@ -158,3 +158,30 @@ def test_max_drop_allocates_as_much_as_the_curves_allow():
     budget = sp.allocate(table, max_drop=0.02)
     assert budget.predicted_drop <= 0.02 + 1e-12
     assert budget["a"] >= 0.7 and budget["b"] >= 0.5
+
+
+def test_an_interrupted_analysis_resumes_from_its_partial_table(mlp, mlp_batches, tmp_path):
+    partial = tmp_path / "sensitivity.json"
+    calls = {"n": 0}
+
+    def flaky(model):
+        calls["n"] += 1
+        if calls["n"] == 6:  # in the middle of the second layer
+            raise KeyboardInterrupt
+        return sp.evaluate(model, mlp_batches)
+
+    with pytest.raises(KeyboardInterrupt):
+        sp.sensitivity(mlp, flaky, [0.3, 0.6, 0.9], show_progress=False, resume=partial)
+    assert partial.is_file()
+    counted = []
+
+    def evaluate(model):
+        counted.append(1)
+        return sp.evaluate(model, mlp_batches)
+
+    resumed = sp.sensitivity(mlp, evaluate, [0.3, 0.6, 0.9], show_progress=False, resume=partial)
+    assert len(counted) == 2 * 3  # only the two unfinished layers, no new baseline
+    fresh = sp.sensitivity(mlp, evaluate, [0.3, 0.6, 0.9], show_progress=False)
+    assert resumed == fresh
+    with pytest.raises(sp.SensipruneError, match="another model, criterion or sparsity"):
+        sp.sensitivity(mlp, evaluate, [0.5], show_progress=False, resume=partial)

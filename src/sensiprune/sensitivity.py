@@ -8,7 +8,9 @@ per-layer sparsities that reach a global target with the least predicted loss of
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from . import criteria, selection
+from .atomic import atomic_write_bytes
 from .data import Batch, LossFn
 from .errors import SensipruneError
 from .progress import progress
@@ -81,21 +84,29 @@ def sensitivity(
     loss_fn: LossFn | None = None,
     ignore: IgnoreSpec = (),
     show_progress: bool = True,
+    resume: str | Path | None = None,
 ) -> SensitivityTable:
     """Measure ``evaluate(model)`` with each prunable layer alone pruned to each sparsity.
 
     Weights are ranked within the layer by ``criterion`` (scored once, on the unpruned model).
     Every layer is restored bit for bit after its points, even if ``evaluate`` fails.
+    With ``resume``, finished layers are written to that JSON file (atomically, one layer at
+    a time) and a later call for the same model, criterion and sparsities picks up from it.
     """
     points = _check_sparsities(sparsities)
     crit = criteria.get(criterion)
     if crit.structured_only:
         raise SensipruneError(f"criterion {criterion!r} scores channels: pick a weight criterion")
     targets = require_targets(model, ignore)
-    scores = score_targets(model, crit, targets, data, loss_fn, 0, show_progress)
-    baseline = _checked(evaluate(model), "the unpruned model")
-    values = []
-    for name in progress(list(targets), "sensitivity, layer by layer", show_progress):
+    identity = {"fingerprint": _fingerprint(model), "criterion": crit.name, "sparsities": points}
+    done = _resumed(resume, identity)
+    todo = [n for n in targets if n not in done.get("rows", {})]
+    scores = score_targets(model, crit, targets, data, loss_fn, 0, show_progress) if todo else {}
+    baseline = done.get("baseline")
+    if baseline is None:
+        baseline = _checked(evaluate(model), "the unpruned model")
+    rows: dict[str, list[float]] = dict(done.get("rows", {}))
+    for name in progress(todo, "sensitivity, layer by layer", show_progress):
         param = targets[name].param
         kept = param.detach().clone()
         order = torch.argsort(scores[name].reshape(-1).double(), stable=True)
@@ -109,15 +120,45 @@ def sensitivity(
         finally:
             with torch.no_grad():
                 param.copy_(kept)
-        values.append(tuple(row))
+        rows[name] = row
+        if resume is not None:
+            state = {**identity, "baseline": baseline, "rows": rows}
+            atomic_write_bytes(resume, json.dumps(state).encode())
     return SensitivityTable(
         crit.name,
         baseline,
         tuple(targets),
         tuple(targets[n].param.numel() for n in targets),
         points,
-        tuple(values),
+        tuple(tuple(rows[n]) for n in targets),
     )
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """A hash of every tensor in the state: a resumed table must describe this very model."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
+
+
+def _resumed(path: str | Path | None, identity: dict) -> dict:
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        state = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SensipruneError(f"cannot read the partial table {path}: {exc}") from exc
+    if any(state.get(k) != (list(v) if isinstance(v, tuple) else v) for k, v in identity.items()):
+        raise SensipruneError(
+            f"{path} holds a partial table for another model, criterion or sparsity list: "
+            "delete it, or pass another resume path"
+        )
+    return state
 
 
 class Budget(dict):
