@@ -98,3 +98,24 @@ def flows_in(value: Any) -> list[Flow]:
     if isinstance(value, (list, tuple)):
         return [f for v in value for f in flows_in(v)]
     return []
+
+
+def index_keeps_dim(dim: int, ndim: int, index: Any) -> int | None:
+    """Where dimension ``dim`` lands after ``tensor[index]``; None if the index cuts into it."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(i is Ellipsis for i in items):
+        at = items.index(Ellipsis)
+        explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
+        items[at : at + 1] = [slice(None)] * (ndim - explicit)
+    dim_in = dim_out = 0
+    for item in items:
+        if item is None:
+            dim_out += 1
+            continue
+        if not isinstance(item, (int, slice)):
+            return None  # tensor or traced index: unknown positions
+        if dim_in == dim:
+            return dim_out if item == slice(None) else None
+        dim_in += 1
+        dim_out += isinstance(item, slice)
+    return dim_out + (dim - dim_in)

@@ -32,12 +32,14 @@ from .channels import (
     Member,
     UnionFind,
     flows_in,
+    index_keeps_dim,
     node_args,
     node_shape,
     tensor_shapes,
 )
 from .errors import SensipruneError
 from .layer_rules import MODULE_RULES
+from .tracing import trace
 
 __all__ = ["DependencyGraph", "Flow", "Group", "Member", "build_graph", "tensor_shapes"]
 
@@ -71,7 +73,7 @@ _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
 
 def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> DependencyGraph:
     """Trace ``model`` and return its removable channel groups; the model is not changed."""
-    traced, opaque = _trace(model)
+    traced, opaque = trace(model)
     was_training = model.training
     model.eval()
     try:
@@ -91,39 +93,6 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
     graph.flops = counter.get_total_flops()
     graph.output_shapes = tensor_shapes(output)
     return graph
-
-
-class _LeafTracer(fx.Tracer):
-    """torch.fx's tracer, told to treat some submodules as opaque leaves."""
-
-    def __init__(self, opaque: set[str]) -> None:
-        super().__init__()
-        self.opaque = opaque
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.opaque or super().is_leaf_module(
-            m, module_qualified_name
-        )
-
-
-def _trace(model: nn.Module) -> tuple[fx.GraphModule, dict[str, str]]:
-    """Trace with torch.fx; a submodule fx cannot trace (data-dependent control flow, say)
-    becomes an opaque leaf and tracing starts again, so the rest of the model stays prunable."""
-    opaque: dict[str, str] = {}
-    while True:
-        tracer = _LeafTracer(set(opaque))
-        try:
-            return fx.GraphModule(model, tracer.trace(model)), opaque
-        except Exception as exc:  # fx raises many types for code it cannot trace
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            inner = next((name for name in reversed(tracer.module_stack) if name), None)
-            if inner is None or inner in opaque:
-                raise SensipruneError(
-                    "structured pruning needs a model torch.fx can trace, and tracing its "
-                    f"forward failed: {reason} (move data-dependent control flow out of "
-                    "forward, or prune unstructured)"
-                ) from exc
-            opaque[inner] = reason
 
 
 class ChannelTracer:
@@ -390,7 +359,7 @@ class ChannelTracer:
             return source[index]
         shape = node_shape(node.args[0])
         if isinstance(source, Flow) and shape is not None:
-            moved = _index_keeps_dim(source.dim, len(shape), index)
+            moved = index_keeps_dim(source.dim, len(shape), index)
             if moved is not None:
                 return Flow(moved, source.slots)
         return self.pinned_output(node, "indexing into the channels")
@@ -420,27 +389,6 @@ class ChannelTracer:
 @dataclass(frozen=True)
 class _SameForEveryPart:
     flow: Flow
-
-
-def _index_keeps_dim(dim: int, ndim: int, index: Any) -> int | None:
-    """Where dimension ``dim`` lands after ``tensor[index]``; None if the index cuts into it."""
-    items = list(index) if isinstance(index, tuple) else [index]
-    if any(i is Ellipsis for i in items):
-        at = items.index(Ellipsis)
-        explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
-        items[at : at + 1] = [slice(None)] * (ndim - explicit)
-    dim_in = dim_out = 0
-    for item in items:
-        if item is None:
-            dim_out += 1
-            continue
-        if not isinstance(item, (int, slice)):
-            return None  # tensor or traced index: unknown positions
-        if dim_in == dim:
-            return dim_out if item == slice(None) else None
-        dim_in += 1
-        dim_out += isinstance(item, slice)
-    return dim_out + (dim - dim_in)
 
 
 def _flatten_dims(node: fx.Node) -> tuple[int, int]:
