@@ -185,3 +185,28 @@ def test_an_interrupted_analysis_resumes_from_its_partial_table(mlp, mlp_batches
     assert resumed == fresh
     with pytest.raises(sp.SensipruneError, match="another model, criterion or sparsity"):
         sp.sensitivity(mlp, evaluate, [0.5], show_progress=False, resume=partial)
+
+
+def test_structured_sensitivity_measures_channel_families_and_drives_a_structured_prune():
+    from tests.architectures import ResNet
+
+    torch.manual_seed(0)
+    model = ResNet().eval()
+    x = torch.randn(4, 3, 8, 8)
+    labels = torch.randint(0, 5, (4,))
+    before = copy.deepcopy(model.state_dict())
+
+    def evaluate(m):
+        with torch.no_grad():
+            return -torch.nn.functional.cross_entropy(m(x), labels).item()
+
+    table = sp.sensitivity(model, evaluate, [0.25, 0.5, 0.75], structured=True, example_inputs=x,
+                           show_progress=False)  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # the residual stream (stem.0, layer1.0.conv2, layer1.1.conv2) is one family of 16
+    # channels, named by the first of its producers in sorted order
+    assert table.sizes[table.layers.index("layer1.0.conv2")] == 16
+    assert "stem.0" not in table.layers and "layer1.0.conv1" in table.layers
+    budget = sp.allocate(table, target_sparsity=0.5, min_density=0.1)
+    result = sp.prune(model, budget, "magnitude", structured=True, example_inputs=x)
+    assert result.flops_after < result.flops_before

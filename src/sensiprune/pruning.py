@@ -14,7 +14,7 @@ from .criteria.channel import GroupLossChange
 from .criteria.obs import OptimalBrainSurgeon
 from .data import Batch, LossFn, as_batches, default_loss
 from .errors import SensipruneError
-from .graph import DependencyGraph
+from .graph import DependencyGraph, Group
 from .schedule import geometric_sparsity, sparsity_at
 from .selection import Sparsity
 from .targets import IgnoreSpec, Target, find_targets, require_targets
@@ -296,24 +296,11 @@ def _prune_structured(
         t.layer for t in targets.values()
     }
     graph, inputs = structured_pruning.build(model, example_inputs)
-    # embedding widths change what every token means: pruned only when a budget names them
     named = set(sparsity) if isinstance(sparsity, Mapping) else set()
-    unasked = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)} - named
-    groups = [g for g in graph.groups if not g.producers & (ignored_layers | unasked)]
-    if isinstance(crit, GroupLossChange):
-        batches = list(as_batches(data, "data (criterion 'group_loss' needs it)"))
-        group_values = crit.score_groups(model, groups, batches, loss_fn or default_loss)
-    else:
-        if scores is None:
-            # layers the criterion cannot read (an RNN for an input-statistics criterion) go
-            # unscored: their groups are left alone rather than failing the whole prune
-            scorable = {
-                name: t
-                for name, t in find_targets(model).items()
-                if stats.can_collect(t, crit.needs)
-            }
-            scores = score_targets(model, crit, scorable, data, loss_fn, seed, show_progress)
-        group_values = structured_pruning.group_scores(model, groups, scores, group_reduction)
+    groups = candidate_groups(model, graph, ignored_layers, named)
+    group_values = score_groups(
+        model, crit, groups, data, loss_fn, seed, scores, group_reduction, show_progress
+    )
     removed = structured_pruning.choose_groups(
         groups, group_values, sparsity, scope, normalize, min_density, round_to
     )
@@ -333,6 +320,40 @@ def _prune_structured(
         flops_after,
         tuple(f"{what}: {why}" for what, why in graph.untouched.items()),
     )
+
+
+def candidate_groups(
+    model: nn.Module, graph: DependencyGraph, ignored_layers: set[str], named: set[str]
+) -> list[Group]:
+    """The groups that may go: none produced by an ignored layer, and embedding widths only
+    when a budget names the embedding (they change what every token vector means)."""
+    unasked = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)} - named
+    return [g for g in graph.groups if not g.producers & (ignored_layers | unasked)]
+
+
+def score_groups(
+    model: nn.Module,
+    crit: criteria.Criterion,
+    groups: list[Group],
+    data: Iterable[Batch] | None,
+    loss_fn: LossFn | None,
+    seed: int,
+    scores: Mapping[str, torch.Tensor] | None,
+    reduction: str,
+    show_progress: bool,
+) -> torch.Tensor:
+    """One importance per group (NaN where nothing scores it: such groups are left alone)."""
+    if isinstance(crit, GroupLossChange):
+        batches = list(as_batches(data, "data (criterion 'group_loss' needs it)"))
+        return crit.score_groups(model, groups, batches, loss_fn or default_loss)
+    if scores is None:
+        # layers the criterion cannot read (an RNN for an input-statistics criterion) go
+        # unscored: their groups are left alone rather than failing the whole prune
+        scorable = {
+            name: t for name, t in find_targets(model).items() if stats.can_collect(t, crit.needs)
+        }
+        scores = score_targets(model, crit, scorable, data, loss_fn, seed, show_progress)
+    return structured_pruning.group_scores(model, groups, scores, reduction)
 
 
 def iterative_prune(

@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from . import criteria, selection
+from . import structured as structured_pruning
 from .atomic import atomic_write_bytes
 from .data import Batch, LossFn
 from .errors import SensipruneError
 from .progress import progress
-from .pruning import score_targets
-from .targets import IgnoreSpec, require_targets
+from .pruning import candidate_groups, score_groups, score_targets
+from .structured import zeroed
+from .targets import IgnoreSpec, find_targets, require_targets
 
 Evaluate = Callable[[nn.Module], float]
 
@@ -85,6 +87,8 @@ def sensitivity(
     ignore: IgnoreSpec = (),
     show_progress: bool = True,
     resume: str | Path | None = None,
+    structured: bool = False,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
 ) -> SensitivityTable:
     """Measure ``evaluate(model)`` with each prunable layer alone pruned to each sparsity.
 
@@ -92,9 +96,18 @@ def sensitivity(
     Every layer is restored bit for bit after its points, even if ``evaluate`` fails.
     With ``resume``, finished layers are written to that JSON file (atomically, one layer at
     a time) and a later call for the same model, criterion and sparsities picks up from it.
+
+    ``structured=True`` measures channel removal instead: one family of coupled layers at a
+    time (named by the first of its producing layers in sorted order; a budget may name any of
+    them), the lowest-scored channel groups zeroed, which
+    is exactly what removing them does; ``example_inputs`` as for ``prune``.
     """
     points = _check_sparsities(sparsities)
     crit = criteria.get(criterion)
+    if structured:
+        return _structured(
+            model, evaluate, points, crit, data, loss_fn, ignore, example_inputs, show_progress
+        )
     if crit.structured_only:
         raise SensipruneError(f"criterion {criterion!r} scores channels: pick a weight criterion")
     targets = require_targets(model, ignore)
@@ -132,6 +145,44 @@ def sensitivity(
         points,
         tuple(tuple(rows[n]) for n in targets),
     )
+
+
+def _structured(
+    model: nn.Module,
+    evaluate: Evaluate,
+    points: tuple[float, ...],
+    crit: criteria.Criterion,
+    data: Iterable[Batch] | None,
+    loss_fn: LossFn | None,
+    ignore: IgnoreSpec,
+    example_inputs: object,
+    show_progress: bool,
+) -> SensitivityTable:
+    ignored = {t.layer for t in find_targets(model).values()} - {
+        t.layer for t in require_targets(model, ignore).values()
+    }
+    graph, _ = structured_pruning.build(model, example_inputs)
+    groups = candidate_groups(model, graph, ignored, set())
+    values = score_groups(model, crit, groups, data, loss_fn, 0, None, "mean", show_progress)
+    families: dict[frozenset[str], list[int]] = {}
+    for index, group in enumerate(groups):
+        if not torch.isnan(values[index]):
+            families.setdefault(group.producers, []).append(index)
+    modules = dict(model.named_modules())
+    baseline = _checked(evaluate(model), "the unpruned model")
+    names, sizes, rows = [], [], []
+    for family, members in progress(list(families.items()), "sensitivity, family by family",
+                                    show_progress):  # fmt: skip
+        ranked = sorted(members, key=lambda i: (values[i].item(), i))
+        row = []
+        for s in points:
+            chosen = [groups[i] for i in ranked[: round(s * len(ranked))]]
+            with zeroed(chosen, modules):
+                row.append(_checked(evaluate(model), f"{sorted(family)[0]} at sparsity {s}"))
+        names.append(sorted(family)[0])
+        sizes.append(len(ranked))
+        rows.append(tuple(row))
+    return SensitivityTable(crit.name, baseline, tuple(names), tuple(sizes), points, tuple(rows))
 
 
 def _fingerprint(model: nn.Module) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -146,6 +147,38 @@ def _global(families, scores, sparsity: float, normalize: str, min_density: floa
         min_density,
         round_to,
     )
+
+
+@contextlib.contextmanager
+def zeroed(groups: Sequence[Group], modules: dict[str, nn.Module]) -> Iterator[None]:
+    """Zero everything that produces the groups' channels (output rows and biases, BatchNorm
+    scale and shift, every gate block of a hidden unit), then restore it exactly.
+
+    Zeroed groups behave as removed ones (the equivalence tests hold the library to that),
+    so this measures a removal without doing surgery."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for group in groups:
+                for member in group.members:
+                    if member.role == "in":  # consumers read zeros once the producers are zero
+                        continue
+                    module = modules[member.layer]
+                    layout = surgery.layout_for(module, member.role)
+                    for cut in layout.cuts(module):
+                        tensor = getattr(module, cut.attr, None)
+                        if tensor is None:
+                            continue
+                        index = torch.tensor([member.index])
+                        where = surgery.positions(cut, index, layout.size(module))
+                        where = where.to(tensor.device)
+                        saved.append((tensor, cut.dim, where, tensor.index_select(cut.dim, where)))
+                        tensor.index_fill_(cut.dim, where, 0.0)
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, dim, where, values in reversed(saved):
+                tensor.index_copy_(dim, where, values)
 
 
 def remove_groups(

@@ -11,7 +11,7 @@ from ..channels import Group
 from ..data import Batch, LossFn, checked_loss
 from ..errors import SensipruneError
 from ..stats import Stat
-from ..surgery import layout_for, positions
+from ..structured import zeroed
 from .base import Criterion, ScoringContext, register
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -91,12 +91,8 @@ class GroupLossChange(Criterion):
                 base = _mean_loss(model, batches, loss_fn)
                 changes = []
                 for group in groups:
-                    saved = _zero_producers(group, modules)
-                    try:
+                    with zeroed([group], modules):
                         changes.append(abs(_mean_loss(model, batches, loss_fn) - base))
-                    finally:
-                        for tensor, dim, where, values in reversed(saved):
-                            tensor.index_copy_(dim, where, values)
         finally:
             model.train(was_training)
         return torch.tensor(changes, dtype=torch.float64)
@@ -104,24 +100,6 @@ class GroupLossChange(Criterion):
 
 def _mean_loss(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn) -> float:
     return sum(checked_loss(loss_fn, model, b).item() for b in batches) / len(batches)
-
-
-def _zero_producers(group: Group, modules: dict[str, nn.Module]) -> list[tuple]:
-    saved = []
-    for member in group.members:
-        if member.role == "in":  # consumers read zeros once the producers are zero
-            continue
-        module = modules[member.layer]
-        layout = layout_for(module, member.role)
-        for cut in layout.cuts(module):
-            tensor = getattr(module, cut.attr, None)
-            if tensor is None:
-                continue
-            where = positions(cut, torch.tensor([member.index]), layout.size(module))
-            where = where.to(tensor.device)
-            saved.append((tensor, cut.dim, where, tensor.index_select(cut.dim, where).clone()))
-            tensor.index_fill_(cut.dim, where, 0.0)
-    return saved
 
 
 register(
