@@ -210,3 +210,29 @@ def test_structured_sensitivity_measures_channel_families_and_drives_a_structure
     budget = sp.allocate(table, target_sparsity=0.5, min_density=0.1)
     result = sp.prune(model, budget, "magnitude", structured=True, example_inputs=x)
     assert result.flops_after < result.flops_before
+
+
+def test_a_flops_target_for_structured_tables():
+    from tests.architectures import VGG
+
+    torch.manual_seed(0)
+    model = VGG().eval()
+    x = torch.randn(2, 3, 16, 16)
+
+    def evaluate(m):
+        with torch.no_grad():
+            return -m(x).pow(2).mean().item()
+
+    table = sp.sensitivity(model, evaluate, [0.25, 0.5, 0.75, 0.9], structured=True,
+                           example_inputs=x, show_progress=False)  # fmt: skip
+    assert table.flops is not None and table.total_flops > sum(table.flops) * 0.5
+    budget = sp.allocate(table, target_flops=0.5)
+    result = sp.prune(model, budget, "magnitude", structured=True, example_inputs=x)
+    # the allocation adds per-family FLOP shares, but a layer whose inputs and outputs both
+    # shrink loses FLOPs multiplicatively, so the model keeps a little more than asked
+    kept = result.flops_after / result.flops_before
+    assert 0.45 <= kept <= 0.6
+    with pytest.raises(sp.SensipruneError, match="structured=True"):
+        sp.allocate(_table({"a": [0.0] * 4}, {"a": 10}), target_flops=0.5)
+    with pytest.raises(sp.SensipruneError, match="exactly one"):
+        sp.allocate(table, target_flops=0.5, target_sparsity=0.5)

@@ -39,8 +39,8 @@ class FlopCount:
         return self.dense / max(self.effective, 1)
 
 
-def count_flops(model: nn.Module, *example_inputs: torch.Tensor) -> FlopCount:
-    """FLOPs of one forward pass; ``effective`` scales each masked layer by its density."""
+def module_flops(model: nn.Module, *example_inputs: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """FLOPs of one forward pass, in total and per module (by name; "" is the model)."""
     was_training = model.training
     model.eval()
     try:
@@ -50,14 +50,21 @@ def count_flops(model: nn.Module, *example_inputs: torch.Tensor) -> FlopCount:
             model(*example_inputs)
     finally:
         model.train(was_training)
-    per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     root = type(model).__name__
+    per_module = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == root or key.startswith(root + "."):
+            per_module[key[len(root) + 1 :]] = sum(ops.values())
+    return counter.get_total_flops(), per_module
+
+
+def count_flops(model: nn.Module, *example_inputs: torch.Tensor) -> FlopCount:
+    """FLOPs of one forward pass; ``effective`` scales each masked layer by its density."""
+    total, per_module = module_flops(model, *example_inputs)
     saved = 0.0
     for name, keep in get_masks(model).items():
         layer = name.rpartition(".")[0]
-        key = f"{root}.{layer}" if layer else root
-        saved += per_module.get(key, 0) * (1.0 - keep.float().mean().item())
-    total = counter.get_total_flops()
+        saved += per_module.get(layer, 0) * (1.0 - keep.float().mean().item())
     return FlopCount(total, round(total - saved))
 
 

@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import criteria, selection
+from . import criteria, selection, surgery
 from . import structured as structured_pruning
 from .atomic import atomic_write_bytes
+from .channels import Member
 from .data import Batch, LossFn
 from .errors import SensipruneError
+from .measure import module_flops
 from .progress import progress
 from .pruning import candidate_groups, score_groups, score_targets
 from .structured import zeroed
@@ -42,6 +44,8 @@ class SensitivityTable:
     sizes: tuple[int, ...]
     sparsities: tuple[float, ...]
     values: tuple[tuple[float, ...], ...]
+    flops: tuple[float, ...] | None = None  # FLOPs each layer's units account for, all removed
+    total_flops: float | None = None  # of the whole model, for FLOP targets
 
     def drop(self, layer: int, sparsity: float) -> float:
         """Predicted loss of the metric at any sparsity, interpolating between measurements."""
@@ -161,7 +165,8 @@ def _structured(
     ignored = {t.layer for t in find_targets(model).values()} - {
         t.layer for t in require_targets(model, ignore).values()
     }
-    graph, _ = structured_pruning.build(model, example_inputs)
+    graph, inputs = structured_pruning.build(model, example_inputs)
+    total_flops, per_module = module_flops(model, *inputs)
     groups = candidate_groups(model, graph, ignored, set())
     values = score_groups(model, crit, groups, data, loss_fn, 0, None, "mean", show_progress)
     families: dict[frozenset[str], list[int]] = {}
@@ -170,7 +175,7 @@ def _structured(
             families.setdefault(group.producers, []).append(index)
     modules = dict(model.named_modules())
     baseline = _checked(evaluate(model), "the unpruned model")
-    names, sizes, rows = [], [], []
+    names, sizes, rows, flops = [], [], [], []
     for family, members in progress(list(families.items()), "sensitivity, family by family",
                                     show_progress):  # fmt: skip
         ranked = sorted(members, key=lambda i: (values[i].item(), i))
@@ -182,7 +187,20 @@ def _structured(
         names.append(sorted(family)[0])
         sizes.append(len(ranked))
         rows.append(tuple(row))
-    return SensitivityTable(crit.name, baseline, tuple(names), tuple(sizes), points, tuple(rows))
+        flops.append(
+            sum(_member_flops(m, modules, per_module) for i in ranked for m in groups[i].members)
+        )
+    return SensitivityTable(
+        crit.name, baseline, tuple(names), tuple(sizes), points, tuple(rows), tuple(flops),
+        total_flops,
+    )  # fmt: skip
+
+
+def _member_flops(member: Member, modules: dict[str, nn.Module], per_module: dict) -> float:
+    """The share of its module's FLOPs that one channel, column or unit accounts for."""
+    module = modules[member.layer]
+    size = surgery.layout_for(module, member.role).size(module)
+    return per_module.get(member.layer, 0) / size if size else 0.0
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -224,20 +242,44 @@ def allocate(
     max_drop: float | None = None,
     min_density: float = 0.01,
     max_sparsity: float | None = None,
+    target_flops: float | None = None,
 ) -> Budget:
     """Per-layer sparsities from measured curves, minimising the summed predicted drop.
 
-    Give ``target_sparsity`` (a fraction of all the table's weights, met exactly to a weight)
-    or ``max_drop`` (prune as much as the curves predict costs at most this much of the
-    metric). Greedy on the marginal predicted drop per weight, in 1% steps of a layer.
+    Give one target: ``target_sparsity`` (a fraction of all the table's weights or channels,
+    met exactly), ``target_flops`` (the fraction of the model's FLOPs to keep, for tables
+    measured with ``structured=True``; per-family FLOP shares are added, so where a layer's
+    inputs and outputs both shrink the model keeps somewhat more, 56% for 50% on a VGG), or
+    ``max_drop`` (prune as much as the curves predict
+    costs at most this much of the metric). Greedy on the marginal predicted drop per unit
+    removed (per weight, or per FLOP), in 1% steps of a layer.
     """
-    if (target_sparsity is None) == (max_drop is None):
-        raise SensipruneError("give allocate exactly one of target_sparsity or max_drop")
+    if sum(t is not None for t in (target_sparsity, max_drop, target_flops)) != 1:
+        raise SensipruneError(
+            "give allocate exactly one of target_sparsity, target_flops or max_drop"
+        )
     ceiling = min(max(table.sparsities), 1.0 - min_density)
     if max_sparsity is not None:
         ceiling = min(ceiling, max_sparsity)
-    capacity = sum(math.floor(ceiling * n) for n in table.sizes)
-    if target_sparsity is not None:
+    unit = [1.0] * len(table.sizes)
+    if target_flops is not None:
+        if table.flops is None or not table.total_flops:
+            raise SensipruneError(
+                "target_flops needs FLOPs per layer: measure with sensitivity(..., "
+                "structured=True, example_inputs=x)"
+            )
+        if isinstance(target_flops, bool) or not 0 < float(target_flops) <= 1:
+            raise SensipruneError(f"target_flops must be in (0, 1], got {target_flops!r}")
+        unit = [f / n for f, n in zip(table.flops, table.sizes)]
+    capacity = sum(math.floor(ceiling * n) * u for n, u in zip(table.sizes, unit))
+    if target_flops is not None:
+        wanted = (1.0 - target_flops) * table.total_flops
+        if wanted > capacity:
+            raise SensipruneError(
+                f"target_flops {target_flops} cannot be met: pruning every measured layer to "
+                f"{ceiling:.0%} keeps {1 - capacity / table.total_flops:.0%} of the FLOPs"
+            )
+    elif target_sparsity is not None:
         selection.check_sparsity(target_sparsity)
         wanted = round(target_sparsity * sum(table.sizes))
         if wanted > capacity:
@@ -250,17 +292,18 @@ def allocate(
         raise SensipruneError(f"max_drop must be a non-negative number, got {max_drop!r}")
     else:
         wanted = capacity
-    counts = [0] * len(table.layers)  # weights pruned per layer: integers, no float drift
-    pruned, predicted = 0, 0.0
-    while pruned < wanted:
-        step = _cheapest_step(table, counts, ceiling)
+    counts = [0] * len(table.layers)  # units pruned per layer: integers, no float drift
+    removed, predicted = 0.0, 0.0
+    while removed < wanted - 1e-9:
+        step = _cheapest_step(table, counts, ceiling, unit)
         if step is None:
             break
         layer, count, extra = step
         if max_drop is not None and predicted + extra > max_drop:
             break
-        counts[layer] += min(count, wanted - pruned)
-        pruned += min(count, wanted - pruned)
+        count = min(count, math.ceil((wanted - removed) / unit[layer] - 1e-9))
+        counts[layer] += count
+        removed += count * unit[layer]
         predicted = _predicted(table, counts)
     budget = Budget({name: k / n for name, k, n in zip(table.layers, counts, table.sizes) if k > 0})
     budget.predicted_drop = _predicted(table, counts)
@@ -272,9 +315,11 @@ def _predicted(table: SensitivityTable, counts: list[int]) -> float:
 
 
 def _cheapest_step(
-    table: SensitivityTable, counts: list[int], ceiling: float, step: float = 0.01
+    table: SensitivityTable, counts: list[int], ceiling: float, unit: list[float]
 ) -> tuple[int, int, float] | None:
-    """The layer whose next 1% costs the least predicted drop per weight: (layer, weights, drop)."""
+    """The layer whose next 1% costs the least predicted drop per unit of the target
+    (a weight or a FLOP): (layer, units, drop)."""
+    step = 0.01
     best, best_cost = None, math.inf
     for i, n in enumerate(table.sizes):
         limit = math.floor(ceiling * n)
@@ -282,8 +327,9 @@ def _cheapest_step(
         if gained <= 0:
             continue
         extra = table.drop(i, (counts[i] + gained) / n) - table.drop(i, counts[i] / n)
-        if extra / gained < best_cost:
-            best, best_cost = (i, gained, extra), extra / gained
+        cost = extra / (gained * unit[i]) if unit[i] > 0 else math.inf
+        if cost < best_cost:
+            best, best_cost = (i, gained, extra), cost
     return best
 
 
