@@ -22,7 +22,7 @@ from torch import nn
 from . import criteria, selection, surgery
 from . import structured as structured_pruning
 from .atomic import atomic_write_bytes
-from .channels import Member
+from .channels import Group
 from .data import Batch, LossFn
 from .errors import SensipruneError
 from .measure import module_flops
@@ -35,6 +35,30 @@ Evaluate = Callable[[nn.Module], float]
 
 
 @dataclass(frozen=True)
+class FlopModel:
+    """FLOPs of the model as a function of the sparsity of each family of a structured table.
+
+    A layer keeps its FLOPs times (1 - removed fraction) of every dimension of it that shrinks
+    (outputs, inputs, channels, units), so a layer whose inputs and outputs both shrink loses
+    FLOPs multiplicatively, as it really does.
+    """
+
+    total: float
+    layers: dict[str, float]  # FLOPs of each module some family touches
+    shares: tuple[dict[tuple[str, str], float], ...]  # family -> (module, role) -> fraction held
+
+    def kept(self, sparsities: Sequence[float]) -> float:
+        removed: dict[tuple[str, str], float] = {}
+        for sparsity, share in zip(sparsities, self.shares):
+            for key, fraction in share.items():
+                removed[key] = removed.get(key, 0.0) + sparsity * fraction
+        factor: dict[str, float] = {}
+        for (module, _), fraction in removed.items():
+            factor[module] = factor.get(module, 1.0) * max(0.0, 1.0 - fraction)
+        return self.total - sum(self.layers.get(m, 0.0) * (1.0 - f) for m, f in factor.items())
+
+
+@dataclass(frozen=True)
 class SensitivityTable:
     """``values[i][j]``: the metric with only layer i pruned to ``sparsities[j]``."""
 
@@ -44,8 +68,7 @@ class SensitivityTable:
     sizes: tuple[int, ...]
     sparsities: tuple[float, ...]
     values: tuple[tuple[float, ...], ...]
-    flops: tuple[float, ...] | None = None  # FLOPs each layer's units account for, all removed
-    total_flops: float | None = None  # of the whole model, for FLOP targets
+    flop_model: FlopModel | None = None  # structured tables: FLOPs as sparsities change
 
     def drop(self, layer: int, sparsity: float) -> float:
         """Predicted loss of the metric at any sparsity, interpolating between measurements."""
@@ -175,7 +198,7 @@ def _structured(
             families.setdefault(group.producers, []).append(index)
     modules = dict(model.named_modules())
     baseline = _checked(evaluate(model), "the unpruned model")
-    names, sizes, rows, flops = [], [], [], []
+    names, sizes, rows, shares = [], [], [], []
     for family, members in progress(list(families.items()), "sensitivity, family by family",
                                     show_progress):  # fmt: skip
         ranked = sorted(members, key=lambda i: (values[i].item(), i))
@@ -187,20 +210,26 @@ def _structured(
         names.append(sorted(family)[0])
         sizes.append(len(ranked))
         rows.append(tuple(row))
-        flops.append(
-            sum(_member_flops(m, modules, per_module) for i in ranked for m in groups[i].members)
-        )
+        shares.append(_shares([groups[i] for i in ranked], modules))
+    touched = {module for share in shares for module, _ in share}
+    flop_model = FlopModel(
+        float(total_flops), {m: float(per_module.get(m, 0)) for m in touched}, tuple(shares)
+    )
     return SensitivityTable(
-        crit.name, baseline, tuple(names), tuple(sizes), points, tuple(rows), tuple(flops),
-        total_flops,
-    )  # fmt: skip
+        crit.name, baseline, tuple(names), tuple(sizes), points, tuple(rows), flop_model
+    )
 
 
-def _member_flops(member: Member, modules: dict[str, nn.Module], per_module: dict) -> float:
-    """The share of its module's FLOPs that one channel, column or unit accounts for."""
-    module = modules[member.layer]
-    size = surgery.layout_for(module, member.role).size(module)
-    return per_module.get(member.layer, 0) / size if size else 0.0
+def _shares(groups: Sequence[Group], modules: dict[str, nn.Module]) -> dict[tuple[str, str], float]:
+    """For each (module, role) a family reaches: the fraction of that role its groups hold."""
+    counts: dict[tuple[str, str], int] = {}
+    for group in groups:
+        for member in group.members:
+            counts[(member.layer, member.role)] = counts.get((member.layer, member.role), 0) + 1
+    return {
+        (layer, role): n / surgery.layout_for(modules[layer], role).size(modules[layer])
+        for (layer, role), n in counts.items()
+    }
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -248,9 +277,7 @@ def allocate(
 
     Give one target: ``target_sparsity`` (a fraction of all the table's weights or channels,
     met exactly), ``target_flops`` (the fraction of the model's FLOPs to keep, for tables
-    measured with ``structured=True``; per-family FLOP shares are added, so where a layer's
-    inputs and outputs both shrink the model keeps somewhat more, 56% for 50% on a VGG), or
-    ``max_drop`` (prune as much as the curves predict
+    measured with ``structured=True``), or ``max_drop`` (prune as much as the curves predict
     costs at most this much of the metric). Greedy on the marginal predicted drop per unit
     removed (per weight, or per FLOP), in 1% steps of a layer.
     """
@@ -261,53 +288,78 @@ def allocate(
     ceiling = min(max(table.sparsities), 1.0 - min_density)
     if max_sparsity is not None:
         ceiling = min(ceiling, max_sparsity)
-    unit = [1.0] * len(table.sizes)
+    limits = [math.floor(ceiling * n) for n in table.sizes]
     if target_flops is not None:
-        if table.flops is None or not table.total_flops:
-            raise SensipruneError(
-                "target_flops needs FLOPs per layer: measure with sensitivity(..., "
-                "structured=True, example_inputs=x)"
-            )
-        if isinstance(target_flops, bool) or not 0 < float(target_flops) <= 1:
-            raise SensipruneError(f"target_flops must be in (0, 1], got {target_flops!r}")
-        unit = [f / n for f, n in zip(table.flops, table.sizes)]
-    capacity = sum(math.floor(ceiling * n) * u for n, u in zip(table.sizes, unit))
-    if target_flops is not None:
-        wanted = (1.0 - target_flops) * table.total_flops
-        if wanted > capacity:
-            raise SensipruneError(
-                f"target_flops {target_flops} cannot be met: pruning every measured layer to "
-                f"{ceiling:.0%} keeps {1 - capacity / table.total_flops:.0%} of the FLOPs"
-            )
+        gain, wanted = _flop_target(table, target_flops, limits)
     elif target_sparsity is not None:
         selection.check_sparsity(target_sparsity)
         wanted = round(target_sparsity * sum(table.sizes))
-        if wanted > capacity:
+        if wanted > sum(limits):
             raise SensipruneError(
                 f"target_sparsity {target_sparsity} cannot be met with every layer at most "
                 f"{ceiling:.0%} sparse (measured up to {max(table.sparsities):.0%}): measure "
                 "higher sparsities or lower the target"
             )
+        gain = _count_gain
     elif not (isinstance(max_drop, (int, float)) and max_drop >= 0):
         raise SensipruneError(f"max_drop must be a non-negative number, got {max_drop!r}")
     else:
-        wanted = capacity
+        gain, wanted = _count_gain, sum(limits)
     counts = [0] * len(table.layers)  # units pruned per layer: integers, no float drift
-    removed, predicted = 0.0, 0.0
-    while removed < wanted - 1e-9:
-        step = _cheapest_step(table, counts, ceiling, unit)
+    reached, predicted = 0.0, 0.0
+    while reached < wanted - 1e-9:
+        step = _cheapest_step(table, counts, limits, gain)
         if step is None:
             break
         layer, count, extra = step
         if max_drop is not None and predicted + extra > max_drop:
             break
-        count = min(count, math.ceil((wanted - removed) / unit[layer] - 1e-9))
+        while count > 1 and reached + gain(table, counts, layer, count - 1) >= wanted - 1e-9:
+            count -= 1  # the last step stops where the target is met
+        reached += gain(table, counts, layer, count)
         counts[layer] += count
-        removed += count * unit[layer]
         predicted = _predicted(table, counts)
     budget = Budget({name: k / n for name, k, n in zip(table.layers, counts, table.sizes) if k > 0})
     budget.predicted_drop = _predicted(table, counts)
     return budget
+
+
+Gain = Callable[[SensitivityTable, list[int], int, int], float]
+
+
+def _count_gain(table: SensitivityTable, counts: list[int], layer: int, count: int) -> float:
+    return float(count)
+
+
+def _flop_target(
+    table: SensitivityTable, target_flops: float, limits: list[int]
+) -> tuple[Gain, float]:
+    """The FLOPs a step saves, and how many must go, under the table's FLOP model."""
+    model = table.flop_model
+    if model is None:
+        raise SensipruneError(
+            "target_flops needs a FLOP model: measure with sensitivity(..., structured=True, "
+            "example_inputs=x)"
+        )
+    if isinstance(target_flops, bool) or not 0 < float(target_flops) <= 1:
+        raise SensipruneError(f"target_flops must be in (0, 1], got {target_flops!r}")
+
+    def levels(counts: list[int]) -> list[float]:
+        return [k / n for k, n in zip(counts, table.sizes)]
+
+    def gain(table: SensitivityTable, counts: list[int], layer: int, count: int) -> float:
+        after = list(counts)
+        after[layer] += count
+        return model.kept(levels(counts)) - model.kept(levels(after))
+
+    wanted = (1.0 - target_flops) * model.total
+    if model.total - model.kept(levels(limits)) < wanted:
+        reachable = model.kept(levels(limits)) / model.total
+        raise SensipruneError(
+            f"target_flops {target_flops} cannot be met: every measured family at its limit "
+            f"still keeps {reachable:.0%} of the FLOPs"
+        )
+    return gain, wanted
 
 
 def _predicted(table: SensitivityTable, counts: list[int]) -> float:
@@ -315,21 +367,20 @@ def _predicted(table: SensitivityTable, counts: list[int]) -> float:
 
 
 def _cheapest_step(
-    table: SensitivityTable, counts: list[int], ceiling: float, unit: list[float]
+    table: SensitivityTable, counts: list[int], limits: list[int], gain: Gain
 ) -> tuple[int, int, float] | None:
     """The layer whose next 1% costs the least predicted drop per unit of the target
-    (a weight or a FLOP): (layer, units, drop)."""
-    step = 0.01
+    (a weight, or a FLOP): (layer, units, drop)."""
     best, best_cost = None, math.inf
     for i, n in enumerate(table.sizes):
-        limit = math.floor(ceiling * n)
-        gained = min(max(1, round(step * n)), limit - counts[i])
-        if gained <= 0:
+        count = min(max(1, round(0.01 * n)), limits[i] - counts[i])
+        if count <= 0:
             continue
-        extra = table.drop(i, (counts[i] + gained) / n) - table.drop(i, counts[i] / n)
-        cost = extra / (gained * unit[i]) if unit[i] > 0 else math.inf
+        extra = table.drop(i, (counts[i] + count) / n) - table.drop(i, counts[i] / n)
+        gained = gain(table, counts, i, count)
+        cost = extra / gained if gained > 0 else math.inf
         if cost < best_cost:
-            best, best_cost = (i, gained, extra), cost
+            best, best_cost = (i, count, extra), cost
     return best
 
 
