@@ -237,3 +237,19 @@ def test_a_flops_target_for_structured_tables():
         sp.allocate(_table({"a": [0.0] * 4}, {"a": 10}), target_flops=0.5)
     with pytest.raises(sp.SensipruneError, match="exactly one"):
         sp.allocate(table, target_flops=0.5, target_sparsity=0.5)
+
+
+def test_obs_curves_compensate_and_restore_exactly(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    sp.finetune(model, digits.train, epochs=10, show_progress=False)
+    before = copy.deepcopy(model.state_dict())
+
+    def evaluate(m):
+        return sp.evaluate(m, digits.val)
+
+    obs = sp.sensitivity(model, evaluate, [0.8, 0.95], "obs", digits.val, show_progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # bias too
+    magnitude = sp.sensitivity(model, evaluate, [0.8, 0.95], show_progress=False)
+    first = obs.layers.index("1.weight")
+    assert obs.values[first][1] > magnitude.values[first][1]  # 95% of the first layer

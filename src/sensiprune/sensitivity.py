@@ -8,11 +8,12 @@ per-layer sparsities that reach a global target with the least predicted loss of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +24,14 @@ from . import criteria, selection, surgery
 from . import structured as structured_pruning
 from .atomic import atomic_write_bytes
 from .channels import Group
-from .data import Batch, LossFn
+from .criteria.obs import OptimalBrainSurgeon
+from .data import Batch, LossFn, as_batches, default_loss
 from .errors import SensipruneError
 from .measure import module_flops
 from .progress import progress
 from .pruning import candidate_groups, score_groups, score_targets
 from .structured import zeroed
-from .targets import IgnoreSpec, find_targets, require_targets
+from .targets import IgnoreSpec, Target, find_targets, require_targets
 
 Evaluate = Callable[[nn.Module], float]
 
@@ -146,20 +148,17 @@ def sensitivity(
     if baseline is None:
         baseline = _checked(evaluate(model), "the unpruned model")
     rows: dict[str, list[float]] = dict(done.get("rows", {}))
+    batches = (
+        list(as_batches(data, "data (criterion 'obs' needs it)"))
+        if todo and isinstance(crit, OptimalBrainSurgeon)
+        else []
+    )
     for name in progress(todo, "sensitivity, layer by layer", show_progress):
-        param = targets[name].param
-        kept = param.detach().clone()
-        order = torch.argsort(scores[name].reshape(-1).double(), stable=True)
+        order = torch.argsort(scores[name].reshape(-1).double().cpu(), stable=True)
         row = []
-        try:
-            for s in points:
-                with torch.no_grad():
-                    param.copy_(kept)
-                    param.view(-1)[order[: round(s * param.numel())]] = 0
+        for s in points:
+            with _layer_pruned(model, targets[name], order, s, crit, batches, loss_fn):
                 row.append(_checked(evaluate(model), f"{name} at sparsity {s}"))
-        finally:
-            with torch.no_grad():
-                param.copy_(kept)
         rows[name] = row
         if resume is not None:
             state = {**identity, "baseline": baseline, "rows": rows}
@@ -172,6 +171,44 @@ def sensitivity(
         points,
         tuple(tuple(rows[n]) for n in targets),
     )
+
+
+@contextlib.contextmanager
+def _layer_pruned(
+    model: nn.Module,
+    target: Target,
+    order: torch.Tensor,
+    sparsity: float,
+    crit: criteria.Criterion,
+    batches: list[Batch],
+    loss_fn: LossFn | None,
+) -> Iterator[None]:
+    """One layer pruned to ``sparsity`` (with OBS, its remaining weights and bias also move);
+    every tensor of the layer that may change is restored bit for bit on the way out."""
+    module, param = target.module, target.param
+    touched = [
+        a for a in (target.attr, "bias") if isinstance(getattr(module, a, None), torch.Tensor)
+    ]
+    saved = {a: getattr(module, a).detach().clone() for a in touched}
+    try:
+        with torch.no_grad():
+            count = round(sparsity * param.numel())
+            if isinstance(crit, OptimalBrainSurgeon):
+                keep = torch.ones(param.numel(), dtype=torch.bool)
+                keep[order[:count]] = False
+                _, moved = crit.compensate(
+                    model, {target.name: target}, {target.name: keep.view(param.shape)}, {},
+                    batches, loss_fn or default_loss,
+                )  # fmt: skip
+                for full_name, value in moved.items():
+                    getattr(module, full_name.rpartition(".")[2]).copy_(value)
+            else:
+                param.view(-1)[order[:count].to(param.device)] = 0
+        yield
+    finally:
+        with torch.no_grad():
+            for attr, value in saved.items():
+                getattr(module, attr).copy_(value)
 
 
 def _structured(
