@@ -253,3 +253,14 @@ def test_obs_curves_compensate_and_restore_exactly(digits):
     magnitude = sp.sensitivity(model, evaluate, [0.8, 0.95], show_progress=False)
     first = obs.layers.index("1.weight")
     assert obs.values[first][1] > magnitude.values[first][1]  # 95% of the first layer
+
+
+def test_allocation_warns_when_the_curves_leave_it_no_room(caplog):
+    table = _table({"a": [0.0, 0.1, 0.2, 0.3], "b": [0.0, 0.1, 0.2, 0.3]}, {"a": 100, "b": 100})
+    with caplog.at_level("WARNING", logger="sensiprune.sensitivity"):
+        sp.allocate(table, 0.9)
+    assert "measure sparser points" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sensiprune.sensitivity"):
+        sp.allocate(table, 0.5)
+    assert caplog.text == ""

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from .structured import zeroed
 from .targets import IgnoreSpec, Target, find_targets, require_targets
 
 Evaluate = Callable[[nn.Module], float]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,13 @@ def allocate(
         predicted = _predicted(table, counts)
     budget = Budget({name: k / n for name, k, n in zip(table.layers, counts, table.sizes) if k > 0})
     budget.predicted_drop = _predicted(table, counts)
+    at_limit = sum(n for k, n, cap in zip(counts, table.sizes, limits) if k == cap)
+    if at_limit > 0.5 * sum(table.sizes):
+        log.warning(
+            "most weights sit in layers allocated the highest measured sparsity (%.1f%%): the "
+            "curves give the allocation no room; measure sparser points for a better budget",
+            100 * ceiling,
+        )
     return budget
 
 
