@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.utils.flop_counter import FlopCounterMode
 
 from .channels import (
     DependencyGraph,
@@ -39,6 +38,7 @@ from .channels import (
 )
 from .errors import SensipruneError
 from .layer_rules import MODULE_RULES
+from .measure import counting_flops
 from .tracing import trace
 
 __all__ = ["DependencyGraph", "Flow", "Group", "Member", "build_graph", "tensor_shapes"]
@@ -74,19 +74,13 @@ _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
 def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> DependencyGraph:
     """Trace ``model`` and return its removable channel groups; the model is not changed."""
     traced, opaque = trace(model)
-    was_training = model.training
-    model.eval()
     try:
-        # grad enabled: fused inference fast paths (e.g. TransformerEncoderLayer) would hide
-        # their FLOPs from the counter; with grad on, the counted math path runs
-        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        with counting_flops(model) as counter:
             output = ShapeProp(traced).propagate(*example_inputs)
     except Exception as exc:
         raise SensipruneError(
             f"the model does not run on example_inputs: {str(exc).strip().splitlines()[0]}"
         ) from exc
-    finally:
-        model.train(was_training)
     graph = ChannelTracer(traced).run()
     for layer, why in opaque.items():
         graph.untouched[layer] = f"could not be traced ({why}), so it is left as it is"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .masks import get_masks
+from .modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -39,17 +42,19 @@ class FlopCount:
         return self.dense / max(self.effective, 1)
 
 
+@contextlib.contextmanager
+def counting_flops(model: nn.Module) -> Iterator[FlopCounterMode]:
+    """Count the FLOPs of whatever runs ``model`` inside, in eval mode. Grad stays on: fused
+    inference fast paths (TransformerEncoderLayer's, say) would hide their FLOPs from the
+    counter, and with grad on the counted math path runs instead."""
+    with eval_mode(model), torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        yield counter
+
+
 def module_flops(model: nn.Module, *example_inputs: torch.Tensor) -> tuple[int, dict[str, int]]:
     """FLOPs of one forward pass, in total and per module (by name; "" is the model)."""
-    was_training = model.training
-    model.eval()
-    try:
-        # grad enabled: fused inference fast paths (e.g. TransformerEncoderLayer) would hide
-        # their FLOPs from the counter; with grad on, the counted math path runs
-        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-            model(*example_inputs)
-    finally:
-        model.train(was_training)
+    with counting_flops(model) as counter:
+        model(*example_inputs)
     root = type(model).__name__
     per_module = {}
     for key, ops in counter.get_flop_counts().items():
@@ -72,17 +77,12 @@ def latency(
     model: nn.Module, *example_inputs: torch.Tensor, warmup: int = 5, repeats: int = 30
 ) -> float:
     """Median seconds of one forward pass after ``warmup`` untimed runs."""
-    was_training = model.training
-    model.eval()
     times = []
-    try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                model(*example_inputs)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(*example_inputs)
-                times.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for _ in range(warmup):
+            model(*example_inputs)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(*example_inputs)
+            times.append(time.perf_counter() - start)
     return statistics.median(times)

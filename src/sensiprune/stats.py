@@ -18,6 +18,7 @@ from torch import nn
 from . import features
 from .data import Batch, LossFn, checked_loss
 from .errors import SensipruneError
+from .modes import eval_mode
 from .progress import progress
 from .targets import Target
 
@@ -73,7 +74,7 @@ def collect(
     }
     generator = torch.Generator().manual_seed(seed)
     n_batches = 0
-    with _eval_mode(model), _input_recorder(targets, needs) as recorder:
+    with eval_mode(model), _input_recorder(targets, needs) as recorder:
         for batch in progress(batches, desc="collecting statistics", enabled=show_progress):
             n_batches += 1
             if not needs & NEEDS_BACKWARD:
@@ -125,17 +126,6 @@ def _hutchinson(
     probes = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in params]
     hvps = torch.autograd.grad(grads, params, grad_outputs=probes, allow_unused=True)
     return [torch.zeros_like(z) if hv is None else (z * hv).detach() for z, hv in zip(probes, hvps)]
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.train(training)
 
 
 def can_collect(target: Target, needs: frozenset[Stat]) -> bool:

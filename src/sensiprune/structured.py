@@ -8,11 +8,11 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from . import surgery
 from .errors import SensipruneError
 from .graph import DependencyGraph, Group, build_graph, tensor_shapes
+from .measure import counting_flops
 from .selection import Sparsity, min_kept, normalized
 
 REDUCTIONS = ("mean", "sum", "max")
@@ -227,20 +227,14 @@ def _snapshot(module: nn.Module) -> dict:
 
 
 def _run(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[int, list]:
-    was_training = model.training
-    model.eval()
     try:
-        # grad enabled: fused inference fast paths (e.g. TransformerEncoderLayer) would hide
-        # their FLOPs from the counter; with grad on, the counted math path runs
-        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        with counting_flops(model) as counter:
             output = model(*example_inputs)
     except Exception as exc:
         raise SensipruneError(
             f"the model does not run after structured pruning: {exc}; this is a bug in "
             "sensiprune's dependency graph: please report it (the model was not modified)"
         ) from exc
-    finally:
-        model.train(was_training)
     return counter.get_total_flops(), tensor_shapes(output)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from .data import Batch, LossFn, as_batches, default_loss
 from .errors import SensipruneError
+from .modes import eval_mode
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -88,17 +89,12 @@ def evaluate(model: nn.Module, data: Iterable[Batch], metric: Metric | None = No
     """Weighted mean of ``metric`` (default: accuracy) over the data, in eval mode."""
     metric = metric or correct_predictions
     batches = as_batches(data, "evaluation data")
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                value, n = metric(model, batch)
-                total += value
-                count += n
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for batch in batches:
+            value, n = metric(model, batch)
+            total += value
+            count += n
     if count == 0:
         raise SensipruneError("evaluation data yielded no samples")
     return total / count

@@ -10,6 +10,7 @@ from torch import nn
 from ..channels import Group
 from ..data import Batch, LossFn, checked_loss
 from ..errors import SensipruneError
+from ..modes import eval_mode
 from ..stats import Stat
 from ..structured import zeroed
 from .base import Criterion, ScoringContext, register
@@ -84,17 +85,12 @@ class GroupLossChange(Criterion):
         if not batches:
             raise SensipruneError("data yielded no batches: pass a non-empty iterable of batches")
         modules = dict(model.named_modules())
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                base = _mean_loss(model, batches, loss_fn)
-                changes = []
-                for group in groups:
-                    with zeroed([group], modules):
-                        changes.append(abs(_mean_loss(model, batches, loss_fn) - base))
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            base = _mean_loss(model, batches, loss_fn)
+            changes = []
+            for group in groups:
+                with zeroed([group], modules):
+                    changes.append(abs(_mean_loss(model, batches, loss_fn) - base))
         return torch.tensor(changes, dtype=torch.float64)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import features
 from ..data import Batch, LossFn
+from ..modes import eval_mode
 from ..progress import progress
 from ..stats import ParamStats, Stat
 from ..targets import Target
@@ -151,14 +152,11 @@ class OptimalBrainSurgeon(Criterion):
         caller writes them into the model, so a failure leaves the model untouched.
         """
         pruned = copy.deepcopy(model).eval()
-        dense = model
-        was_training = dense.training
-        dense.eval()
-        order = _execution_order(dense, targets, batches[0], loss_fn)
         new_masks: dict[str, torch.Tensor] = {}
         new_tensors: dict[str, torch.Tensor] = {}
         modules = dict(pruned.named_modules())
-        try:
+        with eval_mode(model) as dense:
+            order = _execution_order(dense, targets, batches[0], loss_fn)
             for name in progress(order, "OBS layer by layer", show_progress):
                 target = targets[name]
                 counts = (~masks[name]).reshape(masks[name].shape[0], -1).sum(1)
@@ -184,8 +182,6 @@ class OptimalBrainSurgeon(Criterion):
                 new_tensors[name] = weight
                 if bias is not None:
                     new_tensors[f"{target.layer}.bias" if target.layer else "bias"] = bias
-        finally:
-            dense.train(was_training)
         return new_masks, new_tensors
 
 

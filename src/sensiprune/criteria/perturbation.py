@@ -10,6 +10,7 @@ from torch.func import functional_call, vmap
 
 from ..data import Batch, LossFn, checked_loss
 from ..errors import SensipruneError
+from ..modes import eval_mode
 from ..progress import progress
 from ..targets import Target
 from .base import Criterion, ScoringContext, register
@@ -46,20 +47,14 @@ class PerturbationCriterion(Criterion):
         batches = list(ctx.batches or [])
         if not batches:
             raise SensipruneError("data yielded no batches: pass a non-empty iterable of batches")
-        model = ctx.model
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                base = sum(checked_loss(ctx.loss_fn, model, b) for b in batches) / len(batches)
-                return {
-                    name: (self._loss_changes(model, t, batches, ctx) - base).abs()
-                    for name, t in progress(
-                        ctx.targets.items(), "measuring loss changes", ctx.show_progress
-                    )
-                }
-        finally:
-            model.train(was_training)
+        with eval_mode(ctx.model) as model, torch.no_grad():
+            base = sum(checked_loss(ctx.loss_fn, model, b) for b in batches) / len(batches)
+            return {
+                name: (self._loss_changes(model, t, batches, ctx) - base).abs()
+                for name, t in progress(
+                    ctx.targets.items(), "measuring loss changes", ctx.show_progress
+                )
+            }
 
     def _loss_changes(
         self, model: nn.Module, target: Target, batches: Sequence[Batch], ctx: ScoringContext
