@@ -292,12 +292,9 @@ def _prune_structured(
     if isinstance(crit, OptimalBrainSurgeon):
         raise SensipruneError("criterion 'obs' prunes single weights: use structured=False")
     targets = require_targets(model, ignore)
-    ignored_layers = {t.layer for t in find_targets(model).values()} - {
-        t.layer for t in targets.values()
-    }
     graph, inputs = structured_pruning.build(model, example_inputs)
     named = set(sparsity) if isinstance(sparsity, Mapping) else set()
-    groups = candidate_groups(model, graph, ignored_layers, named)
+    groups = candidate_groups(model, graph, ignore, named)
     group_values = score_groups(
         model, crit, groups, data, loss_fn, seed, scores, group_reduction, show_progress
     )
@@ -323,12 +320,14 @@ def _prune_structured(
 
 
 def candidate_groups(
-    model: nn.Module, graph: DependencyGraph, ignored_layers: set[str], named: set[str]
+    model: nn.Module, graph: DependencyGraph, ignore: IgnoreSpec, named: set[str]
 ) -> list[Group]:
     """The groups that may go: none produced by an ignored layer, and embedding widths only
     when a budget names the embedding (they change what every token vector means)."""
+    kept = {t.layer for t in require_targets(model, ignore).values()}
+    ignored = {t.layer for t in find_targets(model).values()} - kept
     unasked = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)} - named
-    return [g for g in graph.groups if not g.producers & (ignored_layers | unasked)]
+    return [g for g in graph.groups if not g.producers & (ignored | unasked)]
 
 
 def score_groups(

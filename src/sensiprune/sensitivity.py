@@ -32,7 +32,7 @@ from .measure import module_flops
 from .progress import progress
 from .pruning import candidate_groups, score_groups, score_targets
 from .structured import zeroed
-from .targets import IgnoreSpec, Target, find_targets, require_targets
+from .targets import IgnoreSpec, Target, require_targets
 
 Evaluate = Callable[[nn.Module], float]
 log = logging.getLogger(__name__)
@@ -224,12 +224,9 @@ def _structured(
     example_inputs: object,
     show_progress: bool,
 ) -> SensitivityTable:
-    ignored = {t.layer for t in find_targets(model).values()} - {
-        t.layer for t in require_targets(model, ignore).values()
-    }
     graph, inputs = structured_pruning.build(model, example_inputs)
     total_flops, per_module = module_flops(model, *inputs)
-    groups = candidate_groups(model, graph, ignored, set())
+    groups = candidate_groups(model, graph, ignore, set())
     values = score_groups(model, crit, groups, data, loss_fn, 0, None, "mean", show_progress)
     families: dict[frozenset[str], list[int]] = {}
     for index, group in enumerate(groups):
