@@ -33,9 +33,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise SensipruneError(f"cannot write to {parent}: {exc.strerror}") from exc
     try:
         yield staging
-        for file in staging.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
+        for file in staging.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
         if final.exists():
             if not final.is_dir():
                 raise SensipruneError(f"{final} exists and is not a directory: choose another path")

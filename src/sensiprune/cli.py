@@ -27,6 +27,26 @@ def _criteria(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prune(args: argparse.Namespace) -> int:
+    from .runner import run_recipe
+
+    result = run_recipe(args.recipe, restart=args.restart, show_progress=not args.quiet)
+    if result.resumed_after:
+        print(f"resumed after {result.resumed_after}")
+    if not args.quiet:
+        print(result.report.read_text())
+    print(f"report: {result.report} (and report.html)\nmodel:  {result.directory / 'model'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report.run import write_run_report
+
+    path = write_run_report(args.run_dir)
+    print(f"report: {path} (and report.html)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sensiprune", description="Sensitivity-based pruning of PyTorch models."
@@ -42,6 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="two criteria, two sparsities: a smoke run"
     )
     demo.set_defaults(run=_demo)
+    from .recipe import field_reference
+
+    pruning = commands.add_parser(
+        "prune",
+        help="run a YAML recipe: prune, fine-tune, measure, report (resumes after a crash)",
+        description="Run a recipe. Re-running the same command after a crash or Ctrl-C "
+        "resumes after the last finished stage. Relative paths are read from the current "
+        "directory; import paths also from the recipe's directory.",
+        epilog="recipe fields:\n" + field_reference(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pruning.add_argument("recipe", help="the recipe file (see examples/*.yaml)")
+    pruning.add_argument(
+        "--restart", action="store_true", help="discard the run's checkpoint and start over"
+    )
+    pruning.add_argument("-q", "--quiet", action="store_true", help="no progress bars or report")
+    pruning.set_defaults(run=_prune)
+    report = commands.add_parser("report", help="rewrite a finished run's report and plots")
+    report.add_argument("run_dir", help="the run directory (the recipe's output)")
+    report.set_defaults(run=_report)
     listing = commands.add_parser("criteria", help="list the registered criteria")
     listing.set_defaults(run=_criteria)
     return parser

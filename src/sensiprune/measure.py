@@ -86,3 +86,20 @@ def latency(
             model(*example_inputs)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def weights_kept(dense: nn.Module, pruned: nn.Module) -> list[dict[str, int | str]]:
+    """Per weight tensor (ndim >= 2): its size before, and the weights left after pruning,
+    whether they were masked or physically removed."""
+    after = dict(pruned.named_parameters())
+    pruned_masks = get_masks(pruned)
+    rows = []
+    for name, weight in dense.named_parameters():
+        if weight.ndim < 2:
+            continue
+        now = after.get(name)
+        kept = 0 if now is None else now.numel()
+        if name in pruned_masks:
+            kept = int(pruned_masks[name].sum())
+        rows.append({"name": name, "dense": weight.numel(), "kept": kept})
+    return rows

@@ -38,11 +38,13 @@ def finetune(
     optimizer: torch.optim.Optimizer | None = None,
     lr: float = 1e-3,
     show_progress: bool = True,
+    before_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
     """Train in place; masked weights stay exactly zero (see masks.py), whatever the optimiser.
 
     The default optimiser is Adam with ``lr``. A loss that stops being finite ends training
     with an error before the bad step is applied, so the weights are those of the last good step.
+    ``before_step(i)`` runs before the i-th batch (from 0) of every epoch: gradual pruning.
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise SensipruneError(f"epochs must be a non-negative integer, got {epochs!r}")
@@ -59,6 +61,8 @@ def finetune(
     for epoch in range(epochs):
         total, count = 0.0, 0
         for batch in progress(batches, f"fine-tuning epoch {epoch + 1}/{epochs}", show_progress):
+            if before_step is not None:
+                before_step(count)
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise SensipruneError(

@@ -41,7 +41,7 @@ def plot_sweep(points: Sequence[SweepPoint], dense: dict[str, float], path: str 
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sensitivity(
@@ -67,10 +67,10 @@ def plot_sensitivity(
         bars.set_xlabel("allocated sparsity (%)")
         bars.set_title("budget per layer")
         bars.grid(alpha=0.3, axis="x")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Render to memory, then write atomically: a reader never sees half a PNG."""
     fig.tight_layout()
     buffer = io.BytesIO()

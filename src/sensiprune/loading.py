@@ -1,0 +1,155 @@
+"""Turn a recipe's import paths and files into a model, its weights and its data, or say why not."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import pickle
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from .data import Batch
+from .errors import SensipruneError
+from .saving import MANIFEST_FILE, load
+
+
+def import_object(path: str, what: str, search: Sequence[Path] = ()) -> Any:
+    """``'pkg.module:attr.sub'`` → the object; ``search`` directories are tried for the module."""
+    module_name, _, attr = path.partition(":")
+    extra = [str(p) for p in search if str(p) not in sys.path]
+    sys.path[:0] = extra
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code is bad input here
+        raise SensipruneError(
+            f"{what}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})"
+        ) from exc
+    finally:
+        for entry in extra:
+            sys.path.remove(entry)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SensipruneError(f"{what}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def call_factory(path: str, kwargs: Mapping[str, Any], what: str, search: Sequence[Path]) -> Any:
+    factory = import_object(path, what, search)
+    if not callable(factory):
+        raise SensipruneError(f"{what}: {path} is not callable")
+    try:
+        return factory(**kwargs)
+    except Exception as exc:
+        raise SensipruneError(f"{what}: {path}(...) failed: {type(exc).__name__}: {exc}") from exc
+
+
+def build_model(factory: Callable[[], nn.Module], weights: str | None) -> nn.Module:
+    """The model with its starting weights: safetensors, a plain torch checkpoint, or sp.save."""
+    if weights is not None and (Path(weights) / MANIFEST_FILE).is_file():
+        return load(weights, factory)
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise SensipruneError(f"model.factory returned {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        _load_state(model, _read_state(Path(weights)), weights)
+    return model
+
+
+def _read_state(path: Path) -> Mapping[str, torch.Tensor]:
+    if not path.is_file():
+        raise SensipruneError(f"model.weights: {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise SensipruneError(
+                f"model.weights: {path} is not a safetensors file: {exc}"
+            ) from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise SensipruneError(
+            f"model.weights: {path} was refused by torch.load(weights_only=True): it holds "
+            "objects other than tensors (possibly code); re-save it as a state_dict"
+        ) from exc
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise SensipruneError(f"model.weights: {path} is not a torch checkpoint: {exc}") from exc
+    for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SensipruneError(f"model.weights: {path} does not hold a state_dict of tensors")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        raise SensipruneError(
+            f"model.weights: {source} does not fit the model: {' '.join(lines[1:3])[:300]}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The batches a run reads: the test split is touched for final numbers only."""
+
+    train: Iterable[Batch]
+    validation: Iterable[Batch]
+    test: Iterable[Batch] | None
+
+
+def data_splits(loaded: Any) -> Splits:
+    """Accept what a data factory returns: attributes or mapping keys train/validation/test."""
+
+    def part(*names: str) -> Any:
+        for name in names:
+            value = loaded.get(name) if isinstance(loaded, Mapping) else getattr(loaded, name, None)
+            if value is not None:
+                return value
+        return None
+
+    train, validation, test = part("train"), part("validation", "val"), part("test")
+    if train is None or validation is None:
+        raise SensipruneError(
+            f"data.factory returned {type(loaded).__name__} without train and validation "
+            "(or val) batches: return an object or mapping with train, validation and test"
+        )
+    splits = Splits(train, validation, test)
+    for name in ("train", "validation", "test"):
+        batches = getattr(splits, name)
+        if batches is None:
+            continue
+        if not hasattr(batches, "__iter__") or iter(batches) is batches:
+            raise SensipruneError(
+                f"data: {name} must be re-iterable (a list or a DataLoader), "
+                f"got {type(batches).__name__}"
+            )
+        if next(iter(batches), None) is None:
+            raise SensipruneError(f"data: the {name} split yielded no batches")
+    return splits
+
+
+def model_inputs(batch: Batch) -> tuple[torch.Tensor, ...]:
+    """The forward arguments in a batch: its first element for (inputs, labels) batches."""
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def limited(batches: Iterable[Batch], count: int | None) -> list[Batch]:
+    return list(itertools.islice(batches, count))

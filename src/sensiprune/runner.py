@@ -1,0 +1,450 @@
+"""Run a recipe: prune, fine-tune, checkpoint after every stage, resume after a crash, report.
+
+A run is a fixed list of stages (pretraining epochs, then for each pruning step the prune and
+its fine-tuning epochs). After each stage the whole state is checkpointed atomically, so
+re-running the same command continues after the last finished stage and, with the same seed on
+the same machine, ends with exactly the weights an uninterrupted run ends with.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_write_bytes
+from .checkpoint import read_checkpoint, read_progress, restore_rng, write_checkpoint
+from .data import checked_loss, default_loss
+from .errors import SensipruneError
+from .loading import (
+    build_model,
+    call_factory,
+    data_splits,
+    import_object,
+    limited,
+    model_inputs,
+)
+from .masks import make_permanent
+from .measure import count_flops, count_parameters, latency, weights_kept
+from .pruning import prune
+from .recipe import Recipe, load_recipe
+from .report.run import RESULTS_FILE, write_run_report
+from .saving import save
+from .schedule import sparsity_at
+from .selection import Sparsity
+from .sensitivity import allocate, sensitivity
+from .train import correct_predictions, evaluate, finetune
+
+log = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoint"
+METRICS_FILE = "metrics.jsonl"
+DENSE_DIR = "dense"
+MODEL_DIR = "model"
+SENSITIVITY_FILE = "sensitivity.json"
+BUDGET_FILE = "budget.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """``step`` 0 is pretraining; ``epoch`` 0 is the prune of that step, 1.. its epochs."""
+
+    step: int
+    epoch: int
+
+    def __str__(self) -> str:
+        if self.step == 0:
+            return f"pretraining epoch {self.epoch}"
+        return f"step {self.step} " + (f"epoch {self.epoch}" if self.epoch else "prune")
+
+
+def plan(recipe: Recipe) -> list[Stage]:
+    stages = [Stage(0, e) for e in range(1, recipe.model.pretrain_epochs + 1)]
+    epochs = range(1, recipe.finetune.epochs + 1)
+    if recipe.schedule.kind == "gradual":
+        return stages + [Stage(1, e) for e in epochs]
+    for step in range(1, recipe.schedule.steps + 1):
+        stages += [Stage(step, 0)] + [Stage(step, e) for e in epochs]
+    return stages
+
+
+@dataclass(frozen=True)
+class RunResult:
+    directory: Path
+    report: Path
+    resumed_after: str | None  # the stage a resumed run continued after
+
+
+def run_recipe(
+    recipe_path: str | Path, restart: bool = False, show_progress: bool = True
+) -> RunResult:
+    """Validate everything, then run (or resume) the recipe and write its report."""
+    recipe = load_recipe(recipe_path)
+    return PruningRun(recipe, Path(recipe_path), restart, show_progress).run()
+
+
+class PruningRun:
+    def __init__(self, recipe: Recipe, path: Path, restart: bool, show_progress: bool) -> None:
+        self.recipe = recipe
+        self.out = Path(recipe.output)
+        self.show = show_progress
+        self.stages = plan(recipe)
+        self.search = [Path.cwd(), path.resolve().parent]
+        self.source = path.read_text()
+        existing = read_progress(self.out / CHECKPOINT_DIR) if not restart else None
+        if existing is not None and existing.get("fingerprint") != recipe.fingerprint():
+            raise SensipruneError(
+                f"{path} has changed since {self.out} was started: pass --restart to start "
+                "over (its checkpoint is replaced), or use another output directory"
+            )
+        self.resuming = existing is not None
+        _seed(recipe.seed)
+        self.data = data_splits(
+            call_factory(recipe.data.factory, recipe.data.kwargs, "data.factory", self.search)
+        )
+        self.loss_fn = (
+            import_object(recipe.loss, "loss", self.search) if recipe.loss else default_loss
+        )
+        self.metric = (
+            correct_predictions
+            if recipe.metric == "accuracy"
+            else import_object(recipe.metric, "metric", self.search)
+        )
+        self.inputs = model_inputs(next(iter(self.data.validation)))
+        model = build_model(self.factory, recipe.model.weights)
+        checked_loss(self.loss_fn, model, next(iter(self.data.train)))  # fails before writing
+        budget_file = recipe.prune.target.budget
+        self.file_budget = _read_budget(budget_file) if budget_file is not None else None
+        if recipe.report.onnx:
+            _require_onnx()
+        self.model = model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.progress: dict[str, Any] = {"fingerprint": recipe.fingerprint(), "completed": 0}
+        self.restart = restart
+
+    def factory(self) -> nn.Module:
+        spec = self.recipe.model
+        model = call_factory(spec.factory, spec.kwargs, "model.factory", self.search)
+        if not isinstance(model, nn.Module):
+            raise SensipruneError(f"model.factory returned {type(model).__name__}, not a Module")
+        return model
+
+    def run(self) -> RunResult:
+        self._prepare_directory()
+        resumed_after = self._resume() if self.resuming else None
+        for index in range(self.progress["completed"], len(self.stages)):
+            stage = self.stages[index]
+            started = time.perf_counter()
+            record = self._run_stage(stage)
+            record.update(stage=str(stage), seconds=round(time.perf_counter() - started, 3))
+            self._log(record)
+            self.progress["completed"] = index + 1
+            write_checkpoint(
+                self.out / CHECKPOINT_DIR, self.model, self.progress, self.optimizer, self.scheduler
+            )
+            log.info("%s: %s", stage, record)
+        report = self._finish()
+        return RunResult(self.out, report, resumed_after)
+
+    # -- setup -----------------------------------------------------------------------------
+    def _prepare_directory(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.out):
+                pass
+        except OSError as exc:
+            raise SensipruneError(
+                f"output {self.out} is not writable ({exc.strerror}): choose another directory"
+            ) from exc
+        if self.restart:
+            for name in (CHECKPOINT_DIR, METRICS_FILE, SENSITIVITY_FILE, BUDGET_FILE, DENSE_DIR):
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        atomic_write_bytes(self.out / "recipe.yaml", self.source.encode())
+
+    def _resume(self) -> str:
+        checkpoint = read_checkpoint(self.out / CHECKPOINT_DIR, self.factory)
+        self.model, self.progress = checkpoint.model, checkpoint.progress
+        done = self.progress["completed"]
+        stage = self.stages[done - 1]
+        if checkpoint.optimizer is not None:
+            self._new_optimizer(stage.step)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+            if self.scheduler is not None and checkpoint.scheduler is not None:
+                self.scheduler.load_state_dict(checkpoint.scheduler)
+        self._truncate_log(self.progress.get("log_lines", 0))
+        restore_rng(checkpoint.rng)  # last: building the model above drew random numbers
+        log.warning("resuming %s after %s", self.out, stage)
+        return str(stage)
+
+    # -- stages ----------------------------------------------------------------------------
+    def _run_stage(self, stage: Stage) -> dict[str, Any]:
+        if stage.step >= 1 and "dense" not in self.progress:
+            self.progress["dense"] = self._measure_dense()
+        if stage.epoch == 0:
+            return self._prune_step(stage.step)
+        if stage.epoch == 1:
+            self._new_optimizer(stage.step)
+        hook = self._gradual_hook(stage.epoch) if self._gradual and stage.step else None
+        try:
+            tuned = finetune(
+                self.model,
+                self.data.train,
+                1,
+                self.loss_fn,
+                self.optimizer,
+                show_progress=self.show,
+                before_step=hook,
+            )
+        except SensipruneError as exc:
+            done = self.progress["completed"]
+            kept = f"after {self.stages[done - 1]}" if done else "none yet"
+            raise SensipruneError(
+                f"{exc} (during {stage}); the last good checkpoint ({kept}) is kept in "
+                f"{self.out / CHECKPOINT_DIR}"
+            ) from exc
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {
+            "train_loss": tuned.epoch_losses[0],
+            "val": self._validate(),
+            **self._sparsity_fields(),
+        }
+
+    def _prune_step(self, step: int) -> dict[str, Any]:
+        self.optimizer = self.scheduler = None  # pruned tensors change: fresh state per step
+        spec = self.recipe.prune
+        sparsity = self._step_sparsity(step)
+        result = prune(
+            self.model,
+            sparsity,
+            spec.criterion,
+            limited(self.data.train, spec.score_batches),
+            self.loss_fn,
+            scope=spec.scope,
+            ignore=spec.ignore,
+            min_density=spec.min_density,
+            normalize=spec.normalize,
+            seed=self.recipe.seed + step,
+            structured=spec.structured,
+            example_inputs=self.inputs,
+            round_to=spec.round_to,
+            show_progress=self.show,
+        )
+        log.info("%s", result)
+        return {"val": self._validate(), **self._sparsity_fields()}
+
+    @property
+    def _gradual(self) -> bool:
+        return self.recipe.schedule.kind == "gradual"
+
+    def _gradual_hook(self, epoch: int):
+        """Prune at the AGP event steps that fall into this epoch (counted in batches)."""
+        per_epoch = sum(1 for _ in self.data.train)
+        events = self.recipe.schedule.steps
+        span = self.recipe.pruning_epochs * per_epoch
+        at = {(i - 1) * span // events: i for i in range(events, 0, -1)}
+        offset = (epoch - 1) * per_epoch
+
+        def before_step(batch_index: int) -> None:
+            event = at.get(offset + batch_index)
+            if event is not None:
+                self._prune_to(self._target_at(event))
+
+        return before_step
+
+    def _prune_to(self, sparsity: Sparsity) -> None:
+        spec = self.recipe.prune
+        prune(
+            self.model,
+            sparsity,
+            spec.criterion,
+            limited(self.data.train, spec.score_batches),
+            self.loss_fn,
+            scope=spec.scope,
+            ignore=spec.ignore,
+            min_density=spec.min_density,
+            normalize=spec.normalize,
+            seed=self.recipe.seed,
+        )
+
+    def _target(self) -> Sparsity:
+        target = self.recipe.prune.target
+        if target.sparsity is not None:
+            return target.sparsity
+        if "budget" not in self.progress:
+            self.progress["budget"] = (
+                self.file_budget if self.file_budget is not None else self._allocated_budget()
+            )
+            atomic_write_bytes(
+                self.out / BUDGET_FILE, json.dumps(self.progress["budget"], indent=1).encode()
+            )
+        return dict(self.progress["budget"])
+
+    def _target_at(self, step: int) -> Sparsity:
+        schedule = self.recipe.schedule
+        return sparsity_at(self._target(), step, schedule.steps, schedule.curve)
+
+    def _step_sparsity(self, step: int) -> Sparsity:
+        """Unstructured steps name total sparsity; structured ones the share of what is left."""
+        now = self._target_at(step)
+        if not self.recipe.prune.structured:
+            return now
+        before = self._target_at(step - 1)
+        if isinstance(now, Mapping):
+            return {k: 1.0 - (1.0 - v) / (1.0 - before[k]) for k, v in now.items()}
+        return 1.0 - (1.0 - now) / (1.0 - before)
+
+    def _allocated_budget(self) -> dict[str, float]:
+        spec, target = self.recipe.prune, self.recipe.prune.target
+        table = sensitivity(
+            self.model,
+            lambda m: evaluate(m, self.data.validation, self.metric),
+            self.recipe.analysis.sparsities,
+            spec.criterion,
+            limited(self.data.train, spec.score_batches),
+            self.loss_fn,
+            ignore=spec.ignore,
+            show_progress=self.show,
+            resume=self.out / SENSITIVITY_FILE,
+            structured=spec.structured,
+            example_inputs=self.inputs,
+        )
+        budget = allocate(
+            table, max_drop=target.max_drop, target_flops=target.flops, min_density=spec.min_density
+        )
+        return dict(budget)
+
+    def _new_optimizer(self, step: int) -> None:
+        spec = self.recipe.finetune.optimizer
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if spec.name == "sgd":
+            self.optimizer = torch.optim.SGD(
+                params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+            )
+        else:
+            kind = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
+            self.optimizer = kind(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        epochs = self.recipe.model.pretrain_epochs if step == 0 else self.recipe.finetune.epochs
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
+            if self.recipe.finetune.lr_schedule == "cosine"
+            else None
+        )
+
+    # -- measuring -------------------------------------------------------------------------
+    def _validate(self) -> float:
+        return evaluate(self.model, self.data.validation, self.metric)
+
+    def _sparsity_fields(self) -> dict[str, Any]:
+        params = count_parameters(self.model)
+        dense = self.progress.get("dense", {}).get("params", params.total)
+        return {"params": params.nonzero, "compression": round(dense / max(params.nonzero, 1), 4)}
+
+    def _measure_dense(self) -> dict[str, Any]:
+        save(self.model, self.out / DENSE_DIR)
+        return {
+            "val": self._validate(),
+            "test": self._test(self.model),
+            "params": count_parameters(self.model).nonzero,
+            "flops": count_flops(self.model, *self.inputs).effective,
+        }
+
+    def _test(self, model: nn.Module) -> float | None:
+        return evaluate(model, self.data.test, self.metric) if self.data.test else None
+
+    def _finish(self) -> Path:
+        dense_model = build_model(self.factory, str(self.out / DENSE_DIR))
+        flops = count_flops(self.model, *self.inputs)
+        final = {
+            "val": self._validate(),
+            "test": self._test(self.model),
+            "params": count_parameters(self.model).nonzero,
+            "flops_dense_kernels": flops.dense,
+            "flops": flops.effective,
+        }
+        if self.recipe.report.latency:
+            final["latency_s"] = latency(_deployable(self.model), *self.inputs)
+            self.progress["dense"]["latency_s"] = latency(dense_model, *self.inputs)
+        save(self.model, self.out / MODEL_DIR)
+        if self.recipe.report.onnx:
+            _export_onnx(self.model, self.inputs, self.out / "model.onnx")
+        results = {
+            "recipe": self.recipe.model_dump(mode="json"),
+            "dense": self.progress["dense"],
+            "pruned": final,
+            "layers": weights_kept(dense_model, self.model),
+            "budget": self.progress.get("budget"),
+        }
+        atomic_write_bytes(self.out / RESULTS_FILE, json.dumps(results, indent=1).encode())
+        return write_run_report(self.out)
+
+    # -- the metrics log -------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.out / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.progress["log_lines"] = self.progress.get("log_lines", 0) + 1
+
+    def _truncate_log(self, lines: int) -> None:
+        """Drop records of stages that ran after the checkpoint: they are about to rerun."""
+        path = self.out / METRICS_FILE
+        kept = path.read_text().splitlines(keepends=True)[:lines] if path.exists() else []
+        atomic_write_bytes(path, "".join(kept).encode())
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _read_budget(path: str) -> dict[str, float]:
+    try:
+        budget = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SensipruneError(f"prune.target.budget: {path} does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SensipruneError(f"prune.target.budget: {path} is not JSON: {exc}") from exc
+    if not isinstance(budget, dict) or not all(
+        isinstance(v, (int, float)) and 0 <= v < 1 for v in budget.values()
+    ):
+        raise SensipruneError(
+            f"prune.target.budget: {path} must map layer names to sparsities in [0, 1)"
+        )
+    return {str(k): float(v) for k, v in budget.items()}
+
+
+def _require_onnx() -> None:
+    if importlib.util.find_spec("onnxscript") is None:
+        raise SensipruneError(
+            "report.onnx needs the ONNX exporter: pip install 'sensiprune[onnx]' "
+            "(or set report.onnx: false)"
+        )
+
+
+def _deployable(model: nn.Module) -> nn.Module:
+    """A copy without mask hooks, as it would be deployed: the masked zeros baked in."""
+    plain = copy.deepcopy(model)
+    make_permanent(plain)
+    return plain
+
+
+def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
+    plain = _deployable(model)
+    with tempfile.TemporaryDirectory(dir=path.parent) as staging:
+        staged = Path(staging) / path.name
+        torch.onnx.export(plain.eval(), inputs, str(staged), dynamo=True, external_data=False)
+        staged.replace(path)
