@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import pickle
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,9 +79,12 @@ def _read_state(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL (\S+)", str(exc))
+        if named is None:
+            raise SensipruneError(f"model.weights: {path} is not a torch checkpoint") from exc
         raise SensipruneError(
-            f"model.weights: {path} was refused by torch.load(weights_only=True): it holds "
-            "objects other than tensors (possibly code); re-save it as a state_dict"
+            f"model.weights: {path} was refused by torch.load(weights_only=True): it would "
+            f"run {named.group(1)}, not just load tensors; re-save it as a state_dict"
         ) from exc
     except (RuntimeError, OSError, EOFError) as exc:
         raise SensipruneError(f"model.weights: {path} is not a torch checkpoint: {exc}") from exc

@@ -1,0 +1,77 @@
+"""Starting weights in every format users have, and data factories of every shape."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import sensiprune as sp
+from sensiprune.errors import SensipruneError
+from sensiprune.loading import build_model, data_splits, import_object, model_inputs
+from sensiprune.zoo import LeNet300100
+
+
+@pytest.fixture
+def trained_state():
+    torch.manual_seed(5)
+    return LeNet300100().state_dict()
+
+
+def _same(model, state) -> bool:
+    return all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_safetensors_and_plain_checkpoints_load(tmp_path, trained_state):
+    save_file(trained_state, tmp_path / "w.safetensors")
+    torch.save(trained_state, tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        assert _same(build_model(LeNet300100, str(tmp_path / name)), trained_state)
+
+
+def test_training_checkpoints_and_ddp_prefixes_are_unwrapped(tmp_path, trained_state):
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in trained_state.items()}, "epoch": 3}
+    torch.save(wrapped, tmp_path / "ckpt.pth")
+    assert _same(build_model(LeNet300100, str(tmp_path / "ckpt.pth")), trained_state)
+
+
+def test_a_sensiprune_save_directory_brings_its_masks(tmp_path, trained_state):
+    model = LeNet300100()
+    model.load_state_dict(trained_state)
+    sp.prune(model, 0.5)
+    sp.save(model, tmp_path / "saved")
+    loaded = build_model(LeNet300100, str(tmp_path / "saved"))
+    assert sp.get_masks(loaded).keys() == sp.get_masks(model).keys()
+
+
+def test_files_that_are_not_weights_are_refused(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"not really")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    torch.save({"lr": 0.1}, tmp_path / "settings.pt")
+    for name, message in [
+        ("junk.safetensors", "not a safetensors file"),
+        ("junk.pt", "not a torch checkpoint"),
+        ("settings.pt", "does not hold a state_dict"),
+    ]:
+        with pytest.raises(SensipruneError, match=message):
+            build_model(LeNet300100, str(tmp_path / name))
+
+
+def test_data_factories_may_return_mappings_or_objects():
+    splits = SimpleNamespace(train=[1, 2], val=[3], test=None)
+    assert data_splits(splits).validation == [3]
+    assert data_splits({"train": [1], "validation": [2], "test": [3]}).test == [3]
+    with pytest.raises(SensipruneError, match="without train and validation"):
+        data_splits({"train": [1]})
+    with pytest.raises(SensipruneError, match="must be re-iterable"):
+        data_splits({"train": iter([1]), "validation": [2]})
+
+
+def test_imports_and_inputs():
+    assert import_object("sensiprune.zoo:LeNet300100", "model") is LeNet300100
+    with pytest.raises(SensipruneError, match="has no attribute 'Nope'"):
+        import_object("sensiprune.zoo:Nope", "model")
+    x = torch.zeros(2, 3)
+    assert model_inputs((x, torch.zeros(2))) == (x,) and model_inputs(x) == (x,)
