@@ -123,6 +123,7 @@ class PruningRun:
             else import_object(recipe.metric, "metric", self.search)
         )
         self.inputs = model_inputs(next(iter(self.data.validation)))
+        self.sample = tuple(t[:1] for t in self.inputs)  # FLOPs are reported per sample
         model = build_model(self.factory, recipe.model.weights)
         checked_loss(self.loss_fn, model, next(iter(self.data.train)))  # fails before writing
         budget_file = recipe.prune.target.budget
@@ -360,7 +361,7 @@ class PruningRun:
             "val": self._validate(),
             "test": self._test(self.model),
             "params": count_parameters(self.model).nonzero,
-            "flops": count_flops(self.model, *self.inputs).effective,
+            "flops": count_flops(self.model, *self.sample).effective,
         }
 
     def _test(self, model: nn.Module) -> float | None:
@@ -368,7 +369,7 @@ class PruningRun:
 
     def _finish(self) -> Path:
         dense_model = build_model(self.factory, str(self.out / DENSE_DIR))
-        flops = count_flops(self.model, *self.inputs)
+        flops = count_flops(self.model, *self.sample)
         final = {
             "val": self._validate(),
             "test": self._test(self.model),
@@ -378,6 +379,7 @@ class PruningRun:
         }
         if self.recipe.report.latency:
             final["latency_s"] = latency(_deployable(self.model), *self.inputs)
+            final["latency_batch"] = len(self.inputs[0])
             self.progress["dense"]["latency_s"] = latency(dense_model, *self.inputs)
         save(self.model, self.out / MODEL_DIR)
         if self.recipe.report.onnx:

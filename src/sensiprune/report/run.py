@@ -94,7 +94,7 @@ def _summary(dense: dict, pruned: dict) -> Table:
     )
     rows.append(
         [
-            "FLOPs (pruned weights skipped)",
+            "FLOPs per sample (pruned weights skipped)",
             f"{dense['flops']:,}",
             f"{pruned['flops']:,}",
             _ratio(dense, pruned, "flops"),
@@ -102,7 +102,7 @@ def _summary(dense: dict, pruned: dict) -> Table:
     )
     rows.append(
         [
-            "FLOPs (as run, dense kernels)",
+            "FLOPs per sample (as run, dense kernels)",
             f"{dense['flops']:,}",
             f"{pruned['flops_dense_kernels']:,}",
             f"{dense['flops'] / max(pruned['flops_dense_kernels'], 1):.2f}x fewer",
@@ -111,7 +111,7 @@ def _summary(dense: dict, pruned: dict) -> Table:
     if "latency_s" in pruned and "latency_s" in dense:
         rows.append(
             [
-                "median latency (ms, one batch)",
+                f"median latency (ms, batch of {pruned.get('latency_batch', '?')})",
                 f"{dense['latency_s'] * 1e3:.3f}",
                 f"{pruned['latency_s'] * 1e3:.3f}",
                 f"{dense['latency_s'] / max(pruned['latency_s'], 1e-12):.2f}x faster",
