@@ -72,3 +72,25 @@ def test_pruning_twice_only_shrinks_masks(mlp):
     sp.prune(mlp, 0.6, "random", seed=2)
     for name, keep in sp.get_masks(mlp).items():
         assert not (keep & ~first[name]).any()
+
+
+def test_masked_training_under_torch_compile_keeps_pruned_weights_zero(digits):
+    """aot_eager traces what inductor compiles; the inductor run itself is a slow test."""
+    from sensiprune.zoo import LeNet5
+
+    torch.manual_seed(0)
+    model = LeNet5()
+    sp.prune(model, 0.8)
+    compiled = torch.compile(model, backend="aot_eager")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for x, y in digits.train[:4]:
+        loss = torch.nn.functional.cross_entropy(compiled(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    params = dict(model.named_parameters())
+    for name, keep in sp.get_masks(model).items():
+        assert (params[name][~keep] == 0).all()
+    model.eval()
+    x = digits.val[0][0]
+    assert torch.equal(compiled(x), model(x))

@@ -230,3 +230,21 @@ def test_missing_recipe_exits_2_without_a_traceback(tmp_path):
     )  # fmt: skip
     assert run.returncode == 2 and "no such recipe file" in run.stderr
     assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_the_onnx_export_matches_the_pruned_model_at_any_batch_size(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    path = write_recipe(
+        tmp_path,
+        model={"factory": "sensiprune.zoo:LeNet5", "pretrain_epochs": 1},
+        prune={"criterion": "taylor", "structured": True, "target": {"sparsity": 0.5}},
+        schedule={"kind": "one_shot"},
+        report={"latency": False, "onnx": True},
+    )
+    run_recipe(path, show_progress=False)
+    model = sp.load(tmp_path / "run" / "model", LeNet5).eval()
+    session = ort.InferenceSession(str(tmp_path / "run" / "model.onnx"))
+    name = session.get_inputs()[0].name
+    for x in (torch.randn(3, 1, 8, 8), torch.randn(17, 1, 8, 8)):
+        (got,) = session.run(None, {name: x.numpy()})
+        assert torch.allclose(torch.from_numpy(got), model(x).detach(), atol=1e-5)

@@ -391,3 +391,13 @@ def test_squeeze_and_unsqueeze_keep_the_channels_tracked():
     model, x = _SqueezeHead(), torch.randn(2, 3, 8, 8)
     sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
     assert model.conv[0].out_channels == 8 and model.fc.in_features == 8
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_a_shrunk_model_compiles_and_gives_the_eager_output(backend):
+    torch.manual_seed(0)
+    model = ResNet().eval()
+    x = torch.randn(4, 3, 16, 16)
+    sp.prune(model, 0.5, structured=True, example_inputs=x)
+    with torch.no_grad():
+        assert torch.allclose(torch.compile(model, backend=backend)(x), model(x), atol=1e-5)

@@ -49,6 +49,7 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs:
                 _reapply(module, owner[1])
 
 
+@torch.compiler.disable  # bookkeeping on tensor versions; under torch.compile it runs eagerly
 def _before_forward(module: nn.Module, args: tuple) -> None:
     for attr in _masked_attrs(module):
         _reapply(module, attr)

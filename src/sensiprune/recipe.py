@@ -166,7 +166,10 @@ class ScheduleSpec(Section):
 
 class ReportSpec(Section):
     latency: bool = Field(default=True, description="measure median forward latency")
-    onnx: bool = Field(default=False, description="also export model.onnx (needs onnxscript)")
+    onnx: bool = Field(
+        default=False,
+        description="also export model.onnx, dynamic batch (pip install sensiprune[onnx])",
+    )
 
 
 class Recipe(Section):

@@ -16,6 +16,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,8 +446,25 @@ def _deployable(model: nn.Module) -> nn.Module:
 
 
 def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
-    plain = _deployable(model)
-    with tempfile.TemporaryDirectory(dir=path.parent) as staging:
+    """Export with a dynamic batch dimension, checked by ONNX Runtime against torch."""
+    plain = _deployable(model).eval()
+    batch = torch.export.Dim("batch")
+    with tempfile.TemporaryDirectory(dir=path.parent) as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         staged = Path(staging) / path.name
-        torch.onnx.export(plain.eval(), inputs, str(staged), dynamo=True, external_data=False)
+        try:
+            torch.onnx.export(
+                plain,
+                inputs,
+                str(staged),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                dynamic_shapes=tuple({0: batch} for _ in inputs),
+            )
+        except Exception as exc:  # the exporter's many failure types all mean the same here
+            raise SensipruneError(
+                f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                "the pruned model is saved in model/; set report.onnx: false to skip the export"
+            ) from exc
         staged.replace(path)
