@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import criteria
 from .errors import SensipruneError
@@ -39,6 +40,28 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from .analyze import run_analysis
+
+    path = run_analysis(args.recipe, restart=args.restart, show_progress=not args.quiet)
+    _show(path, args.quiet, f"budget: {path.parent / 'budget.json'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .comparison import run_comparison
+
+    path = run_comparison(args.recipe, restart=args.restart, show_progress=not args.quiet)
+    _show(path, args.quiet, f"plot:   {path.parent / 'comparison.png'}")
+    return 0
+
+
+def _show(report: Path, quiet: bool, extra: str) -> None:
+    if not quiet:
+        print(report.read_text())
+    print(f"report: {report} (and {report.with_suffix('.html').name})\n{extra}")
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report.run import write_run_report
 
@@ -62,29 +85,64 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="two criteria, two sparsities: a smoke run"
     )
     demo.set_defaults(run=_demo)
-    from .recipe import field_reference
-
-    pruning = commands.add_parser(
+    _recipe_command(
+        commands,
         "prune",
-        help="run a YAML recipe: prune, fine-tune, measure, report (resumes after a crash)",
-        description="Run a recipe. Re-running the same command after a crash or Ctrl-C "
-        "resumes after the last finished stage. Relative paths are read from the current "
-        "directory; import paths also from the recipe's directory.",
-        epilog="recipe fields:\n" + field_reference(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        _prune,
+        "run a YAML recipe: prune, fine-tune, measure, report (resumes after a crash)",
+        "Run a recipe. Re-running the same command after a crash or Ctrl-C resumes after the "
+        "last finished stage. Relative paths are read from the current directory; import "
+        "paths also from the recipe's directory.",
     )
-    pruning.add_argument("recipe", help="the recipe file (see examples/*.yaml)")
-    pruning.add_argument(
-        "--restart", action="store_true", help="discard the run's checkpoint and start over"
+    _recipe_command(
+        commands,
+        "analyze",
+        _analyze,
+        "per-layer sensitivity curves and the budget they allocate, cross-validated",
+        "Measure each layer's sensitivity on the validation split, allocate the recipe's "
+        "target per layer, cross-validate it, and write analysis.md / .html and budget.json "
+        "into the run directory. A later `prune` of the same recipe reuses the curves.",
     )
-    pruning.add_argument("-q", "--quiet", action="store_true", help="no progress bars or report")
-    pruning.set_defaults(run=_prune)
+    _recipe_command(
+        commands,
+        "compare",
+        _compare,
+        "the recipe's criteria side by side (compare.criteria at compare.sparsities)",
+        "Prune copies of the dense model with each of compare.criteria at each of "
+        "compare.sparsities, with the same ranking and fine-tuning, and write comparison.md "
+        "/ .html with one chart of the metric against sparsity.",
+    )
     report = commands.add_parser("report", help="rewrite a finished run's report and plots")
     report.add_argument("run_dir", help="the run directory (the recipe's output)")
     report.set_defaults(run=_report)
     listing = commands.add_parser("criteria", help="list the registered criteria")
     listing.set_defaults(run=_criteria)
     return parser
+
+
+def _recipe_command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    summary: str,
+    description: str,
+) -> None:
+    """The commands that read a recipe share their arguments and the field reference."""
+    from .recipe import field_reference
+
+    command = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog="recipe fields:\n" + field_reference(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument("recipe", help="the recipe file (see examples/recipes/)")
+    command.add_argument(
+        "--restart", action="store_true", help="discard the run's checkpoint and start over"
+    )
+    command.add_argument("-q", "--quiet", action="store_true", help="no progress bars or report")
+    command.set_defaults(run=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

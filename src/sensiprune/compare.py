@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from . import criteria
 from .data import Batch, LossFn
+from .measure import count_parameters
 from .pruning import prune, score
 from .train import Metric, evaluate, finetune
 
@@ -26,6 +29,7 @@ class SweepPoint:
     one_shot: float
     finetuned: float | None
     scoring_seconds: float
+    params: int  # nonzero parameters left after pruning
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,12 @@ class SweepSettings:
     scope: str = "global"
     normalize: str = "lamp"
     finetune_epochs: int = 0
-    lr: float = 1e-3
+    lr: float = 1e-3  # of the default optimiser, Adam
     seed: int = 0
+    structured: bool = False
+    ignore: tuple[str, ...] = ()
+    score_batches: int | None = None  # of the score data (default: all)
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
 
 
 def sweep(
@@ -50,18 +58,29 @@ def sweep(
     test_data: Iterable[Batch],
     loss_fn: LossFn | None = None,
     metric: Metric | None = None,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
 ) -> list[SweepPoint]:
-    """Prune copies of ``dense`` with every criterion at every sparsity; ``dense`` is untouched."""
+    """Prune copies of ``dense`` with every criterion at every sparsity; ``dense`` is untouched.
+
+    Unstructured sweeps score once per criterion and reuse the scores at every sparsity;
+    structured ones (``example_inputs`` needed) score each copy, as channel removal changes
+    the model under the scores.
+    """
     for criterion in settings.criteria:
         criteria.get(criterion)  # fail on a typo before hours of work
     points = []
-    score_batches = list(score_data)
+    score_batches = list(itertools.islice(score_data, settings.score_batches))
     for criterion in settings.criteria:
         start = time.perf_counter()
-        scores = score(dense, criterion, score_batches, loss_fn, seed=settings.seed)
+        scores = (
+            None
+            if settings.structured
+            else score(dense, criterion, score_batches, loss_fn, settings.ignore, settings.seed)
+        )
         scoring_seconds = time.perf_counter() - start
         for sparsity in settings.sparsities:
             model = copy.deepcopy(dense)
+            started = time.perf_counter()
             prune(
                 model,
                 sparsity,
@@ -69,25 +88,40 @@ def sweep(
                 score_batches,
                 loss_fn,
                 scope=settings.scope,
+                ignore=settings.ignore,
                 normalize=settings.normalize,
                 seed=settings.seed,
                 scores=scores,
+                structured=settings.structured,
+                example_inputs=example_inputs,
             )
+            if scores is None:  # structured: scoring happens inside every prune
+                scoring_seconds = time.perf_counter() - started
+            params = count_parameters(model).nonzero
             one_shot = evaluate(model, test_data, metric)
             tuned = None
             if settings.finetune_epochs:
+                optimizer = settings.make_optimizer(model) if settings.make_optimizer else None
                 finetune(
                     model,
                     train_data,
                     settings.finetune_epochs,
                     loss_fn,
+                    optimizer,
                     lr=settings.lr,
                     show_progress=False,
                 )
                 tuned = evaluate(model, test_data, metric)
             points.append(
                 SweepPoint(
-                    name, criterion, settings.scope, sparsity, one_shot, tuned, scoring_seconds
+                    name,
+                    criterion,
+                    settings.scope,
+                    sparsity,
+                    one_shot,
+                    tuned,
+                    scoring_seconds,
+                    params,
                 )
             )
     return points

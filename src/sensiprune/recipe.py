@@ -14,8 +14,17 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from torch import nn
 
 from . import criteria
 from .errors import SensipruneError
@@ -28,6 +37,15 @@ ImportPath = Annotated[
     ),
 ]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+def _known_criterion(name: str) -> str:
+    if name not in criteria.available():
+        raise ValueError(f"unknown criterion {name!r}; known: {', '.join(criteria.available())}")
+    return name
+
+
+CriterionName = Annotated[str, AfterValidator(_known_criterion)]
 
 
 class Section(BaseModel):
@@ -97,7 +115,7 @@ class TargetSpec(Section):
 
 
 class PruneSpec(Section):
-    criterion: str = Field(default="taylor", description="see `sensiprune criteria`")
+    criterion: CriterionName = Field(default="taylor", description="see `sensiprune criteria`")
     target: TargetSpec
     structured: bool = Field(default=False, description="remove whole channels / heads / units")
     scope: Literal["global", "layer", "row"] = Field(
@@ -115,21 +133,30 @@ class PruneSpec(Section):
         default=None, gt=0, description="training batches to score on (default: all)"
     )
 
-    @field_validator("criterion")
-    @classmethod
-    def _known_criterion(cls, name: str) -> str:
-        if name not in criteria.available():
-            raise ValueError(
-                f"unknown criterion {name!r}; known: {', '.join(criteria.available())}"
-            )
-        return name
-
 
 class AnalysisSpec(Section):
     sparsities: list[Fraction] = Field(
         default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95],
         min_length=1,
         description="per-layer sparsities measured for the sensitivity curves",
+    )
+    folds: int = Field(
+        default=5,
+        ge=0,
+        description="k-fold cross-validation of the allocated budget on the validation split "
+        "(unstructured; 0 skips it)",
+    )
+
+
+class CompareSpec(Section):
+    criteria: list[CriterionName] = Field(
+        default_factory=lambda: ["magnitude", "random", "taylor", "obd", "snip", "activation"],
+        min_length=1,
+        description="criteria side by side (add perturbation, the measured loss change: one "
+        "forward pass per weight, small models only)",
+    )
+    sparsities: list[Fraction] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.9, 0.95], min_length=1, description="x axis"
     )
 
 
@@ -138,6 +165,15 @@ class OptimizerSpec(Section):
     lr: float = Field(default=1e-3, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="sgd only")
     weight_decay: float = Field(default=0.0, ge=0.0)
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.name == "sgd":
+            return torch.optim.SGD(
+                params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        kind = torch.optim.AdamW if self.name == "adamw" else torch.optim.Adam
+        return kind(params, lr=self.lr, weight_decay=self.weight_decay)
 
 
 class FinetuneSpec(Section):
@@ -187,6 +223,7 @@ class Recipe(Section):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    compare: CompareSpec = Field(default_factory=CompareSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
 
     @model_validator(mode="after")
@@ -201,6 +238,8 @@ class Recipe(Section):
                 raise ValueError(
                     "gradual pruning needs finetune.epochs >= schedule.pruning_epochs >= 1"
                 )
+        if self.analysis.folds == 1:
+            raise ValueError("analysis.folds must be 0 (no cross-validation) or at least 2")
         if self.prune.target.flops is not None and not self.prune.structured:
             raise ValueError("prune.target.flops needs prune.structured: true")
         return self

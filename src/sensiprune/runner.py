@@ -46,7 +46,7 @@ from .report.run import RESULTS_FILE, write_run_report
 from .saving import save
 from .schedule import sparsity_at
 from .selection import Sparsity
-from .sensitivity import allocate, sensitivity
+from .sensitivity import SensitivityTable, allocate, sensitivity
 from .train import correct_predictions, evaluate, finetune
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,43 @@ class PruningRun:
         return model
 
     def run(self) -> RunResult:
+        resumed_after = self._start()
+        self._run_stages(len(self.stages))
+        return RunResult(self.out, self._finish(), resumed_after)
+
+    def dense_model(self) -> nn.Module:
+        """The model as pruning finds it. Pretraining it asks for runs here, checkpointed like
+        any stage, so a later ``prune`` of the same recipe continues from it."""
+        self._start()
+        pretraining = sum(1 for stage in self.stages if stage.step == 0)
+        if self.progress["completed"] > pretraining:
+            return build_model(self.factory, str(self.out / DENSE_DIR))
+        self._run_stages(pretraining)
+        return self.model
+
+    def sensitivity_table(self, model: nn.Module) -> SensitivityTable:
+        """Per-layer curves on the validation split; cached in the run directory, resumable."""
+        spec = self.recipe.prune
+        return sensitivity(
+            model,
+            lambda m: evaluate(m, self.data.validation, self.metric),
+            self.recipe.analysis.sparsities,
+            spec.criterion,
+            limited(self.data.train, spec.score_batches),
+            self.loss_fn,
+            ignore=spec.ignore,
+            show_progress=self.show,
+            resume=self.out / SENSITIVITY_FILE,
+            structured=spec.structured,
+            example_inputs=self.inputs,
+        )
+
+    def _start(self) -> str | None:
         self._prepare_directory()
-        resumed_after = self._resume() if self.resuming else None
-        for index in range(self.progress["completed"], len(self.stages)):
+        return self._resume() if self.resuming else None
+
+    def _run_stages(self, until: int) -> None:
+        for index in range(self.progress["completed"], until):
             stage = self.stages[index]
             started = time.perf_counter()
             record = self._run_stage(stage)
@@ -158,8 +192,6 @@ class PruningRun:
                 self.out / CHECKPOINT_DIR, self.model, self.progress, self.optimizer, self.scheduler
             )
             log.info("%s: %s", stage, record)
-        report = self._finish()
-        return RunResult(self.out, report, resumed_after)
 
     # -- setup -----------------------------------------------------------------------------
     def _prepare_directory(self) -> None:
@@ -312,34 +344,16 @@ class PruningRun:
 
     def _allocated_budget(self) -> dict[str, float]:
         spec, target = self.recipe.prune, self.recipe.prune.target
-        table = sensitivity(
-            self.model,
-            lambda m: evaluate(m, self.data.validation, self.metric),
-            self.recipe.analysis.sparsities,
-            spec.criterion,
-            limited(self.data.train, spec.score_batches),
-            self.loss_fn,
-            ignore=spec.ignore,
-            show_progress=self.show,
-            resume=self.out / SENSITIVITY_FILE,
-            structured=spec.structured,
-            example_inputs=self.inputs,
-        )
         budget = allocate(
-            table, max_drop=target.max_drop, target_flops=target.flops, min_density=spec.min_density
+            self.sensitivity_table(self.model),
+            max_drop=target.max_drop,
+            target_flops=target.flops,
+            min_density=spec.min_density,
         )
         return dict(budget)
 
     def _new_optimizer(self, step: int) -> None:
-        spec = self.recipe.finetune.optimizer
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if spec.name == "sgd":
-            self.optimizer = torch.optim.SGD(
-                params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-            )
-        else:
-            kind = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
-            self.optimizer = kind(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        self.optimizer = self.recipe.finetune.optimizer.build(self.model)
         epochs = self.recipe.model.pretrain_epochs if step == 0 else self.recipe.finetune.epochs
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,16 @@ from ..atomic import atomic_write_bytes
 
 @dataclass(frozen=True)
 class Table:
+    """Cells are text with markdown's `code` and **bold** spans; numbers align right."""
+
     header: Sequence[str]
     rows: Sequence[Sequence[str]]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.header) + " |"]
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(self.header) - 1)) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,7 @@ _STYLE = (
 
 def _markdown_block(block: Block) -> str:
     if isinstance(block, Table):
-        lines = ["| " + " | ".join(block.header) + " |"]
-        lines.append("|" + "|".join(["---"] + ["---:"] * (len(block.header) - 1)) + "|")
-        lines += ["| " + " | ".join(row) + " |" for row in block.rows]
-        return "\n".join(lines)
+        return block.markdown()
     if isinstance(block, Image):
         return f"![{block.caption}]({block.file})"
     return block
@@ -85,10 +91,9 @@ def _markdown_block(block: Block) -> str:
 
 def _html_block(block: Block, directory: Path) -> str:
     if isinstance(block, Table):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
+        head = "".join(f"<th>{_inline(h)}</th>" for h in block.header)
         rows = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-            for row in block.rows
+            "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in block.rows
         )
         return f"<table><tr>{head}</tr>{rows}</table>"
     if isinstance(block, Image):
@@ -98,10 +103,11 @@ def _html_block(block: Block, directory: Path) -> str:
             f"<figure><img src='data:image/png;base64,{data}' alt='{caption}'>"
             f"<figcaption>{caption}</figcaption></figure>"
         )
-    return f"<p>{_inline_code(html.escape(block))}</p>"
+    return f"<p>{_inline(block)}</p>"
 
 
-def _inline_code(text: str) -> str:
-    """Markdown's `code` spans, the only inline markup reports use."""
+def _inline(text: str) -> str:
+    """Markdown's `code` and **bold** spans, the only inline markup reports use."""
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
     pieces = text.split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))

@@ -5,24 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..compare import SweepPoint
+from .document import Table
 
 
 def sweep_table(points: Sequence[SweepPoint], model: str, dense: float) -> str:
-    """Criteria as rows, sparsities as columns; each cell 'one-shot / fine-tuned'."""
+    """The caption and :func:`sweep_rows` of one model, as markdown."""
+    tuned = any(p.finetuned is not None for p in points if p.model == model)
+    cell_note = "one-shot / fine-tuned" if tuned else "one-shot"
+    caption = f"**{model}** — test accuracy ({cell_note}); dense: {dense:.3f}"
+    return f"{caption}\n\n{sweep_rows(points, model).markdown()}"
+
+
+def sweep_rows(points: Sequence[SweepPoint], model: str) -> Table:
+    """Criteria as rows, sparsities as columns; each cell 'one-shot / fine-tuned', the best
+    of each column in bold."""
     mine = [p for p in points if p.model == model]
     sparsities = sorted({p.sparsity for p in mine})
-    criteria = list(dict.fromkeys(p.criterion for p in mine))
-    tuned = any(p.finetuned is not None for p in mine)
-    cell_note = "one-shot / fine-tuned" if tuned else "one-shot"
-    header = "| criterion | " + " | ".join(f"{s:.0%}" for s in sparsities) + " | scoring s |"
-    lines = [
-        f"**{model}** — test accuracy ({cell_note}); dense: {dense:.3f}",
-        "",
-        header,
-        "|" + "---|" * (len(sparsities) + 2),
-    ]
     best = {s: max(_key(p) for p in mine if p.sparsity == s) for s in sparsities}
-    for criterion in criteria:
+    rows = []
+    for criterion in dict.fromkeys(p.criterion for p in mine):
         row = {p.sparsity: p for p in mine if p.criterion == criterion}
         cells = []
         for s in sparsities:
@@ -32,8 +33,8 @@ def sweep_table(points: Sequence[SweepPoint], model: str, dense: float) -> str:
                 text += f" / {point.finetuned:.3f}"
             cells.append(f"**{text}**" if _key(point) == best[s] else text)
         seconds = next(iter(row.values())).scoring_seconds
-        lines.append(f"| {criterion} | " + " | ".join(cells) + f" | {seconds:.2f} |")
-    return "\n".join(lines)
+        rows.append([criterion, *cells, f"{seconds:.2f}"])
+    return Table(["criterion", *[f"{s:.0%}" for s in sparsities], "scoring s"], rows)
 
 
 def _key(point: SweepPoint) -> float:

@@ -1,0 +1,139 @@
+"""`sensiprune analyze RECIPE`: per-layer sensitivity, the budget it allocates, and how far
+cross-validation says that budget's predicted drop can be trusted.
+
+The curves are cached in the run directory, where a later `sensiprune prune` of the same recipe
+reuses them (and the pretraining); the budget is written as ``budget.json`` for
+``prune.target.budget``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from .atomic import atomic_write_bytes
+from .errors import SensipruneError
+from .recipe import Recipe, load_recipe
+from .report.document import Document, Image, Table
+from .runner import BUDGET_FILE, PruningRun
+from .sensitivity import Budget, SensitivityTable, allocate
+from .validation import CrossValidation, cross_validate, fold_indices
+
+
+def run_analysis(
+    recipe_path: str | Path, restart: bool = False, show_progress: bool = True
+) -> Path:
+    """Measure, allocate, cross-validate and report; returns the markdown report's path."""
+    recipe = load_recipe(recipe_path)
+    run = PruningRun(recipe, Path(recipe_path), restart, show_progress)
+    validation = list(run.data.validation)
+    folds = recipe.analysis.folds if _can_cross_validate(recipe) else 0
+    if folds:
+        try:
+            fold_indices(len(validation), folds)
+        except SensipruneError as exc:
+            raise SensipruneError(f"analysis.folds: {exc}; or set analysis.folds: 0") from exc
+    model = run.dense_model()
+    table = run.sensitivity_table(model)
+    budget = _allocate(recipe, table, run.file_budget)
+    atomic_write_bytes(run.out / BUDGET_FILE, json.dumps(dict(budget), indent=1).encode())
+    checked = _cross_validated(recipe, run, model, validation, folds) if folds else None
+    table.plot(run.out / "sensitivity.png", budget)
+    markdown, _ = _document(recipe, table, budget, checked).write(run.out, "analysis")
+    return markdown
+
+
+def _can_cross_validate(recipe: Recipe) -> bool:
+    target = recipe.prune.target
+    return not recipe.prune.structured and (
+        target.sparsity is not None or target.max_drop is not None
+    )
+
+
+def _allocate(recipe: Recipe, table: SensitivityTable, file_budget: dict | None) -> Budget:
+    target = recipe.prune.target
+    if file_budget is not None:
+        return Budget(file_budget)
+    return allocate(
+        table,
+        target_sparsity=target.sparsity,
+        max_drop=target.max_drop,
+        target_flops=target.flops,
+        min_density=recipe.prune.min_density,
+    )
+
+
+def _cross_validated(
+    recipe: Recipe, run: PruningRun, model: nn.Module, validation: list, folds: int
+) -> CrossValidation:
+    spec = recipe.prune
+    return cross_validate(
+        model,
+        validation,
+        target_sparsity=spec.target.sparsity,
+        max_drop=spec.target.max_drop,
+        folds=folds,
+        sparsities=recipe.analysis.sparsities,
+        criterion=spec.criterion,
+        metric=run.metric,
+        loss_fn=run.loss_fn,
+    )
+
+
+def _document(
+    recipe: Recipe, table: SensitivityTable, budget: Budget, checked: CrossValidation | None
+) -> Document:
+    doc = Document(f"sensiprune analysis: {recipe.output}")
+    pruned = sum(budget.get(name, 0.0) * size for name, size in zip(table.layers, table.sizes))
+    units = "channels" if recipe.prune.structured else "weights"
+    doc.add(
+        "Budget",
+        f"Criterion `{table.criterion}`, {units} ranked within each layer; validation metric "
+        f"unpruned {table.baseline:.4f}. The allocated budget removes "
+        f"{pruned / sum(table.sizes):.1%} of the analysed {units} and the curves predict a "
+        f"one-shot drop (before fine-tuning) of {budget.predicted_drop:+.4f}. "
+        f"Prune with it: `prune: {{target: {{budget: "
+        f"{Path(recipe.output) / BUDGET_FILE}}}}}`.",
+        Table(
+            ["layer", "size", "allocated sparsity", "predicted drop"],
+            [
+                [
+                    name,
+                    f"{size:,}",
+                    f"{budget.get(name, 0.0):.1%}",
+                    f"{table.drop(i, budget.get(name, 0.0)):+.4f}",
+                ]
+                for i, (name, size) in enumerate(zip(table.layers, table.sizes))
+            ],
+        ),
+        Image("sensitivity.png", "metric with one layer pruned at a time, and the budget"),
+    )
+    doc.add(
+        "Sensitivity curves",
+        Table(
+            ["layer", "size", *[f"{s:.0%}" for s in table.sparsities]],
+            [
+                [name, f"{size:,}", *[f"{v:.4f}" for v in values]]
+                for name, size, values in zip(table.layers, table.sizes, table.values)
+            ],
+        ),
+    )
+    if checked is not None:
+        doc.add(
+            f"{len(checked.folds)}-fold cross-validation on the validation split",
+            "For each fold, curves and budget come from the other folds and the drop is "
+            f"measured on the held-out fold. Held-out drop {checked.observed_mean:+.4f} ± "
+            f"{checked.observed_std:.4f}. The test split is not used here.",
+            Table(
+                ["fold", "batches", "predicted drop", "observed drop"],
+                [
+                    [str(i + 1), str(len(f)), f"{p:+.4f}", f"{o:+.4f}"]
+                    for i, (f, p, o) in enumerate(
+                        zip(checked.folds, checked.predicted, checked.observed)
+                    )
+                ],
+            ),
+        )
+    return doc

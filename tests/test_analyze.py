@@ -1,0 +1,54 @@
+"""`sensiprune analyze`: curves, a cross-validated budget, and a prune that reuses them."""
+
+from __future__ import annotations
+
+import json
+
+from sensiprune.cli import main
+from sensiprune.runner import run_recipe
+from tests.recipe_support import write_recipe
+
+ANALYSIS = {"sparsities": [0.5, 0.8, 0.9, 0.95], "folds": 3}
+
+
+def test_analyze_writes_a_budget_that_prune_then_uses(tmp_path, capsys):
+    path = write_recipe(
+        tmp_path,
+        prune={"criterion": "taylor", "target": {"max_drop": 0.02}, "score_batches": 4},
+        analysis=ANALYSIS,
+        data={"factory": "tests.recipe_support:digits", "kwargs": {"batch_size": 32}},
+    )
+    assert main(["analyze", "-q", str(path)]) == 0
+    run = tmp_path / "run"
+    budget = json.loads((run / "budget.json").read_text())
+    assert set(budget) <= {"fc1.weight", "fc2.weight", "fc3.weight"} and budget
+    analysis = (run / "analysis.md").read_text()
+    assert "3-fold cross-validation" in analysis and "| fc2.weight |" in analysis
+    assert (run / "analysis.html").read_text().count("data:image/png;base64,") == 1
+    curves = (run / "sensitivity.json").stat().st_mtime_ns
+
+    result = run_recipe(path, show_progress=False)  # the same recipe: continues, reuses curves
+    assert result.resumed_after == "pretraining epoch 2"
+    assert (run / "sensitivity.json").stat().st_mtime_ns == curves
+    assert json.loads((run / "results.json").read_text())["budget"] == budget
+
+    by_file = write_recipe(
+        tmp_path,
+        "by-file.yaml",
+        output=str(tmp_path / "by-file"),
+        prune={"criterion": "taylor", "target": {"budget": str(run / "budget.json")}},
+        schedule={"kind": "one_shot"},
+    )
+    run_recipe(by_file, show_progress=False)
+    results = json.loads((tmp_path / "by-file" / "results.json").read_text())
+    kept = {row["name"]: row["kept"] / row["dense"] for row in results["layers"]}
+    for name, sparsity in budget.items():
+        assert abs(kept[name] - (1 - sparsity)) < 1e-3
+
+
+def test_more_folds_than_validation_batches_is_refused_before_any_work(tmp_path, capsys):
+    path = write_recipe(tmp_path, analysis={"folds": 50})
+    assert main(["analyze", "-q", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "analysis.folds: 50 folds need at least 50 validation batches" in err
+    assert not (tmp_path / "run").exists()
