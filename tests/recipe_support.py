@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.utils.data import DataLoader, TensorDataset
 
 from sensiprune.zoo import load_digits_splits
 
@@ -19,7 +21,7 @@ class SlowBatches:
     """Re-iterable batches that take ``delay`` seconds each: a stand-in for a slow loader,
     so that a test can kill a run in the middle of an epoch."""
 
-    def __init__(self, batches: list, delay: float) -> None:
+    def __init__(self, batches: Iterable, delay: float) -> None:
         self.batches, self.delay = batches, delay
 
     def __iter__(self):
@@ -28,9 +30,15 @@ class SlowBatches:
             yield batch
 
 
-def digits(batch_size: int = 64, delay: float = 0.0) -> dict[str, Any]:
+def digits(batch_size: int = 64, delay: float = 0.0, shuffled: bool = False) -> dict[str, Any]:
+    """``shuffled``: the training split as a DataLoader reshuffling every epoch."""
     splits = load_digits_splits(batch_size=batch_size)
-    train = SlowBatches(splits.train, delay) if delay else splits.train
+    train: Any = splits.train
+    if shuffled:
+        examples = TensorDataset(*(torch.cat(column) for column in zip(*train)))
+        train = DataLoader(examples, batch_size=batch_size, shuffle=True)
+    if delay:
+        train = SlowBatches(train, delay)
     return {"train": train, "validation": splits.val, "test": splits.test}
 
 
@@ -70,3 +78,12 @@ def write_recipe(directory: Path, name: str = "recipe.yaml", **sections: Any) ->
     path = directory / name
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def digits_datasets() -> dict[str, Any]:
+    """The splits as torch Datasets of single examples: the recipe's batch_size batches them."""
+    splits = load_digits_splits()
+    return {
+        name: TensorDataset(*(torch.cat(column) for column in zip(*batches)))
+        for name, batches in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+    }

@@ -52,3 +52,17 @@ def test_more_folds_than_validation_batches_is_refused_before_any_work(tmp_path,
     err = capsys.readouterr().err
     assert "analysis.folds: 50 folds need at least 50 validation batches" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_structured_flops_budget_is_cross_validated_too(tmp_path):
+    path = write_recipe(
+        tmp_path,
+        model={"factory": "sensiprune.zoo:LeNet5", "pretrain_epochs": 2},
+        prune={"criterion": "taylor", "structured": True, "target": {"flops": 0.5}},
+        analysis={"sparsities": [0.25, 0.5, 0.75], "folds": 2},
+    )
+    assert main(["analyze", "-q", str(path)]) == 0
+    analysis = (tmp_path / "run" / "analysis.md").read_text()
+    assert "2-fold cross-validation" in analysis and "channels" in analysis
+    budget = json.loads((tmp_path / "run" / "budget.json").read_text())
+    assert set(budget) <= {"conv1", "conv2", "fc1", "fc2"} and budget

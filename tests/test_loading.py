@@ -75,3 +75,14 @@ def test_imports_and_inputs():
         import_object("sensiprune.zoo:Nope", "model")
     x = torch.zeros(2, 3)
     assert model_inputs((x, torch.zeros(2))) == (x,) and model_inputs(x) == (x,)
+
+
+def test_datasets_are_batched_and_the_training_split_shuffled():
+    from torch.utils.data import TensorDataset
+
+    data = TensorDataset(torch.arange(10.0), torch.arange(10))
+    splits = data_splits({"train": data, "validation": data}, batch_size=4)
+    assert [len(x) for x, _ in splits.validation] == [4, 4, 2]
+    torch.manual_seed(0)
+    first = torch.cat([x for x, _ in splits.train])
+    assert sorted(first.tolist()) == list(range(10)) and first.tolist() != list(range(10))

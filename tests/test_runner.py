@@ -93,7 +93,8 @@ def test_the_plan_lists_every_stage(tmp_path):
 
 
 def test_a_killed_run_resumes_to_bit_identical_weights(tmp_path):
-    slow = {"factory": "tests.recipe_support:digits", "kwargs": {"delay": 0.02}}
+    """Shuffled DataLoaders too: the data order comes back with the RNG states."""
+    slow = {"factory": "tests.recipe_support:digits", "kwargs": {"delay": 0.02, "shuffled": True}}
     tune = {"epochs": 3, "lr_schedule": "cosine", "optimizer": {"name": "sgd", "lr": 0.05}}
     killed = write_recipe(tmp_path, "killed.yaml", data=slow, finetune=tune,
                           output=str(tmp_path / "killed"))  # fmt: skip
@@ -248,3 +249,14 @@ def test_the_onnx_export_matches_the_pruned_model_at_any_batch_size(tmp_path):
     for x in (torch.randn(3, 1, 8, 8), torch.randn(17, 1, 8, 8)):
         (got,) = session.run(None, {name: x.numpy()})
         assert torch.allclose(torch.from_numpy(got), model(x).detach(), atol=1e-5)
+
+
+def test_a_data_factory_may_return_datasets(tmp_path):
+    path = write_recipe(
+        tmp_path,
+        data={"factory": "tests.recipe_support:digits_datasets", "batch_size": 100},
+        schedule={"kind": "one_shot"},
+    )
+    run_recipe(path, show_progress=False)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["pruned"]["test"] > 0.7

@@ -29,7 +29,7 @@ def run_analysis(
     recipe = load_recipe(recipe_path)
     run = PruningRun(recipe, Path(recipe_path), restart, show_progress)
     validation = list(run.data.validation)
-    folds = recipe.analysis.folds if _can_cross_validate(recipe) else 0
+    folds = recipe.analysis.folds if recipe.prune.target.budget is None else 0
     if folds:
         try:
             fold_indices(len(validation), folds)
@@ -43,13 +43,6 @@ def run_analysis(
     table.plot(run.out / "sensitivity.png", budget)
     markdown, _ = _document(recipe, table, budget, checked).write(run.out, "analysis")
     return markdown
-
-
-def _can_cross_validate(recipe: Recipe) -> bool:
-    target = recipe.prune.target
-    return not recipe.prune.structured and (
-        target.sparsity is not None or target.max_drop is not None
-    )
 
 
 def _allocate(recipe: Recipe, table: SensitivityTable, file_budget: dict | None) -> Budget:
@@ -79,6 +72,10 @@ def _cross_validated(
         criterion=spec.criterion,
         metric=run.metric,
         loss_fn=run.loss_fn,
+        target_flops=spec.target.flops,
+        structured=spec.structured,
+        example_inputs=run.inputs,
+        ignore=spec.ignore,
     )
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from .data import Batch
 from .errors import SensipruneError
@@ -118,8 +119,10 @@ class Splits:
     test: Iterable[Batch] | None
 
 
-def data_splits(loaded: Any) -> Splits:
-    """Accept what a data factory returns: attributes or mapping keys train/validation/test."""
+def data_splits(loaded: Any, batch_size: int = 64) -> Splits:
+    """Accept what a data factory returns: attributes or mapping keys train/validation/test,
+    each batches or a torch Dataset (batched here; the training split reshuffled each epoch
+    from the global torch generator, which runs seed and checkpoints restore)."""
 
     def part(*names: str) -> Any:
         for name in names:
@@ -134,7 +137,14 @@ def data_splits(loaded: Any) -> Splits:
             f"data.factory returned {type(loaded).__name__} without train and validation "
             "(or val) batches: return an object or mapping with train, validation and test"
         )
-    splits = Splits(train, validation, test)
+    splits = Splits(
+        *(
+            DataLoader(part, batch_size=batch_size, shuffle=name == "train")
+            if isinstance(part, Dataset)
+            else part
+            for name, part in (("train", train), ("validation", validation), ("test", test))
+        )
+    )
     for name in ("train", "validation", "test"):
         batches = getattr(splits, name)
         if batches is None:

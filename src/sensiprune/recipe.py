@@ -71,9 +71,12 @@ class ModelSpec(Section):
 class DataSpec(Section):
     factory: ImportPath = Field(
         description="callable returning train / validation (or val) / test (optional) batch "
-        "iterables, as attributes or mapping keys"
+        "iterables or torch Datasets, as attributes or mapping keys"
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments to it")
+    batch_size: int = Field(
+        default=64, gt=0, description="batch size for splits given as Datasets (train shuffled)"
+    )
 
 
 class TargetSpec(Section):
@@ -144,7 +147,7 @@ class AnalysisSpec(Section):
         default=5,
         ge=0,
         description="k-fold cross-validation of the allocated budget on the validation split "
-        "(unstructured; 0 skips it)",
+        "(0 skips it)",
     )
 
 

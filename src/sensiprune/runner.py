@@ -40,6 +40,7 @@ from .loading import (
 )
 from .masks import make_permanent
 from .measure import count_flops, count_parameters, latency, weights_kept
+from .progress import progress
 from .pruning import prune
 from .recipe import Recipe, load_recipe
 from .report.run import RESULTS_FILE, write_run_report
@@ -113,7 +114,8 @@ class PruningRun:
         self.resuming = existing is not None
         _seed(recipe.seed)
         self.data = data_splits(
-            call_factory(recipe.data.factory, recipe.data.kwargs, "data.factory", self.search)
+            call_factory(recipe.data.factory, recipe.data.kwargs, "data.factory", self.search),
+            recipe.data.batch_size,
         )
         self.loss_fn = (
             import_object(recipe.loss, "loss", self.search) if recipe.loss else default_loss
@@ -181,7 +183,8 @@ class PruningRun:
         return self._resume() if self.resuming else None
 
     def _run_stages(self, until: int) -> None:
-        for index in range(self.progress["completed"], until):
+        first = self.progress["completed"]
+        for index in progress(range(first, until), "stages", self.show, until - first):
             stage = self.stages[index]
             started = time.perf_counter()
             record = self._run_stage(stage)

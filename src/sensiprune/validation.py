@@ -13,12 +13,14 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .data import Batch, LossFn
 from .errors import SensipruneError
 from .pruning import prune
 from .sensitivity import Budget, allocate, sensitivity
+from .targets import IgnoreSpec
 from .train import Metric, evaluate
 
 
@@ -76,30 +78,41 @@ def cross_validate(
     criterion: str = "magnitude",
     metric: Metric | None = None,
     loss_fn: LossFn | None = None,
+    target_flops: float | None = None,
+    structured: bool = False,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    ignore: IgnoreSpec = (),
 ) -> CrossValidation:
-    """k-fold cross-validated budget for ``model`` (left unchanged) on validation ``batches``."""
+    """k-fold cross-validated budget for ``model`` (left unchanged) on validation ``batches``.
+
+    ``structured``, ``example_inputs`` and ``ignore`` mean what they mean for
+    :func:`sensitivity` and :func:`prune`; ``target_flops`` needs ``structured=True``.
+    """
     batches = list(batches)
     split = fold_indices(len(batches), folds)
+    targets = {
+        "target_sparsity": target_sparsity,
+        "max_drop": max_drop,
+        "target_flops": target_flops,
+    }
 
-    def measured_on(part: Sequence[Batch]):
-        return lambda m: evaluate(m, part, metric)
+    def curves(part: Sequence[Batch]):
+        return sensitivity(
+            model, lambda m: evaluate(m, part, metric), sparsities, criterion, part, loss_fn,
+            ignore=ignore, show_progress=False, structured=structured,
+            example_inputs=example_inputs,
+        )  # fmt: skip
 
     predicted, observed = [], []
     for held_out in split:
         fitting = [b for i, b in enumerate(batches) if i not in held_out]
         unseen = [batches[i] for i in held_out]
-        table = sensitivity(
-            model, measured_on(fitting), sparsities, criterion, fitting, loss_fn,
-            show_progress=False,
-        )  # fmt: skip
-        budget = allocate(table, target_sparsity=target_sparsity, max_drop=max_drop)
+        budget = allocate(curves(fitting), **targets)
         pruned = copy.deepcopy(model)
         if budget:
-            prune(pruned, budget, criterion, fitting, loss_fn)
+            prune(pruned, budget, criterion, fitting, loss_fn, ignore=ignore,
+                  structured=structured, example_inputs=example_inputs)  # fmt: skip
         predicted.append(budget.predicted_drop)
         observed.append(evaluate(model, unseen, metric) - evaluate(pruned, unseen, metric))
-    table = sensitivity(
-        model, measured_on(batches), sparsities, criterion, batches, loss_fn, show_progress=False
-    )
-    final = allocate(table, target_sparsity=target_sparsity, max_drop=max_drop)
+    final = allocate(curves(batches), **targets)
     return CrossValidation(final, split, tuple(predicted), tuple(observed))
