@@ -73,7 +73,7 @@ _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
 
 def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> DependencyGraph:
     """Trace ``model`` and return its removable channel groups; the model is not changed."""
-    traced, opaque = trace(model)
+    traced, opaque = trace(model, example_inputs)
     try:
         with counting_flops(model) as counter:
             output = ShapeProp(traced).propagate(*example_inputs)

@@ -1,0 +1,60 @@
+"""Tracing: symbolic first, then on the example inputs for forwards that branch on values."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import sensiprune as sp
+from sensiprune.tracing import trace
+
+
+class _BranchingRoot(nn.Module):
+    """Control flow in the model's own forward: fx alone cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 16)
+        self.b = nn.Linear(16, 16)
+        self.c = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        for _ in range(len(x) // 4 + 1):  # a loop over a size
+            h = h + torch.relu(self.b(h))
+        if h.mean() > -1e9:  # a branch on a value
+            h = h * 2
+        return self.c(h)
+
+
+class _UnreachedLayer(_BranchingRoot):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        if h.sum() > 1e9:
+            h = self.b(h)
+        return self.c(h)
+
+
+def test_a_forward_that_branches_on_values_is_traced_on_the_example_inputs():
+    torch.manual_seed(0)
+    model, x = _BranchingRoot(), torch.randn(5, 4)
+    dense = copy.deepcopy(model)
+    graph, opaque = trace(model, [x])
+    assert opaque == {} and not any(n.target == "mean" for n in graph.graph.nodes)
+    torch.testing.assert_close(graph(x), model(x))
+    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    assert model.a.out_features == 8 and model.b.in_features == 8 and model.c.in_features == 8
+    assert result.flops_after < result.flops_before and result.untouched == ()
+    assert model(torch.randn(9, 4)).shape == dense(torch.randn(9, 4)).shape  # other sizes run
+
+
+def test_a_layer_off_the_traced_path_is_refused_and_the_model_kept():
+    torch.manual_seed(0)
+    model, x = _UnreachedLayer(), torch.randn(5, 4)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(sp.SensipruneError, match="layer 'b' is not used on example_inputs"):
+        sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
