@@ -186,6 +186,26 @@ class ChannelShuffle(nn.Module):
         return self.head(self.conv2(x).mean((2, 3)))
 
 
+class ResNeXt(nn.Module):
+    """Grouped 3x3 convolutions (4 groups of 4, and a 2-per-channel multiplier) and a GroupNorm
+    in a residual bottleneck: whole groups go, and every group keeps its width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.reduce = conv_bn(16, 16, k=1)
+        self.grouped = conv_bn(16, 16, groups=4)
+        self.norm = nn.GroupNorm(8, 16)  # groups of 2 channels, shared statistics
+        self.expand = conv_bn(16, 16, k=1)
+        self.multiplier = conv_bn(16, 32, groups=16)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.expand(self.norm(self.grouped(self.reduce(x))))
+        return self.head(self.multiplier(x).mean((2, 3)))
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -231,6 +251,7 @@ ZOO = {
     "unet": (UNet, IMAGE),
     "squeeze-excite": (SqueezeExcite, IMAGE),
     "channel-shuffle": (ChannelShuffle, IMAGE),
+    "resnext-grouped": (ResNeXt, IMAGE),
     "lstm": (LSTMClassifier, SEQUENCE),
     "bigru-2-layer": (BiGRUClassifier, SEQUENCE),
     "transformer": (TransformerClassifier, SEQUENCE),

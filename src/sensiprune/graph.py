@@ -379,6 +379,13 @@ class ChannelTracer:
         for i, slot in enumerate(slots):
             self.members.append((slot, Member(layer, "channel", i)))
 
+    def whole_groups(self, layer: str, blocks: list[list[int]]) -> None:
+        """The channels of each block are one unit: group k of a grouped conv or GroupNorm."""
+        for k, block in enumerate(blocks):
+            for slot in block[1:]:
+                self.uf.union(block[0], slot)
+            self.members.append((block[0], Member(layer, "group", k)))
+
 
 @dataclass(frozen=True)
 class _SameForEveryPart:

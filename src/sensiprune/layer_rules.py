@@ -96,9 +96,12 @@ def _conv(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: 
     if module.groups == module.in_channels == module.out_channels:  # depthwise
         t.channelwise(layer, flow.slots)
         return flow
-    t.pin(flow)
-    t.untouched[layer] = f"grouped convolution (groups={module.groups})"
-    return Flow(1, t.producer(layer, module.out_channels, pinned=True))
+    # grouped: a group's input channels and output channels go together, whole groups at a
+    # time, so every group keeps its width and only `groups` shrinks
+    per_in, per_out = module.in_channels // module.groups, module.out_channels // module.groups
+    blocks = [flow.slots[k * per_in : (k + 1) * per_in] for k in range(module.groups)]
+    t.whole_groups(layer, blocks)
+    return Flow(1, [blocks[o // per_out][0] for o in range(module.out_channels)])
 
 
 def _conv_transpose(
@@ -128,11 +131,23 @@ def _batchnorm(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, f
     return flow
 
 
+def _groupnorm(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    """Statistics are shared within a group: only whole groups can go without changing the
+    others, so a group's channels are one unit and every group keeps its width."""
+    flow = t.along(flow, 1, module.num_channels)
+    if flow is None or not module.affine:
+        return t.pinned_output(node, "GroupNorm without affine weights or over moved channels")
+    width = module.num_channels // module.num_groups
+    t.whole_groups(layer, [flow.slots[k : k + width] for k in range(0, len(flow.slots), width)])
+    return flow
+
+
 MODULE_RULES: dict[type, Callable[..., Any]] = {
     **{c: _conv for c in _CONVS},
     **{c: _conv_transpose for c in _CONV_TRANSPOSES},
     nn.Linear: _linear,
     **{c: _batchnorm for c in _BATCHNORMS},
+    nn.GroupNorm: _groupnorm,
     nn.Flatten: _flatten_module,
     **{c: _rnn for c in (nn.LSTM, nn.GRU, nn.RNN)},
     nn.MultiheadAttention: _attention,

@@ -30,7 +30,8 @@ FORMAT = 1
 # the module attributes that structured surgery may change (see surgery.py)
 SHAPE_ATTRS = (
     "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
-    "hidden_size", "input_size", "num_heads", "kept_heads", "embedding_dim",
+    "hidden_size", "input_size", "num_heads", "kept_heads", "embedding_dim", "num_groups",
+    "num_channels",
 )  # fmt: skip
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "sensiprune.json"

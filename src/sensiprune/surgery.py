@@ -75,13 +75,37 @@ def _rnn_input(module: nn.RNNBase) -> list[Cut]:
     return [Cut(f"weight_ih_l0{s}", 1) for s in _rnn_suffixes(module)]
 
 
+def _conv_group(module: nn.Module) -> list[Cut]:
+    width = module.out_channels // module.groups  # output rows of one group
+    return [Cut("weight", 0, width=width), Cut("bias", 0, width=width)]
+
+
+def _conv_group_sizes(module: nn.Module, keep: list[int]) -> None:
+    """A grouped conv keeps each group's width: its sizes follow from weight and groups."""
+    module.out_channels = module.weight.shape[0]
+    module.in_channels = module.weight.shape[1] * module.groups
+
+
 _CONV = {
     "out": Layout(_fixed(Cut("weight", 0), Cut("bias", 0)), ("out_channels",)),
     "in": Layout(_fixed(Cut("weight", 1)), ("in_channels",)),
     "channel": Layout(
         _fixed(Cut("weight", 0), Cut("bias", 0)), ("out_channels", "in_channels", "groups")
     ),
+    "group": Layout(_conv_group, ("groups",), _conv_group_sizes),
 }
+
+
+def _groupnorm_group(module: nn.Module) -> list[Cut]:
+    width = module.num_channels // module.num_groups
+    return [Cut("weight", 0, width=width), Cut("bias", 0, width=width)]
+
+
+def _groupnorm_sizes(module: nn.Module, keep: list[int]) -> None:
+    module.num_channels = module.weight.shape[0]  # affine: layer_rules pins GroupNorm without
+
+
+_GROUPNORM = {"group": Layout(_groupnorm_group, ("num_groups",), _groupnorm_sizes)}
 _CONV_TRANSPOSE = {  # weight is (in, out / groups, *kernel)
     "out": Layout(_fixed(Cut("weight", 1), Cut("bias", 0)), ("out_channels",)),
     "in": Layout(_fixed(Cut("weight", 0)), ("in_channels",)),
@@ -118,6 +142,7 @@ LAYOUTS: dict[type, dict[str, Layout]] = {
     **{c: _CONV for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
     **{c: _CONV_TRANSPOSE for c in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)},
     **{c: _BATCHNORM for c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
+    nn.GroupNorm: _GROUPNORM,
     **{c: _RNN for c in (nn.LSTM, nn.GRU, nn.RNN)},
     nn.MultiheadAttention: _ATTENTION,
     nn.Embedding: {"out": Layout(_fixed(Cut("weight", 1)), ("embedding_dim",))},
