@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from . import distributed
 from .atomic import atomic_write_bytes
 from .errors import SensipruneError
 from .recipe import Recipe, load_recipe
@@ -38,8 +39,10 @@ def run_analysis(
     model = run.dense_model()
     table = run.sensitivity_table(model)
     budget = _allocate(recipe, table, run.file_budget)
-    atomic_write_bytes(run.out / BUDGET_FILE, json.dumps(dict(budget), indent=1).encode())
     checked = _cross_validated(recipe, run, model, validation, folds) if folds else None
+    if not distributed.is_main():  # the measuring is shared, the writing is rank 0's
+        return run.out / "analysis.md"
+    atomic_write_bytes(run.out / BUDGET_FILE, json.dumps(dict(budget), indent=1).encode())
     table.plot(run.out / "sensitivity.png", budget)
     markdown, _ = _document(recipe, table, budget, checked).write(run.out, "analysis")
     return markdown

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import criteria
+from . import criteria, distributed
 from .errors import SensipruneError
 
 
@@ -32,6 +32,8 @@ def _prune(args: argparse.Namespace) -> int:
     from .runner import run_recipe
 
     result = run_recipe(args.recipe, restart=args.restart, show_progress=not args.quiet)
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return 0
     if result.resumed_after:
         print(f"resumed after {result.resumed_after}")
     if not args.quiet:
@@ -57,6 +59,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _show(report: Path, quiet: bool, extra: str) -> None:
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return
     if not quiet:
         print(report.read_text())
     print(f"report: {report} (and {report.with_suffix('.html').name})\n{extra}")

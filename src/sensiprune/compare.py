@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import criteria
+from . import criteria, distributed
 from .data import Batch, LossFn
 from .measure import count_parameters
 from .pruning import prune, score
@@ -102,15 +102,16 @@ def sweep(
             tuned = None
             if settings.finetune_epochs:
                 optimizer = settings.make_optimizer(model) if settings.make_optimizer else None
-                finetune(
-                    model,
-                    train_data,
-                    settings.finetune_epochs,
-                    loss_fn,
-                    optimizer,
-                    lr=settings.lr,
-                    show_progress=False,
-                )
+                with distributed.data_parallel(model) as trained:
+                    finetune(
+                        trained,
+                        train_data,
+                        settings.finetune_epochs,
+                        loss_fn,
+                        optimizer,
+                        lr=settings.lr,
+                        show_progress=False,
+                    )
                 tuned = evaluate(model, test_data, metric)
             points.append(
                 SweepPoint(

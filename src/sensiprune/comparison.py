@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from . import distributed
 from .atomic import atomic_write_bytes
 from .compare import SweepSettings, sweep
 from .recipe import load_recipe
@@ -49,13 +50,15 @@ def run_comparison(
         name,
         dense,
         settings,
-        run.data.train,
-        run.data.train,
+        run.train,
+        run.train,
         final,
         run.loss_fn,
         run.metric,
         run.inputs,
     )
+    if not distributed.is_main():  # the pruning is shared, the writing is rank 0's
+        return run.out / "comparison.md"
     baseline = evaluate(dense, final, run.metric)
     plot_sweep(points, {name: baseline}, run.out / "comparison.png")
     atomic_write_bytes(

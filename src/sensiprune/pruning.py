@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from . import criteria, masks, selection, stats
+from . import criteria, distributed, masks, selection, stats
 from . import structured as structured_pruning
 from .criteria.channel import GroupLossChange
 from .criteria.obs import OptimalBrainSurgeon
@@ -203,6 +203,7 @@ def prune(
         if isinstance(crit, OptimalBrainSurgeon):
             _compensate(model, crit, targets, chosen, data, loss_fn, show_progress)
         masks.apply_masks(targets, chosen)
+        distributed.broadcast_module(model)  # rank 0 decides: the ranks never disagree
     layers = masks.layer_sparsity(model, targets)
     pruned = sum(layer.numel - layer.kept for layer in layers)
     return PruneResult(
@@ -298,6 +299,7 @@ def _prune_structured(
     group_values = score_groups(
         model, crit, groups, data, loss_fn, seed, scores, group_reduction, show_progress
     )
+    distributed.broadcast_([group_values])  # rank 0 decides: every rank cuts the same
     removed = structured_pruning.choose_groups(
         groups, group_values, sparsity, scope, normalize, min_density, round_to
     )

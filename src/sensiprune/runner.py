@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .atomic import atomic_write_bytes
 from .checkpoint import read_checkpoint, read_progress, restore_rng, write_checkpoint
 from .data import checked_loss, default_loss
@@ -99,6 +100,7 @@ def run_recipe(
 
 class PruningRun:
     def __init__(self, recipe: Recipe, path: Path, restart: bool, show_progress: bool) -> None:
+        distributed.init_from_environment()
         self.recipe = recipe
         self.out = Path(recipe.output)
         self.show = show_progress
@@ -117,6 +119,11 @@ class PruningRun:
             call_factory(recipe.data.factory, recipe.data.kwargs, "data.factory", self.search),
             recipe.data.batch_size,
         )
+        # each rank trains and scores on its part; the score batches are chosen before sharing
+        self.train = distributed.shard(self.data.train)
+        count = recipe.prune.score_batches
+        scored = self.data.train if count is None else limited(self.data.train, count)
+        self.score_data = distributed.shard(scored)
         self.loss_fn = (
             import_object(recipe.loss, "loss", self.search) if recipe.loss else default_loss
         )
@@ -169,7 +176,7 @@ class PruningRun:
             lambda m: evaluate(m, self.data.validation, self.metric),
             self.recipe.analysis.sparsities,
             spec.criterion,
-            limited(self.data.train, spec.score_batches),
+            self.score_data,
             self.loss_fn,
             ignore=spec.ignore,
             show_progress=self.show,
@@ -179,21 +186,29 @@ class PruningRun:
         )
 
     def _start(self) -> str | None:
-        self._prepare_directory()
+        if distributed.is_main():
+            self._prepare_directory()
+        distributed.barrier()
         return self._resume() if self.resuming else None
 
     def _run_stages(self, until: int) -> None:
         first = self.progress["completed"]
         for index in progress(range(first, until), "stages", self.show, until - first):
             stage = self.stages[index]
+            distributed.same_rng()
             started = time.perf_counter()
             record = self._run_stage(stage)
             record.update(stage=str(stage), seconds=round(time.perf_counter() - started, 3))
             self._log(record)
             self.progress["completed"] = index + 1
-            write_checkpoint(
-                self.out / CHECKPOINT_DIR, self.model, self.progress, self.optimizer, self.scheduler
-            )
+            if distributed.is_main():
+                write_checkpoint(
+                    self.out / CHECKPOINT_DIR,
+                    self.model,
+                    self.progress,
+                    self.optimizer,
+                    self.scheduler,
+                )
             log.info("%s: %s", stage, record)
 
     # -- setup -----------------------------------------------------------------------------
@@ -222,7 +237,8 @@ class PruningRun:
             self.optimizer.load_state_dict(checkpoint.optimizer)
             if self.scheduler is not None and checkpoint.scheduler is not None:
                 self.scheduler.load_state_dict(checkpoint.scheduler)
-        self._truncate_log(self.progress.get("log_lines", 0))
+        if distributed.is_main():
+            self._truncate_log(self.progress.get("log_lines", 0))
         restore_rng(checkpoint.rng)  # last: building the model above drew random numbers
         log.warning("resuming %s after %s", self.out, stage)
         return str(stage)
@@ -237,15 +253,16 @@ class PruningRun:
             self._new_optimizer(stage.step)
         hook = self._gradual_hook(stage.epoch) if self._gradual and stage.step else None
         try:
-            tuned = finetune(
-                self.model,
-                self.data.train,
-                1,
-                self.loss_fn,
-                self.optimizer,
-                show_progress=self.show,
-                before_step=hook,
-            )
+            with distributed.data_parallel(self.model) as trained:
+                tuned = finetune(
+                    trained,
+                    self.train,
+                    1,
+                    self.loss_fn,
+                    self.optimizer,
+                    show_progress=self.show,
+                    before_step=hook,
+                )
         except SensipruneError as exc:
             done = self.progress["completed"]
             kept = f"after {self.stages[done - 1]}" if done else "none yet"
@@ -269,7 +286,7 @@ class PruningRun:
             self.model,
             sparsity,
             spec.criterion,
-            limited(self.data.train, spec.score_batches),
+            self.score_data,
             self.loss_fn,
             scope=spec.scope,
             ignore=spec.ignore,
@@ -290,7 +307,7 @@ class PruningRun:
 
     def _gradual_hook(self, epoch: int):
         """Prune at the AGP event steps that fall into this epoch (counted in batches)."""
-        per_epoch = sum(1 for _ in self.data.train)
+        per_epoch = min(distributed.gather(sum(1 for _ in self.train)))  # reached by every rank
         events = self.recipe.schedule.steps
         span = self.recipe.pruning_epochs * per_epoch
         at = {(i - 1) * span // events: i for i in range(events, 0, -1)}
@@ -309,7 +326,7 @@ class PruningRun:
             self.model,
             sparsity,
             spec.criterion,
-            limited(self.data.train, spec.score_batches),
+            self.score_data,
             self.loss_fn,
             scope=spec.scope,
             ignore=spec.ignore,
@@ -326,9 +343,10 @@ class PruningRun:
             self.progress["budget"] = (
                 self.file_budget if self.file_budget is not None else self._allocated_budget()
             )
-            atomic_write_bytes(
-                self.out / BUDGET_FILE, json.dumps(self.progress["budget"], indent=1).encode()
-            )
+            if distributed.is_main():
+                atomic_write_bytes(
+                    self.out / BUDGET_FILE, json.dumps(self.progress["budget"], indent=1).encode()
+                )
         return dict(self.progress["budget"])
 
     def _target_at(self, step: int) -> Sparsity:
@@ -374,7 +392,8 @@ class PruningRun:
         return {"params": params.nonzero, "compression": round(dense / max(params.nonzero, 1), 4)}
 
     def _measure_dense(self) -> dict[str, Any]:
-        save(self.model, self.out / DENSE_DIR)
+        if distributed.is_main():
+            save(self.model, self.out / DENSE_DIR)
         return {
             "val": self._validate(),
             "test": self._test(self.model),
@@ -386,6 +405,9 @@ class PruningRun:
         return evaluate(model, self.data.test, self.metric) if self.data.test else None
 
     def _finish(self) -> Path:
+        """Measure, save and report: rank 0's work; the other ranks are done."""
+        if not distributed.is_main():
+            return self.out / "report.md"
         dense_model = build_model(self.factory, str(self.out / DENSE_DIR))
         flops = count_flops(self.model, *self.sample)
         final = {
@@ -414,8 +436,9 @@ class PruningRun:
 
     # -- the metrics log -------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.out / METRICS_FILE, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if distributed.is_main():
+            with open(self.out / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
         self.progress["log_lines"] = self.progress.get("log_lines", 0) + 1
 
     def _truncate_log(self, lines: int) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import criteria, selection, surgery
+from . import criteria, distributed, selection, surgery
 from . import structured as structured_pruning
 from .atomic import atomic_write_bytes
 from .channels import Group
@@ -155,16 +155,25 @@ def sensitivity(
         if todo and isinstance(crit, OptimalBrainSurgeon)
         else []
     )
-    for name in progress(todo, "sensitivity, layer by layer", show_progress):
+
+    def save_progress() -> None:
+        if resume is not None and distributed.is_main():
+            state = {**identity, "baseline": baseline, "rows": rows}
+            atomic_write_bytes(resume, json.dumps(state).encode())
+
+    # under torch.distributed each rank measures its share of the layers
+    for name in progress(distributed.mine(todo), "sensitivity, layer by layer", show_progress):
         order = torch.argsort(scores[name].reshape(-1).double().cpu(), stable=True)
         row = []
         for s in points:
             with _layer_pruned(model, targets[name], order, s, crit, batches, loss_fn):
                 row.append(_checked(evaluate(model), f"{name} at sparsity {s}"))
         rows[name] = row
-        if resume is not None:
-            state = {**identity, "baseline": baseline, "rows": rows}
-            atomic_write_bytes(resume, json.dumps(state).encode())
+        if not distributed.active():
+            save_progress()
+    if todo:
+        rows.update(distributed.merged({n: rows[n] for n in todo if n in rows}))
+        save_progress()
     return SensitivityTable(
         crit.name,
         baseline,
@@ -228,25 +237,31 @@ def _structured(
     total_flops, per_module = module_flops(model, *inputs)
     groups = candidate_groups(model, graph, ignore, set())
     values = score_groups(model, crit, groups, data, loss_fn, 0, None, "mean", show_progress)
+    distributed.broadcast_([values])
     families: dict[frozenset[str], list[int]] = {}
     for index, group in enumerate(groups):
         if not torch.isnan(values[index]):
             families.setdefault(group.producers, []).append(index)
     modules = dict(model.named_modules())
     baseline = _checked(evaluate(model), "the unpruned model")
-    names, sizes, rows, shares = [], [], [], []
-    for family, members in progress(list(families.items()), "sensitivity, family by family",
-                                    show_progress):  # fmt: skip
-        ranked = sorted(members, key=lambda i: (values[i].item(), i))
+    ranked = {
+        family: sorted(members, key=lambda i: (values[i].item(), i))
+        for family, members in families.items()
+    }
+    measured: dict[frozenset[str], tuple[float, ...]] = {}
+    for family in progress(distributed.mine(list(ranked)), "sensitivity, family by family",
+                           show_progress):  # fmt: skip
         row = []
         for s in points:
-            chosen = [groups[i] for i in ranked[: round(s * len(ranked))]]
+            chosen = [groups[i] for i in ranked[family][: round(s * len(ranked[family]))]]
             with zeroed(chosen, modules):
                 row.append(_checked(evaluate(model), f"{sorted(family)[0]} at sparsity {s}"))
-        names.append(sorted(family)[0])
-        sizes.append(len(ranked))
-        rows.append(tuple(row))
-        shares.append(_shares([groups[i] for i in ranked], modules))
+        measured[family] = tuple(row)
+    measured = distributed.merged(measured)
+    names = [sorted(family)[0] for family in ranked]
+    sizes = [len(order) for order in ranked.values()]
+    rows = [measured[family] for family in ranked]
+    shares = [_shares([groups[i] for i in order], modules) for order in ranked.values()]
     touched = {module for share in shares for module, _ in share}
     flop_model = FlopModel(
         float(total_flops), {m: float(per_module.get(m, 0)) for m in touched}, tuple(shares)

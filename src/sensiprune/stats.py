@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import features
+from . import distributed, features
 from .data import Batch, LossFn, checked_loss
 from .errors import SensipruneError
 from .modes import eval_mode
@@ -94,6 +94,11 @@ def collect(
                 _add(sums[Stat.GRAD_ABS], torch._foreach_abs(grads))
             if Stat.GRAD_SQ in needs:
                 _add(sums[Stat.GRAD_SQ], torch._foreach_mul(grads, grads))
+    # under torch.distributed each rank saw its shard: sum over ranks, then divide
+    n_batches = distributed.sum_count(n_batches)
+    for per_param in sums.values():
+        distributed.sum_(per_param)
+    recorder.merge_ranks()
     if n_batches == 0:
         raise SensipruneError("data yielded no batches: pass a non-empty iterable of batches")
     fields = {
@@ -204,6 +209,18 @@ class _InputRecorder:
             output.register_hook(on_grad)
 
         return hook
+
+    def merge_ranks(self) -> None:
+        """Sum every rank's accumulators (a rank may have skipped a layer), in rank order."""
+        if not distributed.active():
+            return
+        for store in (self.sq_sum, self.count, self.taylor, self.samples, self.cov, self.rows):
+            merged: dict = {}
+            for part in distributed.gather(store):
+                for key, value in part.items():
+                    merged[key] = merged.get(key, 0) + value
+            store.clear()
+            store.update(merged)
 
     def finish(self, stats: dict[str, ParamStats]) -> None:
         for name, target in self.targets.items():
