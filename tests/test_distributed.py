@@ -89,7 +89,7 @@ def test_torchrun_prunes_to_the_single_process_model(tmp_path):
     assert not (tmp_path / "two" / "checkpoint.1").exists()  # one writer
 
 
-def test_a_failing_rank_stops_the_run_and_the_last_checkpoint_survives(tmp_path):
+def test_a_failing_rank_stops_the_run_the_checkpoint_survives_and_a_rerun_resumes(tmp_path):
     recipe = write_recipe(tmp_path, loss="tests.distributed_support:loss_failing_on_rank_1",
                           schedule={"kind": "one_shot"}, finetune={"epochs": 2})  # fmt: skip
     run = _torchrun(recipe)
@@ -99,3 +99,12 @@ def test_a_failing_rank_stops_the_run_and_the_last_checkpoint_survives(tmp_path)
     assert 3 <= progress["completed"] < 5  # pretraining and the prune, not both epochs
     weights = load_file(tmp_path / "run" / "checkpoint" / "model" / "weights.safetensors")
     assert weights  # readable: written atomically before the crash
+
+    rerun = _torchrun(recipe)  # the same command resumes, distributed, and finishes
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    stages = [json.loads(line)["stage"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert stages == [
+        "pretraining epoch 1", "pretraining epoch 2", "step 1 prune", "step 1 epoch 1",
+        "step 1 epoch 2",
+    ]  # fmt: skip
+    assert (tmp_path / "run" / "results.json").exists()
