@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from . import criteria, distributed, masks, selection, stats
+from . import adapters, criteria, distributed, masks, selection, stats
 from . import structured as structured_pruning
 from .criteria.channel import GroupLossChange
 from .criteria.obs import OptimalBrainSurgeon
@@ -293,9 +293,14 @@ def _prune_structured(
     if isinstance(crit, OptimalBrainSurgeon):
         raise SensipruneError("criterion 'obs' prunes single weights: use structured=False")
     targets = require_targets(model, ignore)
+    blocks = adapters.find_blocks(model)
+    if isinstance(sparsity, Mapping):  # "heads" / "ffn" stand for every block's
+        sparsity = adapters.expand_budget(sparsity, blocks, model)
     graph, inputs = structured_pruning.build(model, example_inputs)
     named = set(sparsity) if isinstance(sparsity, Mapping) else set()
     groups = candidate_groups(model, graph, ignore, named)
+    if named:  # a budget: only what it names is scored (measured criteria cost per group)
+        groups = [g for g in groups if g.producers & named] or groups
     group_values = score_groups(
         model, crit, groups, data, loss_fn, seed, scores, group_reduction, show_progress
     )
@@ -307,6 +312,7 @@ def _prune_structured(
     before = {name: t.param.numel() for name, t in targets.items()}
     kept_graph = DependencyGraph(groups, graph.untouched, graph.flops, graph.output_shapes)
     flops_after = structured_pruning.remove_groups(model, kept_graph, removed, inputs)
+    adapters.refresh(blocks)
     after = {name: p.numel() for name, p in model.named_parameters() if name in before}
     layers = tuple(masks.LayerSparsity(n, before[n], after[n]) for n in before)
     return PruneResult(

@@ -31,7 +31,7 @@ FORMAT = 1
 SHAPE_ATTRS = (
     "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
     "hidden_size", "input_size", "num_heads", "kept_heads", "embedding_dim", "num_groups",
-    "num_channels",
+    "num_channels", "num_attention_heads", "all_head_size",
 )  # fmt: skip
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "sensiprune.json"

@@ -129,7 +129,14 @@ def _hutchinson(
 ) -> list[torch.Tensor]:
     """One Rademacher probe z per batch: E[z ⊙ Hz] = diag(H) (Hutchinson 1990; Yao et al. 2020)."""
     probes = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in params]
-    hvps = torch.autograd.grad(grads, params, grad_outputs=probes, allow_unused=True)
+    live = [i for i, g in enumerate(grads) if g.requires_grad]  # unused weights: no curvature
+    hvps: list[torch.Tensor | None] = [None] * len(params)
+    if live:
+        found = torch.autograd.grad(
+            [grads[i] for i in live], params, grad_outputs=[probes[i] for i in live],
+            allow_unused=True,
+        )  # fmt: skip
+        hvps = list(found)
     return [torch.zeros_like(z) if hv is None else (z * hv).detach() for z, hv in zip(probes, hvps)]
 
 

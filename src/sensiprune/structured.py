@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import surgery
+from . import adapters, surgery
 from .errors import SensipruneError
 from .graph import DependencyGraph, Group, build_graph, tensor_shapes
 from .measure import counting_flops
@@ -248,4 +248,6 @@ def build(model: nn.Module, example_inputs: object) -> tuple[DependencyGraph, li
     inputs = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
     if not all(isinstance(x, torch.Tensor) for x in inputs):
         raise SensipruneError("example_inputs must be a tensor or a tuple of tensors")
-    return build_graph(model, inputs), inputs
+    blocks = adapters.find_blocks(model)  # known transformer layouts need no tracing
+    graph = adapters.build_graph(model, blocks, inputs) if blocks else build_graph(model, inputs)
+    return graph, inputs

