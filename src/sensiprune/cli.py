@@ -161,8 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sensiprune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("sensiprune: interrupted", file=sys.stderr)
+        print("sensiprune: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,13 @@ def init_from_environment() -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Leave the process group, so no communication thread outlives the interpreter (an
+    exit with one still running aborts the process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def sum_(tensors: Sequence[torch.Tensor]) -> None:
     """Sum each tensor over the ranks, in place (one flat all-reduce per dtype)."""
     if not active() or not tensors:
