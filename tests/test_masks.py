@@ -16,8 +16,9 @@ import sensiprune as sp
         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
         lambda p: torch.optim.Adam(p, lr=0.01),
         lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=0.01, fused=True),  # no version bump on update
     ],
-    ids=["sgd-momentum-wd", "adam", "adamw"],
+    ids=["sgd-momentum-wd", "adam", "adamw", "adamw-fused"],
 )
 def test_masks_survive_50_optimizer_steps(mlp, mlp_batches, make_optimizer):
     optimizer = make_optimizer(mlp.parameters())

@@ -30,10 +30,10 @@ def _masked_attrs(module: nn.Module) -> list[str]:
     return [name[len(_PREFIX) :] for name in module._buffers if name.startswith(_PREFIX)]
 
 
-def _reapply(module: nn.Module, attr: str) -> None:
+def _reapply(module: nn.Module, attr: str, always: bool = False) -> None:
     param = getattr(module, attr)
     _OWNERS[param] = (weakref.ref(module), attr)
-    if getattr(param, _SEEN_VERSION, None) == param._version:
+    if not always and getattr(param, _SEEN_VERSION, None) == param._version:
         return
     with torch.no_grad():
         param.mul_(getattr(module, _PREFIX + attr))
@@ -46,7 +46,9 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs:
             owner = _OWNERS.get(param)
             module = owner[0]() if owner is not None else None
             if module is not None and _PREFIX + owner[1] in module._buffers:
-                _reapply(module, owner[1])
+                # always: fused optimisers (torch's fused AdamW, Trainer's default) update
+                # weights without bumping their version counter
+                _reapply(module, owner[1], always=True)
 
 
 @torch.compiler.disable  # bookkeeping on tensor versions; under torch.compile it runs eagerly
