@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .channels import DependencyGraph, Group, Member, tensor_shapes
+from .channels import DependencyGraph, Group, Member
 from .errors import SensipruneError
-from .measure import counting_flops
+from .measure import counted_forward
 
 HEADS, FFN = "heads", "ffn"  # budget keys that stand for every block's heads / FFN neurons
 
@@ -102,15 +102,9 @@ def build_graph(
 ) -> DependencyGraph:
     """Head and FFN-neuron groups of every block, and one counted forward pass."""
     groups = [group for block in blocks for group in _block_groups(block)]
-    try:
-        with counting_flops(model) as counter:
-            output = model(*inputs)
-    except Exception as exc:
-        raise SensipruneError(
-            f"the model does not run on example_inputs: {str(exc).strip().splitlines()[0]}"
-        ) from exc
+    flops, shapes = counted_forward(model, inputs, "the model does not run on example_inputs")
     untouched = {"the model dimension": "residual stream and LayerNorm of every block"}
-    return DependencyGraph(groups, untouched, counter.get_total_flops(), tensor_shapes(output))
+    return DependencyGraph(groups, untouched, flops, shapes)
 
 
 def _block_groups(block: Block) -> Iterator[Group]:

@@ -32,13 +32,9 @@ def _prune(args: argparse.Namespace) -> int:
     from .runner import run_recipe
 
     result = run_recipe(args.recipe, restart=args.restart, show_progress=not args.quiet)
-    if not distributed.is_main():  # under torchrun, rank 0 reports
-        return 0
-    if result.resumed_after:
+    if result.resumed_after and distributed.is_main():
         print(f"resumed after {result.resumed_after}")
-    if not args.quiet:
-        print(result.report.read_text())
-    print(f"report: {result.report} (and report.html)\nmodel:  {result.directory / 'model'}")
+    _show(result.report, args.quiet, f"model:  {result.directory / 'model'}")
     return 0
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .channels import tensor_shapes
+from .errors import SensipruneError
 from .masks import get_masks
 from .modes import eval_mode
 
@@ -49,6 +51,20 @@ def counting_flops(model: nn.Module) -> Iterator[FlopCounterMode]:
     counter, and with grad on the counted math path runs instead."""
     with eval_mode(model), torch.enable_grad(), FlopCounterMode(display=False) as counter:
         yield counter
+
+
+def counted_forward(
+    model: nn.Module, inputs: Sequence[torch.Tensor], failure: str
+) -> tuple[int, list[tuple[int, ...]]]:
+    """FLOPs and output shapes of one forward pass; a failure is one error line after
+    ``failure``."""
+    try:
+        with counting_flops(model) as counter:
+            output = model(*inputs)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SensipruneError(f"{failure}: {reason}") from exc
+    return counter.get_total_flops(), tensor_shapes(output)
 
 
 def module_flops(model: nn.Module, *example_inputs: torch.Tensor) -> tuple[int, dict[str, int]]:

@@ -43,7 +43,7 @@ from .loading import (
 from .masks import make_permanent
 from .measure import count_flops, count_parameters, latency, weights_kept
 from .progress import progress
-from .pruning import prune
+from .pruning import PruneResult, prune
 from .recipe import Recipe, load_recipe
 from .report.run import RESULTS_FILE, write_run_report
 from .saving import save
@@ -291,9 +291,12 @@ class PruningRun:
 
     def _prune_step(self, step: int) -> dict[str, Any]:
         self.optimizer = self.scheduler = None  # pruned tensors change: fresh state per step
+        log.info("%s", self._prune_to(self._step_sparsity(step), self.recipe.seed + step))
+        return {"val": self._validate(), **self._sparsity_fields()}
+
+    def _prune_to(self, sparsity: Sparsity, seed: int) -> PruneResult:
         spec = self.recipe.prune
-        sparsity = self._step_sparsity(step)
-        result = prune(
+        return prune(
             self.model,
             sparsity,
             spec.criterion,
@@ -303,14 +306,12 @@ class PruningRun:
             ignore=spec.ignore,
             min_density=spec.min_density,
             normalize=spec.normalize,
-            seed=self.recipe.seed + step,
+            seed=seed,
             structured=spec.structured,
             example_inputs=self.inputs,
             round_to=spec.round_to,
             show_progress=self.show,
         )
-        log.info("%s", result)
-        return {"val": self._validate(), **self._sparsity_fields()}
 
     @property
     def _gradual(self) -> bool:
@@ -327,24 +328,9 @@ class PruningRun:
         def before_step(batch_index: int) -> None:
             event = at.get(offset + batch_index)
             if event is not None:
-                self._prune_to(self._target_at(event))
+                self._prune_to(self._target_at(event), self.recipe.seed + event)
 
         return before_step
-
-    def _prune_to(self, sparsity: Sparsity) -> None:
-        spec = self.recipe.prune
-        prune(
-            self.model,
-            sparsity,
-            spec.criterion,
-            self.score_data,
-            self.loss_fn,
-            scope=spec.scope,
-            ignore=spec.ignore,
-            min_density=spec.min_density,
-            normalize=spec.normalize,
-            seed=self.recipe.seed,
-        )
 
     def _target(self) -> Sparsity:
         target = self.recipe.prune.target

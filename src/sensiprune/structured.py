@@ -11,8 +11,8 @@ from torch import nn
 
 from . import adapters, surgery
 from .errors import SensipruneError
-from .graph import DependencyGraph, Group, build_graph, tensor_shapes
-from .measure import counting_flops
+from .graph import DependencyGraph, Group, build_graph
+from .measure import counted_forward
 from .selection import Sparsity, min_kept, normalized
 
 REDUCTIONS = ("mean", "sum", "max")
@@ -205,7 +205,12 @@ def remove_groups(
             size = surgery.layout_for(module, role).size(module)
             keep = [i for i in range(size) if i not in indices]
             surgery.shrink(module, role, torch.tensor(keep, dtype=torch.long))
-        flops, shapes = _run(model, example_inputs)
+        flops, shapes = counted_forward(
+            model,
+            example_inputs,
+            "the model does not run after structured pruning; this is a bug in sensiprune's "
+            "dependency graph: please report it (the model was not modified)",
+        )
         if shapes != graph.output_shapes:
             raise SensipruneError(
                 "structured pruning would change the output shape; this is a bug in "
@@ -224,18 +229,6 @@ def _snapshot(module: nn.Module) -> dict:
     for key in ("_parameters", "_buffers"):
         state[key] = dict(state[key])
     return state
-
-
-def _run(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[int, list]:
-    try:
-        with counting_flops(model) as counter:
-            output = model(*example_inputs)
-    except Exception as exc:
-        raise SensipruneError(
-            f"the model does not run after structured pruning: {exc}; this is a bug in "
-            "sensiprune's dependency graph: please report it (the model was not modified)"
-        ) from exc
-    return counter.get_total_flops(), tensor_shapes(output)
 
 
 def build(model: nn.Module, example_inputs: object) -> tuple[DependencyGraph, list[torch.Tensor]]:
