@@ -119,3 +119,56 @@ def test_distillation_is_zero_at_the_teacher_and_grows_when_pruned():
 def test_only_transformer_blocks_are_taken_for_blocks():
     assert len(find_blocks(_tiny_bert())) == 2
     assert find_blocks(nn.Sequential(nn.Linear(2, 2))) == []
+
+
+def _tiny_llama() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_a_grouped_query_decoder_loses_whole_key_value_groups_and_still_generates(tmp_path):
+    model, ids = (
+        _tiny_llama(),
+        torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2)),
+    )
+    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    for layer in model.model.layers:
+        attention = layer.self_attn
+        assert attention.k_proj.out_features == attention.v_proj.out_features == 8  # 1 of 2
+        assert attention.q_proj.out_features == 16 == attention.o_proj.in_features  # its 2 heads
+        assert attention.num_key_value_groups == 2
+        mlp = layer.mlp
+        assert (
+            mlp.gate_proj.out_features
+            == mlp.up_proj.out_features
+            == 32
+            == mlp.down_proj.in_features
+        )
+    assert model(ids).logits.shape == (2, 9, 100)
+    generated = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, 12)  # rotary positions and the key/value cache still agree
+    sp.save(model, tmp_path / "llama")
+    loaded = sp.load(tmp_path / "llama", _tiny_llama)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_removing_a_zeroed_key_value_group_leaves_logits_unchanged():
+    model, ids = (
+        _tiny_llama(),
+        torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2)),
+    )
+    with torch.no_grad():  # silence group 1: the output columns of query heads 2 and 3
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[:, 16:] = 0
+    expected = model(ids).logits
+    scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    for i in range(2):
+        scores[f"model.layers.{i}.self_attn.o_proj.weight"][:, 16:] = 0
+    sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,),
+             scores=scores, group_reduction="sum")  # fmt: skip
+    assert model.model.layers[0].self_attn.q_proj.out_features == 16
+    torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)

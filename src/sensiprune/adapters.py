@@ -3,12 +3,13 @@ without tracing the model.
 
 Tracing Hugging Face models is where structured pruning tools most often hang or crash, and
 transformers 5 no longer has ``prune_heads``. An adapter names, for one family, the parts of a
-block: the query, key, value and output projections of its attention, the module that counts the
-heads, and the two projections of its feed-forward network. Groups follow directly: a head is
-``head_size`` rows of query, key and value plus the same columns of the output projection, and a
-feed-forward neuron is a row of the first projection plus a column of the second. The model
-dimension (residual stream, LayerNorm) is left as it is. A new family is one more entry in
-``ADAPTERS``.
+block: the query, key, value and output projections of its attention, the module that keeps the
+head bookkeeping, and the projections of its feed-forward network. Groups follow directly: a
+head is ``head_size`` rows of query, key and value plus the same columns of the output
+projection (with grouped-query attention, one key/value head and every query head that reads
+it), and a feed-forward neuron is a row of each input projection (gate and up in a gated MLP)
+plus a column of the output one. The model dimension (residual stream, LayerNorm / RMSNorm) is
+left as it is. A new family is one more entry in ``ADAPTERS``.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ class BlockAdapter:
     key: str
     value: str
     output: str
-    attention: str  # the module that holds the head count
-    heads: str  # its attribute: the number of heads
+    attention: str  # the module that holds the head bookkeeping
     head_size: str  # its attribute: the width of one head
-    total: str  # its attribute: heads x head size, kept in step
-    ffn_in: str
+    ffn_in: tuple[str, ...]  # projections into the FFN (gate and up of a gated MLP)
     ffn_out: str
+    heads: str | None = None  # its attribute counting query heads, kept in step
+    total: str | None = None  # its attribute holding heads x head size, kept in step
+    query_groups: str | None = None  # query heads per key/value head (grouped-query attention)
 
     def matches(self, block: nn.Module) -> bool:
         try:
@@ -46,12 +48,13 @@ class BlockAdapter:
             parts = [block.get_submodule(p) for p in self._linears()]
         except AttributeError:
             return False
+        counts = [self.head_size] + ([self.query_groups] if self.query_groups else [])
         return all(isinstance(p, nn.Linear) for p in parts) and all(
-            isinstance(getattr(attention, a, None), int) for a in (self.heads, self.head_size)
+            isinstance(getattr(attention, a, None), int) for a in counts
         )
 
     def _linears(self) -> tuple[str, ...]:
-        return (self.query, self.key, self.value, self.output, self.ffn_in, self.ffn_out)
+        return (self.query, self.key, self.value, self.output, *self.ffn_in, self.ffn_out)
 
 
 ADAPTERS = (
@@ -62,11 +65,23 @@ ADAPTERS = (
         value="attention.self.value",
         output="attention.output.dense",
         attention="attention.self",
-        heads="num_attention_heads",
         head_size="attention_head_size",
-        total="all_head_size",
-        ffn_in="intermediate.dense",
+        ffn_in=("intermediate.dense",),
         ffn_out="output.dense",
+        heads="num_attention_heads",
+        total="all_head_size",
+    ),
+    BlockAdapter(  # Llama, Mistral, Qwen2/3, ...: rotary, grouped-query attention, gated MLP
+        family="Llama-style decoder layer",
+        query="self_attn.q_proj",
+        key="self_attn.k_proj",
+        value="self_attn.v_proj",
+        output="self_attn.o_proj",
+        attention="self_attn",
+        head_size="head_dim",
+        ffn_in=("mlp.gate_proj", "mlp.up_proj"),
+        ffn_out="mlp.down_proj",
+        query_groups="num_key_value_groups",
     ),
 )
 
@@ -108,18 +123,22 @@ def build_graph(
 
 
 def _block_groups(block: Block) -> Iterator[Group]:
-    a = block.adapter
-    heads, size = getattr(block.attention, a.heads), getattr(block.attention, a.head_size)
-    for head in range(heads):
-        rows = range(head * size, (head + 1) * size)
-        members = [Member(block.path(p), "out", i) for p in (a.query, a.key, a.value) for i in rows]
-        members += [Member(block.path(a.output), "in", i) for i in rows]
+    """One group per key/value head (with the query heads that read it: grouped-query
+    attention loses whole groups, so every group keeps its ratio), then one per FFN neuron."""
+    a, module = block.adapter, block.module
+    size = getattr(block.attention, a.head_size)
+    per_kv = getattr(block.attention, a.query_groups) if a.query_groups else 1
+    for kv in range(module.get_submodule(a.key).out_features // size):
+        kv_rows = range(kv * size, (kv + 1) * size)
+        q_rows = range(kv * per_kv * size, (kv + 1) * per_kv * size)
+        members = [Member(block.path(p), "out", i) for p in (a.key, a.value) for i in kv_rows]
+        members += [Member(block.path(a.query), "out", i) for i in q_rows]
+        members += [Member(block.path(a.output), "in", i) for i in q_rows]
         yield Group(members)
-    width = block.module.get_submodule(a.ffn_in).out_features
+    width = module.get_submodule(a.ffn_in[0]).out_features
     for j in range(width):
-        yield Group(
-            [Member(block.path(a.ffn_in), "out", j), Member(block.path(a.ffn_out), "in", j)]
-        )
+        members = [Member(block.path(p), "out", j) for p in a.ffn_in]
+        yield Group([*members, Member(block.path(a.ffn_out), "in", j)])
 
 
 def refresh(blocks: Sequence[Block]) -> None:
@@ -128,9 +147,9 @@ def refresh(blocks: Sequence[Block]) -> None:
         a, attention = block.adapter, block.attention
         size = getattr(attention, a.head_size)
         heads = block.module.get_submodule(a.query).out_features // size
-        setattr(attention, a.heads, heads)
-        if hasattr(attention, a.total):
-            setattr(attention, a.total, heads * size)
+        for attr, value in ((a.heads, heads), (a.total, heads * size)):
+            if attr is not None and hasattr(attention, attr):
+                setattr(attention, attr, value)
 
 
 def expand_budget(
@@ -151,7 +170,7 @@ def expand_budget(
                 "a budget for 'ffn' needs transformer blocks sensiprune understands; "
                 f"known layouts: {', '.join(a.family for a in ADAPTERS)}"
             )
-        expanded.update({b.path(b.adapter.ffn_in): budget[FFN] for b in blocks})
+        expanded.update({b.path(b.adapter.ffn_in[0]): budget[FFN] for b in blocks})
     return expanded
 
 
