@@ -172,3 +172,21 @@ def test_removing_a_zeroed_key_value_group_leaves_logits_unchanged():
              scores=scores, group_reduction="sum")  # fmt: skip
     assert model.model.layers[0].self_attn.q_proj.out_features == 16
     torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_a_vision_transformer_loses_heads_and_mlp_neurons_and_still_sees():
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    model = transformers.ViTForImageClassification(config).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    result = sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
+                      example_inputs=(pixels,))  # fmt: skip
+    for layer in model.vit.layers:
+        assert (
+            layer.attention.num_attention_heads == 2 and layer.attention.q_proj.out_features == 16
+        )
+        assert layer.mlp.fc1.out_features == 32 == layer.mlp.fc2.in_features
+    assert model(pixels).logits.shape == (2, 3) and result.flops_after < result.flops_before

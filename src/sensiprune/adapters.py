@@ -71,6 +71,18 @@ ADAPTERS = (
         heads="num_attention_heads",
         total="all_head_size",
     ),
+    BlockAdapter(  # ViT (transformers 5): patch tokens, q/k/v/o projections, fc1/fc2 MLP
+        family="ViT-style encoder layer",
+        query="attention.q_proj",
+        key="attention.k_proj",
+        value="attention.v_proj",
+        output="attention.o_proj",
+        attention="attention",
+        head_size="head_dim",
+        ffn_in=("mlp.fc1",),
+        ffn_out="mlp.fc2",
+        heads="num_attention_heads",
+    ),
     BlockAdapter(  # Llama, Mistral, Qwen2/3, ...: rotary, grouped-query attention, gated MLP
         family="Llama-style decoder layer",
         query="self_attn.q_proj",
