@@ -38,12 +38,18 @@ def sentence_embeddings(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> 
     return mean_pooled(hidden, batch.get("attention_mask"))
 
 
-def embedding_distillation(teacher: nn.Module) -> LossFn:
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy in eval mode without gradients: the teacher, safe from pruning the original."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def embedding_distillation(teacher: nn.Module, copy_teacher: bool = True) -> LossFn:
     """``loss_fn(model, batch)``: mean of 1 − cos(model embedding, ``teacher`` embedding).
 
-    A frozen copy of ``teacher`` is kept, so pruning ``teacher`` itself later is safe.
+    A frozen copy of ``teacher`` is kept, so pruning ``teacher`` itself later is safe; pass
+    ``copy_teacher=False`` with a :func:`frozen_copy` to share one copy between several uses.
     """
-    frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
+    frozen = frozen_copy(teacher) if copy_teacher else teacher
 
     def loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
@@ -53,9 +59,11 @@ def embedding_distillation(teacher: nn.Module) -> LossFn:
     return loss
 
 
-def embedding_similarity(teacher: nn.Module) -> Callable[[nn.Module, Batch], tuple[float, int]]:
+def embedding_similarity(
+    teacher: nn.Module, copy_teacher: bool = True
+) -> Callable[[nn.Module, Batch], tuple[float, int]]:
     """A metric for ``evaluate``: summed cosine similarity to ``teacher``'s embeddings."""
-    frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
+    frozen = frozen_copy(teacher) if copy_teacher else teacher
 
     def metric(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[float, int]:
         with torch.no_grad():

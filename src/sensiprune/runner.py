@@ -30,7 +30,7 @@ from . import distributed
 from .atomic import atomic_write_bytes
 from .checkpoint import read_checkpoint, read_progress, restore_rng, write_checkpoint
 from .data import checked_loss, default_loss
-from .distill import embedding_distillation, embedding_similarity
+from .distill import embedding_distillation, embedding_similarity, frozen_copy
 from .errors import SensipruneError
 from .loading import (
     build_model,
@@ -144,14 +144,16 @@ class PruningRun:
         """Import the recipe's loss and metric; the distillation ones compare with ``teacher``,
         the unpruned model."""
         recipe = self.recipe
+        if recipe.loss == "distillation" or recipe.metric == "embedding_similarity":
+            teacher = frozen_copy(teacher)  # one copy for both
         if recipe.loss == "distillation":
-            self.loss_fn = embedding_distillation(teacher)
+            self.loss_fn = embedding_distillation(teacher, copy_teacher=False)
         else:
             self.loss_fn = (
                 import_object(recipe.loss, "loss", self.search) if recipe.loss else default_loss
             )
         if recipe.metric == "embedding_similarity":
-            self.metric = embedding_similarity(teacher)
+            self.metric = embedding_similarity(teacher, copy_teacher=False)
         elif recipe.metric == "accuracy":
             self.metric = correct_predictions
         else:
