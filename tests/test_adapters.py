@@ -190,3 +190,24 @@ def test_a_vision_transformer_loses_heads_and_mlp_neurons_and_still_sees():
         )
         assert layer.mlp.fc1.out_features == 32 == layer.mlp.fc2.in_features
     assert model(pixels).logits.shape == (2, 3) and result.flops_after < result.flops_before
+
+
+def test_uniform_pruning_round_trips_through_save_pretrained_where_the_config_can_say_it(
+    tmp_path, caplog
+):
+    llama, ids = (
+        _tiny_llama(),
+        torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2)),
+    )
+    sp.prune(llama, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    llama.save_pretrained(tmp_path / "llama")
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
+    assert torch.equal(again(ids).logits, llama(ids).logits)
+
+    bert, batch = _tiny_bert(), _batch()
+    sp.prune(bert, {"ffn": 0.5}, "magnitude", structured=True, example_inputs=_inputs(batch))
+    bert.save_pretrained(tmp_path / "bert")
+    assert transformers.BertModel.from_pretrained(tmp_path / "bert").config.intermediate_size == 32
+    assert "cannot describe" not in caplog.text
+    sp.prune(bert, {"heads": 0.5}, "magnitude", structured=True, example_inputs=_inputs(batch))
+    assert "derives the head size from the head count" in caplog.text  # sp.save, not HF's

@@ -14,6 +14,7 @@ left as it is. A new family is one more entry in ``ADAPTERS``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from .channels import DependencyGraph, Group, Member
 from .errors import SensipruneError
 from .measure import counted_forward
 
+log = logging.getLogger(__name__)
 HEADS, FFN = "heads", "ffn"  # budget keys that stand for every block's heads / FFN neurons
 
 
@@ -41,6 +43,8 @@ class BlockAdapter:
     heads: str | None = None  # its attribute counting query heads, kept in step
     total: str | None = None  # its attribute holding heads x head size, kept in step
     query_groups: str | None = None  # query heads per key/value head (grouped-query attention)
+    # config fields that describe the head counts, when the config has its own head size
+    config_heads: tuple[str, str] | None = None  # (query heads, key/value heads)
 
     def matches(self, block: nn.Module) -> bool:
         try:
@@ -94,6 +98,7 @@ ADAPTERS = (
         ffn_in=("mlp.gate_proj", "mlp.up_proj"),
         ffn_out="mlp.down_proj",
         query_groups="num_key_value_groups",
+        config_heads=("num_attention_heads", "num_key_value_heads"),
     ),
 )
 
@@ -162,6 +167,49 @@ def refresh(blocks: Sequence[Block]) -> None:
         for attr, value in ((a.heads, heads), (a.total, heads * size)):
             if attr is not None and hasattr(attention, attr):
                 setattr(attention, attr, value)
+
+
+def sync_config(model: nn.Module, blocks: Sequence[Block]) -> None:
+    """Write the new sizes into the model's Hugging Face config where it can express them
+    (the same width in every block), so ``save_pretrained`` / ``from_pretrained`` round-trip;
+    otherwise say that only ``sp.save`` / ``sp.load`` can."""
+    config = getattr(model, "config", None)
+    if config is None or not blocks:
+        return
+    inexpressible = []
+    widths = {b.module.get_submodule(b.adapter.ffn_in[0]).out_features for b in blocks}
+    if len(widths) == 1 and hasattr(config, "intermediate_size"):
+        config.intermediate_size = widths.pop()
+    elif hasattr(config, "intermediate_size"):
+        inexpressible.append("feed-forward widths differ between blocks")
+    counts = {_head_counts(b) for b in blocks}
+    fields = blocks[0].adapter.config_heads
+    if fields is not None and len(counts) == 1:
+        (query, kv), first = counts.pop(), blocks[0]
+        config.head_dim = getattr(first.attention, first.adapter.head_size)  # now explicit
+        setattr(config, fields[0], query)
+        setattr(config, fields[1], kv)
+    elif any(q != getattr(config, "num_attention_heads", q) for q, _ in counts):
+        inexpressible.append(
+            "head counts differ between blocks"
+            if len(counts) > 1
+            else f"a {blocks[0].adapter.family} config derives the head size from the head count"
+        )
+    if inexpressible:
+        log.warning(
+            "the model's config cannot describe the pruned shapes (%s): save with sp.save and "
+            "load with sp.load, not save_pretrained",
+            "; ".join(inexpressible),
+        )
+
+
+def _head_counts(block: Block) -> tuple[int, int]:
+    a = block.adapter
+    size = getattr(block.attention, a.head_size)
+    return (
+        block.module.get_submodule(a.query).out_features // size,
+        block.module.get_submodule(a.key).out_features // size,
+    )
 
 
 def expand_budget(

@@ -313,6 +313,7 @@ def _prune_structured(
     kept_graph = DependencyGraph(groups, graph.untouched, graph.flops, graph.output_shapes)
     flops_after = structured_pruning.remove_groups(model, kept_graph, removed, inputs)
     adapters.refresh(blocks)
+    adapters.sync_config(model, blocks)
     after = {name: p.numel() for name, p in model.named_parameters() if name in before}
     layers = tuple(masks.LayerSparsity(n, before[n], after[n]) for n in before)
     return PruneResult(
