@@ -211,3 +211,14 @@ def test_uniform_pruning_round_trips_through_save_pretrained_where_the_config_ca
     assert "cannot describe" not in caplog.text
     sp.prune(bert, {"heads": 0.5}, "magnitude", structured=True, example_inputs=_inputs(batch))
     assert "derives the head size from the head count" in caplog.text  # sp.save, not HF's
+
+
+def test_a_global_heads_budget_ranks_heads_across_layers_and_keeps_one_in_each():
+    model, batch = _tiny_bert(), _batch()
+    scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    scores["encoder.layer.0.attention.output.dense.weight"].zero_()  # layer 0: unimportant
+    sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=_inputs(batch),
+             scores=scores, scope="global", normalize="none", group_reduction="sum")  # fmt: skip
+    heads = [layer.attention.self.num_attention_heads for layer in model.encoder.layer]
+    assert sum(heads) == 4 and heads[0] == 1 and heads[1] == 3  # 4 of 8 go, mostly layer 0's
+    assert model.encoder.layer[1].intermediate.dense.out_features == 64  # FFN not budgeted

@@ -212,25 +212,34 @@ def _head_counts(block: Block) -> tuple[int, int]:
     )
 
 
-def expand_budget(
+def kind_layers(
     budget: Mapping[str, float], blocks: Sequence[Block], model: nn.Module
-) -> dict[str, float]:
-    """``{"heads": s, "ffn": t}`` becomes a sparsity for every block's heads and FFN."""
-    expanded = {k: v for k, v in budget.items() if k not in (HEADS, FFN)}
+) -> dict[str, list[str]]:
+    """For the ``"heads"`` / ``"ffn"`` keys of a budget, the layers whose groups they mean."""
+    kinds: dict[str, list[str]] = {}
     if HEADS in budget:
-        attention = [b.path(b.adapter.query) for b in blocks] + [
+        kinds[HEADS] = [b.path(b.adapter.query) for b in blocks] + [
             name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
         ]
-        if not attention:
+        if not kinds[HEADS]:
             raise SensipruneError(_no_heads_message(model))
-        expanded.update(dict.fromkeys(attention, budget[HEADS]))
     if FFN in budget:
         if not blocks:
             raise SensipruneError(
                 "a budget for 'ffn' needs transformer blocks sensiprune understands; "
                 f"known layouts: {', '.join(a.family for a in ADAPTERS)}"
             )
-        expanded.update({b.path(b.adapter.ffn_in[0]): budget[FFN] for b in blocks})
+        kinds[FFN] = [b.path(b.adapter.ffn_in[0]) for b in blocks]
+    return kinds
+
+
+def expand_budget(
+    budget: Mapping[str, float], blocks: Sequence[Block], model: nn.Module
+) -> dict[str, float]:
+    """``{"heads": s, "ffn": t}`` becomes a sparsity for every block's heads and FFN."""
+    expanded = {k: v for k, v in budget.items() if k not in (HEADS, FFN)}
+    for kind, layers in kind_layers(budget, blocks, model).items():
+        expanded.update(dict.fromkeys(layers, budget[kind]))
     return expanded
 
 

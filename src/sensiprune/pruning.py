@@ -294,7 +294,10 @@ def _prune_structured(
         raise SensipruneError("criterion 'obs' prunes single weights: use structured=False")
     targets = require_targets(model, ignore)
     blocks = adapters.find_blocks(model)
+    kinds: dict[str, tuple[float, set[str]]] = {}
     if isinstance(sparsity, Mapping):  # "heads" / "ffn" stand for every block's
+        layers = adapters.kind_layers(sparsity, blocks, model)
+        kinds = {kind: (sparsity[kind], set(names)) for kind, names in layers.items()}
         sparsity = adapters.expand_budget(sparsity, blocks, model)
     graph, inputs = structured_pruning.build(model, example_inputs)
     named = set(sparsity) if isinstance(sparsity, Mapping) else set()
@@ -305,8 +308,13 @@ def _prune_structured(
         model, crit, groups, data, loss_fn, seed, scores, group_reduction, show_progress
     )
     distributed.broadcast_([group_values])  # rank 0 decides: every rank cuts the same
-    removed = structured_pruning.choose_groups(
-        groups, group_values, sparsity, scope, normalize, min_density, round_to
+    choice = (groups, group_values, scope, normalize, min_density, round_to)
+    removed = (
+        _choose_by_kind(choice, sparsity, kinds)
+        if kinds and scope == "global"
+        else structured_pruning.choose_groups(
+            groups, group_values, sparsity, scope, normalize, min_density, round_to
+        )
     )
     params_before = sum(p.numel() for p in model.parameters())
     before = {name: t.param.numel() for name, t in targets.items()}
@@ -326,6 +334,29 @@ def _prune_structured(
         flops_after,
         tuple(f"{what}: {why}" for what, why in graph.untouched.items()),
     )
+
+
+def _choose_by_kind(
+    choice: tuple, budget: Mapping[str, float], kinds: dict[str, tuple[float, set[str]]]
+) -> list[int]:
+    """``{"heads": s}`` with ``scope="global"``: s of all heads, ranked across the blocks (a
+    sensitive block keeps more of its heads), and likewise for FFN neurons; the rest of the
+    budget per layer as usual."""
+    groups, values, _, normalize, min_density, round_to = choice
+    removed: list[int] = []
+    parts = [(s, "global", layers) for s, layers in kinds.values()]
+    claimed = set().union(*(layers for _, layers in kinds.values()))
+    rest = {layer: s for layer, s in budget.items() if layer not in claimed}
+    if rest:
+        parts.append((rest, "layer", set(rest)))
+    for sparsity, scope, layers in parts:
+        subset = [i for i, g in enumerate(groups) if g.producers & layers]
+        chosen = structured_pruning.choose_groups(
+            [groups[i] for i in subset], values[subset], sparsity, scope, normalize,
+            min_density, round_to,
+        )  # fmt: skip
+        removed += [subset[j] for j in chosen]
+    return removed
 
 
 def candidate_groups(
