@@ -222,3 +222,39 @@ def test_a_global_heads_budget_ranks_heads_across_layers_and_keeps_one_in_each()
     heads = [layer.attention.self.num_attention_heads for layer in model.encoder.layer]
     assert sum(heads) == 4 and heads[0] == 1 and heads[1] == 3  # 4 of 8 go, mostly layer 0's
     assert model.encoder.layer[1].intermediate.dense.out_features == 64  # FFN not budgeted
+
+
+def test_head_gate_scores_are_the_gate_gradients_measured_by_finite_differences():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32, num_labels=3,
+    )  # fmt: skip
+    # float64: the gradients of a random-init classifier are ~1e-6, beyond float32 differences
+    model = transformers.BertForSequenceClassification(config).double().eval()
+    batch = {**_batch(), "labels": torch.tensor([0, 2, 1])}
+
+    def loss_fn(m, b):
+        return m(**b).loss
+
+    scores = sp.score(model, "head_gate", [batch], loss_fn)
+    for index, layer in enumerate(model.bert.encoder.layer):
+        weight = layer.attention.output.dense.weight
+        measured = []
+        for head in range(4):
+            columns = slice(head * 8, (head + 1) * 8)
+            losses = []
+            with torch.no_grad():
+                for factor in (1 + 1e-4, 1 - 1e-4):  # scaling the head's output = its gate
+                    saved = weight[:, columns].clone()
+                    weight[:, columns] *= factor
+                    losses.append(loss_fn(model, batch).item())
+                    weight[:, columns] = saved
+            measured.append(abs(losses[0] - losses[1]) / 2e-4)
+        expected = torch.tensor(measured, dtype=torch.float64)
+        got = scores[f"bert.encoder.layer.{index}.attention.output.dense::in"][::8]
+        torch.testing.assert_close(got, expected / expected.norm(), atol=1e-6, rtol=1e-5)
+    sp.prune(model, {"heads": 0.5}, "head_gate", [batch], loss_fn, structured=True,
+             example_inputs=_inputs(batch))  # fmt: skip
+    heads = [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer]
+    assert sum(heads) == 4 and min(heads) >= 1  # ranked across layers (the default scope)
