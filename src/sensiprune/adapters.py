@@ -233,12 +233,10 @@ def kind_layers(
     return kinds
 
 
-def expand_budget(
-    budget: Mapping[str, float], blocks: Sequence[Block], model: nn.Module
-) -> dict[str, float]:
-    """``{"heads": s, "ffn": t}`` becomes a sparsity for every block's heads and FFN."""
+def expand_budget(budget: Mapping[str, float], kinds: Mapping[str, list[str]]) -> dict[str, float]:
+    """``{"heads": s, "ffn": t}`` becomes a sparsity for every layer of :func:`kind_layers`."""
     expanded = {k: v for k, v in budget.items() if k not in (HEADS, FFN)}
-    for kind, layers in kind_layers(budget, blocks, model).items():
+    for kind, layers in kinds.items():
         expanded.update(dict.fromkeys(layers, budget[kind]))
     return expanded
 

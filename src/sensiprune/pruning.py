@@ -298,8 +298,8 @@ def _prune_structured(
     if isinstance(sparsity, Mapping):  # "heads" / "ffn" stand for every block's
         layers = adapters.kind_layers(sparsity, blocks, model)
         kinds = {kind: (sparsity[kind], set(names)) for kind, names in layers.items()}
-        sparsity = adapters.expand_budget(sparsity, blocks, model)
-    graph, inputs = structured_pruning.build(model, example_inputs)
+        sparsity = adapters.expand_budget(sparsity, layers)
+    graph, inputs = structured_pruning.build(model, example_inputs, blocks)
     named = set(sparsity) if isinstance(sparsity, Mapping) else set()
     groups = candidate_groups(model, graph, ignore, named)
     if named:  # a budget: only what it names is scored (measured criteria cost per group)

@@ -231,8 +231,11 @@ def _snapshot(module: nn.Module) -> dict:
     return state
 
 
-def build(model: nn.Module, example_inputs: object) -> tuple[DependencyGraph, list[torch.Tensor]]:
-    """Validate example_inputs at the edge and build the dependency graph."""
+def build(
+    model: nn.Module, example_inputs: object, blocks: list[adapters.Block] | None = None
+) -> tuple[DependencyGraph, list[torch.Tensor]]:
+    """Validate example_inputs at the edge and build the dependency graph; ``blocks`` are the
+    model's known transformer blocks when the caller has already looked for them."""
     if example_inputs is None:
         raise SensipruneError(
             "structured=True needs example_inputs: a tensor (or tuple of tensors) the model "
@@ -241,6 +244,7 @@ def build(model: nn.Module, example_inputs: object) -> tuple[DependencyGraph, li
     inputs = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
     if not all(isinstance(x, torch.Tensor) for x in inputs):
         raise SensipruneError("example_inputs must be a tensor or a tuple of tensors")
-    blocks = adapters.find_blocks(model)  # known transformer layouts need no tracing
+    if blocks is None:
+        blocks = adapters.find_blocks(model)  # known transformer layouts need no tracing
     graph = adapters.build_graph(model, blocks, inputs) if blocks else build_graph(model, inputs)
     return graph, inputs
