@@ -108,3 +108,14 @@ def test_a_failing_rank_stops_the_run_the_checkpoint_survives_and_a_rerun_resume
         "step 1 epoch 2",
     ]  # fmt: skip
     assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_shard_knows_its_length_without_reading_the_batches():
+    from sensiprune.distributed import Shard
+
+    for rank in (0, 1):
+        shard = Shard(list(range(5)))
+        shard.rank, shard.size = rank, 2  # as rank `rank` of two
+        assert len(shard) == len(list(shard)) == (3 if rank == 0 else 2)
+    with pytest.raises(TypeError):
+        len(Shard(iter(range(5))))

@@ -154,6 +154,9 @@ class Shard:
             if index % self.size == self.rank:
                 yield batch
 
+    def __len__(self) -> int:  # only when the batches have a length (else TypeError, as len does)
+        return len(range(self.rank, len(self.batches), self.size))
+
 
 def shard(batches: Iterable[Any]) -> Iterable[Any]:
     return Shard(batches) if active() else batches

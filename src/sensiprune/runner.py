@@ -9,6 +9,7 @@ the same machine, ends with exactly the weights an uninterrupted run ends with.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import json
 import logging
@@ -45,7 +46,7 @@ from .measure import count_flops, count_parameters, latency, weights_kept
 from .progress import progress
 from .pruning import PruneResult, prune
 from .recipe import Recipe, load_recipe
-from .report.run import RESULTS_FILE, write_run_report
+from .report.run import METRICS_FILE, RESULTS_FILE, write_run_report
 from .saving import save
 from .schedule import sparsity_at
 from .selection import Sparsity
@@ -54,7 +55,6 @@ from .train import correct_predictions, evaluate, finetune
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
-METRICS_FILE = "metrics.jsonl"
 DENSE_DIR = "dense"
 MODEL_DIR = "model"
 SENSITIVITY_FILE = "sensitivity.json"
@@ -321,7 +321,7 @@ class PruningRun:
 
     def _gradual_hook(self, epoch: int):
         """Prune at the AGP event steps that fall into this epoch (counted in batches)."""
-        per_epoch = min(distributed.gather(sum(1 for _ in self.train)))  # reached by every rank
+        per_epoch = self._batches_per_epoch
         events = self.recipe.schedule.steps
         span = self.recipe.pruning_epochs * per_epoch
         at = {(i - 1) * span // events: i for i in range(events, 0, -1)}
@@ -333,6 +333,16 @@ class PruningRun:
                 self._prune_to(self._target_at(event), self.recipe.seed + event)
 
         return before_step
+
+    @functools.cached_property
+    def _batches_per_epoch(self) -> int:
+        """Training batches every rank reaches in an epoch; counted once, by len() where the
+        loader has one (counting by iteration would load a whole epoch of data)."""
+        try:
+            mine = len(self.train)
+        except TypeError:  # an iterable without a length
+            mine = sum(1 for _ in self.train)
+        return min(distributed.gather(mine))
 
     def _target(self) -> Sparsity:
         target = self.recipe.prune.target
