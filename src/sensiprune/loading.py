@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import Batch
 from .errors import SensipruneError
-from .saving import MANIFEST_FILE, load
+from .saving import MANIFEST_FILE, load, mismatch
 
 
 def import_object(path: str, what: str, search: Sequence[Path] = ()) -> Any:
@@ -61,8 +61,6 @@ def build_model(factory: Callable[[], nn.Module], weights: str | None) -> nn.Mod
     if weights is not None and (Path(weights) / MANIFEST_FILE).is_file():
         return load(weights, factory)
     model = factory()
-    if not isinstance(model, nn.Module):
-        raise SensipruneError(f"model.factory returned {type(model).__name__}, not an nn.Module")
     if weights is not None:
         _load_state(model, _read_state(Path(weights)), weights)
     return model
@@ -105,9 +103,8 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         raise SensipruneError(
-            f"model.weights: {source} does not fit the model: {' '.join(lines[1:3])[:300]}"
+            f"model.weights: {source} does not fit the model: {mismatch(exc)}"
         ) from exc
 
 

@@ -84,14 +84,18 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
         raise SensipruneError(
-            f"the saved weights do not fit the model from factory(): {detail}"
+            f"the saved weights do not fit the model from factory(): {mismatch(exc)}"
         ) from exc
     targets = {name: _target(model, name) for name in model_masks}
     masks.apply_masks(targets, model_masks)
     return model
+
+
+def mismatch(exc: RuntimeError) -> str:
+    """The specific lines of a load_state_dict error (missing, unexpected, wrong shapes)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines[1:3] or lines[:1])[:300]
 
 
 def _recordable(value: object) -> bool:
