@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,27 +54,13 @@ def main() -> None:
     scoring = encoder.batches(texts[:16], batch_size=16, max_length=64)
     tuning = encoder.batches(texts[16:96] if not args.quick else texts[16:48], 16, 64)
     held_out = encoder.batches(texts[96:] if not args.quick else texts[48:], 16, 64)
-    with torch.no_grad():
-        reference = [sentence_embeddings(dense, b) for b in held_out]
+    similarity = _similarity_to(dense, held_out)
     one = encoder.batches(texts[:1], 1, 128)[0]
     long = dict(encoder.tokenizer(texts[:32], padding="max_length", truncation=True,
                                   max_length=128, return_tensors="pt"))  # fmt: skip
 
     def inputs(batch):
         return batch["input_ids"], batch["attention_mask"]
-
-    def similarity(model) -> float:
-        with torch.no_grad():
-            return (
-                torch.cat(
-                    [
-                        F.cosine_similarity(sentence_embeddings(model, b), r)
-                        for b, r in zip(held_out, reference)
-                    ]
-                )
-                .mean()
-                .item()
-            )
 
     base = {
         "params": sum(p.numel() for p in dense.parameters()),
@@ -144,24 +131,28 @@ def main() -> None:
     finish(lines, args.out, started)
 
 
+def _similarity_to(dense, held_out: list) -> Callable[[torch.nn.Module], float]:
+    """Mean cosine of a model's sentence embeddings to ``dense``'s on ``held_out`` (the dense
+    embeddings computed once)."""
+    with torch.no_grad():
+        reference = [sentence_embeddings(dense, b) for b in held_out]
+
+    def similarity(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            pairs = zip(held_out, reference)
+            cosines = [F.cosine_similarity(sentence_embeddings(model, b), r) for b, r in pairs]
+        return torch.cat(cosines).mean().item()
+
+    return similarity
+
+
 def _longer_distillation(encoder, dense, args, inputs) -> list[str]:
     """50% of the heads by measured sensitivity, per layer or ranked across layers, then epochs
     of distillation on more text: how far recovery goes."""
     texts = pydoc_paragraphs(1200, seed=args.seed)
     scoring = encoder.batches(texts[:16], 16, 64)
     tuning = encoder.batches(texts[16:1072] if not args.quick else texts[16:144], 32, 64)
-    held_out = encoder.batches(texts[1072:], 16, 64)
-    with torch.no_grad():
-        reference = [sentence_embeddings(dense, b) for b in held_out]
-
-    def similarity(model) -> float:
-        with torch.no_grad():
-            pairs = zip(held_out, reference)
-            return (
-                torch.cat([F.cosine_similarity(sentence_embeddings(model, b), r) for b, r in pairs])
-                .mean()
-                .item()
-            )
+    similarity = _similarity_to(dense, encoder.batches(texts[1072:], 16, 64))
 
     epochs = 1 if args.quick else 3
     rows = []
