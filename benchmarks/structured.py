@@ -9,6 +9,7 @@ Writes benchmarks/results/structured.md. Reproduce with:
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 
 import torch
@@ -16,7 +17,7 @@ from common import finish, header, parser
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.measure import count_flops, latency
+from sensiprune.measure import count_flops, speedup
 from sensiprune.zoo import LeNet5, load_digits_splits
 
 
@@ -95,38 +96,49 @@ class MobileNetV2Style(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
-def prune_ours(model: nn.Module, sparsity: float, x: torch.Tensor) -> float:
-    start = time.perf_counter()
+def prune_ours(model: nn.Module, sparsity: float, x: torch.Tensor, round_to: int) -> None:
     sp.prune(model, sparsity, "magnitude", structured=True, example_inputs=x, scope="layer",
-             ignore=[model.fc])  # fmt: skip
-    return time.perf_counter() - start
+             ignore=[model.fc], round_to=round_to)  # fmt: skip
 
 
-def prune_peer(model: nn.Module, sparsity: float, x: torch.Tensor) -> float:
+def prune_peer(model: nn.Module, sparsity: float, x: torch.Tensor, round_to: int) -> None:
     import torch_pruning as tp
 
-    start = time.perf_counter()
     pruner = tp.pruner.MagnitudePruner(
-        model, x, importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=sparsity, ignored_layers=[model.fc],
+        model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=sparsity,
+        ignored_layers=[model.fc], round_to=round_to if round_to > 1 else None,
     )  # fmt: skip
     pruner.step()
-    return time.perf_counter() - start
 
 
-def speed_table(repeats: int, with_peer: bool) -> list[str]:
+def pruned(prune, dense: nn.Module, sparsity: float, x: torch.Tensor, round_to: int, times: int):
+    """The model ``prune`` makes of a copy of ``dense``, and the median seconds it took over
+    ``times`` fresh copies (a single timing catches garbage-collector pauses)."""
+    seconds = []
+    for _ in range(times):
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        prune(model, sparsity, x, round_to)
+        seconds.append(time.perf_counter() - start)
+    return model, statistics.median(seconds)
+
+
+def speed_table(rounds: int, with_peer: bool) -> list[str]:
     out = [
         "## FLOPs and measured CPU latency (input 3x32x32)",
         "",
-        'Uniform channel sparsity per layer (`scope="layer"`, L1 magnitude), classifier kept. '
-        f"Latency: median of {repeats} runs after 5 warm-up runs, {torch.get_num_threads()} "
-        "threads, eval mode, no_grad. *efficiency* = latency speed-up / FLOP reduction at "
-        "batch 32 (target ≥ 0.9).",
+        'Uniform channel sparsity per layer (`scope="layer"`, L1 magnitude), classifier kept; '
+        "`round_to` 1 (none) and 8. Speed-up: `sensiprune.measure.speedup`, the pruned and "
+        f"the dense model timed in alternation, median of {rounds} rounds of 10 runs each, "
+        f"{torch.get_num_threads()} threads, eval mode, no_grad. *efficiency* = speed-up / "
+        "FLOP reduction at batch 32 (target ≥ 0.9). Prune time: median of 5 prunes of fresh "
+        "copies, graph building included, for both libraries; ours also counts FLOPs before "
+        "and after and runs the pruned model once to check its output shapes.",
         "",
-        "| model | sparsity | params | FLOP reduction | speed-up b1 | speed-up b32 "
-        "| efficiency b32 | prune time (s) | peer prune time (s) | peer FLOP reduction "
-        "| peer params | peer runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | sparsity | round_to | params | FLOP reduction | speed-up b1 | speed-up b32 "
+        "| efficiency b32 | prune time (ms) | peer prune time (ms) | peer FLOP reduction "
+        "| peer speed-up b32 | peer runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, factory in (
         ("ResNet-18-style", ResNet18Style),
@@ -136,35 +148,29 @@ def speed_table(repeats: int, with_peer: bool) -> list[str]:
         dense = factory().eval()
         x1, x32 = torch.randn(1, 3, 32, 32), torch.randn(32, 3, 32, 32)
         base = count_flops(dense, x1).dense
-        base_params = sum(p.numel() for p in dense.parameters())
-        base_b1, base_b32 = (
-            latency(dense, x1, repeats=repeats),
-            latency(dense, x32, repeats=repeats),
-        )
-        out.append(
-            f"| {name} | dense | {base_params:,} | 1.00 | 1.00 | 1.00 | — | — | — | — | — | — |"
-        )
+        params = sum(p.numel() for p in dense.parameters())
+        out.append(f"| {name} | dense | — | {params:,} | 1.00 | 1.00 | 1.00 |" + " — |" * 6)
         for sparsity in (0.3, 0.5, 0.7):
-            ours = copy.deepcopy(dense)
-            seconds = prune_ours(ours, sparsity, x1)
-            flops = count_flops(ours, x1).dense
-            b1 = base_b1 / latency(ours, x1, repeats=repeats)
-            b32 = base_b32 / latency(ours, x32, repeats=repeats)
-            reduction = base / flops
-            peer_cells = "— | — | — | not installed"
-            if with_peer:
-                peer = copy.deepcopy(dense)
-                peer_seconds = prune_peer(peer, sparsity, x1)
-                runs = tuple(peer(x32).shape) == (32, 10)
-                peer_cells = (
-                    f"{peer_seconds:.3f} | {base / count_flops(peer, x1).dense:.2f} | "
-                    f"{sum(p.numel() for p in peer.parameters()):,} | {'yes' if runs else 'NO'}"
+            for round_to in (1, 8):
+                ours, seconds = pruned(prune_ours, dense, sparsity, x1, round_to, 5)
+                reduction = base / count_flops(ours, x1).dense
+                b1 = speedup(dense, ours, x1, rounds=rounds)
+                b32 = speedup(dense, ours, x32, rounds=rounds)
+                peer_cells = "— | — | — | not installed"
+                if with_peer:
+                    peer, peer_seconds = pruned(prune_peer, dense, sparsity, x1, round_to, 5)
+                    runs = tuple(peer(x32).shape) == (32, 10)
+                    peer_cells = (
+                        f"{peer_seconds * 1e3:.0f} | {base / count_flops(peer, x1).dense:.2f} | "
+                        f"{speedup(dense, peer, x32, rounds=rounds):.2f} | "
+                        f"{'yes' if runs else 'NO'}"
+                    )
+                out.append(
+                    f"| {name} | {sparsity:.0%} | {round_to} | "
+                    f"{sum(p.numel() for p in ours.parameters()):,} | {reduction:.2f} | "
+                    f"{b1:.2f} | {b32:.2f} | {b32 / reduction:.2f} | {seconds * 1e3:.0f} | "
+                    f"{peer_cells} |"
                 )
-            out.append(
-                f"| {name} | {sparsity:.0%} | {sum(p.numel() for p in ours.parameters()):,} | "
-                f"{reduction:.2f} | {b1:.2f} | {b32:.2f} | {b32 / reduction:.2f} | "
-                f"{seconds:.3f} | {peer_cells} |"
-            )
     return out
 
 
@@ -215,10 +221,10 @@ def main() -> None:
         with_peer, peer = True, f"torch-pruning {torch_pruning.__version__}"
     except ImportError:
         with_peer, peer = False, "torch-pruning not installed"
-    repeats = 5 if args.quick else 25
+    rounds = 3 if args.quick else 7
     started = time.perf_counter()
     lines = header("Structured pruning benchmark", "structured.py", args, f"; peer: {peer}")
-    lines += speed_table(repeats, with_peer)
+    lines += speed_table(rounds, with_peer)
     lines += accuracy_table(args.seed, 2 if args.quick else 10)
     finish(lines, args.out, started)
 

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import sensiprune as sp
-from sensiprune.measure import count_flops, count_parameters, latency
+from sensiprune.measure import (
+    count_flops,
+    count_parameters,
+    counted_forward,
+    counting_flops,
+    latency,
+)
+
+from .architectures import ZOO
 
 
 def test_parameter_counts_follow_masks(mlp):
@@ -30,3 +39,14 @@ def test_flops_match_the_layer_arithmetic(mlp):
 
 def test_latency_is_a_positive_median(mlp):
     assert latency(mlp, torch.randn(4, 8), warmup=1, repeats=3) > 0
+
+
+@pytest.mark.parametrize("name", ["resnet", "lstm", "bigru-2-layer", "transformer"])
+def test_total_flops_agree_with_torchs_flop_counter(name):
+    factory, shape = ZOO[name]
+    torch.manual_seed(0)
+    model, x = factory(), torch.randn(shape)
+    with counting_flops(model, per_module=True) as reference:
+        model(x)
+    assert reference.get_total_flops() > 0
+    assert counted_forward(model, [x], "does not run")[0] == reference.get_total_flops()

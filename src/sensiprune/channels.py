@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import fx
@@ -21,9 +21,9 @@ class Flow:
 PRODUCING_ROLES = ("out", "hidden", "head")
 
 
-@dataclass(frozen=True)
-class Member:
-    """One index of one module that belongs to a group."""
+class Member(NamedTuple):
+    """One index of one module that belongs to a group (a tuple: graphs hold one per channel
+    of every layer, and a tuple is several times cheaper to make than a frozen dataclass)."""
 
     layer: str
     role: str  # "out" channel, "in" column, "channel" entry, "hidden" RNN unit, "head"
@@ -82,8 +82,7 @@ def tensor_shapes(output: Any) -> list[tuple[int, ...]]:
 
 
 def node_shape(node: Any) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+    return node.meta.get("shape") if isinstance(node, fx.Node) else None
 
 
 def node_args(node: fx.Node) -> list[fx.Node]:

@@ -21,7 +21,7 @@ from . import criteria
 from .atomic import atomic_write_bytes
 from .compare import SweepPoint, SweepSettings, sweep
 from .errors import SensipruneError
-from .measure import count_parameters, latency
+from .measure import count_parameters, speedup
 from .pruning import prune
 from .report import plot_sweep, sweep_table
 from .saving import load, save
@@ -95,7 +95,7 @@ def _shrunk_row(name: str, dense: nn.Module, data: DigitsSplits, epochs: int) ->
     )
     one_shot = evaluate(model, data.test)
     finetune(model, data.train, epochs=epochs, show_progress=False)
-    speed_up = latency(dense, x) / latency(model, x)
+    speed_up = speedup(dense, model, x)
     return (
         f"| {name} | {result.params_before:,} → {result.params_after:,} | "
         f"{result.flops_before / max(result.flops_after or 1, 1):.2f}x | {speed_up:.2f}x | "

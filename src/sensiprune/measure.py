@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from .channels import tensor_shapes
 from .errors import SensipruneError
@@ -44,12 +45,43 @@ class FlopCount:
         return self.dense / max(self.effective, 1)
 
 
+class TotalFlops(TorchDispatchMode):
+    """The total of ``FlopCounterMode`` (same formulas, same decompositions) without its
+    per-module bookkeeping, which costs more than the forward pass itself on small inputs and
+    sits on every structured prune's path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(
+        self,
+        func: torch._ops.OpOverload,
+        types: object,
+        args: tuple = (),
+        kwargs: dict | None = None,
+    ) -> object:
+        kwargs = kwargs or {}
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is None:
+            if func is not torch.ops.prim.device.default:
+                decomposed = func.decompose(*args, **kwargs)
+                if decomposed is not NotImplemented:
+                    return decomposed
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
 @contextlib.contextmanager
-def counting_flops(model: nn.Module) -> Iterator[FlopCounterMode]:
-    """Count the FLOPs of whatever runs ``model`` inside, in eval mode. Grad stays on: fused
-    inference fast paths (TransformerEncoderLayer's, say) would hide their FLOPs from the
-    counter, and with grad on the counted math path runs instead."""
-    with eval_mode(model), torch.enable_grad(), FlopCounterMode(display=False) as counter:
+def counting_flops(model: nn.Module, per_module: bool = False) -> Iterator:
+    """Count the FLOPs of whatever runs ``model`` inside, in eval mode: a ``FlopCounterMode``
+    with ``per_module``, else a ``TotalFlops``. Grad stays on: fused inference fast paths
+    (TransformerEncoderLayer's, say) would hide their FLOPs from the counter, and with grad
+    on the counted math path runs instead."""
+    counter = FlopCounterMode(display=False) if per_module else TotalFlops()
+    with eval_mode(model), torch.enable_grad(), counter:
         yield counter
 
 
@@ -64,12 +96,12 @@ def counted_forward(
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SensipruneError(f"{failure}: {reason}") from exc
-    return counter.get_total_flops(), tensor_shapes(output)
+    return counter.total, tensor_shapes(output)
 
 
 def module_flops(model: nn.Module, *example_inputs: torch.Tensor) -> tuple[int, dict[str, int]]:
     """FLOPs of one forward pass, in total and per module (by name; "" is the model)."""
-    with counting_flops(model) as counter:
+    with counting_flops(model, per_module=True) as counter:
         model(*example_inputs)
     root = type(model).__name__
     per_module = {}
@@ -93,15 +125,43 @@ def latency(
     model: nn.Module, *example_inputs: torch.Tensor, warmup: int = 5, repeats: int = 30
 ) -> float:
     """Median seconds of one forward pass after ``warmup`` untimed runs."""
-    times = []
     with eval_mode(model), torch.no_grad():
         for _ in range(warmup):
             model(*example_inputs)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(*example_inputs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return statistics.median(_timed(model, example_inputs) for _ in range(repeats))
+
+
+def speedup(
+    baseline: nn.Module,
+    candidate: nn.Module,
+    *example_inputs: torch.Tensor,
+    warmup: int = 3,
+    rounds: int = 7,
+    repeats: int = 10,
+) -> float:
+    """How many times faster ``candidate`` runs than ``baseline``: the median over ``rounds``
+    of the ratio of their median times, the two timed in alternation. Timing one model and
+    then the other lets a noisy machine's slow spell fall on one side only; alternating puts
+    both under the same conditions."""
+    ratios = []
+    with eval_mode(baseline), eval_mode(candidate), torch.no_grad():
+        for _ in range(warmup):
+            baseline(*example_inputs)
+            candidate(*example_inputs)
+        for _ in range(rounds):
+            pairs = [
+                (_timed(baseline, example_inputs), _timed(candidate, example_inputs))
+                for _ in range(repeats)
+            ]
+            slow, fast = zip(*pairs, strict=True)
+            ratios.append(statistics.median(slow) / statistics.median(fast))
+    return statistics.median(ratios)
+
+
+def _timed(model: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    start = time.perf_counter()
+    model(*inputs)
+    return time.perf_counter() - start
 
 
 def weights_kept(dense: nn.Module, pruned: nn.Module) -> list[dict[str, int | str]]:

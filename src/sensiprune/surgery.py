@@ -173,10 +173,10 @@ def shrink(module: nn.Module, role: str, keep: torch.Tensor) -> None:
         if tensor is None:
             continue
         index = positions(cut, keep, n).sort().values.to(tensor.device)
-        _replace(module, cut.attr, tensor.detach().index_select(cut.dim, index).clone())
+        _replace(module, cut.attr, tensor.detach().index_select(cut.dim, index))
         mask = module._buffers.get(_MASK_PREFIX + cut.attr)
         if mask is not None:
-            module._buffers[_MASK_PREFIX + cut.attr] = mask.index_select(cut.dim, index).clone()
+            module._buffers[_MASK_PREFIX + cut.attr] = mask.index_select(cut.dim, index)
     for attr in layout.size_attrs:
         setattr(module, attr, len(keep))
     if layout.after is not None:
