@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from importlib import metadata
 
 import torch
 from common import finish, header, parser
@@ -215,11 +216,9 @@ def main() -> None:
     args = parser(
         __doc__, "benchmarks/results/structured.md", "fewer repeats and epochs"
     ).parse_args()
-    try:
-        import torch_pruning
-
-        with_peer, peer = True, f"torch-pruning {torch_pruning.__version__}"
-    except ImportError:
+    try:  # the installed version: torch_pruning.__version__ lags its releases
+        with_peer, peer = True, f"torch-pruning {metadata.version('torch-pruning')}"
+    except metadata.PackageNotFoundError:
         with_peer, peer = False, "torch-pruning not installed"
     rounds = 3 if args.quick else 7
     started = time.perf_counter()

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.adapters import find_blocks
+from sensiprune.adapters import find_blocks, head_counts
 from sensiprune.distill import embedding_distillation, sentence_embeddings
+from sensiprune.surgery import size_of
 
 transformers = pytest.importorskip("transformers")
 
@@ -258,3 +259,112 @@ def test_head_gate_scores_are_the_gate_gradients_measured_by_finite_differences(
              example_inputs=_inputs(batch))  # fmt: skip
     heads = [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer]
     assert sum(heads) == 4 and min(heads) >= 1  # ranked across layers (the default scope)
+
+
+def _tiny_decoder(family: str) -> nn.Module:
+    """A randomly initialised decoder of each fused-projection family, two blocks deep."""
+    torch.manual_seed(0)
+    shared = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+    if family == "phi3":  # qkv_proj [Q K V] with 2 key/value heads, gate_up_proj
+        config = transformers.Phi3Config(
+            **shared, num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+            pad_token_id=0,
+        )  # fmt: skip
+        return transformers.Phi3ForCausalLM(config).eval()
+    if family == "gpt-neox":  # query_key_value head by head
+        config = transformers.GPTNeoXConfig(
+            **shared, intermediate_size=64, max_position_embeddings=64
+        )
+        return transformers.GPTNeoXForCausalLM(config).eval()
+    config = transformers.GPT2Config(  # Conv1D projections, c_attn [Q K V]
+        vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=64
+    )
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+FUSED = ["phi3", "gpt-neox", "gpt2"]
+
+
+def _ids() -> torch.Tensor:
+    return torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("family", FUSED)
+def test_fused_projections_lose_heads_and_neurons_and_the_decoder_still_generates(family, tmp_path):
+    model, ids = _tiny_decoder(family), _ids()
+    blocks = find_blocks(model)
+    assert len(blocks) == 2 and {b.adapter.family.split("-style")[0] for b in blocks} != {"Llama"}
+    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    for block in find_blocks(model):
+        query_heads, kv_heads, size = head_counts(block)
+        assert query_heads == 2 and size == 8 and kv_heads == (1 if family == "phi3" else 2)
+        output = block.module.get_submodule(block.adapter.output)
+        assert size_of(output, "in") == 16
+        assert size_of(block.module.get_submodule(block.adapter.ffn_out), "in") == 32
+    assert model(ids).logits.shape == (2, 9, 100)
+    generated = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, 12)  # the key/value cache agrees with the new head counts
+    sp.save(model, tmp_path / family)
+    loaded = sp.load(tmp_path / family, lambda: _tiny_decoder(family))
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("family", FUSED)
+def test_removing_zeroed_heads_of_a_fused_projection_leaves_logits_unchanged(family):
+    model, ids = _tiny_decoder(family), _ids()
+    # silence the last key/value group of block 0 (Phi-3: query heads 2 and 3; else head 3)
+    # and the first FFN neuron of block 1, then score exactly those lowest
+    block0, block1 = find_blocks(model)
+    query_heads, kv_heads, size = head_counts(block0)
+    silent = slice((query_heads - query_heads // kv_heads) * size, query_heads * size)
+    ffn_out = block1.module.get_submodule(block1.adapter.ffn_out)
+    down = block1.path(block1.adapter.ffn_out) + ".weight"
+    params = dict(model.named_parameters())
+    scores = {n: torch.ones_like(p) for n, p in params.items()}
+    with torch.no_grad():
+        output = block0.path(block0.adapter.output) + ".weight"
+        conv1d = family == "gpt2"  # weights stored (in, out)
+        for name, columns in ((output, silent), (down, slice(0, 1))):
+            where = (columns, slice(None)) if conv1d else (slice(None), columns)
+            params[name][where] = 0
+            scores[name][where] = 0
+    expected = model(ids).logits
+    budget = {
+        block0.path(block0.adapter.head_layer): 1 / kv_heads,
+        block1.path(block1.adapter.ffn_in[0]): 1 / size_of(ffn_out, "in"),
+    }
+    sp.prune(model, budget, "magnitude", structured=True, example_inputs=(ids,), scores=scores,
+             group_reduction="sum")  # fmt: skip
+    pruned0, kept1 = find_blocks(model)
+    assert head_counts(pruned0)[0] == query_heads - query_heads // kv_heads
+    assert head_counts(kept1)[0] == query_heads
+    torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_phi3_blocks_with_different_head_counts_get_their_own_config_and_load_back(tmp_path):
+    model, ids = _tiny_decoder("phi3"), _ids()
+    sp.prune(model, {"model.layers.0.self_attn.qkv_proj": 0.5}, "magnitude", structured=True,
+             example_inputs=(ids,))  # fmt: skip
+    first, second = (layer.self_attn for layer in model.model.layers)
+    assert first.config.num_attention_heads == 2 and first.num_key_value_heads == 1
+    assert second.config is model.config and model.config.num_attention_heads == 4
+    generated = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, 12)
+    sp.save(model, tmp_path / "phi3")
+    loaded = sp.load(tmp_path / "phi3", lambda: _tiny_decoder("phi3"))
+    assert loaded.model.layers[0].self_attn.config.num_attention_heads == 2
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_fused_families_say_where_save_pretrained_can_carry_the_shapes(tmp_path, caplog):
+    phi3, ids = _tiny_decoder("phi3"), _ids()
+    sp.prune(phi3, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    phi3.save_pretrained(tmp_path / "phi3")
+    again = transformers.Phi3ForCausalLM.from_pretrained(tmp_path / "phi3").eval()
+    assert torch.equal(again(ids).logits, phi3(ids).logits)
+    assert "cannot describe" not in caplog.text
+    gpt2 = _tiny_decoder("gpt2")
+    sp.prune(gpt2, {"ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    assert gpt2.config.n_inner == 32 and "cannot describe" not in caplog.text
+    sp.prune(gpt2, {"heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    assert "GPT-2-style decoder block config derives the head size" in caplog.text

@@ -85,3 +85,27 @@ def test_load_refuses_weights_that_do_not_fit(mlp, tmp_path):
     sp.save(mlp, tmp_path / "run")
     with pytest.raises(sp.SensipruneError, match="do not fit the model"):
         sp.load(tmp_path / "run", lambda: nn.Sequential(nn.Linear(8, 2)))
+
+
+class _TiedLanguageModel(nn.Module):
+    """An embedding and an output head sharing one weight, as language models have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 6)
+        self.head = nn.Linear(6, 20, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids))
+
+
+def test_tied_weights_are_stored_once_and_come_back_tied(tmp_path):
+    torch.manual_seed(0)
+    model = _TiedLanguageModel()
+    sp.save(model, tmp_path / "tied")
+    loaded = sp.load(tmp_path / "tied", _TiedLanguageModel)
+    assert loaded.head.weight is loaded.embed.weight
+    assert torch.equal(loaded.embed.weight, model.embed.weight)
+    stored = (tmp_path / "tied" / "weights.safetensors").stat().st_size
+    assert stored < 1.5 * model.embed.weight.numel() * 4  # one copy, not two

@@ -14,6 +14,7 @@ left as it is. A new family is one more entry in ``ADAPTERS``.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from torch import nn
 from .channels import DependencyGraph, Group, Member
 from .errors import SensipruneError
 from .measure import counted_forward
+from .surgery import size_of
 
 log = logging.getLogger(__name__)
 HEADS, FFN = "heads", "ffn"  # budget keys that stand for every block's heads / FFN neurons
@@ -32,33 +34,49 @@ HEADS, FFN = "heads", "ffn"  # budget keys that stand for every block's heads / 
 @dataclass(frozen=True)
 class BlockAdapter:
     family: str
-    query: str
-    key: str
-    value: str
     output: str
     attention: str  # the module that holds the head bookkeeping
     head_size: str  # its attribute: the width of one head
     ffn_in: tuple[str, ...]  # projections into the FFN (gate and up of a gated MLP)
     ffn_out: str
-    heads: str | None = None  # its attribute counting query heads, kept in step
-    total: str | None = None  # its attribute holding heads x head size, kept in step
+    query: str | None = None
+    key: str | None = None
+    value: str | None = None
+    qkv: str | None = None  # one projection for query, key and value, instead of three
+    interleaved: bool = False  # qkv rows head by head, [q k v] per head (GPT-NeoX), not [Q K V]
+    gate_up: bool = False  # ffn_in[0] holds the gate rows, then the up rows (Phi-3)
+    heads: str | None = None  # the attention's attribute counting query heads, kept in step
+    kv_heads: str | None = None  # ... counting key/value heads
+    totals: tuple[str, ...] = ()  # ... holding (query) heads x head size
     query_groups: str | None = None  # query heads per key/value head (grouped-query attention)
     # config fields that describe the head counts, when the config has its own head size
     config_heads: tuple[str, str] | None = None  # (query heads, key/value heads)
+    config_ffn: str = "intermediate_size"
+    # the forward reads the head counts from the config the blocks share: a block whose count
+    # differs gets a config of its own
+    config_in_forward: bool = False
+
+    @property
+    def head_layer(self) -> str:
+        """The projection whose name stands for the block's heads in a budget."""
+        return self.qkv or self.query or ""
 
     def matches(self, block: nn.Module) -> bool:
         try:
             attention = block.get_submodule(self.attention)
-            parts = [block.get_submodule(p) for p in self._linears()]
+            parts = [block.get_submodule(p) for p in self._projections()]
         except AttributeError:
             return False
         counts = [self.head_size] + ([self.query_groups] if self.query_groups else [])
-        return all(isinstance(p, nn.Linear) for p in parts) and all(
-            isinstance(getattr(attention, a, None), int) for a in counts
-        )
+        return all(
+            size_of(p, "out") is not None and size_of(p, "in") is not None for p in parts
+        ) and all(isinstance(getattr(attention, a, None), int) for a in counts)
 
-    def _linears(self) -> tuple[str, ...]:
-        return (self.query, self.key, self.value, self.output, *self.ffn_in, self.ffn_out)
+    def _projections(self) -> tuple[str, ...]:
+        attention = (self.qkv,) if self.qkv else (self.query, self.key, self.value)
+        if None in attention:
+            raise ValueError(f"{self.family}: name qkv, or query, key and value")
+        return (*attention, self.output, *self.ffn_in, self.ffn_out)
 
 
 ADAPTERS = (
@@ -73,7 +91,7 @@ ADAPTERS = (
         ffn_in=("intermediate.dense",),
         ffn_out="output.dense",
         heads="num_attention_heads",
-        total="all_head_size",
+        totals=("all_head_size",),
     ),
     BlockAdapter(  # ViT (transformers 5): patch tokens, q/k/v/o projections, fc1/fc2 MLP
         family="ViT-style encoder layer",
@@ -100,6 +118,52 @@ ADAPTERS = (
         query_groups="num_key_value_groups",
         config_heads=("num_attention_heads", "num_key_value_heads"),
     ),
+    BlockAdapter(  # Phi-3: one qkv projection [Q K V] with grouped-query attention, gate_up
+        family="Phi-3-style decoder layer",
+        qkv="self_attn.qkv_proj",
+        output="self_attn.o_proj",
+        attention="self_attn",
+        head_size="head_dim",
+        ffn_in=("mlp.gate_up_proj",),
+        ffn_out="mlp.down_proj",
+        gate_up=True,
+        kv_heads="num_key_value_heads",
+        query_groups="num_key_value_groups",
+        config_heads=("num_attention_heads", "num_key_value_heads"),
+        config_in_forward=True,
+    ),
+    BlockAdapter(  # GPT-NeoX, Pythia: one qkv projection laid out head by head
+        family="GPT-NeoX-style decoder layer",
+        qkv="attention.query_key_value",
+        interleaved=True,
+        output="attention.dense",
+        attention="attention",
+        head_size="head_size",
+        ffn_in=("mlp.dense_h_to_4h",),
+        ffn_out="mlp.dense_4h_to_h",
+    ),
+    BlockAdapter(  # GPT-2: Conv1D projections (weights transposed), c_attn split [Q K V]
+        family="GPT-2-style decoder block",
+        qkv="attn.c_attn",
+        output="attn.c_proj",
+        attention="attn",
+        head_size="head_dim",
+        ffn_in=("mlp.c_fc",),
+        ffn_out="mlp.c_proj",
+        heads="num_heads",
+        totals=("split_size",),
+        config_ffn="n_inner",
+    ),
+)
+
+
+# the config fields sync_config may write: sp.save records them and sp.load puts them back
+CONFIG_FIELDS = tuple(
+    sorted(
+        {"head_dim"}
+        | {a.config_ffn for a in ADAPTERS}
+        | {f for a in ADAPTERS for f in a.config_heads or ()}
+    )
 )
 
 
@@ -139,61 +203,125 @@ def build_graph(
     return DependencyGraph(groups, untouched, flops, shapes)
 
 
+def head_counts(block: Block) -> tuple[int, int, int]:
+    """Query heads, key/value heads and head size of a block, read from its projections (so
+    they hold before and after pruning): whole key/value groups go, so the number of query
+    heads per key/value head stays what the attention says."""
+    a, module = block.adapter, block.module
+    size = getattr(block.attention, a.head_size)
+    per_kv = getattr(block.attention, a.query_groups) if a.query_groups else 1
+    if a.qkv is not None:
+        kv = size_of(module.get_submodule(a.qkv), "out") // ((per_kv + 2) * size)
+        return kv * per_kv, kv, size
+    return (
+        size_of(module.get_submodule(a.query), "out") // size,
+        size_of(module.get_submodule(a.key), "out") // size,
+        size,
+    )
+
+
 def _block_groups(block: Block) -> Iterator[Group]:
     """One group per key/value head (with the query heads that read it: grouped-query
     attention loses whole groups, so every group keeps its ratio), then one per FFN neuron."""
     a, module = block.adapter, block.module
-    size = getattr(block.attention, a.head_size)
-    per_kv = getattr(block.attention, a.query_groups) if a.query_groups else 1
-    for kv in range(module.get_submodule(a.key).out_features // size):
+    query_heads, kv_heads, size = head_counts(block)
+    per_kv = query_heads // kv_heads
+    for kv in range(kv_heads):
         kv_rows = range(kv * size, (kv + 1) * size)
         q_rows = range(kv * per_kv * size, (kv + 1) * per_kv * size)
-        members = [Member(block.path(p), "out", i) for p in (a.key, a.value) for i in kv_rows]
-        members += [Member(block.path(a.query), "out", i) for i in q_rows]
+        if a.qkv is None:
+            members = [Member(block.path(p), "out", i) for p in (a.key, a.value) for i in kv_rows]
+            members += [Member(block.path(a.query), "out", i) for i in q_rows]
+        elif a.interleaved:  # head h is rows 3·h·size … 3·(h+1)·size − 1: its q, k and v
+            rows = range(3 * kv * size, 3 * (kv + 1) * size)
+            members = [Member(block.path(a.qkv), "out", i) for i in rows]
+        else:  # [Q K V]: the key rows start after every query row, the value rows after those
+            key_start, value_start = query_heads * size, (query_heads + kv_heads) * size
+            rows = [*q_rows, *(key_start + i for i in kv_rows), *(value_start + i for i in kv_rows)]
+            members = [Member(block.path(a.qkv), "out", i) for i in rows]
         members += [Member(block.path(a.output), "in", i) for i in q_rows]
         yield Group(members)
-    width = module.get_submodule(a.ffn_in[0]).out_features
+    width = size_of(module.get_submodule(a.ffn_out), "in")
     for j in range(width):
-        members = [Member(block.path(p), "out", j) for p in a.ffn_in]
+        if a.gate_up:
+            members = [Member(block.path(a.ffn_in[0]), "out", i) for i in (j, width + j)]
+        else:
+            members = [Member(block.path(p), "out", j) for p in a.ffn_in]
         yield Group([*members, Member(block.path(a.ffn_out), "in", j)])
+
+
+def after_surgery(model: nn.Module, blocks: Sequence[Block]) -> None:
+    """Everything the blocks' own code reads follows the new shapes: the attention's head
+    counts, then the model's config, then a config of its own for a block that needs one."""
+    refresh(blocks)
+    sync_config(model, blocks)
+
+
+def bookkeepers(model: nn.Module, blocks: Sequence[Block]) -> list[object]:
+    """The objects :func:`after_surgery` may change (to put back if the pruned model fails)."""
+    config = getattr(model, "config", None)
+    return [b.attention for b in blocks] + ([config] if config is not None else [])
 
 
 def refresh(blocks: Sequence[Block]) -> None:
     """Head counts follow the projections once heads were cut out."""
     for block in blocks:
         a, attention = block.adapter, block.attention
-        size = getattr(attention, a.head_size)
-        heads = block.module.get_submodule(a.query).out_features // size
-        for attr, value in ((a.heads, heads), (a.total, heads * size)):
+        query_heads, kv_heads, size = head_counts(block)
+        counts = [(a.heads, query_heads), (a.kv_heads, kv_heads)]
+        counts += [(total, query_heads * size) for total in a.totals]
+        for attr, value in counts:
             if attr is not None and hasattr(attention, attr):
                 setattr(attention, attr, value)
+
+
+def own_config(module: nn.Module, fields: Mapping[str, int]) -> None:
+    """Give ``module`` a copy of its config with ``fields`` changed, where they differ: for
+    layers whose forward reads sizes from the config every block shares. The fields are kept
+    in ``sensiprune_config``, which ``sp.save`` records and ``sp.load`` applies."""
+    config = getattr(module, "config", None)
+    if config is None or all(getattr(config, k, None) == v for k, v in fields.items()):
+        return
+    module.config = copy.copy(config)
+    for field, value in fields.items():
+        setattr(module.config, field, value)
+    module.sensiprune_config = dict(fields)
 
 
 def sync_config(model: nn.Module, blocks: Sequence[Block]) -> None:
     """Write the new sizes into the model's Hugging Face config where it can express them
     (the same width in every block), so ``save_pretrained`` / ``from_pretrained`` round-trip;
-    otherwise say that only ``sp.save`` / ``sp.load`` can."""
+    otherwise say that only ``sp.save`` / ``sp.load`` can. A block whose forward reads head
+    counts from the shared config and whose counts differ from it gets a config of its own."""
     config = getattr(model, "config", None)
-    if config is None or not blocks:
-        return
+    if config is not None and blocks:
+        _describe_in(config, blocks)
+    for block in blocks:
+        a = block.adapter
+        if a.config_in_forward and a.config_heads is not None:
+            own_config(block.attention, dict(zip(a.config_heads, head_counts(block)[:2])))
+
+
+def _describe_in(config: object, blocks: Sequence[Block]) -> None:
     inexpressible = []
-    widths = {b.module.get_submodule(b.adapter.ffn_in[0]).out_features for b in blocks}
-    if len(widths) == 1 and hasattr(config, "intermediate_size"):
-        config.intermediate_size = widths.pop()
-    elif hasattr(config, "intermediate_size"):
+    adapter = blocks[0].adapter
+    widths = {size_of(b.module.get_submodule(b.adapter.ffn_out), "in") for b in blocks}
+    if len(widths) == 1 and hasattr(config, adapter.config_ffn):
+        setattr(config, adapter.config_ffn, widths.pop())
+    elif hasattr(config, adapter.config_ffn):
         inexpressible.append("feed-forward widths differ between blocks")
-    counts = {_head_counts(b) for b in blocks}
-    fields = blocks[0].adapter.config_heads
+    counts = {head_counts(b) for b in blocks}
+    fields = adapter.config_heads
     if fields is not None and len(counts) == 1:
-        (query, kv), first = counts.pop(), blocks[0]
-        config.head_dim = getattr(first.attention, first.adapter.head_size)  # now explicit
+        query, kv, size = counts.pop()
+        config.head_dim = size  # now explicit
         setattr(config, fields[0], query)
         setattr(config, fields[1], kv)
-    elif any(q != getattr(config, "num_attention_heads", q) for q, _ in counts):
+    elif any(q != getattr(config, "num_attention_heads", q) for q, _, _ in counts):
         inexpressible.append(
             "head counts differ between blocks"
             if len(counts) > 1
-            else f"a {blocks[0].adapter.family} config derives the head size from the head count"
+            else f"a {adapter.family} config derives the head size from the head count"
         )
     if inexpressible:
         log.warning(
@@ -203,22 +331,13 @@ def sync_config(model: nn.Module, blocks: Sequence[Block]) -> None:
         )
 
 
-def _head_counts(block: Block) -> tuple[int, int]:
-    a = block.adapter
-    size = getattr(block.attention, a.head_size)
-    return (
-        block.module.get_submodule(a.query).out_features // size,
-        block.module.get_submodule(a.key).out_features // size,
-    )
-
-
 def kind_layers(
     budget: Mapping[str, float], blocks: Sequence[Block], model: nn.Module
 ) -> dict[str, list[str]]:
     """For the ``"heads"`` / ``"ffn"`` keys of a budget, the layers whose groups they mean."""
     kinds: dict[str, list[str]] = {}
     if HEADS in budget:
-        kinds[HEADS] = [b.path(b.adapter.query) for b in blocks] + [
+        kinds[HEADS] = [b.path(b.adapter.head_layer) for b in blocks] + [
             name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
         ]
         if not kinds[HEADS]:

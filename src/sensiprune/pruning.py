@@ -319,10 +319,17 @@ def _prune_structured(
     params_before = sum(p.numel() for p in model.parameters())
     before = {name: t.param.numel() for name, t in targets.items()}
     kept_graph = DependencyGraph(groups, graph.untouched, graph.flops, graph.output_shapes)
-    flops_after = structured_pruning.remove_groups(model, kept_graph, removed, inputs)
-    adapters.refresh(blocks)
-    adapters.sync_config(model, blocks)
-    after = {name: p.numel() for name, p in model.named_parameters() if name in before}
+    flops_after = structured_pruning.remove_groups(
+        model,
+        kept_graph,
+        removed,
+        inputs,
+        lambda: adapters.after_surgery(model, blocks),
+        adapters.bookkeepers(model, blocks),
+    )
+    after = {  # tied weights (a language model's head and embedding) under both names
+        name: p.numel() for name, p in model.named_parameters(remove_duplicate=False)
+    }
     layers = tuple(masks.LayerSparsity(n, before[n], after[n]) for n in before)
     return PruneResult(
         crit.name,

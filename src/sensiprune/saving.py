@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import masks
+from .adapters import CONFIG_FIELDS, own_config
 from .atomic import atomic_directory
 from .errors import SensipruneError
 from .surgery import refresh_loaded
@@ -31,7 +32,8 @@ FORMAT = 1
 SHAPE_ATTRS = (
     "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
     "hidden_size", "input_size", "num_heads", "kept_heads", "embedding_dim", "num_groups",
-    "num_channels", "num_attention_heads", "all_head_size",
+    "num_channels", "num_attention_heads", "all_head_size", "nf", "nx", "split_size",
+    "num_key_value_heads", "sensiprune_config",
 )  # fmt: skip
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "sensiprune.json"
@@ -39,7 +41,7 @@ MANIFEST_FILE = "sensiprune.json"
 
 def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write the model's state and masks to ``directory`` (replaced atomically)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state, aliases = _without_ties(model.state_dict())
     model_masks = {k: v.cpu() for k, v in masks.get_masks(model).items()}
     tensors: dict[str, torch.Tensor] = {}
     encodings: dict[str, dict] = {}
@@ -52,10 +54,17 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         name: {a: getattr(module, a) for a in SHAPE_ATTRS if _recordable(getattr(module, a, None))}
         for name, module in model.named_modules()
     }
+    config = getattr(model, "config", None)
     manifest = {
         "format": FORMAT,
         "masked": encodings,
+        "tied": aliases,
         "modules": {name: attrs for name, attrs in shapes.items() if attrs},
+        "config": {
+            field: value
+            for field in CONFIG_FIELDS
+            if _recordable(value := getattr(config, field, None))
+        },
     }
     with atomic_directory(directory) as staging:
         save_file(tensors, str(staging / WEIGHTS_FILE))
@@ -79,7 +88,11 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     model_masks = {}
     for key, encoding in manifest["masked"].items():
         state[key], model_masks[key] = _decode(key, encoding, stored)
+    for alias, key in manifest.get("tied", {}).items():
+        state[alias] = state[key]
     model = factory()
+    for field, value in manifest.get("config", {}).items():  # read by the blocks' own code
+        setattr(model.config, field, value)
     _resize(model, manifest.get("modules", {}), state)
     try:
         model.load_state_dict(state, strict=True)
@@ -92,6 +105,26 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     return model
 
 
+def _without_ties(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state with each tied tensor (a language model's head and its embedding) stored once,
+    and which names are the same tensor as which stored one: safetensors refuses shared
+    memory, and loading the state back ties them again."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple, str] = {}
+    for key, value in state.items():
+        identity = (value.untyped_storage().data_ptr(), value.storage_offset(), value.shape,
+                    value.stride(), value.dtype, value.device)  # fmt: skip
+        if value.numel() and identity in first:
+            aliases[key] = first[identity]
+            continue
+        first[identity] = key
+        kept[key] = value.detach().cpu().contiguous()
+    return kept, aliases
+
+
 def mismatch(exc: RuntimeError) -> str:
     """The specific lines of a load_state_dict error (missing, unexpected, wrong shapes)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
@@ -99,7 +132,10 @@ def mismatch(exc: RuntimeError) -> str:
 
 
 def _recordable(value: object) -> bool:
+    """An int, a list of ints (kept heads) or a {config field: int} mapping."""
     is_int = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _recordable(v) for k, v in value.items())
     return is_int or (isinstance(value, list) and all(isinstance(v, int) for v in value))
 
 
@@ -111,7 +147,9 @@ def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) ->
         if module is None or all(getattr(module, a, None) == v for a, v in attrs.items()):
             continue
         for attr, value in attrs.items():
-            if attr != "kept_heads":
+            if attr == "sensiprune_config":
+                own_config(module, value)
+            elif attr != "kept_heads":
                 setattr(module, attr, value)
         for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
             key = f"{name}.{attr}" if name else attr

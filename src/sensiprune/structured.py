@@ -6,7 +6,7 @@ import contextlib
 import gc
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -224,25 +224,31 @@ def remove_groups(
     graph: DependencyGraph,
     removed: Sequence[int],
     example_inputs: Sequence[torch.Tensor],
+    bookkeeping: Callable[[], None] | None = None,
+    kept_in_step: Sequence[object] = (),
 ) -> int:
     """Cut the chosen groups out of ``model`` in place; returns the FLOPs afterwards.
 
-    The pruned model is run once before returning; if it fails or its output shapes changed,
-    every touched module gets its old state back and the error says so.
+    ``bookkeeping`` then brings the attributes the model's own code reads (head counts, a
+    config) in step with the new shapes; it changes nothing but ``kept_in_step``. The pruned
+    model is run once before returning; if it fails or its output shapes changed, every
+    touched module and object gets its old state back and the error says so.
     """
     cut: dict[tuple[str, str], set[int]] = defaultdict(set)
     for g in removed:
         for member in graph.groups[g].members:
             cut[(member.layer, member.role)].add(member.index)
     modules = dict(model.named_modules())
-    touched = {layer for layer, _ in cut}
-    saved = {layer: _snapshot(modules[layer]) for layer in touched}
+    touched = [modules[layer] for layer in {layer for layer, _ in cut}] + list(kept_in_step)
+    saved = [(thing, _snapshot(thing)) for thing in touched]
     try:
         for (layer, role), indices in cut.items():
             module = modules[layer]
             size = surgery.layout_for(module, role).size(module)
             keep = [i for i in range(size) if i not in indices]
             surgery.shrink(module, role, torch.tensor(keep, dtype=torch.long))
+        if bookkeeping is not None:
+            bookkeeping()
         flops, shapes = counted_forward(
             model,
             example_inputs,
@@ -255,17 +261,20 @@ def remove_groups(
                 "sensiprune's dependency graph: please report it (the model was not modified)"
             )
     except BaseException:
-        for layer, state in saved.items():
-            modules[layer].__dict__.clear()
-            modules[layer].__dict__.update(state)
+        for thing, state in saved:
+            thing.__dict__.clear()
+            thing.__dict__.update(state)
         raise
     return flops
 
 
-def _snapshot(module: nn.Module) -> dict:
-    state = dict(module.__dict__)
+def _snapshot(thing: object) -> dict:
+    """Enough of ``thing``'s state to put it back: its attributes, and a module's own
+    parameter and buffer tables."""
+    state = dict(thing.__dict__)
     for key in ("_parameters", "_buffers"):
-        state[key] = dict(state[key])
+        if key in state:
+            state[key] = dict(state[key])
     return state
 
 

@@ -149,11 +149,32 @@ LAYOUTS: dict[type, dict[str, Layout]] = {
 }
 
 
+# layers of optional libraries, by qualified name so that they need not be imported here
+NAMED_LAYOUTS: dict[str, dict[str, Layout]] = {
+    "transformers.pytorch_utils.Conv1D": {  # GPT-2's Linear with the weight transposed
+        "out": Layout(_fixed(Cut("weight", 1), Cut("bias", 0)), ("nf",)),
+        "in": Layout(_fixed(Cut("weight", 0)), ("nx",)),
+    },
+}
+
+
 def layout_for(module: nn.Module, role: str) -> Layout:
     for kind in type(module).__mro__:
         if kind in LAYOUTS and role in LAYOUTS[kind]:
             return LAYOUTS[kind][role]
+        named = NAMED_LAYOUTS.get(f"{kind.__module__}.{kind.__qualname__}", {})
+        if role in named:
+            return named[role]
     raise TypeError(f"no surgery for the {role} indices of {type(module).__name__}")
+
+
+def size_of(module: nn.Module, role: str) -> int | None:
+    """How many indices ``module`` has in ``role`` (a projection's output rows for "out", its
+    input columns for "in"); None when surgery has no such layout for it."""
+    try:
+        return layout_for(module, role).size(module)
+    except TypeError:
+        return None
 
 
 def positions(cut: Cut, indices: torch.Tensor, n: int) -> torch.Tensor:
