@@ -368,3 +368,48 @@ def test_fused_families_say_where_save_pretrained_can_carry_the_shapes(tmp_path,
     assert gpt2.config.n_inner == 32 and "cannot describe" not in caplog.text
     sp.prune(gpt2, {"heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
     assert "GPT-2-style decoder block config derives the head size" in caplog.text
+
+
+def test_query_heads_go_inside_key_value_groups_and_every_group_keeps_as_many(tmp_path):
+    model, ids = _tiny_llama(), _ids()
+    sp.prune(model, {"query_heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    for layer in model.model.layers:
+        attention = layer.self_attn
+        assert attention.k_proj.out_features == attention.v_proj.out_features == 16  # both kept
+        assert attention.q_proj.out_features == 16 == attention.o_proj.in_features
+        assert attention.num_key_value_groups == 1
+    generated = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, 12)
+    sp.save(model, tmp_path / "sp")
+    assert torch.equal(sp.load(tmp_path / "sp", _tiny_llama)(ids).logits, model(ids).logits)
+    model.save_pretrained(tmp_path / "hf")
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+def test_the_least_important_query_head_of_each_group_goes_wherever_it_sits():
+    model, ids = _tiny_llama(), _ids()
+    silent = {0: [0, 3], 1: [1, 2]}  # per layer, one query head in each key/value group
+    scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for index, heads in silent.items():
+            name = f"model.layers.{index}.self_attn.o_proj.weight"
+            for head in heads:
+                model.get_parameter(name)[:, head * 8 : (head + 1) * 8] = 0
+                scores[name][:, head * 8 : (head + 1) * 8] = 0
+    expected = model(ids).logits
+    sp.prune(model, {"query_heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,),
+             scores=scores, group_reduction="sum")  # fmt: skip
+    assert [layer.self_attn.q_proj.out_features for layer in model.model.layers] == [16, 16]
+    torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_query_heads_need_grouped_query_attention_and_exclude_a_heads_budget():
+    gpt2, ids = _tiny_decoder("gpt2"), _ids()
+    with pytest.raises(sp.SensipruneError, match="needs grouped-query attention"):
+        sp.prune(gpt2, {"query_heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    llama = _tiny_llama()
+    with pytest.raises(sp.SensipruneError, match="not both"):
+        sp.prune(llama, {"heads": 0.5, "query_heads": 0.5}, "magnitude", structured=True,
+                 example_inputs=(ids,))  # fmt: skip
+    assert llama.model.layers[0].self_attn.q_proj.out_features == 32

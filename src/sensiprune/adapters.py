@@ -28,7 +28,8 @@ from .measure import counted_forward
 from .surgery import size_of
 
 log = logging.getLogger(__name__)
-HEADS, FFN = "heads", "ffn"  # budget keys that stand for every block's heads / FFN neurons
+# budget keys that stand for every block's heads / query heads inside key-value groups / FFN
+HEADS, QUERY_HEADS, FFN = "heads", "query_heads", "ffn"
 
 
 @dataclass(frozen=True)
@@ -194,10 +195,15 @@ def find_blocks(model: nn.Module) -> list[Block]:
 
 
 def build_graph(
-    model: nn.Module, blocks: Sequence[Block], inputs: Sequence[torch.Tensor]
+    model: nn.Module,
+    blocks: Sequence[Block],
+    inputs: Sequence[torch.Tensor],
+    query_heads: bool = False,
 ) -> DependencyGraph:
-    """Head and FFN-neuron groups of every block, and one counted forward pass."""
-    groups = [group for block in blocks for group in _block_groups(block)]
+    """Head and FFN-neuron groups of every block, and one counted forward pass. With
+    ``query_heads``, a block with grouped-query attention has one group per query head (to be
+    scored, then merged by :func:`pair_query_heads`) instead of one per key/value group."""
+    groups = [group for block in blocks for group in _block_groups(block, query_heads)]
     flops, shapes = counted_forward(model, inputs, "the model does not run on example_inputs")
     untouched = {"the model dimension": "residual stream and LayerNorm of every block"}
     return DependencyGraph(groups, untouched, flops, shapes)
@@ -220,13 +226,19 @@ def head_counts(block: Block) -> tuple[int, int, int]:
     )
 
 
-def _block_groups(block: Block) -> Iterator[Group]:
+def _block_groups(block: Block, split: bool) -> Iterator[Group]:
     """One group per key/value head (with the query heads that read it: grouped-query
-    attention loses whole groups, so every group keeps its ratio), then one per FFN neuron."""
+    attention loses whole groups, so every group keeps its ratio), then one per FFN neuron;
+    with ``split``, one per query head where several share a key/value head."""
     a, module = block.adapter, block.module
     query_heads, kv_heads, size = head_counts(block)
     per_kv = query_heads // kv_heads
-    for kv in range(kv_heads):
+    if split and splits_query_groups(block):
+        for head in range(query_heads):
+            rows = range(head * size, (head + 1) * size)
+            members = [Member(block.path(a.query), "out", i) for i in rows]
+            yield Group([*members, *(Member(block.path(a.output), "in", i) for i in rows)])
+    for kv in range(kv_heads if not (split and splits_query_groups(block)) else 0):
         kv_rows = range(kv * size, (kv + 1) * size)
         q_rows = range(kv * per_kv * size, (kv + 1) * per_kv * size)
         if a.qkv is None:
@@ -263,12 +275,52 @@ def bookkeepers(model: nn.Module, blocks: Sequence[Block]) -> list[object]:
     return [b.attention for b in blocks] + ([config] if config is not None else [])
 
 
+def splits_query_groups(block: Block) -> bool:
+    """Whether query heads can go inside this block's key/value groups: grouped-query
+    attention with a projection of its own for the queries."""
+    query_heads, kv_heads, _ = head_counts(block)
+    return block.adapter.query is not None and query_heads > kv_heads
+
+
+def pair_query_heads(
+    blocks: Sequence[Block], groups: list[Group], values: torch.Tensor
+) -> tuple[list[Group], torch.Tensor]:
+    """Merge per-query-head groups so that every key/value group keeps as many query heads as
+    every other (the attention repeats each key/value head the same number of times): within
+    each key/value group the query heads are ranked by score, and the r-th least important of
+    every group become one group, scored by their sum."""
+    owners = {b.path(b.adapter.query): b for b in blocks if b.adapter.query is not None}
+    merged: dict[tuple[str, int], list[int]] = {}
+    kept = []
+    for index, group in enumerate(groups):
+        block = owners.get(next(iter(group.producers))) if len(group.producers) == 1 else None
+        if block is None or not any(m.role == "in" for m in group.members):
+            kept.append(index)
+            continue
+        query_heads, kv_heads, size = head_counts(block)
+        head = group.members[0].index // size
+        merged.setdefault((block.name, head // (query_heads // kv_heads)), []).append(index)
+    by_rank: dict[tuple[str, int], list[int]] = {}
+    for (name, _), heads in merged.items():
+        ranked = sorted(heads, key=lambda i: (values[i].item(), i))
+        for rank, index in enumerate(ranked):
+            by_rank.setdefault((name, rank), []).append(index)
+    new_groups = [groups[i] for i in kept]
+    new_values = [values[i] for i in kept]
+    for heads in by_rank.values():
+        new_groups.append(Group([m for i in heads for m in groups[i].members]))
+        new_values.append(values[heads].sum())
+    return new_groups, torch.stack(new_values) if new_values else values[:0]
+
+
 def refresh(blocks: Sequence[Block]) -> None:
     """Head counts follow the projections once heads were cut out."""
     for block in blocks:
         a, attention = block.adapter, block.attention
         query_heads, kv_heads, size = head_counts(block)
         counts = [(a.heads, query_heads), (a.kv_heads, kv_heads)]
+        if a.qkv is None:  # query heads may have gone inside key/value groups
+            counts.append((a.query_groups, query_heads // kv_heads))
         counts += [(total, query_heads * size) for total in a.totals]
         for attr, value in counts:
             if attr is not None and hasattr(attention, attr):
@@ -342,6 +394,19 @@ def kind_layers(
         ]
         if not kinds[HEADS]:
             raise SensipruneError(_no_heads_message(model))
+    if QUERY_HEADS in budget:
+        if HEADS in budget:
+            raise SensipruneError(
+                "a budget names 'heads' or 'query_heads', not both: prune whole key/value "
+                "groups and query heads inside them in two calls"
+            )
+        kinds[QUERY_HEADS] = [b.path(b.adapter.query) for b in blocks if splits_query_groups(b)]
+        if not kinds[QUERY_HEADS]:
+            raise SensipruneError(
+                "a budget for 'query_heads' needs grouped-query attention (several query heads "
+                "per key/value head) with its own query projection, as in Llama-style "
+                "decoders; this model has none: use 'heads'"
+            )
     if FFN in budget:
         if not blocks:
             raise SensipruneError(
@@ -354,7 +419,7 @@ def kind_layers(
 
 def expand_budget(budget: Mapping[str, float], kinds: Mapping[str, list[str]]) -> dict[str, float]:
     """``{"heads": s, "ffn": t}`` becomes a sparsity for every layer of :func:`kind_layers`."""
-    expanded = {k: v for k, v in budget.items() if k not in (HEADS, FFN)}
+    expanded = {k: v for k, v in budget.items() if k not in (HEADS, QUERY_HEADS, FFN)}
     for kind, layers in kinds.items():
         expanded.update(dict.fromkeys(layers, budget[kind]))
     return expanded

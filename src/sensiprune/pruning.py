@@ -299,7 +299,8 @@ def _prune_structured(
         layers = adapters.kind_layers(sparsity, blocks, model)
         kinds = {kind: (sparsity[kind], set(names)) for kind, names in layers.items()}
         sparsity = adapters.expand_budget(sparsity, layers)
-    graph, inputs = structured_pruning.build(model, example_inputs, blocks)
+    query_heads = adapters.QUERY_HEADS in kinds
+    graph, inputs = structured_pruning.build(model, example_inputs, blocks, query_heads)
     named = set(sparsity) if isinstance(sparsity, Mapping) else set()
     groups = candidate_groups(model, graph, ignore, named)
     if named:  # a budget: only what it names is scored (measured criteria cost per group)
@@ -307,6 +308,8 @@ def _prune_structured(
     group_values = score_groups(
         model, crit, groups, data, loss_fn, seed, scores, group_reduction, show_progress
     )
+    if query_heads:  # every key/value group keeps as many query heads as the others
+        groups, group_values = adapters.pair_query_heads(blocks, groups, group_values)
     distributed.broadcast_([group_values])  # rank 0 decides: every rank cuts the same
     choice = (groups, group_values, scope, normalize, min_density, round_to)
     removed = (

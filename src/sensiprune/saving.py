@@ -33,7 +33,7 @@ SHAPE_ATTRS = (
     "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
     "hidden_size", "input_size", "num_heads", "kept_heads", "embedding_dim", "num_groups",
     "num_channels", "num_attention_heads", "all_head_size", "nf", "nx", "split_size",
-    "num_key_value_heads", "sensiprune_config",
+    "num_key_value_heads", "num_key_value_groups", "sensiprune_config",
 )  # fmt: skip
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "sensiprune.json"

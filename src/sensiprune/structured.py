@@ -280,10 +280,14 @@ def _snapshot(thing: object) -> dict:
 
 @paused_gc()
 def build(
-    model: nn.Module, example_inputs: object, blocks: list[adapters.Block] | None = None
+    model: nn.Module,
+    example_inputs: object,
+    blocks: list[adapters.Block] | None = None,
+    query_heads: bool = False,
 ) -> tuple[DependencyGraph, list[torch.Tensor]]:
     """Validate example_inputs at the edge and build the dependency graph; ``blocks`` are the
-    model's known transformer blocks when the caller has already looked for them."""
+    model's known transformer blocks when the caller has already looked for them, and
+    ``query_heads`` asks for their query heads one by one (see adapters.build_graph)."""
     if example_inputs is None:
         raise SensipruneError(
             "structured=True needs example_inputs: a tensor (or tuple of tensors) the model "
@@ -294,5 +298,7 @@ def build(
         raise SensipruneError("example_inputs must be a tensor or a tuple of tensors")
     if blocks is None:
         blocks = adapters.find_blocks(model)  # known transformer layouts need no tracing
-    graph = adapters.build_graph(model, blocks, inputs) if blocks else build_graph(model, inputs)
+    if blocks:
+        return adapters.build_graph(model, blocks, inputs, query_heads), inputs
+    graph = build_graph(model, inputs)
     return graph, inputs
