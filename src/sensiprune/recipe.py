@@ -99,7 +99,8 @@ class TargetSpec(Section):
     budget: str | dict[str, Fraction] | None = Field(
         default=None,
         description="{layer: sparsity}, inline or a JSON file as `sensiprune analyze` writes; "
-        "for transformers 'heads' and 'ffn' stand for every block's",
+        "for transformers 'heads', 'query_heads' (inside key/value groups) and 'ffn' stand for "
+        "every block's",
     )
 
     @model_validator(mode="after")
