@@ -14,36 +14,15 @@ from sensiprune.adapters import find_blocks, head_counts
 from sensiprune.distill import embedding_distillation, sentence_embeddings
 from sensiprune.surgery import size_of
 
+from .hf_models import bert_inputs, text_batch, tiny_bert, tiny_decoder, tiny_llama, token_ids
+
 transformers = pytest.importorskip("transformers")
 
 
-def _tiny_bert() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=32,
-    )  # fmt: skip
-    return transformers.BertModel(config).eval()
-
-
-def _batch() -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    mask = torch.ones(3, 10, dtype=torch.long)
-    mask[0, 7:] = 0  # padding, as a tokenizer gives it
-    return {
-        "input_ids": torch.randint(0, 100, (3, 10), generator=generator),
-        "attention_mask": mask,
-    }
-
-
-def _inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch["input_ids"], batch["attention_mask"]
-
-
 def test_heads_and_ffn_neurons_shrink_and_the_model_stays_a_working_bert():
-    model, batch = _tiny_bert(), _batch()
+    model, batch = tiny_bert(), text_batch()
     result = sp.prune(model, {"heads": 0.5, "ffn": 0.25}, "magnitude", structured=True,
-                      example_inputs=_inputs(batch))  # fmt: skip
+                      example_inputs=bert_inputs(batch))  # fmt: skip
     for layer in model.encoder.layer:
         attention = layer.attention.self
         assert attention.num_attention_heads == 2 and attention.all_head_size == 16
@@ -55,7 +34,7 @@ def test_heads_and_ffn_neurons_shrink_and_the_model_stays_a_working_bert():
 
 
 def test_removing_heads_whose_gates_were_zeroed_leaves_outputs_unchanged():
-    model, batch = _tiny_bert(), _batch()
+    model, batch = tiny_bert(), text_batch()
     doomed = {0: [1, 3], 1: [0]}  # heads to remove, per layer; their outputs zeroed first
     with torch.no_grad():
         for index, heads in doomed.items():
@@ -69,18 +48,18 @@ def test_removing_heads_whose_gates_were_zeroed_leaves_outputs_unchanged():
         for head in heads:
             scores[dense][:, head * 8 : (head + 1) * 8] = 0  # these heads score lowest
     budget = {f"encoder.layer.{i}.attention.self.query": len(h) / 4 for i, h in doomed.items()}
-    sp.prune(model, budget, "magnitude", structured=True, example_inputs=_inputs(batch),
+    sp.prune(model, budget, "magnitude", structured=True, example_inputs=bert_inputs(batch),
              scores=scores, group_reduction="sum")  # fmt: skip
     assert [layer.attention.self.num_attention_heads for layer in model.encoder.layer] == [2, 3]
     torch.testing.assert_close(model(**batch).last_hidden_state, expected, atol=1e-5, rtol=0)
 
 
 def test_a_pruned_bert_saves_and_loads_to_identical_embeddings(tmp_path):
-    model, batch = _tiny_bert(), _batch()
+    model, batch = tiny_bert(), text_batch()
     sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
-             example_inputs=_inputs(batch))  # fmt: skip
+             example_inputs=bert_inputs(batch))  # fmt: skip
     sp.save(model, tmp_path / "pruned")
-    loaded = sp.load(tmp_path / "pruned", _tiny_bert)
+    loaded = sp.load(tmp_path / "pruned", tiny_bert)
     assert loaded.encoder.layer[1].attention.self.num_attention_heads == 2
     assert torch.equal(sentence_embeddings(loaded, batch), sentence_embeddings(model, batch))
 
@@ -108,32 +87,23 @@ def test_a_heads_budget_for_attention_it_does_not_understand_names_the_module():
 
 
 def test_distillation_is_zero_at_the_teacher_and_grows_when_pruned():
-    model, batch = _tiny_bert(), _batch()
+    model, batch = tiny_bert(), text_batch()
     loss = embedding_distillation(model)
     assert loss(model, batch).item() == pytest.approx(0.0, abs=1e-6)
-    sp.prune(model, {"heads": 0.5}, "random", structured=True, example_inputs=_inputs(batch))
+    sp.prune(model, {"heads": 0.5}, "random", structured=True, example_inputs=bert_inputs(batch))
     assert loss(model, batch).item() > 1e-6
     with pytest.raises(sp.SensipruneError, match="tokenised batches"):
         loss(model, (torch.zeros(2, 3),))
 
 
 def test_only_transformer_blocks_are_taken_for_blocks():
-    assert len(find_blocks(_tiny_bert())) == 2
+    assert len(find_blocks(tiny_bert())) == 2
     assert find_blocks(nn.Sequential(nn.Linear(2, 2))) == []
-
-
-def _tiny_llama() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def test_a_grouped_query_decoder_loses_whole_key_value_groups_and_still_generates(tmp_path):
     model, ids = (
-        _tiny_llama(),
+        tiny_llama(),
         torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2)),
     )
     sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
@@ -153,13 +123,13 @@ def test_a_grouped_query_decoder_loses_whole_key_value_groups_and_still_generate
     generated = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert generated.shape == (2, 12)  # rotary positions and the key/value cache still agree
     sp.save(model, tmp_path / "llama")
-    loaded = sp.load(tmp_path / "llama", _tiny_llama)
+    loaded = sp.load(tmp_path / "llama", tiny_llama)
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
 def test_removing_a_zeroed_key_value_group_leaves_logits_unchanged():
     model, ids = (
-        _tiny_llama(),
+        tiny_llama(),
         torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2)),
     )
     with torch.no_grad():  # silence group 1: the output columns of query heads 2 and 3
@@ -197,7 +167,7 @@ def test_uniform_pruning_round_trips_through_save_pretrained_where_the_config_ca
     tmp_path, caplog
 ):
     llama, ids = (
-        _tiny_llama(),
+        tiny_llama(),
         torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2)),
     )
     sp.prune(llama, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
@@ -205,20 +175,20 @@ def test_uniform_pruning_round_trips_through_save_pretrained_where_the_config_ca
     again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
     assert torch.equal(again(ids).logits, llama(ids).logits)
 
-    bert, batch = _tiny_bert(), _batch()
-    sp.prune(bert, {"ffn": 0.5}, "magnitude", structured=True, example_inputs=_inputs(batch))
+    bert, batch = tiny_bert(), text_batch()
+    sp.prune(bert, {"ffn": 0.5}, "magnitude", structured=True, example_inputs=bert_inputs(batch))
     bert.save_pretrained(tmp_path / "bert")
     assert transformers.BertModel.from_pretrained(tmp_path / "bert").config.intermediate_size == 32
     assert "cannot describe" not in caplog.text
-    sp.prune(bert, {"heads": 0.5}, "magnitude", structured=True, example_inputs=_inputs(batch))
+    sp.prune(bert, {"heads": 0.5}, "magnitude", structured=True, example_inputs=bert_inputs(batch))
     assert "derives the head size from the head count" in caplog.text  # sp.save, not HF's
 
 
 def test_a_global_heads_budget_ranks_heads_across_layers_and_keeps_one_in_each():
-    model, batch = _tiny_bert(), _batch()
+    model, batch = tiny_bert(), text_batch()
     scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
     scores["encoder.layer.0.attention.output.dense.weight"].zero_()  # layer 0: unimportant
-    sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=_inputs(batch),
+    sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=bert_inputs(batch),
              scores=scores, scope="global", normalize="none", group_reduction="sum")  # fmt: skip
     heads = [layer.attention.self.num_attention_heads for layer in model.encoder.layer]
     assert sum(heads) == 4 and heads[0] == 1 and heads[1] == 3  # 4 of 8 go, mostly layer 0's
@@ -233,7 +203,7 @@ def test_head_gate_scores_are_the_gate_gradients_measured_by_finite_differences(
     )  # fmt: skip
     # float64: the gradients of a random-init classifier are ~1e-6, beyond float32 differences
     model = transformers.BertForSequenceClassification(config).double().eval()
-    batch = {**_batch(), "labels": torch.tensor([0, 2, 1])}
+    batch = {**text_batch(), "labels": torch.tensor([0, 2, 1])}
 
     def loss_fn(m, b):
         return m(**b).loss
@@ -256,42 +226,17 @@ def test_head_gate_scores_are_the_gate_gradients_measured_by_finite_differences(
         got = scores[f"bert.encoder.layer.{index}.attention.output.dense::in"][::8]
         torch.testing.assert_close(got, expected / expected.norm(), atol=1e-6, rtol=1e-5)
     sp.prune(model, {"heads": 0.5}, "head_gate", [batch], loss_fn, structured=True,
-             example_inputs=_inputs(batch))  # fmt: skip
+             example_inputs=bert_inputs(batch))  # fmt: skip
     heads = [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer]
     assert sum(heads) == 4 and min(heads) >= 1  # ranked across layers (the default scope)
-
-
-def _tiny_decoder(family: str) -> nn.Module:
-    """A randomly initialised decoder of each fused-projection family, two blocks deep."""
-    torch.manual_seed(0)
-    shared = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
-    if family == "phi3":  # qkv_proj [Q K V] with 2 key/value heads, gate_up_proj
-        config = transformers.Phi3Config(
-            **shared, num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
-            pad_token_id=0,
-        )  # fmt: skip
-        return transformers.Phi3ForCausalLM(config).eval()
-    if family == "gpt-neox":  # query_key_value head by head
-        config = transformers.GPTNeoXConfig(
-            **shared, intermediate_size=64, max_position_embeddings=64
-        )
-        return transformers.GPTNeoXForCausalLM(config).eval()
-    config = transformers.GPT2Config(  # Conv1D projections, c_attn [Q K V]
-        vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=64
-    )
-    return transformers.GPT2LMHeadModel(config).eval()
 
 
 FUSED = ["phi3", "gpt-neox", "gpt2"]
 
 
-def _ids() -> torch.Tensor:
-    return torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2))
-
-
 @pytest.mark.parametrize("family", FUSED)
 def test_fused_projections_lose_heads_and_neurons_and_the_decoder_still_generates(family, tmp_path):
-    model, ids = _tiny_decoder(family), _ids()
+    model, ids = tiny_decoder(family), token_ids()
     blocks = find_blocks(model)
     assert len(blocks) == 2 and {b.adapter.family.split("-style")[0] for b in blocks} != {"Llama"}
     sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
@@ -305,13 +250,13 @@ def test_fused_projections_lose_heads_and_neurons_and_the_decoder_still_generate
     generated = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert generated.shape == (2, 12)  # the key/value cache agrees with the new head counts
     sp.save(model, tmp_path / family)
-    loaded = sp.load(tmp_path / family, lambda: _tiny_decoder(family))
+    loaded = sp.load(tmp_path / family, lambda: tiny_decoder(family))
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
 @pytest.mark.parametrize("family", FUSED)
 def test_removing_zeroed_heads_of_a_fused_projection_leaves_logits_unchanged(family):
-    model, ids = _tiny_decoder(family), _ids()
+    model, ids = tiny_decoder(family), token_ids()
     # silence the last key/value group of block 0 (Phi-3: query heads 2 and 3; else head 3)
     # and the first FFN neuron of block 1, then score exactly those lowest
     block0, block1 = find_blocks(model)
@@ -342,7 +287,7 @@ def test_removing_zeroed_heads_of_a_fused_projection_leaves_logits_unchanged(fam
 
 
 def test_phi3_blocks_with_different_head_counts_get_their_own_config_and_load_back(tmp_path):
-    model, ids = _tiny_decoder("phi3"), _ids()
+    model, ids = tiny_decoder("phi3"), token_ids()
     sp.prune(model, {"model.layers.0.self_attn.qkv_proj": 0.5}, "magnitude", structured=True,
              example_inputs=(ids,))  # fmt: skip
     first, second = (layer.self_attn for layer in model.model.layers)
@@ -351,19 +296,19 @@ def test_phi3_blocks_with_different_head_counts_get_their_own_config_and_load_ba
     generated = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert generated.shape == (2, 12)
     sp.save(model, tmp_path / "phi3")
-    loaded = sp.load(tmp_path / "phi3", lambda: _tiny_decoder("phi3"))
+    loaded = sp.load(tmp_path / "phi3", lambda: tiny_decoder("phi3"))
     assert loaded.model.layers[0].self_attn.config.num_attention_heads == 2
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
 def test_fused_families_say_where_save_pretrained_can_carry_the_shapes(tmp_path, caplog):
-    phi3, ids = _tiny_decoder("phi3"), _ids()
+    phi3, ids = tiny_decoder("phi3"), token_ids()
     sp.prune(phi3, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
     phi3.save_pretrained(tmp_path / "phi3")
     again = transformers.Phi3ForCausalLM.from_pretrained(tmp_path / "phi3").eval()
     assert torch.equal(again(ids).logits, phi3(ids).logits)
     assert "cannot describe" not in caplog.text
-    gpt2 = _tiny_decoder("gpt2")
+    gpt2 = tiny_decoder("gpt2")
     sp.prune(gpt2, {"ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
     assert gpt2.config.n_inner == 32 and "cannot describe" not in caplog.text
     sp.prune(gpt2, {"heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
@@ -371,7 +316,7 @@ def test_fused_families_say_where_save_pretrained_can_carry_the_shapes(tmp_path,
 
 
 def test_query_heads_go_inside_key_value_groups_and_every_group_keeps_as_many(tmp_path):
-    model, ids = _tiny_llama(), _ids()
+    model, ids = tiny_llama(), token_ids()
     sp.prune(model, {"query_heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
     for layer in model.model.layers:
         attention = layer.self_attn
@@ -381,14 +326,14 @@ def test_query_heads_go_inside_key_value_groups_and_every_group_keeps_as_many(tm
     generated = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert generated.shape == (2, 12)
     sp.save(model, tmp_path / "sp")
-    assert torch.equal(sp.load(tmp_path / "sp", _tiny_llama)(ids).logits, model(ids).logits)
+    assert torch.equal(sp.load(tmp_path / "sp", tiny_llama)(ids).logits, model(ids).logits)
     model.save_pretrained(tmp_path / "hf")
     again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert torch.equal(again(ids).logits, model(ids).logits)
 
 
 def test_the_least_important_query_head_of_each_group_goes_wherever_it_sits():
-    model, ids = _tiny_llama(), _ids()
+    model, ids = tiny_llama(), token_ids()
     silent = {0: [0, 3], 1: [1, 2]}  # per layer, one query head in each key/value group
     scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
     with torch.no_grad():
@@ -405,10 +350,10 @@ def test_the_least_important_query_head_of_each_group_goes_wherever_it_sits():
 
 
 def test_query_heads_need_grouped_query_attention_and_exclude_a_heads_budget():
-    gpt2, ids = _tiny_decoder("gpt2"), _ids()
+    gpt2, ids = tiny_decoder("gpt2"), token_ids()
     with pytest.raises(sp.SensipruneError, match="needs grouped-query attention"):
         sp.prune(gpt2, {"query_heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
-    llama = _tiny_llama()
+    llama = tiny_llama()
     with pytest.raises(sp.SensipruneError, match="not both"):
         sp.prune(llama, {"heads": 0.5, "query_heads": 0.5}, "magnitude", structured=True,
                  example_inputs=(ids,))  # fmt: skip

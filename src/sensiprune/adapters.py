@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from . import hidden
 from .channels import DependencyGraph, Group, Member
 from .errors import SensipruneError
 from .measure import counted_forward
@@ -29,7 +30,9 @@ from .surgery import size_of
 
 log = logging.getLogger(__name__)
 # budget keys that stand for every block's heads / query heads inside key-value groups / FFN
-HEADS, QUERY_HEADS, FFN = "heads", "query_heads", "ffn"
+# neurons, and for the model dimension
+HEADS, QUERY_HEADS, FFN, HIDDEN = "heads", "query_heads", "ffn", "hidden"
+KINDS = (HEADS, QUERY_HEADS, FFN, HIDDEN)
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ ADAPTERS = (
 # the config fields sync_config may write: sp.save records them and sp.load puts them back
 CONFIG_FIELDS = tuple(
     sorted(
-        {"head_dim"}
+        {"head_dim", "hidden_size"}
         | {a.config_ffn for a in ADAPTERS}
         | {f for a in ADAPTERS for f in a.config_heads or ()}
     )
@@ -198,14 +201,27 @@ def build_graph(
     model: nn.Module,
     blocks: Sequence[Block],
     inputs: Sequence[torch.Tensor],
-    query_heads: bool = False,
+    kinds: Collection[str] = (),
 ) -> DependencyGraph:
     """Head and FFN-neuron groups of every block, and one counted forward pass. With
-    ``query_heads``, a block with grouped-query attention has one group per query head (to be
-    scored, then merged by :func:`pair_query_heads`) instead of one per key/value group."""
-    groups = [group for block in blocks for group in _block_groups(block, query_heads)]
+    ``query_heads`` among ``kinds``, a block with grouped-query attention has one group per
+    query head (to be scored, then merged by :func:`pair_query_heads`) instead of one per
+    key/value group; with ``hidden``, there is a group per channel of the model dimension."""
+    split = QUERY_HEADS in kinds
+    groups = [group for block in blocks for group in _block_groups(block, split)]
     flops, shapes = counted_forward(model, inputs, "the model does not run on example_inputs")
-    untouched = {"the model dimension": "residual stream and LayerNorm of every block"}
+    untouched = {}
+    if HIDDEN in kinds:
+        width = hidden.model_dim(blocks)
+        if any(shape and shape[-1] == width for shape in shapes):
+            raise SensipruneError(
+                f"cannot prune the hidden size: the model returns its hidden states (width "
+                f"{width}), which would shrink with it; prune a model with a task head, or "
+                "'heads' and 'ffn' only (the model was not modified)"
+            )
+        groups += hidden.groups(model, blocks)
+    else:
+        untouched["the model dimension"] = "residual stream and norms: not in the budget"
     return DependencyGraph(groups, untouched, flops, shapes)
 
 
@@ -364,6 +380,13 @@ def _describe_in(config: object, blocks: Sequence[Block]) -> None:
         inexpressible.append("feed-forward widths differ between blocks")
     counts = {head_counts(b) for b in blocks}
     fields = adapter.config_heads
+    width = hidden.model_dim(blocks)
+    if getattr(config, "hidden_size", width) != width:
+        config.hidden_size = width
+        if fields is None:
+            inexpressible.append(
+                f"a {adapter.family} config derives the head size from the hidden size"
+            )
     if fields is not None and len(counts) == 1:
         query, kv, size = counts.pop()
         config.head_dim = size  # now explicit
@@ -386,7 +409,8 @@ def _describe_in(config: object, blocks: Sequence[Block]) -> None:
 def kind_layers(
     budget: Mapping[str, float], blocks: Sequence[Block], model: nn.Module
 ) -> dict[str, list[str]]:
-    """For the ``"heads"`` / ``"ffn"`` keys of a budget, the layers whose groups they mean."""
+    """For the keys of a budget that stand for every block (:data:`KINDS`), the layers whose
+    groups they mean."""
     kinds: dict[str, list[str]] = {}
     if HEADS in budget:
         kinds[HEADS] = [b.path(b.adapter.head_layer) for b in blocks] + [
@@ -407,6 +431,13 @@ def kind_layers(
                 "per key/value head) with its own query projection, as in Llama-style "
                 "decoders; this model has none: use 'heads'"
             )
+    if HIDDEN in budget:
+        if not blocks:
+            raise SensipruneError(
+                "a budget for 'hidden' needs transformer blocks sensiprune understands; "
+                f"known layouts: {', '.join(a.family for a in ADAPTERS)}"
+            )
+        kinds[HIDDEN] = hidden.writers(model, blocks)
     if FFN in budget:
         if not blocks:
             raise SensipruneError(
@@ -419,7 +450,7 @@ def kind_layers(
 
 def expand_budget(budget: Mapping[str, float], kinds: Mapping[str, list[str]]) -> dict[str, float]:
     """``{"heads": s, "ffn": t}`` becomes a sparsity for every layer of :func:`kind_layers`."""
-    expanded = {k: v for k, v in budget.items() if k not in (HEADS, QUERY_HEADS, FFN)}
+    expanded = {k: v for k, v in budget.items() if k not in KINDS}
     for kind, layers in kinds.items():
         expanded.update(dict.fromkeys(layers, budget[kind]))
     return expanded

@@ -300,7 +300,7 @@ def _prune_structured(
         kinds = {kind: (sparsity[kind], set(names)) for kind, names in layers.items()}
         sparsity = adapters.expand_budget(sparsity, layers)
     query_heads = adapters.QUERY_HEADS in kinds
-    graph, inputs = structured_pruning.build(model, example_inputs, blocks, query_heads)
+    graph, inputs = structured_pruning.build(model, example_inputs, blocks, set(kinds))
     named = set(sparsity) if isinstance(sparsity, Mapping) else set()
     groups = candidate_groups(model, graph, ignore, named)
     if named:  # a budget: only what it names is scored (measured criteria cost per group)

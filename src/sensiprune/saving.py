@@ -24,7 +24,7 @@ from . import masks
 from .adapters import CONFIG_FIELDS, own_config
 from .atomic import atomic_directory
 from .errors import SensipruneError
-from .surgery import refresh_loaded
+from .surgery import refresh_loaded, retie, tied_parameters
 from .targets import Target
 
 FORMAT = 1
@@ -140,12 +140,13 @@ def _recordable(value: object) -> bool:
 
 
 def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) -> None:
-    """Give every module whose recorded sizes differ the saved attributes and tensor shapes."""
-    modules = dict(model.named_modules())
-    for name, attrs in recorded.items():
-        module = modules.get(name)
-        if module is None or all(getattr(module, a, None) == v for a, v in attrs.items()):
-            continue
+    """Give every module the saved attributes and, where the saved tensors are smaller, new
+    tensors of their shapes (a norm over a pruned model dimension records no attribute, only
+    its smaller weight); ties between parameters hold afterwards as before."""
+    ties = tied_parameters(model)
+    for name, module in model.named_modules():
+        attrs = recorded.get(name, {})
+        changed = any(getattr(module, a, None) != v for a, v in attrs.items())
         for attr, value in attrs.items():
             if attr == "sensiprune_config":
                 own_config(module, value)
@@ -155,12 +156,15 @@ def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) ->
             key = f"{name}.{attr}" if name else attr
             if tensor is None or key not in state or state[key].shape == tensor.shape:
                 continue
+            changed = True
             fresh = torch.empty(state[key].shape, dtype=tensor.dtype, device=tensor.device)
             if isinstance(tensor, nn.Parameter):
                 module._parameters[attr] = nn.Parameter(fresh, requires_grad=tensor.requires_grad)
             else:
                 module._buffers[attr] = fresh
-        refresh_loaded(module, attrs.get("kept_heads"))
+        if changed:
+            refresh_loaded(module, attrs.get("kept_heads"))
+    retie(ties)
 
 
 def _encode(key: str, value: torch.Tensor, keep: torch.Tensor, out: dict) -> dict:

@@ -6,7 +6,7 @@ import contextlib
 import gc
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -241,12 +241,14 @@ def remove_groups(
     modules = dict(model.named_modules())
     touched = [modules[layer] for layer in {layer for layer, _ in cut}] + list(kept_in_step)
     saved = [(thing, _snapshot(thing)) for thing in touched]
+    ties = surgery.tied_parameters(model)
     try:
         for (layer, role), indices in cut.items():
             module = modules[layer]
             size = surgery.layout_for(module, role).size(module)
             keep = [i for i in range(size) if i not in indices]
             surgery.shrink(module, role, torch.tensor(keep, dtype=torch.long))
+        surgery.retie(ties)
         if bookkeeping is not None:
             bookkeeping()
         flops, shapes = counted_forward(
@@ -283,11 +285,11 @@ def build(
     model: nn.Module,
     example_inputs: object,
     blocks: list[adapters.Block] | None = None,
-    query_heads: bool = False,
+    kinds: Collection[str] = (),
 ) -> tuple[DependencyGraph, list[torch.Tensor]]:
     """Validate example_inputs at the edge and build the dependency graph; ``blocks`` are the
     model's known transformer blocks when the caller has already looked for them, and
-    ``query_heads`` asks for their query heads one by one (see adapters.build_graph)."""
+    ``kinds`` the budget keys that stand for all of them (see adapters.build_graph)."""
     if example_inputs is None:
         raise SensipruneError(
             "structured=True needs example_inputs: a tensor (or tuple of tensors) the model "
@@ -299,6 +301,6 @@ def build(
     if blocks is None:
         blocks = adapters.find_blocks(model)  # known transformer layouts need no tracing
     if blocks:
-        return adapters.build_graph(model, blocks, inputs, query_heads), inputs
+        return adapters.build_graph(model, blocks, inputs, kinds), inputs
     graph = build_graph(model, inputs)
     return graph, inputs

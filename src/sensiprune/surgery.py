@@ -39,7 +39,10 @@ class Layout:
     after: Callable[[nn.Module, list[int]], None] | None = None  # fix-ups once cut
 
     def size(self, module: nn.Module) -> int:
-        return int(getattr(module, self.size_attrs[0]))
+        if self.size_attrs:
+            return int(getattr(module, self.size_attrs[0]))
+        first = self.cuts(module)[0]  # no attribute holds it: the first tensor tells
+        return getattr(module, first.attr).shape[first.dim] // (first.blocks * first.width)
 
 
 def _fixed(*cuts: Cut) -> Callable[[nn.Module], list[Cut]]:
@@ -134,6 +137,36 @@ def _attention_heads(module: nn.MultiheadAttention) -> list[Cut]:
 
 
 _ATTENTION = {"head": Layout(_attention_heads, ("num_heads",), become_head_pruned)}
+
+
+def _norm_shape(module: nn.Module, keep: list[int]) -> None:
+    """A norm over the last dimension: the shape it normalises follows its weight."""
+    if isinstance(getattr(module, "normalized_shape", None), tuple):
+        module.normalized_shape = tuple(module.weight.shape)
+
+
+# a norm's entries along the model dimension (hidden-size pruning): LayerNorm, RMSNorm, and
+# the RMSNorm classes of model libraries, which hold one weight vector and nothing else
+NORM_LAYOUT = Layout(_fixed(Cut("weight", 0), Cut("bias", 0)), (), _norm_shape)
+_NORM = {"channel": NORM_LAYOUT}
+
+
+def is_norm(module: nn.Module) -> bool:
+    """A LayerNorm or RMSNorm with a weight per channel, or a module that looks like one (no
+    children, a weight vector and perhaps a bias vector, nothing else)."""
+    params = dict(module.named_parameters(recurse=False))
+    return (
+        not any(True for _ in module.children())
+        and set(params) in ({"weight"}, {"weight", "bias"})
+        and all(p.ndim == 1 for p in params.values())
+        and (isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or not _known(module))
+    )
+
+
+def _known(module: nn.Module) -> bool:
+    return any(kind in LAYOUTS for kind in type(module).__mro__)
+
+
 LAYOUTS: dict[type, dict[str, Layout]] = {
     nn.Linear: {
         "out": Layout(_fixed(Cut("weight", 0), Cut("bias", 0)), ("out_features",)),
@@ -146,6 +179,8 @@ LAYOUTS: dict[type, dict[str, Layout]] = {
     **{c: _RNN for c in (nn.LSTM, nn.GRU, nn.RNN)},
     nn.MultiheadAttention: _ATTENTION,
     nn.Embedding: {"out": Layout(_fixed(Cut("weight", 1)), ("embedding_dim",))},
+    nn.LayerNorm: _NORM,
+    nn.RMSNorm: _NORM,
 }
 
 
@@ -165,6 +200,8 @@ def layout_for(module: nn.Module, role: str) -> Layout:
         named = NAMED_LAYOUTS.get(f"{kind.__module__}.{kind.__qualname__}", {})
         if role in named:
             return named[role]
+    if role == "channel" and is_norm(module):
+        return NORM_LAYOUT
     raise TypeError(f"no surgery for the {role} indices of {type(module).__name__}")
 
 
@@ -215,6 +252,29 @@ def refresh_loaded(module: nn.Module, kept_heads: list[int] | None) -> None:
                 layout.after(module, [])
         if kind in LAYOUTS:
             return
+
+
+Place = tuple[nn.Module, str]
+
+
+def tied_parameters(model: nn.Module) -> list[list[Place]]:
+    """Where one parameter sits in several modules (a language model's head and embedding)."""
+    places: dict[int, list[Place]] = {}
+    for module in model.modules():
+        for attr, param in module._parameters.items():
+            if param is not None:
+                places.setdefault(id(param), []).append((module, attr))
+    return [found for found in places.values() if len(found) > 1]
+
+
+def retie(ties: list[list[Place]]) -> None:
+    """Tie again what surgery replaced in every place: each place got its own smaller copy of
+    the same cut, so the first stands for all."""
+    for places in ties:
+        params = [getattr(module, attr) for module, attr in places]
+        if len({id(p) for p in params}) == len(params):  # every place replaced, separately
+            for module, attr in places[1:]:
+                module._parameters[attr] = params[0]
 
 
 def _replace(module: nn.Module, attr: str, value: torch.Tensor) -> None:
