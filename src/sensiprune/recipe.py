@@ -100,7 +100,7 @@ class TargetSpec(Section):
         default=None,
         description="{layer: sparsity}, inline or a JSON file as `sensiprune analyze` writes; "
         "for transformers 'heads', 'query_heads' (inside key/value groups) and 'ffn' stand for "
-        "every block's",
+        "every block's, and 'hidden' for the model dimension",
     )
 
     @model_validator(mode="after")
