@@ -65,11 +65,16 @@ class BlockAdapter:
         """The projection whose name stands for the block's heads in a budget."""
         return self.qkv or self.query or ""
 
-    def matches(self, block: nn.Module) -> bool:
-        try:
-            attention = block.get_submodule(self.attention)
-            parts = [block.get_submodule(p) for p in self._projections()]
-        except AttributeError:
+    def matches(self, name: str, modules: Mapping[str, nn.Module]) -> bool:
+        """Whether module ``name`` of a model (``modules``: all of them by name) is a block of
+        this family: every named part is there, with the layouts and counts it should have."""
+
+        def part(path: str) -> nn.Module | None:
+            return modules.get(f"{name}.{path}" if name else path)
+
+        attention = part(self.attention)
+        parts = [part(p) for p in self._projections()]
+        if attention is None or None in parts:
             return False
         counts = [self.head_size] + ([self.query_groups] if self.query_groups else [])
         return all(
@@ -188,10 +193,11 @@ class Block:
 def find_blocks(model: nn.Module) -> list[Block]:
     """Every block an adapter understands (outermost first; nothing inside one is searched)."""
     found: list[Block] = []
-    for name, module in model.named_modules():
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
         if any(name.startswith(f"{b.name}.") for b in found):
             continue
-        adapter = next((a for a in ADAPTERS if a.matches(module)), None)
+        adapter = next((a for a in ADAPTERS if a.matches(name, modules)), None)
         if adapter is not None:
             found.append(Block(name, module, adapter))
     return found

@@ -75,12 +75,12 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
     traced, opaque = trace(model, example_inputs)
     try:
         with counting_flops(model) as counter:
-            output = ShapeRecorder(traced).run(*example_inputs)
+            output = ShapeRecorder(model, graph=traced).run(*example_inputs)
     except Exception as exc:
         raise SensipruneError(
             f"the model does not run on example_inputs: {str(exc).strip().splitlines()[0]}"
         ) from exc
-    graph = ChannelTracer(traced).run()
+    graph = ChannelTracer(model, traced).run()
     for layer, why in opaque.items():
         graph.untouched[layer] = f"could not be traced ({why}), so it is left as it is"
     graph.flops = counter.total
@@ -100,15 +100,15 @@ class ShapeRecorder(fx.Interpreter):
 
 
 class ChannelTracer:
-    def __init__(self, traced: fx.GraphModule) -> None:
+    def __init__(self, model: nn.Module, traced: fx.Graph) -> None:
         self.traced = traced
-        self.modules = dict(traced.named_modules())
+        self.modules = dict(model.named_modules())
         self.uf = UnionFind()
         self.pinned: set[int] = set()
         self.flows: dict[fx.Node, Any] = {}
         self.members: list[tuple[int, Member]] = []
         self.out_slots: dict[str, list[int]] = {}
-        self.in_slots: dict[tuple[str, int], int] = {}
+        self.in_slots: dict[str, list[int]] = {}  # per consumer, the slot of each input column
         self.untouched: dict[str, str] = {}
 
     # -- slot helpers -------------------------------------------------------------------
@@ -139,14 +139,16 @@ class ChannelTracer:
 
     # -- the walk -----------------------------------------------------------------------
     def run(self) -> DependencyGraph:
-        for node in self.traced.graph.nodes:
+        for node in self.traced.nodes:
             self.flows[node] = self.visit(node)
-        classes: dict[int, Group] = {}
+        find = self.uf.find
+        pinned_roots = {find(s) for s in self.pinned}
+        classes: dict[int, list[Member]] = {}
         for slot, member in self.members:
-            root = self.uf.find(slot)
-            classes.setdefault(root, Group()).members.append(member)
-        pinned_roots = {self.uf.find(s) for s in self.pinned}
-        groups = [g for root, g in classes.items() if root not in pinned_roots and g.producers]
+            root = find(slot)
+            if root not in pinned_roots:
+                classes.setdefault(root, []).append(member)
+        groups = [g for g in map(Group, classes.values()) if g.producers]
         return DependencyGraph(groups, self.untouched)
 
     def visit(self, node: fx.Node) -> Any:
@@ -377,13 +379,12 @@ class ChannelTracer:
         return self.out_slots[layer]
 
     def consumer(self, layer: str, slots: list[int]) -> None:
-        for i, slot in enumerate(slots):
-            key = (layer, i)
-            if key in self.in_slots:  # the same input column read twice: one channel
-                self.uf.union(self.in_slots[key], slot)
-            else:
-                self.in_slots[key] = slot
-                self.members.append((slot, Member(layer, "in", i)))
+        seen = self.in_slots.setdefault(layer, [])
+        for earlier, slot in zip(seen, slots):  # the same input column read twice: one channel
+            self.uf.union(earlier, slot)
+        new = slots[len(seen) :]
+        self.members += [(s, Member(layer, "in", i)) for i, s in enumerate(new, len(seen))]
+        seen += new
 
     def channelwise(self, layer: str, slots: list[int]) -> None:
         for i, slot in enumerate(slots):

@@ -43,32 +43,25 @@ def group_scores(
     if reduce not in REDUCTIONS:
         raise SensipruneError(f"group reduction must be one of {', '.join(REDUCTIONS)}")
     modules = dict(model.named_modules())
-    offsets: dict[tuple[str, str], int | None] = {}  # where a slice's values start, if scored
+    members = [(g, member) for g, group in enumerate(groups) for member in group.members]
+    offsets: dict[tuple[str, str], int] = {}  # where a scored slice's values start
     values: list[torch.Tensor] = []
     sizes: list[torch.Tensor] = []
-    group_of: list[int] = []
-    position: list[int] = []
     length = 0
-    for g, group in enumerate(groups):
-        for member in group.members:
-            key = (member.layer, member.role)
-            if key not in offsets:
-                prefix = f"{member.layer}." if member.layer else ""
-                reduced = _slice_reductions(
-                    modules[member.layer], member.role, scores, prefix, reduce
-                )
-                offsets[key] = None if reduced is None else length
-                if reduced is not None:
-                    values.append(reduced[0])
-                    sizes.append(reduced[1])
-                    length += len(reduced[0])
-            if offsets[key] is not None:
-                group_of.append(g)
-                position.append(offsets[key] + member.index)
+    for layer, role in dict.fromkeys(member[:2] for _, member in members):
+        prefix = f"{layer}." if layer else ""
+        reduced = _slice_reductions(modules[layer], role, scores, prefix, reduce)
+        if reduced is not None:
+            offsets[(layer, role)] = length
+            values.append(reduced[0])
+            sizes.append(reduced[1])
+            length += len(reduced[0])
+    scored = [(g, m) for g, m in members if m[:2] in offsets]
     result = torch.zeros(len(groups), dtype=torch.float64)
     count = torch.zeros(len(groups), dtype=torch.float64)
-    if values:
-        owner, where = torch.tensor(group_of), torch.tensor(position)
+    if scored:
+        owner = torch.tensor([g for g, _ in scored])
+        where = torch.tensor([offsets[m[:2]] + m.index for _, m in scored])
         picked = torch.cat(values)[where]
         if reduce == "max":
             result.scatter_reduce_(0, owner, picked, "amax")
@@ -96,12 +89,16 @@ def _slice_reductions(
         score = scores.get(prefix + cut.attr)
         if score is None:
             continue
-        per_index = score.detach().movedim(cut.dim, 0).reshape(cut.blocks, n, -1).transpose(0, 1)
+        # split the cut dimension into (blocks, n, width): a view; reduce all but n in place
+        shape = score.shape
+        split = score.detach().reshape(*shape[: cut.dim], cut.blocks, n, -1, *shape[cut.dim + 1 :])
+        others = [d for d in range(split.ndim) if d != cut.dim + 1]
         if reduce == "max":
-            value = torch.maximum(value, per_index.reshape(n, -1).amax(1).double())
+            value = torch.maximum(value, split.amax(others).double())
         else:
-            value += per_index.sum((1, 2), dtype=torch.float64)
-        size += per_index[0].numel()
+            at_least_single = torch.promote_types(split.dtype, torch.float32)
+            value += split.sum(others, dtype=at_least_single).double()
+        size += split.numel() // n
     return (value, torch.full((n,), float(size), dtype=torch.float64)) if size else None
 
 

@@ -215,7 +215,10 @@ def size_of(module: nn.Module, role: str) -> int | None:
 
 
 def positions(cut: Cut, indices: torch.Tensor, n: int) -> torch.Tensor:
-    """Positions along ``cut.dim`` of the given role indices (each repeated per block)."""
+    """Positions along ``cut.dim`` of the given role indices (each repeated per block), in
+    order when the indices are."""
+    if cut.width == 1 and cut.blocks == 1:
+        return indices
     within = (indices.unsqueeze(1) * cut.width + torch.arange(cut.width)).reshape(-1)
     offsets = n * cut.width * torch.arange(cut.blocks)
     return (within.unsqueeze(0) + offsets.unsqueeze(1)).reshape(-1)
@@ -225,12 +228,12 @@ def shrink(module: nn.Module, role: str, keep: torch.Tensor) -> None:
     """Keep only the ``keep`` indices of ``module`` in ``role``; dtype, device, grad kept."""
     layout = layout_for(module, role)
     n = layout.size(module)
-    keep = torch.as_tensor(keep, dtype=torch.long)
+    keep = torch.as_tensor(keep, dtype=torch.long).sort().values
     for cut in layout.cuts(module):
         tensor = getattr(module, cut.attr, None)
         if tensor is None:
             continue
-        index = positions(cut, keep, n).sort().values.to(tensor.device)
+        index = positions(cut, keep, n).to(tensor.device)
         _replace(module, cut.attr, tensor.detach().index_select(cut.dim, index))
         mask = module._buffers.get(_MASK_PREFIX + cut.attr)
         if mask is not None:

@@ -121,8 +121,9 @@ def _eager_modules() -> Iterator[None]:
 
 def trace(
     model: nn.Module, example_inputs: Sequence[torch.Tensor] = ()
-) -> tuple[fx.GraphModule, dict[str, str]]:
-    """The model's fx graph, and the submodules left opaque with the reason."""
+) -> tuple[fx.Graph, dict[str, str]]:
+    """The model's fx graph (over the model itself: no GraphModule is generated, which would
+    cost as much again), and the submodules left opaque with the reason."""
     try:
         return _trace_with_leaves(model, lambda opaque: _LeafTracer(opaque))
     except _RootUntraceable as symbolic:
@@ -137,8 +138,8 @@ def trace(
             ) from concrete
         # what only decided a branch (x.sum() > 0, x.shape[0]) is dead code now: drop it, so
         # it does not pin the channels it read
-        graph.graph.eliminate_dead_code()
-        graph.recompile()
+        graph = fx.GraphModule(model, graph).graph  # dead-code removal asks the module
+        graph.eliminate_dead_code()
         _require_all_weights_reached(model, graph)
         return graph, opaque
 
@@ -149,13 +150,13 @@ class _RootUntraceable(Exception):
         self.reason = reason
 
 
-def _trace_with_leaves(model: nn.Module, make_tracer) -> tuple[fx.GraphModule, dict[str, str]]:
+def _trace_with_leaves(model: nn.Module, make_tracer) -> tuple[fx.Graph, dict[str, str]]:
     """Trace; each submodule that fails becomes an opaque leaf and tracing starts again."""
     opaque: dict[str, str] = {}
     while True:
         tracer = make_tracer(set(opaque))
         try:
-            return fx.GraphModule(model, tracer.trace(model)), opaque
+            return tracer.trace(model), opaque
         except Exception as exc:  # fx raises many types for code it cannot trace
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             inner = next((name for name in reversed(tracer.module_stack) if name), None)
@@ -164,9 +165,9 @@ def _trace_with_leaves(model: nn.Module, make_tracer) -> tuple[fx.GraphModule, d
             opaque[inner] = reason
 
 
-def _require_all_weights_reached(model: nn.Module, graph: fx.GraphModule) -> None:
+def _require_all_weights_reached(model: nn.Module, graph: fx.Graph) -> None:
     """Every layer with weights is called, or its weights read, somewhere in ``graph``."""
-    used = [n.target for n in graph.graph.nodes if n.op in ("call_module", "get_attr")]
+    used = [n.target for n in graph.nodes if n.op in ("call_module", "get_attr")]
     for name, module in model.named_modules():
         if next(module.parameters(recurse=False), None) is None:
             continue
