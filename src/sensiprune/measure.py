@@ -45,6 +45,9 @@ class FlopCount:
         return self.dense / max(self.effective, 1)
 
 
+_NO_DECOMPOSITION: set[torch._ops.OpOverload] = set()
+
+
 class TotalFlops(TorchDispatchMode):
     """The total of ``FlopCounterMode`` (same formulas, same decompositions) without its
     per-module bookkeeping, which costs more than the forward pass itself on small inputs and
@@ -64,10 +67,11 @@ class TotalFlops(TorchDispatchMode):
         kwargs = kwargs or {}
         formula = flop_registry.get(func._overloadpacket)
         if formula is None:
-            if func is not torch.ops.prim.device.default:
+            if func is not torch.ops.prim.device.default and func not in _NO_DECOMPOSITION:
                 decomposed = func.decompose(*args, **kwargs)
                 if decomposed is not NotImplemented:
                     return decomposed
+                _NO_DECOMPOSITION.add(func)  # a property of the op, whatever its arguments
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         self.total += formula(*args, **kwargs, out_val=out)

@@ -17,5 +17,5 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
-        for module, training in modes.items():
-            module.train(training)
+        for module, training in modes.items():  # each its own: train() would recurse
+            module.training = training
