@@ -9,13 +9,30 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_bert() -> nn.Module:
+def bert_config(**extra: int) -> object:
     torch.manual_seed(0)
-    config = transformers.BertConfig(
+    return transformers.BertConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=32,
+        intermediate_size=64, max_position_embeddings=32, **extra,
     )  # fmt: skip
-    return transformers.BertModel(config).eval()
+
+
+def tiny_bert() -> nn.Module:
+    return transformers.BertModel(bert_config()).eval()
+
+
+def tiny_classifier() -> nn.Module:
+    """BERT with its pooler and a classification head: logits, not hidden states, come out."""
+    return transformers.BertForSequenceClassification(bert_config(num_labels=3)).eval()
+
+
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    return transformers.ViTForImageClassification(config).eval()
 
 
 def text_batch() -> dict[str, torch.Tensor]:
@@ -64,13 +81,3 @@ def tiny_decoder(family: str) -> nn.Module:
 
 def token_ids() -> torch.Tensor:
     return torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2))
-
-
-def tiny_classifier() -> nn.Module:
-    """BERT with its pooler and a classification head: logits, not hidden states, come out."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=32, num_labels=3,
-    )  # fmt: skip
-    return transformers.BertForSequenceClassification(config).eval()

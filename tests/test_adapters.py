@@ -14,7 +14,16 @@ from sensiprune.adapters import find_blocks, head_counts
 from sensiprune.distill import embedding_distillation, sentence_embeddings
 from sensiprune.surgery import size_of
 
-from .hf_models import bert_inputs, text_batch, tiny_bert, tiny_decoder, tiny_llama, token_ids
+from .hf_models import (
+    bert_config,
+    bert_inputs,
+    text_batch,
+    tiny_bert,
+    tiny_decoder,
+    tiny_llama,
+    tiny_vit,
+    token_ids,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -146,12 +155,7 @@ def test_removing_a_zeroed_key_value_group_leaves_logits_unchanged():
 
 
 def test_a_vision_transformer_loses_heads_and_mlp_neurons_and_still_sees():
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=64, num_labels=3,
-    )  # fmt: skip
-    model = transformers.ViTForImageClassification(config).eval()
+    model = tiny_vit()
     pixels = torch.randn(2, 3, 16, 16)
     result = sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
                       example_inputs=(pixels,))  # fmt: skip
@@ -196,11 +200,7 @@ def test_a_global_heads_budget_ranks_heads_across_layers_and_keeps_one_in_each()
 
 
 def test_head_gate_scores_are_the_gate_gradients_measured_by_finite_differences():
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=32, num_labels=3,
-    )  # fmt: skip
+    config = bert_config(num_labels=3)
     # float64: the gradients of a random-init classifier are ~1e-6, beyond float32 differences
     model = transformers.BertForSequenceClassification(config).double().eval()
     batch = {**text_batch(), "labels": torch.tensor([0, 2, 1])}

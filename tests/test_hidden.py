@@ -16,6 +16,7 @@ from .hf_models import (
     tiny_classifier,
     tiny_decoder,
     tiny_llama,
+    tiny_vit,
     token_ids,
     transformers,
 )
@@ -96,12 +97,7 @@ def test_a_model_that_returns_its_hidden_states_is_refused_unchanged():
 
 
 def test_a_parameter_of_the_model_width_it_cannot_place_is_named_and_nothing_changes():
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=64, num_labels=3,
-    )  # fmt: skip
-    model = transformers.ViTForImageClassification(config).eval()
+    model = tiny_vit()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(sp.SensipruneError, match=r"cannot prune the hidden size: vit\.embeddings"):
         sp.prune(model, {"hidden": 0.25}, "magnitude", structured=True,
