@@ -6,6 +6,7 @@ import argparse
 import datetime
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -40,3 +41,10 @@ def finish(lines: list[str], out: str, started: float) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def leave_benchmarks_folder() -> None:
+    """Take this folder off the import path once its own modules are imported: its
+    transformers.py would stand in for the transformers package."""
+    here = Path(__file__).parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]

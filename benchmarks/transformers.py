@@ -13,17 +13,14 @@ cosine on held-out paragraphs.
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import finish, header, parser
+from common import finish, header, leave_benchmarks_folder, parser
 
-# this script's name is the library's: import `transformers` from site-packages, not from here
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+leave_benchmarks_folder()  # this script's name is the library's
 
 import sensiprune as sp  # noqa: E402
 from sensiprune.distill import embedding_distillation, sentence_embeddings  # noqa: E402

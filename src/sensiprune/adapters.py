@@ -3,13 +3,13 @@ without tracing the model.
 
 Tracing Hugging Face models is where structured pruning tools most often hang or crash, and
 transformers 5 no longer has ``prune_heads``. An adapter names, for one family, the parts of a
-block: the query, key, value and output projections of its attention, the module that keeps the
-head bookkeeping, and the projections of its feed-forward network. Groups follow directly: a
-head is ``head_size`` rows of query, key and value plus the same columns of the output
-projection (with grouped-query attention, one key/value head and every query head that reads
-it), and a feed-forward neuron is a row of each input projection (gate and up in a gated MLP)
-plus a column of the output one. The model dimension (residual stream, LayerNorm / RMSNorm) is
-left as it is. A new family is one more entry in ``ADAPTERS``.
+block: the query, key, value (or fused qkv) and output projections of its attention, the module
+that keeps the head bookkeeping, and the projections of its feed-forward network. Groups follow
+directly: a head is ``head_size`` rows of query, key and value, wherever the layout puts them,
+plus the same columns of the output projection (with grouped-query attention, one key/value head
+and every query head that reads it), and a feed-forward neuron is a row of each input projection
+(gate and up in a gated MLP) plus a column of the output one. The model dimension stays unless a
+budget names it (``hidden.py``). A new family is one more entry in ``ADAPTERS``.
 """
 
 from __future__ import annotations

@@ -163,8 +163,15 @@ def speedup(
 
 
 def _timed(model: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Seconds of one forward pass; on a GPU, until its kernels have finished, not just been
+    queued."""
+    devices = {x.device for x in inputs if isinstance(x, torch.Tensor) and x.device.type == "cuda"}
+    for device in devices:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     model(*inputs)
+    for device in devices:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 

@@ -91,8 +91,9 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     for alias, key in manifest.get("tied", {}).items():
         state[alias] = state[key]
     model = factory()
-    for field, value in manifest.get("config", {}).items():  # read by the blocks' own code
-        setattr(model.config, field, value)
+    config = getattr(model, "config", None)
+    for field, value in manifest.get("config", {}).items() if config is not None else ():
+        setattr(config, field, value)  # read by the blocks' own code
     _resize(model, manifest.get("modules", {}), state)
     try:
         model.load_state_dict(state, strict=True)

@@ -82,7 +82,7 @@ def _slice_reductions(
     n = layout.size(module)
     whole = scores.get(f"{prefix[:-1]}::{role}")  # a criterion that scores channels directly
     if whole is not None:
-        return whole.detach().double(), torch.ones(n, dtype=torch.float64)
+        return whole.detach().double().cpu(), torch.ones(n, dtype=torch.float64)
     value = torch.zeros(n, dtype=torch.float64)
     size = 0
     for cut in layout.cuts(module):
@@ -94,10 +94,10 @@ def _slice_reductions(
         split = score.detach().reshape(*shape[: cut.dim], cut.blocks, n, -1, *shape[cut.dim + 1 :])
         others = [d for d in range(split.ndim) if d != cut.dim + 1]
         if reduce == "max":
-            value = torch.maximum(value, split.amax(others).double())
+            value = torch.maximum(value, split.amax(others).double().cpu())
         else:
             at_least_single = torch.promote_types(split.dtype, torch.float32)
-            value += split.sum(others, dtype=at_least_single).double()
+            value += split.sum(others, dtype=at_least_single).double().cpu()
         size += split.numel() // n
     return (value, torch.full((n,), float(size), dtype=torch.float64)) if size else None
 
