@@ -140,6 +140,8 @@ def prune(
     (``scope="layer"``) or overall (``"global"``), ``example_inputs`` is a batch the model
     accepts (for tracing), ``round_to`` keeps channel counts multiples of N, and
     ``group_reduction`` (mean / sum / max) turns the weight scores of a channel group into one.
+    In a budget, ``"heads"``, ``"query_heads"`` (inside key/value groups), ``"ffn"`` and
+    ``"hidden"`` (the model dimension) stand for every transformer block sensiprune knows.
     A module in ``ignore`` keeps its output channels; its inputs may still shrink. With
     ``steps > 1`` each step removes the same fraction of the channels still there, re-scored.
     """
