@@ -59,7 +59,7 @@ def tiny_llama() -> nn.Module:
 
 
 def tiny_decoder(family: str) -> nn.Module:
-    """A randomly initialised decoder of each fused-projection family, two blocks deep."""
+    """A randomly initialised decoder of a family with its own twist, two blocks deep."""
     torch.manual_seed(0)
     shared = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
     if family == "phi3":  # qkv_proj [Q K V] with 2 key/value heads, gate_up_proj
@@ -68,6 +68,11 @@ def tiny_decoder(family: str) -> nn.Module:
             pad_token_id=0,
         )  # fmt: skip
         return transformers.Phi3ForCausalLM(config).eval()
+    if family == "olmo":  # Llama-style blocks, LayerNorms without parameters
+        config = transformers.OlmoConfig(
+            **shared, num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64
+        )
+        return transformers.OlmoForCausalLM(config).eval()
     if family == "gpt-neox":  # query_key_value head by head
         config = transformers.GPTNeoXConfig(
             **shared, intermediate_size=64, max_position_embeddings=64

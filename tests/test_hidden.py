@@ -26,6 +26,7 @@ FAMILIES = {
     "phi3": lambda: tiny_decoder("phi3"),
     "gpt-neox": lambda: tiny_decoder("gpt-neox"),
     "gpt2": lambda: tiny_decoder("gpt2"),  # its head is tied to the token embedding
+    "olmo": lambda: tiny_decoder("olmo"),  # norms with no parameters, only a shape
 }
 
 

@@ -33,7 +33,7 @@ SHAPE_ATTRS = (
     "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
     "hidden_size", "input_size", "num_heads", "kept_heads", "embedding_dim", "num_groups",
     "num_channels", "num_attention_heads", "all_head_size", "nf", "nx", "split_size",
-    "num_key_value_heads", "num_key_value_groups", "sensiprune_config",
+    "num_key_value_heads", "num_key_value_groups", "sensiprune_config", "normalized_shape",
 )  # fmt: skip
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "sensiprune.json"
@@ -133,11 +133,12 @@ def mismatch(exc: RuntimeError) -> str:
 
 
 def _recordable(value: object) -> bool:
-    """An int, a list of ints (kept heads) or a {config field: int} mapping."""
+    """An int, a list or tuple of ints (kept heads, a norm's shape) or a {config field: int}
+    mapping."""
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if isinstance(value, dict):
         return all(isinstance(k, str) and _recordable(v) for k, v in value.items())
-    return is_int or (isinstance(value, list) and all(isinstance(v, int) for v in value))
+    return is_int or (isinstance(value, (list, tuple)) and all(_recordable(v) for v in value))
 
 
 def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) -> None:
@@ -146,7 +147,10 @@ def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) ->
     its smaller weight); ties between parameters hold afterwards as before."""
     ties = tied_parameters(model)
     for name, module in model.named_modules():
-        attrs = recorded.get(name, {})
+        attrs = {  # JSON gave lists back where the module holds tuples
+            a: tuple(v) if isinstance(getattr(module, a, None), tuple) else v
+            for a, v in recorded.get(name, {}).items()
+        }
         changed = any(getattr(module, a, None) != v for a, v in attrs.items())
         for attr, value in attrs.items():
             if attr == "sensiprune_config":

@@ -37,12 +37,12 @@ class Layout:
     cuts: Callable[[nn.Module], list[Cut]]
     size_attrs: tuple[str, ...]  # attributes holding the role's size, updated after a cut
     after: Callable[[nn.Module, list[int]], None] | None = None  # fix-ups once cut
+    count: Callable[[nn.Module], int] | None = None  # the size, where no int attribute has it
 
     def size(self, module: nn.Module) -> int:
-        if self.size_attrs:
-            return int(getattr(module, self.size_attrs[0]))
-        first = self.cuts(module)[0]  # no attribute holds it: the first tensor tells
-        return getattr(module, first.attr).shape[first.dim] // (first.blocks * first.width)
+        if self.count is not None:
+            return self.count(module)
+        return int(getattr(module, self.size_attrs[0]))
 
 
 def _fixed(*cuts: Cut) -> Callable[[nn.Module], list[Cut]]:
@@ -139,27 +139,44 @@ def _attention_heads(module: nn.MultiheadAttention) -> list[Cut]:
 _ATTENTION = {"head": Layout(_attention_heads, ("num_heads",), become_head_pruned)}
 
 
+def _norm_width(module: nn.Module) -> int:
+    weight = getattr(module, "weight", None)
+    return weight.shape[0] if weight is not None else module.normalized_shape[-1]
+
+
 def _norm_shape(module: nn.Module, keep: list[int]) -> None:
-    """A norm over the last dimension: the shape it normalises follows its weight."""
-    if isinstance(getattr(module, "normalized_shape", None), tuple):
-        module.normalized_shape = tuple(module.weight.shape)
+    """A norm over the last dimension: the shape it normalises follows its weight, or the
+    channels kept where it has none (after loading, sp.load restores it as recorded)."""
+    weight = getattr(module, "weight", None)
+    if weight is not None and isinstance(getattr(module, "normalized_shape", None), tuple):
+        module.normalized_shape = tuple(weight.shape)
+    elif weight is None and keep:
+        module.normalized_shape = (len(keep),)
 
 
 # a norm's entries along the model dimension (hidden-size pruning): LayerNorm, RMSNorm, and
-# the RMSNorm classes of model libraries, which hold one weight vector and nothing else
-NORM_LAYOUT = Layout(_fixed(Cut("weight", 0), Cut("bias", 0)), (), _norm_shape)
+# the norm classes of model libraries: a weight vector, or no parameters and a 1-d shape
+NORM_LAYOUT = Layout(_fixed(Cut("weight", 0), Cut("bias", 0)), (), _norm_shape, _norm_width)
 _NORM = {"channel": NORM_LAYOUT}
 
 
 def is_norm(module: nn.Module) -> bool:
-    """A LayerNorm or RMSNorm with a weight per channel, or a module that looks like one (no
-    children, a weight vector and perhaps a bias vector, nothing else)."""
+    """A LayerNorm or RMSNorm, or a module that looks like one: no children, and a weight
+    vector (perhaps with a bias vector) or no parameters and one normalised dimension."""
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        return len(module.normalized_shape) == 1
     params = dict(module.named_parameters(recurse=False))
+    shape = getattr(module, "normalized_shape", None)
     return (
         not any(True for _ in module.children())
-        and set(params) in ({"weight"}, {"weight", "bias"})
-        and all(p.ndim == 1 for p in params.values())
-        and (isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or not _known(module))
+        and not _known(module)
+        and (
+            (
+                set(params) in ({"weight"}, {"weight", "bias"})
+                and all(p.ndim == 1 for p in params.values())
+            )
+            or (not params and isinstance(shape, (tuple, list)) and len(shape) == 1)
+        )
     )
 
 
