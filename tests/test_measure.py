@@ -12,6 +12,7 @@ from sensiprune.measure import (
     counted_forward,
     counting_flops,
     latency,
+    speedup,
 )
 
 from .architectures import ZOO
@@ -50,3 +51,13 @@ def test_total_flops_agree_with_torchs_flop_counter(name):
         model(x)
     assert reference.get_total_flops() > 0
     assert counted_forward(model, [x], "does not run")[0] == reference.get_total_flops()
+
+
+def test_speedup_says_which_model_is_faster_and_leaves_both_as_they_were():
+    torch.manual_seed(0)
+    heavy = torch.nn.Sequential(*(torch.nn.Linear(256, 256) for _ in range(16)))
+    light = torch.nn.Sequential(torch.nn.Linear(256, 256))
+    x = torch.randn(64, 256)
+    assert speedup(heavy, light, x, rounds=3, repeats=3) > 2  # 16x the work: far beyond noise
+    assert speedup(light, heavy, x, rounds=3, repeats=3) < 0.5
+    assert heavy.training and light.training  # eval only while timing
