@@ -27,6 +27,7 @@ FAMILIES = {
     "gpt-neox": lambda: tiny_decoder("gpt-neox"),
     "gpt2": lambda: tiny_decoder("gpt2"),  # its head is tied to the token embedding
     "olmo": lambda: tiny_decoder("olmo"),  # norms with no parameters, only a shape
+    "bert-classifier": tiny_classifier,  # a pooler between the stream and the head
 }
 
 
@@ -38,9 +39,6 @@ def _outputs(model: torch.nn.Module, family: str) -> torch.Tensor:
 
 def _example(family: str) -> tuple[torch.Tensor, ...]:
     return bert_inputs(text_batch()) if family == "bert-classifier" else (token_ids(),)
-
-
-FAMILIES["bert-classifier"] = tiny_classifier
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
