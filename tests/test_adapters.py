@@ -332,8 +332,10 @@ def test_query_heads_go_inside_key_value_groups_and_every_group_keeps_as_many(tm
     assert torch.equal(again(ids).logits, model(ids).logits)
 
 
-def test_the_least_important_query_head_of_each_group_goes_wherever_it_sits():
-    model, ids = tiny_llama(), token_ids()
+@pytest.mark.parametrize("family", ["llama", "phi3"])  # separate q_proj, or [Q K V] fused
+def test_the_least_important_query_head_of_each_group_goes_wherever_it_sits(family, tmp_path):
+    factory = tiny_llama if family == "llama" else lambda: tiny_decoder("phi3")
+    model, ids = factory(), token_ids()
     silent = {0: [0, 3], 1: [1, 2]}  # per layer, one query head in each key/value group
     scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
     with torch.no_grad():
@@ -345,8 +347,14 @@ def test_the_least_important_query_head_of_each_group_goes_wherever_it_sits():
     expected = model(ids).logits
     sp.prune(model, {"query_heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,),
              scores=scores, group_reduction="sum")  # fmt: skip
-    assert [layer.self_attn.q_proj.out_features for layer in model.model.layers] == [16, 16]
+    for block in find_blocks(model):
+        assert head_counts(block) == (2, 2, 8)
+        assert block.attention.num_key_value_groups == 1
     torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
+    generated = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, 12)
+    sp.save(model, tmp_path / family)
+    assert torch.equal(sp.load(tmp_path / family, factory)(ids).logits, model(ids).logits)
 
 
 def test_query_heads_need_grouped_query_attention_and_exclude_a_heads_budget():

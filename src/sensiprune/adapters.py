@@ -232,20 +232,16 @@ def build_graph(
 
 
 def head_counts(block: Block) -> tuple[int, int, int]:
-    """Query heads, key/value heads and head size of a block, read from its projections (so
-    they hold before and after pruning): whole key/value groups go, so the number of query
-    heads per key/value head stays what the attention says."""
+    """Query heads, key/value heads and head size of a block, read from its projections, so
+    they hold before and after any cut: the output projection reads one column block per
+    query head, and a fused qkv has a key and a value block per key/value head besides."""
     a, module = block.adapter, block.module
     size = getattr(block.attention, a.head_size)
-    per_kv = getattr(block.attention, a.query_groups) if a.query_groups else 1
+    query_heads = size_of(module.get_submodule(a.output), "in") // size
     if a.qkv is not None:
-        kv = size_of(module.get_submodule(a.qkv), "out") // ((per_kv + 2) * size)
-        return kv * per_kv, kv, size
-    return (
-        size_of(module.get_submodule(a.query), "out") // size,
-        size_of(module.get_submodule(a.key), "out") // size,
-        size,
-    )
+        rows = size_of(module.get_submodule(a.qkv), "out") // size
+        return query_heads, (rows - query_heads) // 2, size
+    return query_heads, size_of(module.get_submodule(a.key), "out") // size, size
 
 
 def _block_groups(block: Block, split: bool) -> Iterator[Group]:
@@ -256,9 +252,9 @@ def _block_groups(block: Block, split: bool) -> Iterator[Group]:
     query_heads, kv_heads, size = head_counts(block)
     per_kv = query_heads // kv_heads
     if split and splits_query_groups(block):
-        for head in range(query_heads):
+        for head in range(query_heads):  # [Q K V] puts the query rows first, like q_proj
             rows = range(head * size, (head + 1) * size)
-            members = [Member(block.path(a.query), "out", i) for i in rows]
+            members = [Member(block.path(a.head_layer), "out", i) for i in rows]
             yield Group([*members, *(Member(block.path(a.output), "in", i) for i in rows)])
     for kv in range(kv_heads if not (split and splits_query_groups(block)) else 0):
         kv_rows = range(kv * size, (kv + 1) * size)
@@ -299,9 +295,9 @@ def bookkeepers(model: nn.Module, blocks: Sequence[Block]) -> list[object]:
 
 def splits_query_groups(block: Block) -> bool:
     """Whether query heads can go inside this block's key/value groups: grouped-query
-    attention with a projection of its own for the queries."""
+    attention whose query rows are a block of their own (not interleaved head by head)."""
     query_heads, kv_heads, _ = head_counts(block)
-    return block.adapter.query is not None and query_heads > kv_heads
+    return not block.adapter.interleaved and query_heads > kv_heads
 
 
 def pair_query_heads(
@@ -311,7 +307,7 @@ def pair_query_heads(
     every other (the attention repeats each key/value head the same number of times): within
     each key/value group the query heads are ranked by score, and the r-th least important of
     every group become one group, scored by their sum."""
-    owners = {b.path(b.adapter.query): b for b in blocks if b.adapter.query is not None}
+    owners = {b.path(b.adapter.head_layer): b for b in blocks if splits_query_groups(b)}
     merged: dict[tuple[str, int], list[int]] = {}
     kept = []
     for index, group in enumerate(groups):
@@ -341,8 +337,7 @@ def refresh(blocks: Sequence[Block]) -> None:
         a, attention = block.adapter, block.attention
         query_heads, kv_heads, size = head_counts(block)
         counts = [(a.heads, query_heads), (a.kv_heads, kv_heads)]
-        if a.qkv is None:  # query heads may have gone inside key/value groups
-            counts.append((a.query_groups, query_heads // kv_heads))
+        counts.append((a.query_groups, query_heads // kv_heads))  # may change inside groups
         counts += [(total, query_heads * size) for total in a.totals]
         for attr, value in counts:
             if attr is not None and hasattr(attention, attr):
@@ -430,12 +425,14 @@ def kind_layers(
                 "a budget names 'heads' or 'query_heads', not both: prune whole key/value "
                 "groups and query heads inside them in two calls"
             )
-        kinds[QUERY_HEADS] = [b.path(b.adapter.query) for b in blocks if splits_query_groups(b)]
+        kinds[QUERY_HEADS] = [
+            b.path(b.adapter.head_layer) for b in blocks if splits_query_groups(b)
+        ]
         if not kinds[QUERY_HEADS]:
             raise SensipruneError(
                 "a budget for 'query_heads' needs grouped-query attention (several query heads "
-                "per key/value head) with its own query projection, as in Llama-style "
-                "decoders; this model has none: use 'heads'"
+                "per key/value head), as in Llama-style or Phi-3 decoders; this model has "
+                "none: use 'heads'"
             )
     if HIDDEN in budget:
         if not blocks:
