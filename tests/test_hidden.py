@@ -102,3 +102,15 @@ def test_a_parameter_of_the_model_width_it_cannot_place_is_named_and_nothing_cha
         sp.prune(model, {"hidden": 0.25}, "magnitude", structured=True,
                  example_inputs=(torch.randn(2, 3, 16, 16),))  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_width_derived_embedding_scale_is_reported_for_save_pretrained(caplog):
+    torch.manual_seed(0)
+    config = transformers.GemmaConfig(  # embeddings scaled by √hidden_size, fixed when built
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, head_dim=8,
+    )  # fmt: skip
+    model, ids = transformers.GemmaForCausalLM(config).eval(), token_ids()
+    sp.prune(model, {"hidden": 0.25}, "magnitude", structured=True, example_inputs=(ids,))
+    assert "scales its embeddings by a function of the width" in caplog.text
+    assert model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0).shape == (2, 11)

@@ -364,14 +364,14 @@ def sync_config(model: nn.Module, blocks: Sequence[Block]) -> None:
     counts from the shared config and whose counts differ from it gets a config of its own."""
     config = getattr(model, "config", None)
     if config is not None and blocks:
-        _describe_in(config, blocks)
+        _describe_in(config, model, blocks)
     for block in blocks:
         a = block.adapter
         if a.config_in_forward and a.config_heads is not None:
             own_config(block.attention, dict(zip(a.config_heads, head_counts(block)[:2])))
 
 
-def _describe_in(config: object, blocks: Sequence[Block]) -> None:
+def _describe_in(config: object, model: nn.Module, blocks: Sequence[Block]) -> None:
     inexpressible = []
     adapter = blocks[0].adapter
     widths = {size_of(b.module.get_submodule(b.adapter.ffn_out), "in") for b in blocks}
@@ -388,6 +388,8 @@ def _describe_in(config: object, blocks: Sequence[Block]) -> None:
             inexpressible.append(
                 f"a {adapter.family} config derives the head size from the hidden size"
             )
+        if any(hasattr(m, "embed_scale") for m in model.modules()):  # Gemma's √hidden_size
+            inexpressible.append("the model scales its embeddings by a function of the width")
     if fields is not None and len(counts) == 1:
         query, kv, size = counts.pop()
         config.head_dim = size  # now explicit
