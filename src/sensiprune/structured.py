@@ -43,31 +43,39 @@ def group_scores(
     if reduce not in REDUCTIONS:
         raise SensipruneError(f"group reduction must be one of {', '.join(REDUCTIONS)}")
     modules = dict(model.named_modules())
-    members = [(g, member) for g, group in enumerate(groups) for member in group.members]
-    offsets: dict[tuple[str, str], int] = {}  # where a scored slice's values start
+    offsets: dict[str, dict[str, int | None]] = {}  # where a slice's values start, if scored
     values: list[torch.Tensor] = []
     sizes: list[torch.Tensor] = []
     length = 0
-    for layer, role in dict.fromkeys(member[:2] for _, member in members):
-        prefix = f"{layer}." if layer else ""
-        reduced = _slice_reductions(modules[layer], role, scores, prefix, reduce)
-        if reduced is not None:
-            offsets[(layer, role)] = length
-            values.append(reduced[0])
-            sizes.append(reduced[1])
-            length += len(reduced[0])
-    scored = [(g, m) for g, m in members if m[:2] in offsets]
+    owner: list[int] = []
+    where: list[int] = []
+    for g, group in enumerate(groups):  # per member; hot: nested dicts, no tuple keys
+        for layer, role, index in group.members:
+            per_layer = offsets.get(layer)
+            if per_layer is None:
+                per_layer = offsets[layer] = {}
+            if role not in per_layer:
+                prefix = f"{layer}." if layer else ""
+                reduced = _slice_reductions(modules[layer], role, scores, prefix, reduce)
+                per_layer[role] = None if reduced is None else length
+                if reduced is not None:
+                    values.append(reduced[0])
+                    sizes.append(reduced[1])
+                    length += len(reduced[0])
+            start = per_layer[role]
+            if start is not None:
+                owner.append(g)
+                where.append(start + index)
     result = torch.zeros(len(groups), dtype=torch.float64)
     count = torch.zeros(len(groups), dtype=torch.float64)
-    if scored:
-        owner = torch.tensor([g for g, _ in scored])
-        where = torch.tensor([offsets[m[:2]] + m.index for _, m in scored])
-        picked = torch.cat(values)[where]
+    if owner:
+        owners, positions = torch.tensor(owner), torch.tensor(where)
+        picked = torch.cat(values)[positions]
         if reduce == "max":
-            result.scatter_reduce_(0, owner, picked, "amax")
+            result.scatter_reduce_(0, owners, picked, "amax")
         else:
-            result.index_add_(0, owner, picked)
-        count.index_add_(0, owner, torch.cat(sizes)[where])
+            result.index_add_(0, owners, picked)
+        count.index_add_(0, owners, torch.cat(sizes)[positions])
     if reduce == "mean":
         result = result / count.clamp_min(1)
     return result.masked_fill(count == 0, torch.nan)  # nothing scored: not a candidate
