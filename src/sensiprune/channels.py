@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, NamedTuple
 
 import torch
@@ -19,6 +18,7 @@ class Flow:
 
 
 PRODUCING_ROLES = ("out", "hidden", "head")
+_PRODUCING = frozenset(PRODUCING_ROLES)
 
 
 class Member(NamedTuple):
@@ -35,11 +35,18 @@ class Group:
     """Coupled indices that are removed together."""
 
     members: list[Member] = field(default_factory=list)
+    _producers: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
-    @cached_property
+    @property
     def producers(self) -> frozenset[str]:
-        """Layers that create these channels (read once the graph is complete)."""
-        return frozenset(m.layer for m in self.members if m.role in PRODUCING_ROLES)
+        """Layers that create these channels (read once the graph is complete). Cached by
+        hand: functools.cached_property takes a lock on every first read, and every group of
+        every graph is read."""
+        if self._producers is None:
+            self._producers = frozenset(
+                layer for layer, role, _ in self.members if role in _PRODUCING
+            )
+        return self._producers
 
 
 @dataclass

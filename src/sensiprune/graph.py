@@ -141,13 +141,17 @@ class ChannelTracer:
     def run(self) -> DependencyGraph:
         for node in self.traced.nodes:
             self.flows[node] = self.visit(node)
-        find = self.uf.find
-        pinned_roots = {find(s) for s in self.pinned}
+        roots = [self.uf.find(s) for s in range(len(self.uf.parent))]  # once per slot
+        pinned_roots = {roots[s] for s in self.pinned}
         classes: dict[int, list[Member]] = {}
-        for slot, member in self.members:
-            root = find(slot)
+        for slot, member in self.members:  # hot: once per member of every layer
+            root = roots[slot]
             if root not in pinned_roots:
-                classes.setdefault(root, []).append(member)
+                members = classes.get(root)
+                if members is None:
+                    classes[root] = [member]
+                else:
+                    members.append(member)
         groups = [g for g in map(Group, classes.values()) if g.producers]
         return DependencyGraph(groups, self.untouched)
 
