@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import fx
 
@@ -22,31 +24,107 @@ _PRODUCING = frozenset(PRODUCING_ROLES)
 
 
 class Member(NamedTuple):
-    """One index of one module that belongs to a group (a tuple: graphs hold one per channel
-    of every layer, and a tuple is several times cheaper to make than a frozen dataclass)."""
+    """One index of one module that belongs to a group."""
 
     layer: str
     role: str  # "out" channel, "in" column, "channel" entry, "hidden" RNN unit, "head"
     index: int
 
 
-@dataclass
-class Group:
-    """Coupled indices that are removed together."""
+class MemberTable:
+    """The members of many groups, column by column (a graph holds one member per channel of
+    every layer, too many to be objects): row k is index ``index[k]`` of the (layer, role)
+    ``keys[key[k]]``, and group g owns rows ``start[g]`` to ``start[g + 1]``."""
 
-    members: list[Member] = field(default_factory=list)
-    _producers: frozenset[str] | None = field(default=None, repr=False, compare=False)
+    __slots__ = ("index", "key", "keys", "start")
+
+    def __init__(
+        self, keys: list[tuple[str, str]], key: np.ndarray, index: np.ndarray, start: np.ndarray
+    ) -> None:
+        self.keys, self.key, self.index, self.start = keys, key, index, start
+
+    def members(self, g: int) -> list[Member]:
+        rows = slice(self.start[g], self.start[g + 1])
+        return [
+            Member(*self.keys[k], i)
+            for k, i in zip(self.key[rows].tolist(), self.index[rows].tolist())
+        ]
+
+
+class Group:
+    """Coupled indices that are removed together: a list of members, or one group of a
+    :class:`MemberTable` (what the channel walk makes; its members are listed when read)."""
+
+    __slots__ = ("_members", "_producers", "_row", "_table")
+
+    def __init__(self, members: Sequence[Member] = ()) -> None:
+        self._members: list[Member] | None = list(members)
+        self._table: MemberTable | None = None
+        self._row = -1
+        self._producers: frozenset[str] | None = None
+
+    @classmethod
+    def in_table(cls, table: MemberTable, row: int, producers: frozenset[str]) -> Group:
+        group = cls.__new__(cls)
+        group._members, group._table, group._row, group._producers = None, table, row, producers
+        return group
+
+    @property
+    def members(self) -> list[Member]:
+        if self._members is None:
+            self._members = self._table.members(self._row)
+        return self._members
 
     @property
     def producers(self) -> frozenset[str]:
-        """Layers that create these channels (read once the graph is complete). Cached by
-        hand: functools.cached_property takes a lock on every first read, and every group of
-        every graph is read."""
+        """Layers that create these channels (read once the graph is complete)."""
         if self._producers is None:
             self._producers = frozenset(
                 layer for layer, role, _ in self.members if role in _PRODUCING
             )
         return self._producers
+
+    def __repr__(self) -> str:
+        return f"Group({self.members!r})"
+
+
+def flat_members(
+    groups: Sequence[Group],
+) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray]:
+    """Every member of ``groups`` as columns: the (layer, role) keys, and per member its
+    group's position in ``groups``, its key's position and its index. Groups of one table are
+    gathered without listing their members: that keeps scoring and cutting a graph cheap."""
+    keys: dict[tuple[str, str], int] = {}
+    owners, key_ids, indices = [], [], []
+    by_table: dict[int, tuple[MemberTable, list[int], list[int]]] = {}
+    loose: list[int] = []
+    for position, group in enumerate(groups):
+        if group._table is None:
+            loose.append(position)
+            continue
+        _, positions, rows = by_table.setdefault(id(group._table), (group._table, [], []))
+        positions.append(position)
+        rows.append(group._row)
+    for table, positions, rows in by_table.values():
+        picked_rows = np.asarray(rows)
+        starts, lengths = table.start[picked_rows], np.diff(table.start)[picked_rows]
+        ends = np.cumsum(lengths)
+        picked = np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1])
+        to_global = np.asarray([keys.setdefault(k, len(keys)) for k in table.keys])
+        owners.append(np.repeat(np.asarray(positions), lengths))
+        key_ids.append(to_global[table.key[picked]])
+        indices.append(table.index[picked])
+    if loose:
+        members = [(p, m) for p in loose for m in groups[p].members]
+        owners.append(np.asarray([p for p, _ in members], dtype=np.int64))
+        key_ids.append(
+            np.asarray([keys.setdefault((m[0], m[1]), len(keys)) for _, m in members], np.int64)
+        )
+        indices.append(np.asarray([m[2] for _, m in members], dtype=np.int64))
+    if not owners:
+        empty = np.zeros(0, dtype=np.int64)
+        return [], empty, empty, empty
+    return list(keys), np.concatenate(owners), np.concatenate(key_ids), np.concatenate(indices)
 
 
 @dataclass
@@ -61,9 +139,11 @@ class UnionFind:
     def __init__(self) -> None:
         self.parent: list[int] = []
 
-    def new(self) -> int:
-        self.parent.append(len(self.parent))
-        return len(self.parent) - 1
+    def new(self, n: int) -> list[int]:
+        """``n`` fresh elements, each its own class."""
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return list(range(start, start + n))
 
     def find(self, x: int) -> int:
         while self.parent[x] != x:
@@ -75,6 +155,16 @@ class UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+
+    def roots(self) -> np.ndarray:
+        """The class of every element at once: parents always point to smaller elements, so
+        pointer jumping converges in a few vectorised steps."""
+        parent = np.asarray(self.parent, dtype=np.int64)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent = grand
 
 
 def tensor_shapes(output: Any) -> list[tuple[int, ...]]:

@@ -19,15 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from .channels import (
+    PRODUCING_ROLES,
     DependencyGraph,
     Flow,
     Group,
     Member,
+    MemberTable,
     UnionFind,
     flows_in,
     index_keeps_dim,
@@ -106,14 +109,14 @@ class ChannelTracer:
         self.uf = UnionFind()
         self.pinned: set[int] = set()
         self.flows: dict[fx.Node, Any] = {}
-        self.members: list[tuple[int, Member]] = []
+        self.blocks: list[tuple[str, str, list[int]]] = []  # (layer, role, slot per index)
         self.out_slots: dict[str, list[int]] = {}
         self.in_slots: dict[str, list[int]] = {}  # per consumer, the slot of each input column
         self.untouched: dict[str, str] = {}
 
     # -- slot helpers -------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
-        slots = [self.uf.new() for _ in range(n)]
+        slots = self.uf.new(n)
         if pinned:
             self.pinned.update(slots)
         return slots
@@ -141,19 +144,48 @@ class ChannelTracer:
     def run(self) -> DependencyGraph:
         for node in self.traced.nodes:
             self.flows[node] = self.visit(node)
-        roots = [self.uf.find(s) for s in range(len(self.uf.parent))]  # once per slot
-        pinned_roots = {roots[s] for s in self.pinned}
-        classes: dict[int, list[Member]] = {}
-        for slot, member in self.members:  # hot: once per member of every layer
-            root = roots[slot]
-            if root not in pinned_roots:
-                members = classes.get(root)
-                if members is None:
-                    classes[root] = [member]
-                else:
-                    members.append(member)
-        groups = [g for g in map(Group, classes.values()) if g.producers]
-        return DependencyGraph(groups, self.untouched)
+        return DependencyGraph(self.groups(), self.untouched)
+
+    def groups(self) -> list[Group]:
+        """One group per class of merged slots that is not pinned and has a producer, in the
+        order their first members were recorded; computed column-wise, as a table."""
+        roots = self.uf.roots()
+        pinned = np.zeros(len(roots), dtype=bool)
+        pinned[roots[list(self.pinned)]] = True
+        root_of, key_of, index_of = [], [], []
+        for key, (_, _, slots) in enumerate(self.blocks):
+            slot_roots = roots[slots]
+            free = np.flatnonzero(~pinned[slot_roots])
+            root_of.append(slot_roots[free])
+            key_of.append(np.full(len(free), key))
+            index_of.append(free)
+        if not self.blocks:
+            return []
+        root, key, index = np.concatenate(root_of), np.concatenate(key_of), np.concatenate(index_of)
+        classes, first, group = np.unique(root, return_index=True, return_inverse=True)
+        rank = np.empty(len(classes), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(classes))
+        group = rank[group]  # numbered in order of appearance
+        producing = np.asarray([role in PRODUCING_ROLES for _, role, _ in self.blocks])
+        has_producer = np.zeros(len(classes), dtype=bool)
+        has_producer[group[producing[key]]] = True
+        number = np.cumsum(has_producer) - 1  # groups without a producer are dropped
+        rows = has_producer[group]
+        group, key, index = number[group[rows]], key[rows], index[rows]
+        order = np.argsort(group, kind="stable")
+        group, key, index = group[order], key[order], index[order]
+        count = int(has_producer.sum())
+        start = np.searchsorted(group, np.arange(count + 1))
+        table = MemberTable([(layer, role) for layer, role, _ in self.blocks], key, index, start)
+        producers: list[set[str]] = [set() for _ in range(count)]
+        made = producing[key]
+        for g, k in zip(group[made].tolist(), key[made].tolist()):
+            producers[g].add(self.blocks[k][0])
+        shared: dict[frozenset[str], frozenset[str]] = {}  # one object per family
+        return [
+            Group.in_table(table, g, shared.setdefault(frozenset(p), frozenset(p)))
+            for g, p in enumerate(producers)
+        ]
 
     def visit(self, node: fx.Node) -> Any:
         shape = node_shape(node)
@@ -378,28 +410,28 @@ class ChannelTracer:
     def producer(self, layer: str, n: int, pinned: bool = False, role: str = "out") -> list[int]:
         if layer not in self.out_slots:  # a module called twice produces the same channels
             self.out_slots[layer] = self.fresh(n, pinned)
-            slots = self.out_slots[layer]
-            self.members += [(s, Member(layer, role, i)) for i, s in enumerate(slots)]
+            self.blocks.append((layer, role, self.out_slots[layer]))
         return self.out_slots[layer]
 
     def consumer(self, layer: str, slots: list[int]) -> None:
-        seen = self.in_slots.setdefault(layer, [])
+        seen = self.in_slots.get(layer)
+        if seen is None:
+            self.in_slots[layer] = list(slots)
+            self.blocks.append((layer, "in", self.in_slots[layer]))
+            return
         for earlier, slot in zip(seen, slots):  # the same input column read twice: one channel
             self.uf.union(earlier, slot)
-        new = slots[len(seen) :]
-        self.members += [(s, Member(layer, "in", i)) for i, s in enumerate(new, len(seen))]
-        seen += new
+        seen += slots[len(seen) :]
 
     def channelwise(self, layer: str, slots: list[int]) -> None:
-        for i, slot in enumerate(slots):
-            self.members.append((slot, Member(layer, "channel", i)))
+        self.blocks.append((layer, "channel", slots))
 
     def whole_groups(self, layer: str, blocks: list[list[int]]) -> None:
         """The channels of each block are one unit: group k of a grouped conv or GroupNorm."""
-        for k, block in enumerate(blocks):
+        for block in blocks:
             for slot in block[1:]:
                 self.uf.union(block[0], slot)
-            self.members.append((block[0], Member(layer, "group", k)))
+        self.blocks.append((layer, "group", [block[0] for block in blocks]))
 
 
 @dataclass(frozen=True)

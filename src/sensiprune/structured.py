@@ -8,10 +8,12 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import adapters, surgery
+from .channels import flat_members
 from .errors import SensipruneError
 from .graph import DependencyGraph, Group, build_graph
 from .measure import counted_forward
@@ -35,41 +37,32 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-@paused_gc()
 def group_scores(
     model: nn.Module, groups: Sequence[Group], scores: Mapping[str, torch.Tensor], reduce: str
 ) -> torch.Tensor:
     """Reduce the per-weight scores of every member slice of each group to one number."""
     if reduce not in REDUCTIONS:
         raise SensipruneError(f"group reduction must be one of {', '.join(REDUCTIONS)}")
+    keys, owner, key, index = flat_members(groups)
     modules = dict(model.named_modules())
-    offsets: dict[str, dict[str, int | None]] = {}  # where a slice's values start, if scored
+    offset = np.full(len(keys), -1, dtype=np.int64)  # where a slice's values start, if scored
     values: list[torch.Tensor] = []
     sizes: list[torch.Tensor] = []
     length = 0
-    owner: list[int] = []
-    where: list[int] = []
-    for g, group in enumerate(groups):  # per member; hot: nested dicts, no tuple keys
-        for layer, role, index in group.members:
-            per_layer = offsets.get(layer)
-            if per_layer is None:
-                per_layer = offsets[layer] = {}
-            if role not in per_layer:
-                prefix = f"{layer}." if layer else ""
-                reduced = _slice_reductions(modules[layer], role, scores, prefix, reduce)
-                per_layer[role] = None if reduced is None else length
-                if reduced is not None:
-                    values.append(reduced[0])
-                    sizes.append(reduced[1])
-                    length += len(reduced[0])
-            start = per_layer[role]
-            if start is not None:
-                owner.append(g)
-                where.append(start + index)
+    for k, (layer, role) in enumerate(keys):
+        prefix = f"{layer}." if layer else ""
+        reduced = _slice_reductions(modules[layer], role, scores, prefix, reduce)
+        if reduced is not None:
+            offset[k] = length
+            values.append(reduced[0])
+            sizes.append(reduced[1])
+            length += len(reduced[0])
+    scored = offset[key] >= 0
+    owners = torch.from_numpy(owner[scored])
+    positions = torch.from_numpy(offset[key[scored]] + index[scored])
     result = torch.zeros(len(groups), dtype=torch.float64)
     count = torch.zeros(len(groups), dtype=torch.float64)
-    if owner:
-        owners, positions = torch.tensor(owner), torch.tensor(where)
+    if len(owners):
         picked = torch.cat(values)[positions]
         if reduce == "max":
             result.scatter_reduce_(0, owners, picked, "amax")
@@ -239,20 +232,17 @@ def remove_groups(
     model is run once before returning; if it fails or its output shapes changed, every
     touched module and object gets its old state back and the error says so.
     """
-    cut: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for g in removed:
-        for member in graph.groups[g].members:
-            cut[(member.layer, member.role)].add(member.index)
+    keys, _, key, index = flat_members([graph.groups[g] for g in removed])
     modules = dict(model.named_modules())
-    touched = [modules[layer] for layer in {layer for layer, _ in cut}] + list(kept_in_step)
+    touched = [modules[layer] for layer in {layer for layer, _ in keys}] + list(kept_in_step)
     saved = [(thing, _snapshot(thing)) for thing in touched]
     ties = surgery.tied_parameters(model)
     try:
-        for (layer, role), indices in cut.items():
+        for k, (layer, role) in enumerate(keys):
             module = modules[layer]
-            size = surgery.layout_for(module, role).size(module)
-            keep = [i for i in range(size) if i not in indices]
-            surgery.shrink(module, role, torch.tensor(keep, dtype=torch.long))
+            keep = np.ones(surgery.layout_for(module, role).size(module), dtype=bool)
+            keep[index[key == k]] = False
+            surgery.shrink(module, role, torch.from_numpy(np.flatnonzero(keep)))
         surgery.retie(ties)
         if bookkeeping is not None:
             bookkeeping()
