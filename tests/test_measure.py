@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import sensiprune as sp
 from sensiprune.measure import (
     count_flops,
     count_parameters,
+    countable_by_shape,
     counted_forward,
     counting_flops,
     latency,
+    layer_flops,
     speedup,
 )
 
@@ -51,6 +54,36 @@ def test_total_flops_agree_with_torchs_flop_counter(name):
         model(x)
     assert reference.get_total_flops() > 0
     assert counted_forward(model, [x], "does not run")[0] == reference.get_total_flops()
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (nn.Linear(6, 5), (2, 3, 6)),
+        (nn.Conv1d(4, 6, 3, groups=2), (2, 4, 9)),
+        (nn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 7, 7)),
+        (nn.Conv3d(2, 3, 2, stride=2), (1, 2, 4, 4, 4)),
+        (nn.ConvTranspose2d(3, 4, 3, stride=2), (2, 3, 5, 5)),
+        (nn.BatchNorm2d(3), (2, 3, 5, 5)),
+        (nn.GELU(), (2, 7)),
+    ],
+)
+def test_layer_flops_from_shapes_agree_with_torchs_flop_counter(layer, shape):
+    args = (torch.randn(shape),)
+    assert countable_by_shape(layer, args)
+    with counting_flops(layer, per_module=True) as reference:
+        output = layer(*args)
+    assert layer_flops(layer, args, output) == reference.get_total_flops()
+
+
+def test_only_exact_known_layers_on_batched_input_are_counted_from_shapes():
+    class Scaled(nn.Linear):  # a subclass may compute anything in forward
+        pass
+
+    assert not countable_by_shape(Scaled(6, 5), (torch.randn(2, 6),))
+    assert not countable_by_shape(nn.Linear(6, 5), (torch.randn(6),))
+    assert not countable_by_shape(nn.Conv2d(3, 4, 3), (torch.randn(3, 8, 8),))
+    assert not countable_by_shape(nn.LSTM(3, 4), (torch.randn(2, 5, 3),))
 
 
 def test_speedup_says_which_model_is_faster_and_leaves_both_as_they_were():

@@ -11,6 +11,7 @@ from torch import nn
 
 import sensiprune as sp
 from sensiprune.graph import build_graph
+from sensiprune.measure import module_flops
 from sensiprune.structured import choose_groups, group_scores, remove_groups
 from sensiprune.surgery import layout_for, positions
 
@@ -35,6 +36,7 @@ def _batches(model: nn.Module, x: torch.Tensor) -> list:
 def test_every_architecture_shrinks_runs_and_trains(name, sparsity):
     model, x = _make(name)
     shape = model(x).shape
+    flops_before = module_flops(model, x)[0]  # torch's FlopCounterMode
     result = sp.prune(
         model,
         sparsity,
@@ -46,9 +48,19 @@ def test_every_architecture_shrinks_runs_and_trains(name, sparsity):
     )
     assert model(x).shape == shape
     assert result.params_after < result.params_before
+    assert (result.flops_before, result.flops_after) == (flops_before, module_flops(model, x)[0])
     assert result.flops_after < result.flops_before
     sp.finetune(model, _batches(model, x), epochs=1, show_progress=False)
     assert torch.isfinite(model(x)).all()
+
+
+def test_pruned_flops_are_counted_from_layer_shapes_only_when_nothing_else_has_flops():
+    model, x = _make("resnet")
+    assert build_graph(model, [x]).flops_in_layers_only  # all FLOPs in Conv and Linear layers
+    model, x = _make("transformer")  # attention's matrix products run outside such layers
+    graph = build_graph(model, [x])
+    assert not graph.flops_in_layers_only
+    assert graph.flops == module_flops(model, x)[0]
 
 
 @pytest.mark.parametrize("name", list(ZOO))

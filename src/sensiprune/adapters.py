@@ -73,8 +73,10 @@ class BlockAdapter:
             return modules.get(f"{name}.{path}" if name else path)
 
         attention = part(self.attention)
+        if attention is None:  # most modules of any model: no need to look further
+            return False
         parts = [part(p) for p in self._projections()]
-        if attention is None or None in parts:
+        if None in parts:
             return False
         counts = [self.head_size] + ([self.query_groups] if self.query_groups else [])
         return all(

@@ -96,17 +96,13 @@ def flat_members(
     gathered without listing their members: that keeps scoring and cutting a graph cheap."""
     keys: dict[tuple[str, str], int] = {}
     owners, key_ids, indices = [], [], []
-    by_table: dict[int, tuple[MemberTable, list[int], list[int]]] = {}
-    loose: list[int] = []
-    for position, group in enumerate(groups):
-        if group._table is None:
-            loose.append(position)
-            continue
-        _, positions, rows = by_table.setdefault(id(group._table), (group._table, [], []))
-        positions.append(position)
-        rows.append(group._row)
-    for table, positions, rows in by_table.values():
-        picked_rows = np.asarray(rows)
+    tables = [group._table for group in groups]
+    by_table: dict[int, tuple[MemberTable, list[int]]] = {}
+    for position, table in enumerate(tables):
+        by_table.setdefault(id(table), (table, []))[1].append(position)
+    loose = by_table.pop(id(None), (None, []))[1]
+    for table, positions in by_table.values():
+        picked_rows = np.asarray([groups[p]._row for p in positions])
         starts, lengths = table.start[picked_rows], np.diff(table.start)[picked_rows]
         ends = np.cumsum(lengths)
         picked = np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1])
@@ -132,6 +128,9 @@ class DependencyGraph:
     groups: list[Group]
     untouched: dict[str, str]  # module or operation -> why its channels are left alone
     flops: int = 0  # of one forward pass on the example inputs, counted while tracing
+    # whether all those FLOPs come from layers counted from shapes (measure.layer_flops), so
+    # that the pruned model's FLOPs can be counted the same cheap way
+    flops_in_layers_only: bool = False
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 

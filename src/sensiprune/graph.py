@@ -40,7 +40,8 @@ from .channels import (
 )
 from .errors import SensipruneError
 from .layer_rules import MODULE_RULES
-from .measure import counting_flops
+from .measure import TotalFlops, countable_by_shape, layer_flops
+from .modes import eval_mode
 from .tracing import trace
 
 __all__ = ["DependencyGraph", "Flow", "Group", "Member", "build_graph", "tensor_shapes"]
@@ -76,9 +77,10 @@ _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
 def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> DependencyGraph:
     """Trace ``model`` and return its removable channel groups; the model is not changed."""
     traced, opaque = trace(model, example_inputs)
+    recorder = ShapeRecorder(model, traced)
     try:
-        with counting_flops(model) as counter:
-            output = ShapeRecorder(model, graph=traced).run(*example_inputs)
+        with eval_mode(model), torch.enable_grad():
+            output = recorder.run(*example_inputs)
     except Exception as exc:
         raise SensipruneError(
             f"the model does not run on example_inputs: {str(exc).strip().splitlines()[0]}"
@@ -86,20 +88,45 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
     graph = ChannelTracer(model, traced).run()
     for layer, why in opaque.items():
         graph.untouched[layer] = f"could not be traced ({why}), so it is left as it is"
-    graph.flops = counter.total
+    graph.flops = recorder.flops + recorder.counter.total
+    graph.flops_in_layers_only = recorder.counter.counted_ops == 0
     graph.output_shapes = tensor_shapes(output)
     return graph
 
 
 class ShapeRecorder(fx.Interpreter):
-    """Runs the traced graph and notes each tensor's shape on its node: all the channel walk
-    reads, at a fraction of the cost of fx's ShapeProp metadata."""
+    """Runs the traced graph, noting each tensor's shape on its node (all the channel walk
+    reads, at a fraction of the cost of fx's ShapeProp metadata), and counts its FLOPs as
+    FlopCounterMode would: layers of known types from their shapes, everything else op by op
+    under :class:`TotalFlops` (grad on, as ``counting_flops`` keeps it)."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+        super().__init__(model, graph=graph)
+        self.counter = TotalFlops()
+        self.flops = 0  # of the layers counted from shapes
 
     def run_node(self, node: fx.Node) -> Any:
         result = super().run_node(node)
         if isinstance(result, torch.Tensor):
             node.meta["shape"] = tuple(result.shape)
         return result
+
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
+        module = self.submodules[target]
+        if not kwargs and countable_by_shape(module, args):
+            output = module(*args)
+            self.flops += layer_flops(module, args, output)
+            return output
+        with self.counter:
+            return module(*args, **kwargs)
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        with self.counter:
+            return target(*args, **kwargs)
+
+    def call_method(self, target: str, args: tuple, kwargs: dict) -> Any:
+        with self.counter:
+            return getattr(args[0], target)(*args[1:], **kwargs)
 
 
 class ChannelTracer:

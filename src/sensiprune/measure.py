@@ -5,13 +5,19 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    flop_registry,
+    shape_wrapper,
+)
 
 from .channels import tensor_shapes
 from .errors import SensipruneError
@@ -46,6 +52,75 @@ class FlopCount:
 
 
 _NO_DECOMPOSITION: set[torch._ops.OpOverload] = set()
+_SHAPE_WRAPPED = shape_wrapper(lambda: 0).__code__
+
+
+def _shapes(value: object) -> object:
+    """What flop_counter's formulas read: tensors as their shapes, anything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    if isinstance(value, (list, tuple)):
+        return type(value)(_shapes(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _shapes(v) for k, v in value.items()}
+    return value
+
+
+def _formula_on_values(formula: Callable) -> Callable:
+    """A registered formula as a function of the op's arguments and output. Most formulas are
+    written for shapes and wrapped to take tensors through a pytree map that costs more than
+    the formula; they get the same shapes from a plain recursion instead."""
+    raw = getattr(formula, "__wrapped__", None)
+    if raw is None or getattr(formula, "__code__", None) is not _SHAPE_WRAPPED:
+        return formula
+
+    def on_values(*args: object, out_val: object = None, **kwargs: object) -> int:
+        return raw(*_shapes(args), out_shape=_shapes(out_val), **_shapes(kwargs))
+
+    return on_values
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+# layers whose ops have no FLOP formula: FlopCounterMode counts 0 for them
+_NO_FLOPS = frozenset({
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Flatten,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+})  # fmt: skip
+
+
+def countable_by_shape(module: nn.Module, args: tuple) -> bool:
+    """Whether this call of ``module`` is one :func:`layer_flops` counts from shapes: a
+    layer of an exact known type (a subclass may change forward) on batched input."""
+    kind = type(module)
+    if kind in _NO_FLOPS:
+        return True
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor):
+        return False
+    if kind is nn.Linear:
+        return x.dim() >= 2
+    return kind in _CONVS + _CONV_TRANSPOSES and x.dim() == module.weight.dim()
+
+
+def layer_flops(module: nn.Module, args: tuple, output: torch.Tensor) -> int:
+    """What FlopCounterMode counts for one countable call of ``module``, worked out from the
+    shapes instead of watching every op: a matrix product per Linear, flop_counter's
+    convolution formula per conv, nothing for norms, activations and pooling."""
+    kind = type(module)
+    if kind in _NO_FLOPS:
+        return 0
+    x = args[0]
+    if kind is nn.Linear:
+        return 2 * x.numel() * module.out_features
+    return conv_flop_count(
+        list(x.shape), list(module.weight.shape), list(output.shape), kind in _CONV_TRANSPOSES
+    )
 
 
 class TotalFlops(TorchDispatchMode):
@@ -53,9 +128,12 @@ class TotalFlops(TorchDispatchMode):
     per-module bookkeeping, which costs more than the forward pass itself on small inputs and
     sits on every structured prune's path."""
 
+    formulas: ClassVar[dict[torch._ops.OpOverloadPacket, Callable]] = {}
+
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
+        self.counted_ops = 0  # ops with a FLOP formula seen, whatever their count
 
     def __torch_dispatch__(
         self,
@@ -65,7 +143,10 @@ class TotalFlops(TorchDispatchMode):
         kwargs: dict | None = None,
     ) -> object:
         kwargs = kwargs or {}
-        formula = flop_registry.get(func._overloadpacket)
+        packet = func._overloadpacket
+        formula = self.formulas.get(packet)
+        if formula is None and packet in flop_registry:
+            formula = self.formulas[packet] = _formula_on_values(flop_registry[packet])
         if formula is None:
             if func is not torch.ops.prim.device.default and func not in _NO_DECOMPOSITION:
                 decomposed = func.decompose(*args, **kwargs)
@@ -75,6 +156,7 @@ class TotalFlops(TorchDispatchMode):
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         self.total += formula(*args, **kwargs, out_val=out)
+        self.counted_ops += 1
         return out
 
 
@@ -90,11 +172,27 @@ def counting_flops(model: nn.Module, per_module: bool = False) -> Iterator:
 
 
 def counted_forward(
-    model: nn.Module, inputs: Sequence[torch.Tensor], failure: str
+    model: nn.Module, inputs: Sequence[torch.Tensor], failure: str, layers_only: bool = False
 ) -> tuple[int, list[tuple[int, ...]]]:
     """FLOPs and output shapes of one forward pass; a failure is one error line after
-    ``failure``."""
+    ``failure``. ``layers_only`` counts only layers of known types, from their shapes (see
+    :func:`layer_flops`): exact, and cheaper, when nothing else runs an op with FLOPs (the
+    dependency graph's pass found out)."""
     try:
+        if layers_only:
+            flops = [0]
+
+            def count(module: nn.Module, args: tuple, output: object) -> None:
+                if countable_by_shape(module, args):
+                    flops[0] += layer_flops(module, args, output)
+
+            hook = nn.modules.module.register_module_forward_hook(count)
+            try:
+                with eval_mode(model), torch.no_grad():
+                    output = model(*inputs)
+            finally:
+                hook.remove()
+            return flops[0], tensor_shapes(output)
         with counting_flops(model) as counter:
             output = model(*inputs)
     except Exception as exc:

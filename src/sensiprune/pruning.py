@@ -323,7 +323,7 @@ def _prune_structured(
     )
     params_before = sum(p.numel() for p in model.parameters())
     before = {name: t.param.numel() for name, t in targets.items()}
-    kept_graph = DependencyGraph(groups, graph.untouched, graph.flops, graph.output_shapes)
+    kept_graph = replace(graph, groups=groups)
     flops_after = structured_pruning.remove_groups(
         model,
         kept_graph,

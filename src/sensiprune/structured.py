@@ -251,6 +251,7 @@ def remove_groups(
             example_inputs,
             "the model does not run after structured pruning; this is a bug in sensiprune's "
             "dependency graph: please report it (the model was not modified)",
+            layers_only=graph.flops_in_layers_only,
         )
         if shapes != graph.output_shapes:
             raise SensipruneError(
