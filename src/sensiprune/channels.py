@@ -128,10 +128,10 @@ class DependencyGraph:
     groups: list[Group]
     untouched: dict[str, str]  # module or operation -> why its channels are left alone
     flops: int = 0  # of one forward pass on the example inputs, counted while tracing
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     # whether all those FLOPs come from layers counted from shapes (measure.layer_flops), so
     # that the pruned model's FLOPs can be counted the same cheap way
     flops_in_layers_only: bool = False
-    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
 
 class UnionFind:
