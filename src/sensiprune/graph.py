@@ -204,15 +204,25 @@ class ChannelTracer:
         count = int(has_producer.sum())
         start = np.searchsorted(group, np.arange(count + 1))
         table = MemberTable([(layer, role) for layer, role, _ in self.blocks], key, index, start)
-        producers: list[set[str]] = [set() for _ in range(count)]
-        made = producing[key]
-        for g, k in zip(group[made].tolist(), key[made].tolist()):
-            producers[g].add(self.blocks[k][0])
+        producers = self.producers(group[producing[key]], key[producing[key]], count)
+        return [Group.in_table(table, g, p) for g, p in enumerate(producers)]
+
+    def producers(self, group: np.ndarray, key: np.ndarray, count: int) -> list[frozenset[str]]:
+        """The producing layers of each group, from its producing members: one frozenset per
+        family, and the common case of a single producer without a set per group."""
+        single = {k: frozenset({self.blocks[k][0]}) for k in set(key.tolist())}
+        some_key = np.empty(count, dtype=np.int64)
+        some_key[group] = key  # right wherever a group has one producer; the rest are merged
+        producers = [single[k] for k in some_key.tolist()]
+        several = (np.bincount(group, minlength=count) > 1)[group]
+        merged: dict[int, set[str]] = {}
+        for g, k in zip(group[several].tolist(), key[several].tolist()):
+            merged.setdefault(g, set()).add(self.blocks[k][0])
         shared: dict[frozenset[str], frozenset[str]] = {}  # one object per family
-        return [
-            Group.in_table(table, g, shared.setdefault(frozenset(p), frozenset(p)))
-            for g, p in enumerate(producers)
-        ]
+        for g, layers in merged.items():
+            family = frozenset(layers)
+            producers[g] = shared.setdefault(family, family)
+        return producers
 
     def visit(self, node: fx.Node) -> Any:
         shape = node_shape(node)
