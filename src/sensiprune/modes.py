@@ -12,10 +12,11 @@ from torch import nn
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode inside; afterwards every submodule has its own earlier mode back (a model in
     training with a frozen BatchNorm stays that way), even when the block raises."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
+    training = [module for module in model.modules() if module.training]
+    for module in training:  # what eval() does, without touching modules already in eval
+        module.training = False
     try:
         yield model
     finally:
-        for module, training in modes.items():  # each its own: train() would recurse
-            module.training = training
+        for module in training:  # each its own: train() would recurse
+            module.training = True

@@ -379,7 +379,8 @@ def candidate_groups(
     kept = {t.layer for t in require_targets(model, ignore).values()}
     ignored = {t.layer for t in find_targets(model).values()} - kept
     unasked = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)} - named
-    return [g for g in graph.groups if not g.producers & (ignored | unasked)]
+    excluded = ignored | unasked
+    return [g for g in graph.groups if excluded.isdisjoint(g.producers)]
 
 
 def score_groups(
