@@ -72,6 +72,17 @@ _ELEMENTWISE = {
     torch.add, torch.sub, torch.mul, torch.div,
 }  # fmt: skip
 _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+_RESHAPING_FUNCTIONS = {
+    torch.flatten, torch.cat, torch.concat, operator.getitem, torch.split, torch.chunk,
+    torch.squeeze, torch.unsqueeze,
+}  # fmt: skip
+_RESHAPING_METHODS = {
+    "size", "dim", "numel", "flatten", "view", "reshape", "permute", "transpose", "mean", "sum",
+    "amax", "split", "chunk", "squeeze", "unsqueeze",
+}  # fmt: skip
+# what the walk understands moves channels without multiplying them: it has no FLOPs to count
+_FLOP_FREE_FUNCTIONS = _PASS_FUNCTIONS | _ELEMENTWISE | _RESHAPING_FUNCTIONS
+_FLOP_FREE_METHODS = _PASS_METHODS | _ELEMENTWISE_METHODS | _RESHAPING_METHODS
 
 
 def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> DependencyGraph:
@@ -114,17 +125,22 @@ class ShapeRecorder(fx.Interpreter):
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
         module = self.submodules[target]
         if not kwargs and countable_by_shape(module, args):
-            output = module(*args)
+            with torch.no_grad():  # no fused fast path to avoid here, and no graph to record
+                output = module(*args)
             self.flops += layer_flops(module, args, output)
             return output
         with self.counter:
             return module(*args, **kwargs)
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if target in _FLOP_FREE_FUNCTIONS:
+            return target(*args, **kwargs)
         with self.counter:
             return target(*args, **kwargs)
 
     def call_method(self, target: str, args: tuple, kwargs: dict) -> Any:
+        if target in _FLOP_FREE_METHODS:
+            return getattr(args[0], target)(*args[1:], **kwargs)
         with self.counter:
             return getattr(args[0], target)(*args[1:], **kwargs)
 
@@ -260,7 +276,7 @@ class ChannelTracer:
             return self.flows.get(node.args[0])
         if target in _ELEMENTWISE:
             return self.elementwise(node)
-        if target in (torch.flatten,):
+        if target is torch.flatten:
             return self.flatten(node, *_flatten_dims(node))
         if target in (torch.cat, torch.concat):
             return self.concat(node)
