@@ -65,6 +65,10 @@ def test_a_negative_step_count_is_named_with_its_line(tmp_path):
         ),
         (GOOD.replace("output: runs/x\n", ""), ":1: output: is required"),
         (
+            GOOD.replace("prune:\n", "prune:\n  round_to: fast\n"),
+            ":7: prune.round_to: must be a positive integer or 'auto', got 'fast'",
+        ),
+        (
             GOOD + "schedule:\n  kind: gradual\n  steps: 4\nfinetune:\n  epochs: 0\n",
             "gradual pruning needs finetune.epochs",
         ),

@@ -12,7 +12,7 @@ from torch import nn
 import sensiprune as sp
 from sensiprune.graph import build_graph
 from sensiprune.measure import module_flops
-from sensiprune.structured import choose_groups, group_scores, remove_groups
+from sensiprune.structured import choose_groups, group_scores, remove_groups, vector_width
 from sensiprune.surgery import layout_for, positions
 
 from .architectures import VGG, ZOO, ChannelShuffle, ResNet
@@ -127,13 +127,24 @@ def test_ignore_keeps_a_layers_outputs(mlp):
     assert mlp.fc2.out_features == 6
 
 
-def test_round_to_keeps_multiples():
+@pytest.mark.parametrize("round_to", [8, "auto"])
+def test_round_to_keeps_multiples(round_to):
     model = VGG()
     x = torch.randn(2, 3, 16, 16)
-    sp.prune(model, 0.3, "magnitude", structured=True, example_inputs=x, round_to=8, scope="layer")
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            assert module.out_channels % 8 == 0
+    multiple = 8 if round_to == 8 else vector_width(model)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    widths = [conv.out_channels for conv in convs]
+    sp.prune(model, 0.3, "magnitude", structured=True, example_inputs=x, round_to=round_to,
+             scope="layer")  # fmt: skip
+    for conv, width in zip(convs, widths, strict=True):  # narrower than one multiple: kept
+        assert conv.out_channels % multiple == 0 or conv.out_channels == width < multiple
+
+
+def test_auto_rounding_fills_one_vector_of_the_models_dtype():
+    model = VGG()
+    width = vector_width(model)
+    assert width in (4, 8, 16)  # 128-, 256- or 512-bit vectors of fp32
+    assert vector_width(model.to(torch.bfloat16)) == 2 * width
 
 
 def test_structured_model_saves_and_loads_by_shape(tmp_path):
@@ -163,6 +174,7 @@ class _Untraceable(nn.Module):
         (VGG, {"sparsity": 0.5, "ignore": ["nowhere"]}, "neither a module nor a parameter"),
         (VGG, {"sparsity": 0.5, "example_inputs": None}, "needs example_inputs"),
         (VGG, {"sparsity": 0.5, "round_to": 0}, "round_to"),
+        (VGG, {"sparsity": 0.5, "round_to": "fast"}, "round_to"),
         (VGG, {"sparsity": 0.5, "scope": "row"}, "scope"),
         (_Untraceable, {"sparsity": 0.5}, "failed symbolically"),
     ],

@@ -120,7 +120,7 @@ def prune(
     scores: Mapping[str, torch.Tensor] | None = None,
     structured: bool = False,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
-    round_to: int = 1,
+    round_to: int | str = 1,
     group_reduction: str = "mean",
     show_progress: bool = False,
 ) -> PruneResult:
@@ -138,7 +138,9 @@ def prune(
     ``structured=True`` removes whole channels / neurons instead, so layers physically shrink:
     ``sparsity`` is then the fraction of channels removed from each family of coupled layers
     (``scope="layer"``) or overall (``"global"``), ``example_inputs`` is a batch the model
-    accepts (for tracing), ``round_to`` keeps channel counts multiples of N, and
+    accepts (for tracing), ``round_to`` keeps channel counts multiples of N (``"auto"``: of
+    the channels one SIMD vector of the model's device holds, see
+    :func:`sensiprune.structured.vector_width`), and
     ``group_reduction`` (mean / sum / max) turns the weight scores of a channel group into one.
     In a budget, ``"heads"``, ``"query_heads"`` (inside key/value groups), ``"ffn"`` and
     ``"hidden"`` (the model dimension) stand for every transformer block sensiprune knows.
@@ -276,7 +278,7 @@ def _prune_structured(
     seed: int,
     scores: Mapping[str, torch.Tensor] | None,
     example_inputs: object,
-    round_to: int,
+    round_to: int | str,
     group_reduction: str,
     show_progress: bool,
 ) -> PruneResult:
@@ -289,8 +291,10 @@ def _prune_structured(
         raise SensipruneError(
             f"normalize must be one of {', '.join(selection.NORMALIZATIONS)}, got {normalize!r}"
         )
-    if not isinstance(round_to, int) or round_to < 1:
-        raise SensipruneError(f"round_to must be a positive integer, got {round_to!r}")
+    if round_to == "auto":
+        round_to = structured_pruning.vector_width(model)
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise SensipruneError(f"round_to must be a positive integer or 'auto', got {round_to!r}")
     crit = criteria.get(criterion)
     if isinstance(crit, OptimalBrainSurgeon):
         raise SensipruneError("criterion 'obs' prunes single weights: use structured=False")

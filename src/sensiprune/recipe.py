@@ -21,6 +21,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
+    StrictStr,
     ValidationError,
     model_validator,
 )
@@ -46,6 +48,15 @@ def _known_criterion(name: str) -> str:
 
 
 CriterionName = Annotated[str, AfterValidator(_known_criterion)]
+
+
+def _multiple(value: int | str) -> int | str:
+    if value != "auto" and not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
+    return value
+
+
+ChannelMultiple = Annotated[StrictInt | StrictStr, AfterValidator(_multiple)]
 
 
 class Section(BaseModel):
@@ -134,7 +145,10 @@ class PruneSpec(Section):
     min_density: float = Field(
         default=0.01, ge=0.0, le=1.0, description="fraction every layer keeps at least"
     )
-    round_to: int = Field(default=1, ge=1, description="structured: channel counts multiple of N")
+    round_to: ChannelMultiple = Field(
+        default=1,
+        description="structured: channel counts multiple of N ('auto': the hardware's vector)",
+    )
     score_batches: int | None = Field(
         default=None, gt=0, description="training batches to score on (default: all)"
     )

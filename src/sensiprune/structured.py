@@ -139,6 +139,25 @@ def choose_groups(
     return _global(families, scores, sparsity, normalize, min_density, round_to)
 
 
+_VECTOR_BITS = {"AVX512": 512, "AVX2": 256, "SVE256": 256}  # else 128: SSE, NEON, a GPU
+
+
+def vector_width(model: nn.Module) -> int:
+    """How many channels of the model's dtype one SIMD vector of its device holds: 16 fp32
+    values on an AVX-512 CPU, 8 on AVX2, 4 on NEON; on a GPU, 16 bytes (8 fp16 values, the
+    row of a tensor-core fragment). Channel counts that fill whole vectors leave no lane
+    idle, so the pruned model's speed follows its FLOPs more closely (benchmarks/structured.py
+    measures it)."""
+    param = next(model.parameters(), None)
+    if param is None:
+        return 1
+    if param.device.type == "cpu":
+        bits = _VECTOR_BITS.get(torch.backends.cpu.get_cpu_capability(), 128)
+    else:
+        bits = 128
+    return max(1, bits // (param.dtype.itemsize * 8))
+
+
 def _kept_count(n: int, wanted_removed: int, min_density: float, round_to: int) -> int:
     kept = max(n - wanted_removed, min_kept(n, min_density))
     if round_to > 1 and n >= round_to:
