@@ -19,6 +19,7 @@ from torch import nn
 
 import sensiprune as sp
 from sensiprune.measure import count_flops, speedup
+from sensiprune.structured import vector_width
 from sensiprune.zoo import LeNet5, load_digits_splits
 
 
@@ -97,49 +98,79 @@ class MobileNetV2Style(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
-def prune_ours(model: nn.Module, sparsity: float, x: torch.Tensor, round_to: int) -> None:
+def prune_ours(model: nn.Module, sparsity: float, x: torch.Tensor, round_to: int | str) -> None:
     sp.prune(model, sparsity, "magnitude", structured=True, example_inputs=x, scope="layer",
              ignore=[model.fc], round_to=round_to)  # fmt: skip
 
 
-def prune_peer(model: nn.Module, sparsity: float, x: torch.Tensor, round_to: int) -> None:
+def prune_peer(model: nn.Module, sparsity: float, x: torch.Tensor, round_to: int | str) -> None:
     import torch_pruning as tp
 
+    multiple = vector_width(model) if round_to == "auto" else round_to
     pruner = tp.pruner.MagnitudePruner(
         model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=sparsity,
-        ignored_layers=[model.fc], round_to=round_to if round_to > 1 else None,
+        ignored_layers=[model.fc], round_to=multiple if multiple > 1 else None,
     )  # fmt: skip
     pruner.step()
 
 
-def pruned(prune, dense: nn.Module, sparsity: float, x: torch.Tensor, round_to: int, times: int):
-    """The model ``prune`` makes of a copy of ``dense``, and the median seconds it took over
-    ``times`` fresh copies (a single timing catches garbage-collector pauses)."""
-    seconds = []
+def pruned(prunes: list, dense: nn.Module, sparsity: float, x: torch.Tensor, round_to, times: int):
+    """The model each of ``prunes`` makes of a copy of ``dense``, and the median seconds each
+    took over ``times`` fresh copies. The prunes take turns, so that a slow spell of a noisy
+    machine falls on all of them alike."""
+    seconds: list[list[float]] = [[] for _ in prunes]
+    models: list[nn.Module] = []
     for _ in range(times):
-        model = copy.deepcopy(dense)
-        start = time.perf_counter()
-        prune(model, sparsity, x, round_to)
-        seconds.append(time.perf_counter() - start)
-    return model, statistics.median(seconds)
+        models = []
+        for prune, timings in zip(prunes, seconds, strict=True):
+            model = copy.deepcopy(dense)
+            start = time.perf_counter()
+            prune(model, sparsity, x, round_to)
+            timings.append(time.perf_counter() - start)
+            models.append(model)
+    return [(model, statistics.median(t)) for model, t in zip(models, seconds, strict=True)]
 
 
-def speed_table(rounds: int, with_peer: bool) -> list[str]:
+def traffic(model: nn.Module, x: torch.Tensor) -> int:
+    """Elements every layer reads and writes in one forward pass (its input, output and
+    parameters): the memory traffic, which falls only linearly with the channels, while
+    FLOPs fall quadratically."""
+    total = [0]
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if not list(module.children()):
+            own = sum(p.numel() for p in module.parameters(recurse=False))
+            total[0] += inputs[0].numel() + output.numel() + own
+
+    hook = nn.modules.module.register_module_forward_hook(count)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        hook.remove()
+    return total[0]
+
+
+def speed_table(rounds: int, with_peer: bool, prunes: int) -> list[str]:
     out = [
         "## FLOPs and measured CPU latency (input 3x32x32)",
         "",
         'Uniform channel sparsity per layer (`scope="layer"`, L1 magnitude), classifier kept; '
-        "`round_to` 1 (none) and 8. Speed-up: `sensiprune.measure.speedup`, the pruned and "
-        f"the dense model timed in alternation, median of {rounds} rounds of 10 runs each, "
-        f"{torch.get_num_threads()} threads, eval mode, no_grad. *efficiency* = speed-up / "
-        "FLOP reduction at batch 32 (target ≥ 0.9). Prune time: median of 5 prunes of fresh "
-        "copies, graph building included, for both libraries; ours also counts FLOPs before "
-        "and after and runs the pruned model once to check its output shapes.",
+        f'`round_to` 1 (none), 8 and `"auto"` ({vector_width(nn.Linear(1, 1))} fp32 '
+        f"channels: one {torch.backends.cpu.get_cpu_capability()} vector here). Speed-up: "
+        "`sensiprune.measure.speedup`, the pruned and the dense model timed in alternation, "
+        f"median of {rounds} rounds of 10 runs each, {torch.get_num_threads()} threads, eval "
+        "mode, no_grad. *efficiency* = speed-up / FLOP reduction at batch 32 (target ≥ 0.9). "
+        "*traffic reduction*: how much less the layers read and write (inputs, outputs, "
+        "weights), the bound a memory-bound model's speed-up follows. Prune time: median of "
+        f"{prunes} prunes of fresh copies, the two libraries taking turns, graph building "
+        "included; ours also counts FLOPs before and after and runs the pruned model once to "
+        "check its output shapes.",
         "",
-        "| model | sparsity | round_to | params | FLOP reduction | speed-up b1 | speed-up b32 "
-        "| efficiency b32 | prune time (ms) | peer prune time (ms) | peer FLOP reduction "
-        "| peer speed-up b32 | peer runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | sparsity | round_to | params | FLOP reduction | traffic reduction "
+        "| speed-up b1 | speed-up b32 | efficiency b32 | prune time (ms) | peer prune time (ms) "
+        "| peer FLOP reduction | peer speed-up b32 | peer runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, factory in (
         ("ResNet-18-style", ResNet18Style),
@@ -148,29 +179,33 @@ def speed_table(rounds: int, with_peer: bool) -> list[str]:
         torch.manual_seed(0)
         dense = factory().eval()
         x1, x32 = torch.randn(1, 3, 32, 32), torch.randn(32, 3, 32, 32)
-        base = count_flops(dense, x1).dense
+        base, base_traffic = count_flops(dense, x1).dense, traffic(dense, x32)
         params = sum(p.numel() for p in dense.parameters())
-        out.append(f"| {name} | dense | — | {params:,} | 1.00 | 1.00 | 1.00 |" + " — |" * 6)
+        out.append(f"| {name} | dense | — | {params:,} | 1.00 | 1.00 | 1.00 | 1.00 |" + " — |" * 6)
         for sparsity in (0.3, 0.5, 0.7):
-            for round_to in (1, 8):
-                ours, seconds = pruned(prune_ours, dense, sparsity, x1, round_to, 5)
+            for round_to in (1, 8, "auto"):
+                made = pruned(
+                    [prune_ours, prune_peer] if with_peer else [prune_ours],
+                    dense, sparsity, x1, round_to, prunes,
+                )  # fmt: skip
+                ours, seconds = made[0]
                 reduction = base / count_flops(ours, x1).dense
                 b1 = speedup(dense, ours, x1, rounds=rounds)
                 b32 = speedup(dense, ours, x32, rounds=rounds)
                 peer_cells = "— | — | — | not installed"
                 if with_peer:
-                    peer, peer_seconds = pruned(prune_peer, dense, sparsity, x1, round_to, 5)
+                    peer, peer_seconds = made[1]
                     runs = tuple(peer(x32).shape) == (32, 10)
                     peer_cells = (
-                        f"{peer_seconds * 1e3:.0f} | {base / count_flops(peer, x1).dense:.2f} | "
+                        f"{peer_seconds * 1e3:.1f} | {base / count_flops(peer, x1).dense:.2f} | "
                         f"{speedup(dense, peer, x32, rounds=rounds):.2f} | "
                         f"{'yes' if runs else 'NO'}"
                     )
                 out.append(
                     f"| {name} | {sparsity:.0%} | {round_to} | "
                     f"{sum(p.numel() for p in ours.parameters()):,} | {reduction:.2f} | "
-                    f"{b1:.2f} | {b32:.2f} | {b32 / reduction:.2f} | {seconds * 1e3:.0f} | "
-                    f"{peer_cells} |"
+                    f"{base_traffic / traffic(ours, x32):.2f} | {b1:.2f} | {b32:.2f} | "
+                    f"{b32 / reduction:.2f} | {seconds * 1e3:.1f} | {peer_cells} |"
                 )
     return out
 
@@ -223,7 +258,7 @@ def main() -> None:
     rounds = 3 if args.quick else 7
     started = time.perf_counter()
     lines = header("Structured pruning benchmark", "structured.py", args, f"; peer: {peer}")
-    lines += speed_table(rounds, with_peer)
+    lines += speed_table(rounds, with_peer, 5 if args.quick else 11)
     lines += accuracy_table(args.seed, 2 if args.quick else 10)
     finish(lines, args.out, started)
 

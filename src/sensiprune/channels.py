@@ -96,18 +96,20 @@ def flat_members(
     gathered without listing their members: that keeps scoring and cutting a graph cheap."""
     keys: dict[tuple[str, str], int] = {}
     owners, key_ids, indices = [], [], []
-    tables = [group._table for group in groups]
-    by_table: dict[int, tuple[MemberTable, list[int]]] = {}
-    for position, table in enumerate(tables):
-        by_table.setdefault(id(table), (table, []))[1].append(position)
-    loose = by_table.pop(id(None), (None, []))[1]
-    for table, positions in by_table.values():
-        picked_rows = np.asarray([groups[p]._row for p in positions])
+    tables = {id(group._table): group._table for group in groups}
+    table_of = np.fromiter((id(group._table) for group in groups), np.int64, len(groups))
+    row_of = np.fromiter((group._row for group in groups), np.int64, len(groups))
+    loose = np.flatnonzero(table_of == id(None)).tolist()
+    for table_id, table in tables.items():
+        if table is None:
+            continue
+        positions = np.flatnonzero(table_of == table_id)
+        picked_rows = row_of[positions]
         starts, lengths = table.start[picked_rows], np.diff(table.start)[picked_rows]
         ends = np.cumsum(lengths)
         picked = np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1])
         to_global = np.asarray([keys.setdefault(k, len(keys)) for k in table.keys])
-        owners.append(np.repeat(np.asarray(positions), lengths))
+        owners.append(np.repeat(positions, lengths))
         key_ids.append(to_global[table.key[picked]])
         indices.append(table.index[picked])
     if loose:
