@@ -151,62 +151,79 @@ def traffic(model: nn.Module, x: torch.Tensor) -> int:
     return total[0]
 
 
-def speed_table(rounds: int, with_peer: bool, prunes: int) -> list[str]:
+def speed_table(rounds: int, passes: int, with_peer: bool, prunes: int) -> list[str]:
     out = [
         "## FLOPs and measured CPU latency (input 3x32x32)",
         "",
         'Uniform channel sparsity per layer (`scope="layer"`, L1 magnitude), classifier kept; '
         f'`round_to` 1 (none), 8 and `"auto"` ({vector_width(nn.Linear(1, 1))} fp32 '
         f"channels: one {torch.backends.cpu.get_cpu_capability()} vector here). Speed-up: "
-        "`sensiprune.measure.speedup`, the pruned and the dense model timed in alternation, "
-        f"median of {rounds} rounds of 10 runs each, {torch.get_num_threads()} threads, eval "
-        "mode, no_grad. *efficiency* = speed-up / FLOP reduction at batch 32 (target ≥ 0.9). "
-        "*traffic reduction*: how much less the layers read and write (inputs, outputs, "
-        "weights), the bound a memory-bound model's speed-up follows. Prune time: median of "
-        f"{prunes} prunes of fresh copies, the two libraries taking turns, graph building "
-        "included; ours also counts FLOPs before and after and runs the pruned model once to "
-        "check its output shapes.",
+        "`sensiprune.measure.speedup`, the pruned and the dense model timed in alternation "
+        f"({rounds} rounds of 10 runs each, {torch.get_num_threads()} threads, eval mode, "
+        f"no_grad), measured in {passes} passes over every configuration, minutes apart: the "
+        "cell is the median pass and *range* the lowest and highest (on this shared machine "
+        "the same pair of models moves by up to 40% from one minute to the next). "
+        "*efficiency* = speed-up / FLOP reduction at batch 32 (target ≥ 0.9). *traffic "
+        "reduction*: how much less the layers read and write (inputs, outputs, weights); it "
+        "falls linearly with the channels where FLOPs fall quadratically, and a memory-bound "
+        f"model's speed-up follows it. Prune time: median of {prunes} prunes of fresh copies, "
+        "the two libraries taking turns, graph building included; ours also counts FLOPs "
+        "before and after and runs the pruned model once to check its output shapes.",
         "",
         "| model | sparsity | round_to | params | FLOP reduction | traffic reduction "
-        "| speed-up b1 | speed-up b32 | efficiency b32 | prune time (ms) | peer prune time (ms) "
-        "| peer FLOP reduction | peer speed-up b32 | peer runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| speed-up b1 | speed-up b32 | range b32 | efficiency b32 | prune time (ms) "
+        "| peer prune time (ms) | peer FLOP reduction | peer speed-up b32 | peer runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    x1, x32 = torch.randn(1, 3, 32, 32), torch.randn(32, 3, 32, 32)
+    rows = []  # (name, dense, sparsity, round_to, [(model, prune seconds)])
     for name, factory in (
         ("ResNet-18-style", ResNet18Style),
         ("MobileNetV2-style", MobileNetV2Style),
     ):
         torch.manual_seed(0)
         dense = factory().eval()
-        x1, x32 = torch.randn(1, 3, 32, 32), torch.randn(32, 3, 32, 32)
-        base, base_traffic = count_flops(dense, x1).dense, traffic(dense, x32)
-        params = sum(p.numel() for p in dense.parameters())
-        out.append(f"| {name} | dense | — | {params:,} | 1.00 | 1.00 | 1.00 | 1.00 |" + " — |" * 6)
         for sparsity in (0.3, 0.5, 0.7):
             for round_to in (1, 8, "auto"):
                 made = pruned(
                     [prune_ours, prune_peer] if with_peer else [prune_ours],
                     dense, sparsity, x1, round_to, prunes,
                 )  # fmt: skip
-                ours, seconds = made[0]
-                reduction = base / count_flops(ours, x1).dense
-                b1 = speedup(dense, ours, x1, rounds=rounds)
-                b32 = speedup(dense, ours, x32, rounds=rounds)
-                peer_cells = "— | — | — | not installed"
-                if with_peer:
-                    peer, peer_seconds = made[1]
-                    runs = tuple(peer(x32).shape) == (32, 10)
-                    peer_cells = (
-                        f"{peer_seconds * 1e3:.1f} | {base / count_flops(peer, x1).dense:.2f} | "
-                        f"{speedup(dense, peer, x32, rounds=rounds):.2f} | "
-                        f"{'yes' if runs else 'NO'}"
-                    )
-                out.append(
-                    f"| {name} | {sparsity:.0%} | {round_to} | "
-                    f"{sum(p.numel() for p in ours.parameters()):,} | {reduction:.2f} | "
-                    f"{base_traffic / traffic(ours, x32):.2f} | {b1:.2f} | {b32:.2f} | "
-                    f"{b32 / reduction:.2f} | {seconds * 1e3:.1f} | {peer_cells} |"
-                )
+                rows.append((name, dense, sparsity, round_to, made))
+    timings: list[list[tuple[float, ...]]] = [[] for _ in rows]
+    for _ in range(passes):
+        for row, timed in zip(rows, timings, strict=True):
+            dense, made = row[1], row[4]
+            b1, b32 = (speedup(dense, made[0][0], x, rounds=rounds) for x in (x1, x32))
+            peer_b32 = speedup(dense, made[1][0], x32, rounds=rounds) if with_peer else 0.0
+            timed.append((b1, b32, peer_b32))
+    seen = set()
+    for (name, dense, sparsity, round_to, made), timed in zip(rows, timings, strict=True):
+        base, base_traffic = count_flops(dense, x1).dense, traffic(dense, x32)
+        if name not in seen:
+            seen.add(name)
+            params = sum(p.numel() for p in dense.parameters())
+            out.append(
+                f"| {name} | dense | — | {params:,} | 1.00 | 1.00 | 1.00 | 1.00 |" + " — |" * 7
+            )
+        (ours, seconds) = made[0]
+        reduction = base / count_flops(ours, x1).dense
+        b1, b32, peer_b32 = (statistics.median(column) for column in zip(*timed, strict=True))
+        low, high = min(t[1] for t in timed), max(t[1] for t in timed)
+        peer_cells = "— | — | — | not installed"
+        if with_peer:
+            peer, peer_seconds = made[1]
+            runs = tuple(peer(x32).shape) == (32, 10)
+            peer_cells = (
+                f"{peer_seconds * 1e3:.1f} | {base / count_flops(peer, x1).dense:.2f} | "
+                f"{peer_b32:.2f} | {'yes' if runs else 'NO'}"
+            )
+        out.append(
+            f"| {name} | {sparsity:.0%} | {round_to} | "
+            f"{sum(p.numel() for p in ours.parameters()):,} | {reduction:.2f} | "
+            f"{base_traffic / traffic(ours, x32):.2f} | {b1:.2f} | {b32:.2f} | "
+            f"{low:.2f}-{high:.2f} | {b32 / reduction:.2f} | {seconds * 1e3:.1f} | {peer_cells} |"
+        )
     return out
 
 
@@ -255,10 +272,10 @@ def main() -> None:
         with_peer, peer = True, f"torch-pruning {metadata.version('torch-pruning')}"
     except metadata.PackageNotFoundError:
         with_peer, peer = False, "torch-pruning not installed"
-    rounds = 3 if args.quick else 7
+    rounds = 3 if args.quick else 5
     started = time.perf_counter()
     lines = header("Structured pruning benchmark", "structured.py", args, f"; peer: {peer}")
-    lines += speed_table(rounds, with_peer, 5 if args.quick else 11)
+    lines += speed_table(rounds, 1 if args.quick else 3, with_peer, 5 if args.quick else 11)
     lines += accuracy_table(args.seed, 2 if args.quick else 10)
     finish(lines, args.out, started)
 

@@ -108,8 +108,9 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
 class ShapeRecorder(fx.Interpreter):
     """Runs the traced graph, noting each tensor's shape on its node (all the channel walk
     reads, at a fraction of the cost of fx's ShapeProp metadata), and counts its FLOPs as
-    FlopCounterMode would: layers of known types from their shapes, everything else op by op
-    under :class:`TotalFlops` (grad on, as ``counting_flops`` keeps it)."""
+    FlopCounterMode would: layers of known types from their shapes, what the walk understands
+    as free, everything else op by op under :class:`TotalFlops` with grad on (as in
+    ``counting_flops``: fused inference fast paths would hide their FLOPs)."""
 
     def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
         super().__init__(model, graph=graph)
