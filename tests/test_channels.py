@@ -1,0 +1,49 @@
+"""The graph's vocabulary: union-find, groups held as a member table, and their flat columns."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import nn
+
+from sensiprune.channels import Group, Member, UnionFind, flat_members
+from sensiprune.graph import build_graph
+
+from .architectures import ZOO
+
+
+def test_roots_agree_with_find_for_every_element():
+    rng = random.Random(0)
+    uf = UnionFind()
+    uf.new(200)
+    for _ in range(150):
+        uf.union(rng.randrange(200), rng.randrange(200))
+    assert uf.roots().tolist() == [uf.find(x) for x in range(200)]
+
+
+def test_a_table_group_lists_the_slices_removed_with_its_channel():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    graph = build_graph(model, [torch.randn(1, 3, 6, 6)])
+    assert [sorted(g.members) for g in graph.groups] == [
+        sorted([Member("0", "out", j), Member("1", "channel", j), Member("3", "in", j)])
+        for j in range(4)
+    ]
+    assert all(g.producers == {"0"} for g in graph.groups)
+
+
+def test_flat_members_are_the_members_of_table_and_listed_groups_alike():
+    factory, shape = ZOO["resnet"]
+    torch.manual_seed(0)
+    graph = build_graph(factory(), [torch.randn(shape)])
+    listed = Group([Member("head", "in", 3), Member("stem.0", "out", 1)])
+    groups = [graph.groups[5], listed, *graph.groups[::3]]
+    keys, owner, key, index = flat_members(groups)
+    flat = sorted(zip(owner.tolist(), (keys[k] for k in key.tolist()), index.tolist()))
+    expected = sorted(
+        (position, (layer, role), i)
+        for position, group in enumerate(groups)
+        for layer, role, i in group.members
+    )
+    assert flat == expected
