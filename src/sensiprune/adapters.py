@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import hidden
-from .channels import DependencyGraph, Group, Member
+from .channels import DependencyGraph, Group, regular_groups
 from .errors import SensipruneError
 from .measure import counted_forward
 from .surgery import size_of
@@ -246,40 +247,47 @@ def head_counts(block: Block) -> tuple[int, int, int]:
     return query_heads, size_of(module.get_submodule(a.key), "out") // size, size
 
 
-def _block_groups(block: Block, split: bool) -> Iterator[Group]:
+def _block_groups(block: Block, split: bool) -> list[Group]:
     """One group per key/value head (with the query heads that read it: grouped-query
     attention loses whole groups, so every group keeps its ratio), then one per FFN neuron;
     with ``split``, one per query head where several share a key/value head."""
     a, module = block.adapter, block.module
     query_heads, kv_heads, size = head_counts(block)
     per_kv = query_heads // kv_heads
+    output = [(block.path(a.output), "in")]
     if split and splits_query_groups(block):
-        for head in range(query_heads):  # [Q K V] puts the query rows first, like q_proj
-            rows = range(head * size, (head + 1) * size)
-            members = [Member(block.path(a.head_layer), "out", i) for i in rows]
-            yield Group([*members, *(Member(block.path(a.output), "in", i) for i in rows)])
-    for kv in range(kv_heads if not (split and splits_query_groups(block)) else 0):
-        kv_rows = range(kv * size, (kv + 1) * size)
-        q_rows = range(kv * per_kv * size, (kv + 1) * per_kv * size)
+        rows = _blocks_of_rows(query_heads, size)  # [Q K V] puts the query rows first
+        heads = regular_groups(
+            [(block.path(a.head_layer), "out")] * size + output * size, np.hstack([rows, rows])
+        )
+    else:
+        kv_rows, q_rows = _blocks_of_rows(kv_heads, size), _blocks_of_rows(kv_heads, per_kv * size)
         if a.qkv is None:
-            members = [Member(block.path(p), "out", i) for p in (a.key, a.value) for i in kv_rows]
-            members += [Member(block.path(a.query), "out", i) for i in q_rows]
+            keys = [(block.path(p), "out") for p in (a.key, a.value, a.query)]
+            keys = [keys[0]] * size + [keys[1]] * size + [keys[2]] * (per_kv * size)
+            rows = np.hstack([kv_rows, kv_rows, q_rows])
         elif a.interleaved:  # head h is rows 3·h·size … 3·(h+1)·size − 1: its q, k and v
-            rows = range(3 * kv * size, 3 * (kv + 1) * size)
-            members = [Member(block.path(a.qkv), "out", i) for i in rows]
+            rows = _blocks_of_rows(kv_heads, 3 * size)
+            keys = [(block.path(a.qkv), "out")] * rows.shape[1]
         else:  # [Q K V]: the key rows start after every query row, the value rows after those
             key_start, value_start = query_heads * size, (query_heads + kv_heads) * size
-            rows = [*q_rows, *(key_start + i for i in kv_rows), *(value_start + i for i in kv_rows)]
-            members = [Member(block.path(a.qkv), "out", i) for i in rows]
-        members += [Member(block.path(a.output), "in", i) for i in q_rows]
-        yield Group(members)
+            rows = np.hstack([q_rows, key_start + kv_rows, value_start + kv_rows])
+            keys = [(block.path(a.qkv), "out")] * rows.shape[1]
+        heads = regular_groups(keys + output * (per_kv * size), np.hstack([rows, q_rows]))
     width = size_of(module.get_submodule(a.ffn_out), "in")
-    for j in range(width):
-        if a.gate_up:
-            members = [Member(block.path(a.ffn_in[0]), "out", i) for i in (j, width + j)]
-        else:
-            members = [Member(block.path(p), "out", j) for p in a.ffn_in]
-        yield Group([*members, Member(block.path(a.ffn_out), "in", j)])
+    neuron = np.arange(width)[:, None]
+    if a.gate_up:  # neuron j is row j of the gate half and row width + j of the up half
+        keys, rows = [(block.path(a.ffn_in[0]), "out")] * 2, np.hstack([neuron, width + neuron])
+    else:
+        keys = [(block.path(p), "out") for p in a.ffn_in]
+        rows = np.repeat(neuron, len(keys), axis=1)
+    ffn = regular_groups([*keys, (block.path(a.ffn_out), "in")], np.hstack([rows, neuron]))
+    return heads + ffn
+
+
+def _blocks_of_rows(count: int, size: int) -> np.ndarray:
+    """Row k holds ``k·size`` … ``(k+1)·size − 1``: the rows of the k-th of ``count`` heads."""
+    return np.arange(count)[:, None] * size + np.arange(size)
 
 
 def after_surgery(model: nn.Module, blocks: Sequence[Block]) -> None:

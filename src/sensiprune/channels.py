@@ -88,6 +88,22 @@ class Group:
         return f"Group({self.members!r})"
 
 
+def regular_groups(keys: Sequence[tuple[str, str]], index: np.ndarray) -> list[Group]:
+    """Groups that all have one shape, as one table: group g holds index ``index[g, m]`` of
+    the (layer, role) ``keys[m]`` for every m. A transformer's heads, feed-forward neurons and
+    hidden channels come this way, a million members in a large model, with no member objects
+    until one is read."""
+    count, width = index.shape
+    table = MemberTable(
+        list(keys),
+        np.tile(np.arange(width), count),
+        index.reshape(-1).astype(np.int64),
+        np.arange(count + 1) * width,
+    )
+    producers = frozenset(layer for layer, role in keys if role in _PRODUCING)
+    return [Group.in_table(table, g, producers) for g in range(count)]
+
+
 def flat_members(
     groups: Sequence[Group],
 ) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, np.ndarray]:

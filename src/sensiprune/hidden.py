@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 from torch import nn
 
-from .channels import Group, Member
+from .channels import Group, regular_groups
 from .errors import SensipruneError
 from .surgery import NORM_LAYOUT, is_norm, size_of
 
@@ -65,10 +66,10 @@ def slices(model: nn.Module, blocks: Sequence[Block]) -> list[tuple[str, str]]:
 
 
 def groups(model: nn.Module, blocks: Sequence[Block]) -> list[Group]:
+    """Residual channel j: entry j of every slice."""
     found = slices(model, blocks)
-    return [
-        Group([Member(layer, role, j) for layer, role in found]) for j in range(model_dim(blocks))
-    ]
+    channels = np.arange(model_dim(blocks))
+    return regular_groups(found, np.repeat(channels[:, None], len(found), axis=1))
 
 
 def writers(model: nn.Module, blocks: Sequence[Block]) -> list[str]:
