@@ -1,13 +1,14 @@
-"""The graph's vocabulary: union-find, groups held as a member table, and their flat columns."""
+"""The graph's vocabulary: union-find, groups held as member tables, and their flat columns."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 from torch import nn
 
-from sensiprune.channels import Group, Member, UnionFind, flat_members
+from sensiprune.channels import Group, Member, UnionFind, flat_members, regular_groups
 from sensiprune.graph import build_graph
 
 from .architectures import ZOO
@@ -47,3 +48,18 @@ def test_flat_members_are_the_members_of_table_and_listed_groups_alike():
         for layer, role, i in group.members
     )
     assert flat == expected
+
+
+def test_regular_groups_hold_one_row_of_the_index_each():
+    keys = [("attn.qkv", "out"), ("attn.qkv", "out"), ("attn.proj", "in")]
+    index = np.array([[0, 4, 0], [1, 5, 1]])
+    groups = regular_groups(keys, index)
+    assert [g.members for g in groups] == [
+        [Member("attn.qkv", "out", 0), Member("attn.qkv", "out", 4), Member("attn.proj", "in", 0)],
+        [Member("attn.qkv", "out", 1), Member("attn.qkv", "out", 5), Member("attn.proj", "in", 1)],
+    ]
+    assert all(g.producers == {"attn.qkv"} for g in groups)
+    keys_seen, owner, key, flat_index = flat_members(groups)
+    assert keys_seen == [("attn.qkv", "out"), ("attn.proj", "in")]  # one key per slice
+    assert owner.tolist() == [0, 0, 0, 1, 1, 1] and flat_index.tolist() == [0, 4, 0, 1, 5, 1]
+    assert key.tolist() == [0, 0, 1, 0, 0, 1]
