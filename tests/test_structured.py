@@ -12,7 +12,13 @@ from torch import nn
 import sensiprune as sp
 from sensiprune.graph import build_graph
 from sensiprune.measure import module_flops
-from sensiprune.structured import choose_groups, group_scores, remove_groups, vector_width
+from sensiprune.structured import (
+    choose_groups,
+    group_scores,
+    remove_groups,
+    vector_width,
+    zeroed,
+)
 from sensiprune.surgery import layout_for, positions
 
 from .architectures import VGG, ZOO, ChannelShuffle, ResNet
@@ -77,6 +83,10 @@ def test_removing_groups_that_were_zeroed_leaves_outputs_unchanged(name):
     removed = choose_groups(graph.groups, values, 0.5, "layer", "none", 0.01, 1)
     assert removed or name == "channel-shuffle"
     modules = dict(model.named_modules())
+    state = copy.deepcopy(model.state_dict())
+    with torch.no_grad(), zeroed([graph.groups[g] for g in removed], modules):
+        through_zeroed = model(x)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # restored
     with torch.no_grad():  # zero everything that produces the removed channels / units
         for g in removed:
             for member in graph.groups[g].members:
@@ -90,6 +100,7 @@ def test_removing_groups_that_were_zeroed_leaves_outputs_unchanged(name):
                         where = positions(cut, torch.tensor([member.index]), layout.size(module))
                         tensor.index_fill_(cut.dim, where, 0.0)
         expected = model(x)
+        torch.testing.assert_close(through_zeroed, expected)
         remove_groups(model, graph, removed, [x])
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 

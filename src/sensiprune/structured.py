@@ -213,21 +213,20 @@ def zeroed(groups: Sequence[Group], modules: dict[str, nn.Module]) -> Iterator[N
     saved = []
     try:
         with torch.no_grad():
-            for group in groups:
-                for member in group.members:
-                    if member.role == "in":  # consumers read zeros once the producers are zero
+            keys, _, key, index = flat_members(groups)
+            for k, (layer, role) in enumerate(keys):
+                if role == "in":  # consumers read zeros once the producers are zero
+                    continue
+                module = modules[layer]
+                layout = surgery.layout_for(module, role)
+                chosen = torch.from_numpy(np.unique(index[key == k]))
+                for cut in layout.cuts(module):
+                    tensor = getattr(module, cut.attr, None)
+                    if tensor is None:
                         continue
-                    module = modules[member.layer]
-                    layout = surgery.layout_for(module, member.role)
-                    for cut in layout.cuts(module):
-                        tensor = getattr(module, cut.attr, None)
-                        if tensor is None:
-                            continue
-                        index = torch.tensor([member.index])
-                        where = surgery.positions(cut, index, layout.size(module))
-                        where = where.to(tensor.device)
-                        saved.append((tensor, cut.dim, where, tensor.index_select(cut.dim, where)))
-                        tensor.index_fill_(cut.dim, where, 0.0)
+                    where = surgery.positions(cut, chosen, layout.size(module)).to(tensor.device)
+                    saved.append((tensor, cut.dim, where, tensor.index_select(cut.dim, where)))
+                    tensor.index_fill_(cut.dim, where, 0.0)
         yield
     finally:
         with torch.no_grad():
