@@ -8,7 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from sensiprune.channels import Group, Member, UnionFind, flat_members, regular_groups
+from sensiprune.channels import (
+    Group,
+    Member,
+    UnionFind,
+    flat_members,
+    indices_by_slice,
+    regular_groups,
+)
 from sensiprune.graph import build_graph
 
 from .architectures import ZOO
@@ -63,3 +70,5 @@ def test_regular_groups_hold_one_row_of_the_index_each():
     assert keys_seen == [("attn.qkv", "out"), ("attn.proj", "in")]  # one key per slice
     assert owner.tolist() == [0, 0, 0, 1, 1, 1] and flat_index.tolist() == [0, 4, 0, 1, 5, 1]
     assert key.tolist() == [0, 0, 1, 0, 0, 1]
+    by_slice = {k: v.tolist() for k, v in indices_by_slice(groups[::-1]).items()}
+    assert by_slice == {("attn.qkv", "out"): [0, 1, 4, 5], ("attn.proj", "in"): [0, 1]}

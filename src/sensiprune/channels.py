@@ -141,6 +141,16 @@ def flat_members(
     return list(keys), np.concatenate(owners), np.concatenate(key_ids), np.concatenate(indices)
 
 
+def indices_by_slice(groups: Sequence[Group]) -> dict[tuple[str, str], np.ndarray]:
+    """For each (layer, role) the groups reach: the sorted indices they hold of it (what
+    zeroing or cutting the groups touches), split from one sort rather than one scan a slice."""
+    keys, _, key, index = flat_members(groups)
+    order = np.lexsort((index, key))
+    key, index = key[order], index[order]
+    bounds = np.searchsorted(key, np.arange(len(keys) + 1))
+    return {k: np.unique(index[bounds[i] : bounds[i + 1]]) for i, k in enumerate(keys)}
+
+
 @dataclass
 class DependencyGraph:
     groups: list[Group]

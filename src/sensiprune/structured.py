@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import adapters, surgery
-from .channels import flat_members
+from .channels import flat_members, indices_by_slice
 from .errors import SensipruneError
 from .graph import DependencyGraph, Group, build_graph
 from .measure import counted_forward
@@ -24,10 +24,10 @@ REDUCTIONS = ("mean", "sum", "max")
 
 @contextlib.contextmanager
 def paused_gc() -> Iterator[None]:
-    """Hold off Python's cyclic garbage collector while a graph is built or cut. Each channel
-    is a few small objects, and once torch is imported a full collection walks millions of
-    objects: it landed inside a prune often and made it take 4x longer. Nothing made here
-    forms a cycle, and the collector runs again as usual afterwards."""
+    """Hold off Python's cyclic garbage collector while a graph is built or cut. A graph
+    makes an object per channel group, and once torch is imported a full collection walks
+    millions of objects: it landed inside a prune often and made it take 4x longer. Nothing
+    made here forms a cycle, and the collector runs again as usual afterwards."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -213,13 +213,12 @@ def zeroed(groups: Sequence[Group], modules: dict[str, nn.Module]) -> Iterator[N
     saved = []
     try:
         with torch.no_grad():
-            keys, _, key, index = flat_members(groups)
-            for k, (layer, role) in enumerate(keys):
+            for (layer, role), indices in indices_by_slice(groups).items():
                 if role == "in":  # consumers read zeros once the producers are zero
                     continue
                 module = modules[layer]
                 layout = surgery.layout_for(module, role)
-                chosen = torch.from_numpy(np.unique(index[key == k]))
+                chosen = torch.from_numpy(indices)
                 for cut in layout.cuts(module):
                     tensor = getattr(module, cut.attr, None)
                     if tensor is None:
@@ -250,16 +249,16 @@ def remove_groups(
     model is run once before returning; if it fails or its output shapes changed, every
     touched module and object gets its old state back and the error says so.
     """
-    keys, _, key, index = flat_members([graph.groups[g] for g in removed])
+    cut = indices_by_slice([graph.groups[g] for g in removed])
     modules = dict(model.named_modules())
-    touched = [modules[layer] for layer in {layer for layer, _ in keys}] + list(kept_in_step)
+    touched = [modules[layer] for layer in {layer for layer, _ in cut}] + list(kept_in_step)
     saved = [(thing, _snapshot(thing)) for thing in touched]
     ties = surgery.tied_parameters(model)
     try:
-        for k, (layer, role) in enumerate(keys):
+        for (layer, role), indices in cut.items():
             module = modules[layer]
             keep = np.ones(surgery.layout_for(module, role).size(module), dtype=bool)
-            keep[index[key == k]] = False
+            keep[indices] = False
             surgery.shrink(module, role, torch.from_numpy(np.flatnonzero(keep)))
         surgery.retie(ties)
         if bookkeeping is not None:
@@ -316,5 +315,4 @@ def build(
         blocks = adapters.find_blocks(model)  # known transformer layouts need no tracing
     if blocks:
         return adapters.build_graph(model, blocks, inputs, kinds), inputs
-    graph = build_graph(model, inputs)
-    return graph, inputs
+    return build_graph(model, inputs), inputs
