@@ -7,3 +7,10 @@ class SensipruneError(ValueError):
     The message is one line: what is wrong and how to fix it. The CLI prints it and exits
     with code 2; library callers can catch it like any ValueError.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for a
+    one-line error that names what went wrong underneath."""
+    message = str(exc).strip()
+    return message.splitlines()[0] if message else type(exc).__name__

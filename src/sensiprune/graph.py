@@ -38,7 +38,7 @@ from .channels import (
     node_shape,
     tensor_shapes,
 )
-from .errors import SensipruneError
+from .errors import SensipruneError, first_line
 from .layer_rules import MODULE_RULES
 from .measure import TotalFlops, countable_by_shape, layer_flops
 from .modes import eval_mode
@@ -94,7 +94,7 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
             output = recorder.run(*example_inputs)
     except Exception as exc:
         raise SensipruneError(
-            f"the model does not run on example_inputs: {str(exc).strip().splitlines()[0]}"
+            f"the model does not run on example_inputs: {first_line(exc)}"
         ) from exc
     graph = ChannelTracer(model, traced).run()
     for layer, why in opaque.items():

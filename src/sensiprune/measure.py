@@ -20,7 +20,7 @@ from torch.utils.flop_counter import (
 )
 
 from .channels import tensor_shapes
-from .errors import SensipruneError
+from .errors import SensipruneError, first_line
 from .masks import get_masks
 from .modes import eval_mode
 
@@ -196,8 +196,7 @@ def counted_forward(
         with counting_flops(model) as counter:
             output = model(*inputs)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SensipruneError(f"{failure}: {reason}") from exc
+        raise SensipruneError(f"{failure}: {first_line(exc)}") from exc
     return counter.total, tensor_shapes(output)
 
 

@@ -32,7 +32,7 @@ from .atomic import atomic_write_bytes
 from .checkpoint import read_checkpoint, read_progress, restore_rng, write_checkpoint
 from .data import checked_loss, default_loss
 from .distill import embedding_distillation, embedding_similarity, frozen_copy
-from .errors import SensipruneError
+from .errors import SensipruneError, first_line
 from .loading import (
     build_model,
     call_factory,
@@ -515,7 +515,7 @@ def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path)
             )
         except Exception as exc:  # the exporter's many failure types all mean the same here
             raise SensipruneError(
-                f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                f"ONNX export failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
                 "the pruned model is saved in model/; set report.onnx: false to skip the export"
             ) from exc
         staged.replace(path)

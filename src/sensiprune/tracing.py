@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .errors import SensipruneError
+from .errors import SensipruneError, first_line
 
 
 class _LeafTracer(fx.Tracer):
@@ -158,7 +158,7 @@ def _trace_with_leaves(model: nn.Module, make_tracer) -> tuple[fx.Graph, dict[st
         try:
             return tracer.trace(model), opaque
         except Exception as exc:  # fx raises many types for code it cannot trace
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             inner = next((name for name in reversed(tracer.module_stack) if name), None)
             if inner is None or inner in opaque:
                 raise _RootUntraceable(reason) from exc
