@@ -366,3 +366,12 @@ def test_query_heads_need_grouped_query_attention_and_exclude_a_heads_budget():
         sp.prune(llama, {"heads": 0.5, "query_heads": 0.5}, "magnitude", structured=True,
                  example_inputs=(ids,))  # fmt: skip
     assert llama.model.layers[0].self_attn.q_proj.out_features == 32
+
+
+@pytest.mark.parametrize("kind", ["ffn", "hidden"])
+def test_a_block_budget_on_a_model_without_known_blocks_is_refused(kind):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(sp.SensipruneError, match=f"a budget for '{kind}' needs transformer blocks"):
+        sp.prune(model, {kind: 0.5}, structured=True, example_inputs=torch.randn(2, 4))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -446,19 +446,15 @@ def kind_layers(
                 "per key/value head), as in Llama-style or Phi-3 decoders; this model has "
                 "none: use 'heads'"
             )
+    if (HIDDEN in budget or FFN in budget) and not blocks:
+        kind = HIDDEN if HIDDEN in budget else FFN
+        raise SensipruneError(
+            f"a budget for {kind!r} needs transformer blocks sensiprune understands; "
+            f"known layouts: {', '.join(a.family for a in ADAPTERS)}"
+        )
     if HIDDEN in budget:
-        if not blocks:
-            raise SensipruneError(
-                "a budget for 'hidden' needs transformer blocks sensiprune understands; "
-                f"known layouts: {', '.join(a.family for a in ADAPTERS)}"
-            )
         kinds[HIDDEN] = hidden.writers(model, blocks)
     if FFN in budget:
-        if not blocks:
-            raise SensipruneError(
-                "a budget for 'ffn' needs transformer blocks sensiprune understands; "
-                f"known layouts: {', '.join(a.family for a in ADAPTERS)}"
-            )
         kinds[FFN] = [b.path(b.adapter.ffn_in[0]) for b in blocks]
     return kinds
 

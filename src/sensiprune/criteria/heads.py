@@ -15,7 +15,6 @@ from .. import adapters, distributed
 from ..data import checked_loss
 from ..errors import SensipruneError
 from ..modes import eval_mode
-from ..surgery import size_of
 from .base import Criterion, ScoringContext, register
 
 
@@ -30,8 +29,8 @@ class HeadGate(Criterion):
         gates, handles = {}, []
         for block in blocks:
             output = block.module.get_submodule(block.adapter.output)
-            size = getattr(block.attention, block.adapter.head_size)
-            gate = torch.ones(size_of(output, "in") // size, dtype=output.weight.dtype,
+            query_heads, _, size = adapters.head_counts(block)
+            gate = torch.ones(query_heads, dtype=output.weight.dtype,
                               device=output.weight.device, requires_grad=True)  # fmt: skip
             gates[block.path(block.adapter.output)] = (gate, size)
             handles.append(output.register_forward_pre_hook(_gating(gate, size)))
