@@ -23,11 +23,22 @@ PRODUCING_ROLES = ("out", "hidden", "head")
 _PRODUCING = frozenset(PRODUCING_ROLES)
 
 
+def role_kind(role: str) -> str:
+    """What a role does, without the tensor it names: "out@weight:0" (output rows of a
+    module sensiprune has no layout for, see surgery.param_role) is an "out" role."""
+    return role.partition("@")[0]
+
+
+def is_producing(role: str) -> bool:
+    return role_kind(role) in _PRODUCING
+
+
 class Member(NamedTuple):
     """One index of one module that belongs to a group."""
 
     layer: str
     role: str  # "out" channel, "in" column, "channel" entry, "hidden" RNN unit, "head"
+    # (or such a kind on one tensor of a module without a layout: "out@weight:0")
     index: int
 
 
@@ -80,7 +91,7 @@ class Group:
         """Layers that create these channels (read once the graph is complete)."""
         if self._producers is None:
             self._producers = frozenset(
-                layer for layer, role, _ in self.members if role in _PRODUCING
+                layer for layer, role, _ in self.members if is_producing(role)
             )
         return self._producers
 
@@ -100,7 +111,7 @@ def regular_groups(keys: Sequence[tuple[str, str]], index: np.ndarray) -> list[G
         index.reshape(-1).astype(np.int64),
         np.arange(count + 1) * width,
     )
-    producers = frozenset(layer for layer, role in keys if role in _PRODUCING)
+    producers = frozenset(layer for layer, role in keys if is_producing(role))
     return [Group.in_table(table, g, producers) for g in range(count)]
 
 

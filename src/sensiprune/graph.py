@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from . import param_flow
 from .channels import (
-    PRODUCING_ROLES,
     DependencyGraph,
     Flow,
     Group,
@@ -34,14 +34,17 @@ from .channels import (
     UnionFind,
     flows_in,
     index_keeps_dim,
+    is_producing,
     node_args,
     node_shape,
     tensor_shapes,
 )
 from .errors import SensipruneError, first_line
-from .layer_rules import MODULE_RULES
+from .function_rules import FUNCTION_RULES
+from .layer_rules import rule_for
 from .measure import TotalFlops, countable_by_shape, layer_flops
 from .modes import eval_mode
+from .surgery import param_role
 from .tracing import trace
 
 __all__ = ["DependencyGraph", "Flow", "Group", "Member", "build_graph", "tensor_shapes"]
@@ -121,6 +124,8 @@ class ShapeRecorder(fx.Interpreter):
         result = super().run_node(node)
         if isinstance(result, torch.Tensor):
             node.meta["shape"] = tuple(result.shape)
+        elif not _holds_tensor(result):
+            node.meta["no_tensor"] = True  # a shape read, a flag, an assert: no channels
         return result
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
@@ -154,8 +159,8 @@ class ChannelTracer:
         self.pinned: set[int] = set()
         self.flows: dict[fx.Node, Any] = {}
         self.blocks: list[tuple[str, str, list[int]]] = []  # (layer, role, slot per index)
-        self.out_slots: dict[str, list[int]] = {}
-        self.in_slots: dict[str, list[int]] = {}  # per consumer, the slot of each input column
+        self.out_slots: dict[tuple[str, str], list[int]] = {}  # per (layer, role) produced
+        self.member_slots: dict[tuple[str, str], list[int]] = {}  # per other slice: slot per index
         self.untouched: dict[str, str] = {}
 
     # -- slot helpers -------------------------------------------------------------------
@@ -210,7 +215,7 @@ class ChannelTracer:
         rank = np.empty(len(classes), dtype=np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(len(classes))
         group = rank[group]  # numbered in order of appearance
-        producing = np.asarray([role in PRODUCING_ROLES for _, role, _ in self.blocks])
+        producing = np.asarray([is_producing(role) for _, role, _ in self.blocks])
         has_producer = np.zeros(len(classes), dtype=bool)
         has_producer[group[producing[key]]] = True
         number = np.cumsum(has_producer) - 1  # groups without a producer are dropped
@@ -246,6 +251,11 @@ class ChannelTracer:
         if node.op == "placeholder":
             return Flow(1, self.fresh(shape[1], pinned=True)) if shape and len(shape) > 1 else None
         if node.op == "get_attr":
+            owner, _, attr = str(node.target).rpartition(".")
+            module = self.modules.get(owner)
+            held = module is not None and (attr in module._parameters or attr in module._buffers)
+            return param_flow.read(str(node.target), shape) if held and shape else None
+        if node.meta.get("no_tensor"):
             return None
         if node.op == "output":
             for arg in node_args(node):
@@ -261,18 +271,31 @@ class ChannelTracer:
         flow = self.flows.get(node.args[0]) if node.args else None
         if isinstance(module, _PASS_MODULES):
             return flow
-        handler = MODULE_RULES.get(type(module))
-        if handler is None:
-            for base, candidate in MODULE_RULES.items():
-                if isinstance(module, base):
-                    handler = candidate
-                    break
+        handler = rule_for(module)
         if handler is None or not isinstance(flow, Flow):
             return self.pinned_output(node, f"{type(module).__name__} is not understood")
         return handler(self, node, str(node.target), module, flow)
 
+    def derived(self, node: fx.Node) -> Any:
+        """The flow of an operation on parameters alone (a weight reshaped, scaled, expanded),
+        or None when the operation also reads activations."""
+        args = node_args(node)
+        if any(flows_in(self.flows.get(a)) for a in args):
+            return None
+        inputs = [(f, node_shape(a)) for a in args for f in param_flow.flows_of(self.flows.get(a))]
+        out = node_shape(node)
+        if not inputs or out is None or any(shape is None for _, shape in inputs):
+            return None
+        return param_flow.derive(_name(node), node.args, inputs, out)
+
     def visit_function(self, node: fx.Node) -> Any:
         target = node.target
+        rule = FUNCTION_RULES.get(target)
+        if rule is not None:
+            return rule(self, node)
+        derived = self.derived(node)
+        if derived is not None:
+            return derived
         if target in _PASS_FUNCTIONS:
             return self.flows.get(node.args[0])
         if target in _ELEMENTWISE:
@@ -287,10 +310,22 @@ class ChannelTracer:
             return self.split(node)
         if target in (torch.squeeze, torch.unsqueeze):
             return self.squeeze(node)
+        if target in (torch.mean, torch.sum, torch.amax):
+            return self.reduce(node)
+        if target in (torch.permute, torch.transpose):
+            return self.permute(node)
+        if target is torch.reshape:
+            return self.reshape(node)
         return self.pinned_output(node, f"{getattr(target, '__name__', target)} is not understood")
 
     def visit_method(self, node: fx.Node) -> Any:
         name = node.target
+        rule = FUNCTION_RULES.get(name)
+        if rule is not None:
+            return rule(self, node)
+        derived = self.derived(node)
+        if derived is not None:
+            return derived
         if name in _PASS_METHODS:
             return self.flows.get(node.args[0])
         if name in _ELEMENTWISE_METHODS:
@@ -321,6 +356,8 @@ class ChannelTracer:
         tracked = [(f.dim + offset, f.slots) for f, offset in tracked if isinstance(f, Flow)]
         if out_shape is None or not tracked:
             return None
+        # a tensor of size one along the tracked dimension (a mask, a scalar) is broadcast
+        tracked = [(d, s) for d, s in tracked if len(s) == out_shape[d]] or tracked
         dim, slots = tracked[0]
         for other_dim, other in tracked[1:]:
             if other_dim != dim or len(other) != len(slots):
@@ -329,9 +366,14 @@ class ChannelTracer:
                 self.uf.union(a, b)
         for arg, shape in tensors:
             aligned = dim - (len(out_shape) - len(shape))
-            if not isinstance(self.flows.get(arg), Flow) and aligned >= 0 and shape[aligned] > 1:
-                # a tensor that cannot be sliced along the channels, e.g. a parameter
-                return self.pinned_output(node, "element-wise with an untracked tensor")
+            value = self.flows.get(arg)
+            if isinstance(value, Flow) or aligned < 0 or shape[aligned] == 1:
+                continue
+            if isinstance(value, param_flow.ParamFlow) and value.along(aligned):
+                self.param_entries(value, aligned, Flow(dim, slots))  # a per-channel scale
+                continue
+            # a tensor that cannot be sliced along the channels
+            return self.pinned_output(node, "element-wise with an untracked tensor")
         return Flow(dim, slots)
 
     def flatten(self, node: fx.Node, start: int, end: int) -> Any:
@@ -368,7 +410,7 @@ class ChannelTracer:
         if not isinstance(flow, Flow) or shape is None:
             return self.pinned_output(node, "permute of an untracked tensor")
         dims = [a for a in node.args[1:]] or list(node.kwargs.values())
-        if node.target == "transpose":
+        if _name(node) == "transpose":
             a, b = (int(x) % len(shape) for x in dims[:2])
             order = list(range(len(shape)))
             order[a], order[b] = order[b], order[a]
@@ -420,12 +462,35 @@ class ChannelTracer:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         flows = [self.flows.get(t) for t in tensors]
         shape = node_shape(node)
+        across = self.concat_across(node, tensors, dim % len(shape)) if shape else None
+        if across is not None:
+            return across
         if shape is None or not all(isinstance(f, Flow) for f in flows):
             return self.pinned_output(node, "concatenation with an untracked tensor")
         dim %= len(shape)
         if all(f.dim == dim for f in flows):
             return Flow(dim, [s for f in flows for s in f.slots])
         return self.pinned_output(node, "concatenation along another dimension")
+
+    def concat_across(self, node: fx.Node, tensors: list, dim: int) -> Any:
+        """Concatenation along a dimension that is not the channels (a class token before
+        the patch tokens): every part has the same channels, which are one."""
+        found = [self.flows.get(t) for t in tensors]
+        flows = [f for f in found if isinstance(f, Flow)]
+        if not flows or any(f.dim == dim or f.dim != flows[0].dim for f in flows):
+            return None
+        out = Flow(flows[0].dim, flows[0].slots)
+        for f in flows[1:]:
+            if len(f.slots) != len(out.slots):
+                return None
+            for a, b in zip(out.slots, f.slots):
+                self.uf.union(a, b)
+        for value in found:
+            if not isinstance(value, Flow):
+                if not isinstance(value, param_flow.ParamFlow) or not value.along(out.dim):
+                    return None
+                self.param_entries(value, out.dim, out)
+        return out
 
     def split(self, node: fx.Node) -> Any:
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
@@ -462,23 +527,36 @@ class ChannelTracer:
 
     # -- members ------------------------------------------------------------------------
     def producer(self, layer: str, n: int, pinned: bool = False, role: str = "out") -> list[int]:
-        if layer not in self.out_slots:  # a module called twice produces the same channels
-            self.out_slots[layer] = self.fresh(n, pinned)
-            self.blocks.append((layer, role, self.out_slots[layer]))
-        return self.out_slots[layer]
+        if (layer, role) not in self.out_slots:  # called twice, a module makes the same channels
+            self.out_slots[layer, role] = self.fresh(n, pinned)
+            self.blocks.append((layer, role, self.out_slots[layer, role]))
+        return self.out_slots[layer, role]
 
-    def consumer(self, layer: str, slots: list[int]) -> None:
-        seen = self.in_slots.get(layer)
+    def consumer(self, layer: str, slots: list[int], role: str = "in") -> None:
+        self.member(layer, role, slots)
+
+    def channelwise(self, layer: str, slots: list[int], role: str = "channel") -> None:
+        self.member(layer, role, slots)
+
+    def member(self, layer: str, role: str, slots: list[int]) -> None:
+        """Index k of ``layer``'s ``role`` goes with ``slots[k]``; a layer used twice has one
+        index k, so the slots it meets on each use are one channel."""
+        seen = self.member_slots.get((layer, role))
         if seen is None:
-            self.in_slots[layer] = list(slots)
-            self.blocks.append((layer, "in", self.in_slots[layer]))
+            self.member_slots[layer, role] = list(slots)
+            self.blocks.append((layer, role, self.member_slots[layer, role]))
             return
-        for earlier, slot in zip(seen, slots):  # the same input column read twice: one channel
+        for earlier, slot in zip(seen, slots):
             self.uf.union(earlier, slot)
         seen += slots[len(seen) :]
 
-    def channelwise(self, layer: str, slots: list[int]) -> None:
-        self.blocks.append((layer, "channel", slots))
+    def param_entries(
+        self, value: Any, dim: int, flow: Flow, skip: Sequence[param_flow.Source] = ()
+    ) -> None:
+        """Every parameter entry at ``dim`` of ``value`` goes with ``flow``'s channels."""
+        for source, pdim in getattr(value, "along", lambda _: [])(dim):
+            if source not in skip:
+                self.channelwise(source.owner, flow.slots, param_role("channel", source.attr, pdim))
 
     def whole_groups(self, layer: str, blocks: list[list[int]]) -> None:
         """The channels of each block are one unit: group k of a grouped conv or GroupNorm."""
@@ -498,6 +576,20 @@ def _flatten_dims(node: fx.Node) -> tuple[int, int]:
     start = args[0] if args else node.kwargs.get("start_dim", 0)
     end = args[1] if len(args) > 1 else node.kwargs.get("end_dim", -1)
     return int(start), int(end)
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
+
+
+def _name(node: fx.Node) -> str:
+    return getattr(node.target, "__name__", str(node.target))
 
 
 def _describe(node: fx.Node) -> str:

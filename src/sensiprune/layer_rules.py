@@ -142,6 +142,21 @@ def _groupnorm(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, f
     return flow
 
 
+def _norm_last(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    """LayerNorm / RMSNorm over the last dimension. Over the channels, each channel's entry
+    goes with it (the statistics of the rest change, as in every library that prunes a
+    transformer's width); over another dimension, the channels pass through."""
+    shape = node_shape(node)
+    normalized = len(getattr(module, "normalized_shape", ()) or ())
+    if shape is None or flow.dim < len(shape) - normalized:
+        return flow
+    if normalized != 1:
+        return t.pinned_output(node, f"{type(module).__name__} over several dimensions")
+    if getattr(module, "weight", None) is not None or getattr(module, "bias", None) is not None:
+        t.channelwise(layer, flow.slots)
+    return flow
+
+
 MODULE_RULES: dict[type, Callable[..., Any]] = {
     **{c: _conv for c in _CONVS},
     **{c: _conv_transpose for c in _CONV_TRANSPOSES},
@@ -152,6 +167,8 @@ MODULE_RULES: dict[type, Callable[..., Any]] = {
     **{c: _rnn for c in (nn.LSTM, nn.GRU, nn.RNN)},
     nn.MultiheadAttention: _attention,
     nn.Embedding: _embedding,
+    nn.LayerNorm: _norm_last,
+    nn.RMSNorm: _norm_last,
     **{
         c: _transformer_layers
         for c in (
@@ -162,3 +179,11 @@ MODULE_RULES: dict[type, Callable[..., Any]] = {
         )
     },
 }
+
+
+def rule_for(module: nn.Module) -> Callable[..., Any] | None:
+    """The rule of ``module``'s type, or of the nearest base type that has one."""
+    rule = MODULE_RULES.get(type(module))
+    if rule is None:
+        rule = next((r for base, r in MODULE_RULES.items() if isinstance(module, base)), None)
+    return rule

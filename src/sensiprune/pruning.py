@@ -306,7 +306,9 @@ def _prune_structured(
         kinds = {kind: (sparsity[kind], set(names)) for kind, names in layers.items()}
         sparsity = adapters.expand_budget(sparsity, layers)
     query_heads = adapters.QUERY_HEADS in kinds
-    graph, inputs = structured_pruning.build(model, example_inputs, blocks, set(kinds))
+    if example_inputs is None and data is not None:  # the first batch stands in: read it once
+        data = as_batches(data)
+    graph, inputs = structured_pruning.build(model, example_inputs, blocks, set(kinds), data)
     named = set(sparsity) if isinstance(sparsity, Mapping) else set()
     groups = candidate_groups(model, graph, ignore, named)
     if named:  # a budget: only what it names is scored (measured criteria cost per group)
@@ -348,7 +350,21 @@ def _prune_structured(
         layers,
         graph.flops,
         flops_after,
-        tuple(f"{what}: {why}" for what, why in graph.untouched.items()),
+        _by_reason(graph.untouched),
+    )
+
+
+def _by_reason(untouched: Mapping[str, str], shown: int = 3) -> tuple[str, ...]:
+    """One line per reason, naming the first few places it applies to: a large model can
+    leave hundreds of operations alone for the same reason."""
+    places: dict[str, list[str]] = {}
+    for what, why in untouched.items():
+        places.setdefault(why, []).append(what)
+    return tuple(
+        f"{', '.join(found[:shown])}"
+        + (f" and {len(found) - shown} more" if len(found) > shown else "")
+        + f": {why}"
+        for why, found in places.items()
     )
 
 

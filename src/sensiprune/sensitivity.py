@@ -233,7 +233,9 @@ def _structured(
     example_inputs: object,
     show_progress: bool,
 ) -> SensitivityTable:
-    graph, inputs = structured_pruning.build(model, example_inputs)
+    if example_inputs is None and data is not None:  # the first batch stands in: read it once
+        data = as_batches(data)
+    graph, inputs = structured_pruning.build(model, example_inputs, data=data)
     total_flops, per_module = module_flops(model, *inputs)
     groups = candidate_groups(model, graph, ignore, set())
     values = score_groups(model, crit, groups, data, loss_fn, 0, None, "mean", show_progress)

@@ -6,16 +6,17 @@ import contextlib
 import gc
 import math
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import adapters, surgery
-from .channels import flat_members, indices_by_slice
+from .channels import flat_members, indices_by_slice, role_kind
 from .errors import SensipruneError
 from .graph import DependencyGraph, Group, build_graph
+from .inputs import example_arguments
 from .measure import counted_forward
 from .selection import Sparsity, min_kept, normalized
 
@@ -214,7 +215,7 @@ def zeroed(groups: Sequence[Group], modules: dict[str, nn.Module]) -> Iterator[N
     try:
         with torch.no_grad():
             for (layer, role), indices in indices_by_slice(groups).items():
-                if role == "in":  # consumers read zeros once the producers are zero
+                if role_kind(role) == "in":  # consumers read zeros once the producers are zero
                     continue
                 module = modules[layer]
                 layout = surgery.layout_for(module, role)
@@ -299,18 +300,13 @@ def build(
     example_inputs: object,
     blocks: list[adapters.Block] | None = None,
     kinds: Collection[str] = (),
+    data: Iterable[object] | None = None,
 ) -> tuple[DependencyGraph, list[torch.Tensor]]:
-    """Validate example_inputs at the edge and build the dependency graph; ``blocks`` are the
-    model's known transformer blocks when the caller has already looked for them, and
-    ``kinds`` the budget keys that stand for all of them (see adapters.build_graph)."""
-    if example_inputs is None:
-        raise SensipruneError(
-            "structured=True needs example_inputs: a tensor (or tuple of tensors) the model "
-            "accepts, e.g. one batch of inputs"
-        )
-    inputs = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
-    if not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise SensipruneError("example_inputs must be a tensor or a tuple of tensors")
+    """Validate example_inputs at the edge (see inputs.example_arguments: without them, the
+    first batch of ``data``) and build the dependency graph; ``blocks`` are the model's known
+    transformer blocks when the caller has already looked for them, and ``kinds`` the budget
+    keys that stand for all of them (see adapters.build_graph)."""
+    inputs = example_arguments(model, example_inputs, data)
     if blocks is None:
         blocks = adapters.find_blocks(model)  # known transformer layouts need no tracing
     if blocks:

@@ -5,11 +5,13 @@ columns, "channel": per-channel entries, "hidden": recurrent hidden units). A la
 tensor dimensions hold that role's indices, and in how many blocks (an LSTM stacks its four
 gates, so hidden unit j is row j of each of four blocks). The same layout drives scoring (which
 weights belong to index j) and surgery (what to cut), so they cannot disagree. Adding a module
-type is one new entry in ``LAYOUTS``.
+type is one new entry in ``LAYOUTS``; a module without one is cut tensor by tensor, through
+the roles of :func:`param_role`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -210,7 +212,25 @@ NAMED_LAYOUTS: dict[str, dict[str, Layout]] = {
 }
 
 
+def param_role(kind: str, attr: str, dim: int) -> str:
+    """A role on one tensor of a module that has no layout: dimension ``dim`` of ``attr``.
+    The dependency graph finds such roles from the functions a custom module calls on its
+    own parameters (``F.conv2d(x, self.weight)``, ``x * self.gamma``), so that module needs
+    no entry here."""
+    return f"{kind}@{attr}:{dim}"
+
+
+@functools.cache
+def _param_layout(role: str) -> Layout:
+    attr, _, dim = role.partition("@")[2].rpartition(":")
+    return Layout(
+        _fixed(Cut(attr, int(dim))), (), count=lambda module: getattr(module, attr).shape[int(dim)]
+    )
+
+
 def layout_for(module: nn.Module, role: str) -> Layout:
+    if "@" in role:
+        return _param_layout(role)
     for kind in type(module).__mro__:
         if kind in LAYOUTS and role in LAYOUTS[kind]:
             return LAYOUTS[kind][role]

@@ -12,6 +12,7 @@ not be kept consistent on the other path).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import operator
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -124,12 +125,15 @@ def trace(
 ) -> tuple[fx.Graph, dict[str, str]]:
     """The model's fx graph (over the model itself: no GraphModule is generated, which would
     cost as much again), and the submodules left opaque with the reason."""
+    concrete = _concrete_arguments(model, list(example_inputs))
     try:
-        return _trace_with_leaves(model, lambda opaque: _LeafTracer(opaque))
+        return _trace_with_leaves(model, lambda opaque: _LeafTracer(opaque), concrete)
     except _RootUntraceable as symbolic:
         inputs = list(example_inputs)
         try:
-            graph, opaque = _trace_with_leaves(model, lambda o: _ConcreteTracer(o, inputs))
+            graph, opaque = _trace_with_leaves(
+                model, lambda o: _ConcreteTracer(o, inputs), concrete
+            )
         except _RootUntraceable as concrete:
             raise SensipruneError(
                 "structured pruning needs a model torch.fx can trace; its forward failed "
@@ -150,13 +154,34 @@ class _RootUntraceable(Exception):
         self.reason = reason
 
 
-def _trace_with_leaves(model: nn.Module, make_tracer) -> tuple[fx.Graph, dict[str, str]]:
+def _concrete_arguments(model: nn.Module, inputs: list[Any]) -> dict[str, Any] | None:
+    """The forward's arguments that are not tensors (a flag, a scale) or not given (an
+    optional mask left None): traced as the values they have, so ``if mask is None`` takes
+    the branch these inputs take instead of failing on a proxy."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    concrete = {}
+    for i, param in enumerate(params):
+        if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            break
+        if i < len(inputs) and not isinstance(inputs[i], torch.Tensor):
+            concrete[param.name] = inputs[i]
+        elif i >= len(inputs) and param.default is not param.empty:
+            concrete[param.name] = param.default
+    return concrete or None
+
+
+def _trace_with_leaves(
+    model: nn.Module, make_tracer, concrete: dict[str, Any] | None = None
+) -> tuple[fx.Graph, dict[str, str]]:
     """Trace; each submodule that fails becomes an opaque leaf and tracing starts again."""
     opaque: dict[str, str] = {}
     while True:
         tracer = make_tracer(set(opaque))
         try:
-            return tracer.trace(model), opaque
+            return tracer.trace(model, concrete_args=concrete), opaque
         except Exception as exc:  # fx raises many types for code it cannot trace
             reason = first_line(exc)
             inner = next((name for name in reversed(tracer.module_stack) if name), None)

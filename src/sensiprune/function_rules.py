@@ -1,0 +1,217 @@
+"""How functional layers move channel slots: one rule per function, in FUNCTION_RULES.
+
+Model libraries build layers from functions applied to a module's own tensors (timm's
+``BatchNormAct2d`` calls ``F.batch_norm``, ``StdConv2d`` calls ``F.conv2d`` on a standardised
+weight, a custom block calls ``F.linear(x, self.weight)``). A rule finds which parameter the
+weight comes from (see param_flow). Where that module has a type sensiprune knows, the
+module's own rule runs, so its size attributes follow the cut; otherwise each tensor is cut
+on its own, along the dimension the function uses it on (surgery.param_role).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .channels import Flow, node_shape
+from .layer_rules import rule_for
+from .param_flow import ParamFlow, Source
+from .surgery import param_role
+
+if TYPE_CHECKING:
+    from .graph import ChannelTracer
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.LayerNorm, nn.RMSNorm)
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _matrix(value: Any, rows: int, cols: int) -> Source | None:
+    """The parameter whose two dimensions are the value's dimensions ``rows`` and ``cols``."""
+    if not isinstance(value, ParamFlow):
+        return None
+    return next(
+        (s for s in value.sources if s.dims[rows] is not None and s.dims[cols] is not None), None
+    )
+
+
+def _owned(t: ChannelTracer, source: Source, kinds: tuple[type, ...]) -> nn.Module | None:
+    """The module owning ``source`` as its weight, when it is one of ``kinds``."""
+    module = t.modules.get(source.owner)
+    return module if isinstance(module, kinds) and source.attr == "weight" else None
+
+
+def _produce(
+    t: ChannelTracer, source: Source, flow: Flow, in_dim: int, out_dim: int, dim: int
+) -> Flow:
+    """A weight read as (…, in, …, out): its ``in_dim`` reads ``flow``, its ``out_dim`` makes
+    fresh channels along ``dim`` of the output."""
+    pin, pout = source.dims[in_dim], source.dims[out_dim]
+    t.consumer(source.owner, flow.slots, param_role("in", source.attr, pin))
+    made = t.producer(source.owner, source.shape[pout], role=param_role("out", source.attr, pout))
+    return Flow(dim, made)
+
+
+def _conv(t: ChannelTracer, node: fx.Node) -> Any:
+    flow = t.flows.get(_arg(node, 0, "input"))
+    weight, bias = t.flows.get(_arg(node, 1, "weight")), t.flows.get(_arg(node, 2, "bias"))
+    main = _matrix(weight, 0, 1)
+    if not isinstance(flow, Flow) or main is None:
+        return t.pinned_output(node, "a convolution whose weight is not a parameter")
+    module = _owned(t, main, _CONVS)
+    if module is not None:
+        out = rule_for(module)(t, node, main.owner, module, flow)
+        skip = (main, *(bias.sources if isinstance(bias, ParamFlow) else ()))
+        skip = tuple(s for s in skip if s.owner == main.owner)
+    else:
+        groups, channels = _arg(node, 6, "groups", 1), main.shape[main.dims[0]]
+        flow = t.along(flow, 1, main.shape[main.dims[1]] * groups)
+        if flow is None:
+            return t.pinned_output(node, "convolution over a moved channel dimension")
+        if groups == 1:
+            out = _produce(t, main, flow, 1, 0, 1)
+        elif groups == len(flow.slots) == channels:  # depthwise
+            t.channelwise(main.owner, flow.slots, param_role("channel", main.attr, main.dims[0]))
+            out = flow
+        else:
+            return t.pinned_output(node, "grouped convolution of a module without a layout")
+        skip = (main,)
+    if isinstance(out, Flow):
+        t.param_entries(weight, 0, out, skip)
+        t.param_entries(bias, 0, out, skip)
+        if any(s is not main for s, _ in weight.along(1)):
+            return t.pinned_output(node, "a convolution weight mixed with another parameter")
+    return out
+
+
+def _linear(t: ChannelTracer, node: fx.Node) -> Any:
+    flow, shape = t.flows.get(_arg(node, 0, "input")), node_shape(_arg(node, 0, "input"))
+    weight, bias = t.flows.get(_arg(node, 1, "weight")), t.flows.get(_arg(node, 2, "bias"))
+    main = _matrix(weight, 0, 1)
+    if not isinstance(flow, Flow) or main is None or shape is None:
+        return t.pinned_output(node, "a linear layer whose weight is not a parameter")
+    module = _owned(t, main, (nn.Linear,))
+    if module is not None and main.dims[:2] == (0, 1):
+        out = rule_for(module)(t, node, main.owner, module, flow)
+        skip = (main, *(s for s in getattr(bias, "sources", ()) if s.owner == main.owner))
+    else:
+        flow = t.along(flow, len(shape) - 1, shape[-1])
+        if flow is None:
+            return t.pinned_output(node, "a linear layer over a dimension that is not the channels")
+        out, skip = _produce(t, main, flow, 1, 0, flow.dim), (main,)
+    if isinstance(out, Flow):
+        t.param_entries(bias, 0, out, skip)
+    return out
+
+
+def _matmul(t: ChannelTracer, node: fx.Node) -> Any:
+    """``x @ W`` with a parameter ``W`` of two dimensions is a linear layer read (in, out)."""
+    flow, shape = t.flows.get(node.args[0]), node_shape(node.args[0])
+    main = _matrix(t.flows.get(node.args[1]), 0, 1)
+    if not isinstance(flow, Flow) or main is None or shape is None or len(main.dims) != 2:
+        return t.pinned_output(node, "matmul of two activations")
+    flow = t.along(flow, len(shape) - 1, shape[-1])
+    if flow is None:
+        return t.pinned_output(node, "matmul over a dimension that is not the channels")
+    return _produce(t, main, flow, 0, 1, flow.dim)
+
+
+def _per_channel_params(t: ChannelTracer, node: fx.Node, names: list[tuple[int, str]]) -> list:
+    return [t.flows.get(_arg(node, i, name)) for i, name in names]
+
+
+def _channel_norm(
+    t: ChannelTracer, node: fx.Node, dim: int, params: list, kinds: tuple[type, ...]
+) -> Any:
+    """A norm whose parameters hold one entry per channel along ``dim`` of its input."""
+    value, shape = t.flows.get(node.args[0]), node_shape(node.args[0])
+    found = [p for p in params if isinstance(p, ParamFlow)]
+    if isinstance(value, ParamFlow) and shape is not None:  # a weight being standardised
+        placed = [
+            s.mapped(tuple(s.dims[0] if j == dim % len(shape) else None for j in range(len(shape))))
+            for p in found
+            for s in p.sources
+        ]
+        return ParamFlow(value.sources + tuple(placed))
+    if not isinstance(value, Flow) or shape is None:
+        return t.pinned_output(node, "a norm of an untracked tensor")
+    flow = t.along(value, dim % len(shape), shape[dim])
+    if flow is None:
+        return t.pinned_output(node, "a norm over a moved channel dimension")
+    owners = {s.owner for p in found for s in p.sources}
+    module = t.modules.get(next(iter(owners))) if len(owners) == 1 else None
+    if isinstance(module, kinds) and owners:
+        return rule_for(module)(t, node, next(iter(owners)), module, flow)
+    for p in found:
+        t.param_entries(p, 0, flow)
+    return flow
+
+
+def _batch_norm(t: ChannelTracer, node: fx.Node) -> Any:
+    names = [(1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")]
+    bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    return _channel_norm(t, node, 1, _per_channel_params(t, node, names), bn)
+
+
+def _layer_norm(t: ChannelTracer, node: fx.Node) -> Any:
+    """Over the last dimension: see layer_rules._norm_last; over several, pinned."""
+    normalized = _arg(node, 1, "normalized_shape")
+    count = len(normalized) if isinstance(normalized, (list, tuple)) else 1
+    flow, shape = t.flows.get(node.args[0]), node_shape(node.args[0])
+    if isinstance(flow, Flow) and shape is not None and flow.dim < len(shape) - count:
+        return flow
+    if count != 1:
+        return t.pinned_output(node, "a norm over several dimensions")
+    names = [(2, "weight"), (3, "bias")] if node.target is F.layer_norm else [(2, "weight")]
+    return _channel_norm(t, node, -1, _per_channel_params(t, node, names), _NORMS)
+
+
+def _group_norm(t: ChannelTracer, node: fx.Node) -> Any:
+    flow, weight = t.flows.get(node.args[0]), t.flows.get(_arg(node, 2, "weight"))
+    main = weight.sources[0] if isinstance(weight, ParamFlow) else None
+    module = _owned(t, main, (nn.GroupNorm,)) if main is not None else None
+    if not isinstance(flow, Flow) or module is None:
+        return t.pinned_output(node, "group norm of a module that is not a GroupNorm")
+    return rule_for(module)(t, node, main.owner, module, flow)
+
+
+def _embedding(t: ChannelTracer, node: fx.Node) -> Any:
+    main = _matrix(t.flows.get(_arg(node, 1, "weight")), 0, 1)
+    shape = node_shape(node)
+    if main is None or shape is None:
+        return t.pinned_output(node, "an embedding whose table is not a parameter")
+    module = _owned(t, main, (nn.Embedding,))
+    if module is not None and main.dims == (0, 1):
+        return rule_for(module)(t, node, main.owner, module, None)
+    role = param_role("out", main.attr, main.dims[1])
+    return Flow(len(shape) - 1, t.producer(main.owner, main.shape[main.dims[1]], role=role))
+
+
+def _pad(t: ChannelTracer, node: fx.Node) -> Any:
+    """Padding the trailing dimensions leaves the channels alone when they lie before them."""
+    flow, shape, pad = t.flows.get(node.args[0]), node_shape(node.args[0]), _arg(node, 1, "pad")
+    padded = len(pad) // 2 if isinstance(pad, (list, tuple)) else len(shape or ())
+    if isinstance(flow, Flow) and shape is not None and flow.dim < len(shape) - padded:
+        return flow
+    return t.pinned_output(node, "padding of the channels")
+
+
+FUNCTION_RULES: dict[Any, Callable[[ChannelTracer, fx.Node], Any]] = {
+    **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), _conv),
+    F.linear: _linear,
+    **dict.fromkeys((torch.matmul, operator.matmul, "matmul"), _matmul),
+    F.batch_norm: _batch_norm,
+    F.layer_norm: _layer_norm,
+    F.rms_norm: _layer_norm,
+    F.group_norm: _group_norm,
+    F.embedding: _embedding,
+    F.pad: _pad,
+}
