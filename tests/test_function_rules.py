@@ -161,3 +161,64 @@ def test_removing_zeroed_groups_of_functional_layers_changes_no_output():
     with torch.no_grad():
         remove_groups(model, graph, removed, [x])
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+class SelectiveKernel(nn.Module):
+    """Two convolution paths weighed per channel by a softmax over the paths, computed by a
+    layer whose 2·C outputs are reshaped into (paths, C) (timm's SelectiveKernel)."""
+
+    def __init__(self, channels: int = 16, paths: int = 2) -> None:
+        super().__init__()
+        self.paths = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=1) for _ in range(paths)
+        )
+        self.reduce = nn.Conv2d(channels, 8, 1)
+        self.select = nn.Conv2d(8, channels * paths, 1)
+        self.head = nn.Linear(channels, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.stack([path(x) for path in self.paths], dim=1)
+        attn = self.select(torch.relu(self.reduce(x.sum(1).mean((2, 3), keepdim=True))))
+        batch, channels, height, width = attn.shape
+        attn = attn.view(batch, len(self.paths), channels // len(self.paths), height, width)
+        x = torch.sum(x * torch.softmax(attn, dim=1), dim=1)
+        return self.head(x.mean((2, 3)))
+
+
+class Interleaved(nn.Module):
+    """A reshape into (4, 2) read along both axes: no cut leaves a box, so those channels
+    stay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.rows, self.columns = nn.Linear(4, 5), nn.Linear(2, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).mean((2, 3)).reshape(x.shape[0], 4, 2)
+        return self.rows(y[:, :, 0]) + self.columns(y[:, 0, :])
+
+
+def test_channels_split_over_paths_are_cut_across_every_path():
+    torch.manual_seed(0)
+    model, x = SelectiveKernel().eval(), torch.randn(2, 16, 8, 8)
+    expected = model(x).shape
+    graph = build_graph(model, [x])
+    assert graph.untouched == {}
+    rows = [
+        sorted(m.index for m in g.members if (m.layer, m.role) == ("select", "out"))
+        for g in graph.groups
+    ]
+    rows = [r for r in rows if r]
+    # channel c of the paths goes with rows c and C + c of select
+    assert len(rows) == 16 and all(r == [r[0], r[0] + 16] for r in rows)
+    sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer", ignore=[model.head])
+    assert model(x).shape == expected
+    assert model.select.out_channels == 2 * model.paths[0].out_channels == 16
+
+
+def test_a_split_that_cannot_be_cut_whole_is_left_alone():
+    model, x = Interleaved().eval(), torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, [x])
+    assert not any(m.layer == "conv" for g in graph.groups for m in g.members)
+    assert any("split over dimensions" in why for why in graph.untouched.values())

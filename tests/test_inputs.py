@@ -64,3 +64,16 @@ def test_a_generator_of_batches_is_read_once_for_inputs_and_scores():
     batches = ((x, torch.zeros(4, dtype=torch.long)) for _ in range(2))
     sp.prune(model, 0.25, criterion="taylor", structured=True, data=batches)
     assert model.fc1.out_features == 24
+
+
+@pytest.mark.parametrize("given", ["dict", "batches"])
+def test_a_hugging_face_model_takes_its_tokenizer_output_as_it_comes(given):
+    pytest.importorskip("transformers")
+    from .hf_models import text_batch, tiny_bert
+
+    model, batch = tiny_bert(), text_batch()
+    example, data = (batch, None) if given == "dict" else (None, [batch])
+    sp.prune(model, {"heads": 0.5, "ffn": 0.25}, "magnitude", structured=True,
+             example_inputs=example, data=data)  # fmt: skip
+    assert model.encoder.layer[0].attention.self.num_attention_heads == 2
+    assert model(**batch).last_hidden_state.shape == (3, 10, 32)

@@ -19,6 +19,19 @@ class Flow:
     slots: list[int]
 
 
+@dataclass
+class Split:
+    """Channel slots spread over several dimensions: a dimension reshaped into (heads,
+    head_dim) or (paths, channels). ``slots[i, j, ...]`` is the slot at index i of
+    ``dims[0]``, j of ``dims[1]``, and so on; the dimensions may sit in any order."""
+
+    dims: tuple[int, ...]
+    slots: np.ndarray
+
+    def all_slots(self) -> list[int]:
+        return self.slots.reshape(-1).tolist()
+
+
 PRODUCING_ROLES = ("out", "hidden", "head")
 _PRODUCING = frozenset(PRODUCING_ROLES)
 
@@ -85,6 +98,11 @@ class Group:
         if self._members is None:
             self._members = self._table.members(self._row)
         return self._members
+
+    @property
+    def number(self) -> int:
+        """Its place among the groups of the graph that found it (-1 for listed groups)."""
+        return self._row
 
     @property
     def producers(self) -> frozenset[str]:
@@ -171,6 +189,8 @@ class DependencyGraph:
     # whether all those FLOPs come from layers counted from shapes (measure.layer_flops), so
     # that the pruned model's FLOPs can be counted the same cheap way
     flops_in_layers_only: bool = False
+    counts: list = field(default_factory=list)  # counts.Count: sizes kept in attributes
+    fixed: int = 0  # places whose sizes the model's code fixes (follow-ups, reshape splits)
 
 
 class UnionFind:
@@ -226,8 +246,8 @@ def node_args(node: fx.Node) -> list[fx.Node]:
     return found
 
 
-def flows_in(value: Any) -> list[Flow]:
-    if isinstance(value, Flow):
+def flows_in(value: Any) -> list[Flow | Split]:
+    if isinstance(value, (Flow, Split)):
         return [value]
     if isinstance(value, (list, tuple)):
         return [f for v in value for f in flows_in(v)]

@@ -14,11 +14,13 @@ import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .channels import Flow, node_shape
+from . import split_flow
+from .channels import Flow, Split, node_shape
 from .layer_rules import rule_for
 from .param_flow import ParamFlow, Source
 from .surgery import param_role
@@ -80,6 +82,7 @@ def _conv(t: ChannelTracer, node: fx.Node) -> Any:
             out = _produce(t, main, flow, 1, 0, 1)
         elif groups == len(flow.slots) == channels:  # depthwise
             t.channelwise(main.owner, flow.slots, param_role("channel", main.attr, main.dims[0]))
+            t.fix(node, (groups,), [flow.slots])  # ``groups=self.channels``
             out = flow
         else:
             return t.pinned_output(node, "grouped convolution of a module without a layout")
@@ -112,10 +115,72 @@ def _linear(t: ChannelTracer, node: fx.Node) -> Any:
     return out
 
 
+def _heads(
+    value: Any, shape: tuple[int, ...] | None, widths: tuple[int, ...] = (-1,)
+) -> np.ndarray | None:
+    """The slots of an attention operand (…, heads, tokens, width) as one row per head, with
+    the slots of a width dimension (one of ``widths``) along the row where one is tracked;
+    None unless its heads are tracked."""
+    if not isinstance(value, (Flow, Split)) or shape is None or len(shape) < 3:
+        return None
+    dims, slots = split_flow.as_axes(value)
+    head, allowed = len(shape) - 3, {len(shape) + w for w in widths}
+    if head not in dims or not set(dims) <= {head} | allowed:
+        return None
+    order = [dims.index(head)] + [dims.index(d) for d in dims if d != head]
+    return np.transpose(slots, order).reshape(shape[head], -1)
+
+
+def _whole_heads(t: ChannelTracer, *operands: np.ndarray) -> int | None:
+    """A head is one channel in every operand: the query heads that share a key/value head
+    (grouped-query attention) go with it. Returns how many query heads share one."""
+    rows = [len(op) for op in operands]
+    if any(r == 0 or rows[0] % r for r in rows):
+        return None
+    for i in range(rows[0]):
+        first = int(operands[0][i, 0])
+        for op in operands:
+            for slot in op[i * len(op) // rows[0]].tolist():
+                t.uf.union(first, slot)
+    return rows[0] // min(rows)
+
+
+def _attended(node: fx.Node, values: np.ndarray, repeat: int) -> Flow | Split:
+    """The output (…, heads, tokens, width) reads its value operand head by head."""
+    out = node_shape(node)
+    values = np.repeat(values, repeat, axis=0)
+    head, width = len(out) - 3, len(out) - 1
+    if values.shape[1] == 1:
+        return Flow(head, values[:, 0].tolist())
+    return Split((head, width), values)
+
+
+def _attention(t: ChannelTracer, node: fx.Node) -> Any:
+    """Scaled dot-product attention removes whole heads: the rows of a head in the query, key
+    and value, and the output columns that carry it."""
+    args = [_arg(node, i, name) for i, name in enumerate(("query", "key", "value"))]
+    q, k, v = (_heads(t.flows.get(a), node_shape(a)) for a in args)
+    if q is None or k is None or v is None:
+        return t.pinned_output(node, "attention whose heads are not tracked")
+    repeat = _whole_heads(t, q, k, v)
+    if repeat is None:
+        return t.pinned_output(node, "attention with head counts that do not divide")
+    return _attended(node, v, repeat)
+
+
 def _matmul(t: ChannelTracer, node: fx.Node) -> Any:
-    """``x @ W`` with a parameter ``W`` of two dimensions is a linear layer read (in, out)."""
+    """``x @ W`` with a parameter ``W`` of two dimensions is a linear layer read (in, out);
+    ``q @ k.transpose(-2, -1)`` and ``weights @ v`` with heads tracked are attention."""
     flow, shape = t.flows.get(node.args[0]), node_shape(node.args[0])
-    main = _matrix(t.flows.get(node.args[1]), 0, 1)
+    other, other_shape = t.flows.get(node.args[1]), node_shape(node.args[1])
+    a, b = _heads(flow, shape), _heads(other, other_shape, (-2, -1))
+    if a is not None and b is not None:
+        repeat = _whole_heads(t, a, b)
+        if repeat is None:
+            return t.pinned_output(node, "attention with head counts that do not divide")
+        width = len(other_shape) - 1 in split_flow.as_axes(other)[0]  # weights @ v
+        return _attended(node, b if width else b[:, :1], repeat)
+    main = _matrix(other, 0, 1)
     if not isinstance(flow, Flow) or main is None or shape is None or len(main.dims) != 2:
         return t.pinned_output(node, "matmul of two activations")
     flow = t.along(flow, len(shape) - 1, shape[-1])
@@ -196,11 +261,12 @@ def _embedding(t: ChannelTracer, node: fx.Node) -> Any:
 
 
 def _pad(t: ChannelTracer, node: fx.Node) -> Any:
-    """Padding the trailing dimensions leaves the channels alone when they lie before them."""
+    """Padding leaves the channels alone when it adds nothing along them."""
     flow, shape, pad = t.flows.get(node.args[0]), node_shape(node.args[0]), _arg(node, 1, "pad")
-    padded = len(pad) // 2 if isinstance(pad, (list, tuple)) else len(shape or ())
-    if isinstance(flow, Flow) and shape is not None and flow.dim < len(shape) - padded:
-        return flow
+    if isinstance(flow, Flow) and shape is not None and isinstance(pad, (list, tuple)):
+        at = 2 * (len(shape) - 1 - flow.dim)  # pad lists the last dimension first
+        if tuple(pad[at : at + 2]) in ((), (0, 0)):
+            return flow
     return t.pinned_output(node, "padding of the channels")
 
 
@@ -208,6 +274,7 @@ FUNCTION_RULES: dict[Any, Callable[[ChannelTracer, fx.Node], Any]] = {
     **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), _conv),
     F.linear: _linear,
     **dict.fromkeys((torch.matmul, operator.matmul, "matmul"), _matmul),
+    F.scaled_dot_product_attention: _attention,
     F.batch_norm: _batch_norm,
     F.layer_norm: _layer_norm,
     F.rms_norm: _layer_norm,

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from . import param_flow
+from . import param_flow, split_flow
 from .channels import (
     DependencyGraph,
     Flow,
     Group,
     Member,
     MemberTable,
+    Split,
     UnionFind,
     flows_in,
     index_keeps_dim,
@@ -39,6 +40,7 @@ from .channels import (
     node_shape,
     tensor_shapes,
 )
+from .counts import Count
 from .errors import SensipruneError, first_line
 from .function_rules import FUNCTION_RULES
 from .layer_rules import rule_for
@@ -83,13 +85,21 @@ _RESHAPING_METHODS = {
     "size", "dim", "numel", "flatten", "view", "reshape", "permute", "transpose", "mean", "sum",
     "amax", "split", "chunk", "squeeze", "unsqueeze",
 }  # fmt: skip
+_SPLIT_RESHAPES = {
+    "view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "unflatten",
+}  # fmt: skip
 # what the walk understands moves channels without multiplying them: it has no FLOPs to count
 _FLOP_FREE_FUNCTIONS = _PASS_FUNCTIONS | _ELEMENTWISE | _RESHAPING_FUNCTIONS
 _FLOP_FREE_METHODS = _PASS_METHODS | _ELEMENTWISE_METHODS | _RESHAPING_METHODS
 
 
-def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> DependencyGraph:
-    """Trace ``model`` and return its removable channel groups; the model is not changed."""
+def build_graph(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor], pin_fixed: bool = False
+) -> DependencyGraph:
+    """Trace ``model`` and return its removable channel groups; the model is not changed.
+    ``pin_fixed`` keeps every channel whose count the model's code fixes (a split into sizes,
+    a reshape into heads, a ``groups`` argument) instead of following it in the module's
+    attributes (counts.py): the fallback when following them did not work."""
     traced, opaque = trace(model, example_inputs)
     recorder = ShapeRecorder(model, traced)
     try:
@@ -99,7 +109,7 @@ def build_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Dep
         raise SensipruneError(
             f"the model does not run on example_inputs: {first_line(exc)}"
         ) from exc
-    graph = ChannelTracer(model, traced).run()
+    graph = ChannelTracer(model, traced, pin_fixed).run()
     for layer, why in opaque.items():
         graph.untouched[layer] = f"could not be traced ({why}), so it is left as it is"
     graph.flops = recorder.flops + recorder.counter.total
@@ -152,8 +162,11 @@ class ShapeRecorder(fx.Interpreter):
 
 
 class ChannelTracer:
-    def __init__(self, model: nn.Module, traced: fx.Graph) -> None:
+    def __init__(self, model: nn.Module, traced: fx.Graph, pin_fixed: bool = False) -> None:
         self.traced = traced
+        self.pin_fixed = pin_fixed
+        self.fixed: list[tuple[str, tuple[int, ...], list]] = []  # see fix()
+        self.group_of_root = np.zeros(0, dtype=np.int64)
         self.modules = dict(model.named_modules())
         self.uf = UnionFind()
         self.pinned: set[int] = set()
@@ -162,6 +175,7 @@ class ChannelTracer:
         self.out_slots: dict[tuple[str, str], list[int]] = {}  # per (layer, role) produced
         self.member_slots: dict[tuple[str, str], list[int]] = {}  # per other slice: slot per index
         self.untouched: dict[str, str] = {}
+        self.splits: list[tuple[fx.Node, Split]] = []  # where a reshape spread channels out
 
     # -- slot helpers -------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -172,7 +186,7 @@ class ChannelTracer:
 
     def pin(self, flow: Any) -> None:
         for f in flows_in(flow):
-            self.pinned.update(f.slots)
+            self.pinned.update(f.all_slots() if isinstance(f, Split) else f.slots)
 
     def along(self, flow: Flow, dim: int, size: int) -> Flow | None:
         """``flow`` tracked along ``dim``; fully pinned slots can be re-tracked along any dim."""
@@ -193,7 +207,46 @@ class ChannelTracer:
     def run(self) -> DependencyGraph:
         for node in self.traced.nodes:
             self.flows[node] = self.visit(node)
-        return DependencyGraph(self.groups(), self.untouched)
+        roots = self.uf.roots()
+        for node, split in self.splits:
+            if split_flow.plane_axis(roots, split) is None:
+                self.pin(split)
+                self.untouched.setdefault(_describe(node), "channels split over dimensions "
+                                          "that could not be cut as a whole")  # fmt: skip
+        groups = self.groups()
+        fixed = len(self.splits) + len(self.fixed)
+        return DependencyGraph(groups, self.untouched, counts=self.counts(roots), fixed=fixed)
+
+    def counts(self, roots: np.ndarray) -> list[Count]:
+        """The recorded constants, each part as the groups of its indices (see counts.py)."""
+        found = []
+        for module, values, parts in self.fixed:
+            slot_lists = []
+            for part in parts:
+                if isinstance(part, tuple):  # (split, axis): counts the split's hyperplanes
+                    split, axis = part
+                    if split_flow.plane_axis(roots, split) != axis:
+                        break  # the cut keeps that axis whole: the constant holds
+                    part = np.moveaxis(split.slots, axis, 0).reshape(split.slots.shape[axis], -1)
+                    part = part[:, 0].tolist()
+                slot_lists.append(part)
+            else:
+                groups = tuple(self.group_of_root[roots[s]] if s else np.zeros(0, np.int64)
+                               for s in slot_lists)  # fmt: skip
+                found.append(Count(module, values, groups))
+        return found
+
+    def fix(self, node: fx.Node, values: tuple[int, ...], parts: list) -> None:
+        """Constants in the code that ran ``node`` count ``parts`` (slot lists, or (split,
+        axis)): with ``pin_fixed`` those channels stay, else the counts follow the cut."""
+        if self.pin_fixed:
+            for part in parts:
+                self.pin(part[0] if isinstance(part, tuple) else Flow(0, part))
+            self.untouched.setdefault(_describe(node), "sizes fixed in the model's code")
+            return
+        stack = node.meta.get("nn_module_stack") or {}
+        module = next(reversed(stack.values()))[0] if stack else ""
+        self.fixed.append((module, values, parts))
 
     def groups(self) -> list[Group]:
         """One group per class of merged slots that is not pinned and has a producer, in the
@@ -220,6 +273,8 @@ class ChannelTracer:
         has_producer[group[producing[key]]] = True
         number = np.cumsum(has_producer) - 1  # groups without a producer are dropped
         rows = has_producer[group]
+        self.group_of_root = np.full(len(roots), -1, dtype=np.int64)
+        self.group_of_root[root[rows]] = number[group[rows]]
         group, key, index = number[group[rows]], key[rows], index[rows]
         order = np.argsort(group, kind="stable")
         group, key, index = group[order], key[order], index[order]
@@ -256,7 +311,7 @@ class ChannelTracer:
             held = module is not None and (attr in module._parameters or attr in module._buffers)
             return param_flow.read(str(node.target), shape) if held and shape else None
         if node.meta.get("no_tensor"):
-            return None
+            return self.size_read(node)
         if node.op == "output":
             for arg in node_args(node):
                 self.pin(self.flows.get(arg))
@@ -296,6 +351,8 @@ class ChannelTracer:
         derived = self.derived(node)
         if derived is not None:
             return derived
+        if any(isinstance(self.flows.get(a), Split) for a in node_args(node)):
+            return self.visit_split(node)
         if target in _PASS_FUNCTIONS:
             return self.flows.get(node.args[0])
         if target in _ELEMENTWISE:
@@ -312,6 +369,14 @@ class ChannelTracer:
             return self.squeeze(node)
         if target in (torch.mean, torch.sum, torch.amax):
             return self.reduce(node)
+        if target in (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax):
+            return self.softmax(node)
+        if target is torch.roll:
+            return self.roll(node)
+        if target is torch.stack:
+            return self.stack(node)
+        if target is torch.unbind:
+            return self.unbind(node)
         if target in (torch.permute, torch.transpose):
             return self.permute(node)
         if target is torch.reshape:
@@ -326,6 +391,8 @@ class ChannelTracer:
         derived = self.derived(node)
         if derived is not None:
             return derived
+        if any(isinstance(self.flows.get(a), Split) for a in node_args(node)):
+            return self.visit_split(node)
         if name in _PASS_METHODS:
             return self.flows.get(node.args[0])
         if name in _ELEMENTWISE_METHODS:
@@ -344,7 +411,113 @@ class ChannelTracer:
             return self.split(node)
         if name in ("squeeze", "unsqueeze"):
             return self.squeeze(node)
+        if name in ("softmax", "log_softmax"):
+            return self.softmax(node)
+        if name == "repeat_interleave" and isinstance(self.flows.get(node.args[0]), Flow):
+            shape = node_shape(node.args[0])
+            moved = self.repeated(node, self.flows[node.args[0]], len(shape)) if shape else None
+            return moved if moved is not None else self.pinned_output(node, "repeat of channels")
+        if name == "unbind":
+            return self.unbind(node)
+        if name == "roll":
+            return self.roll(node)
         return self.pinned_output(node, f"tensor.{name} is not understood")
+
+    def visit_split(self, node: fx.Node) -> Any:
+        """An operation on channels spread over several dimensions (see split_flow)."""
+        name, first = _name(node), node.args[0] if node.args else None
+        value, before, after = self.flows.get(first), node_shape(first), node_shape(node)
+        moved: Any = None
+        if node.target in _ELEMENTWISE or node.target in _ELEMENTWISE_METHODS:
+            moved = self.elementwise_split(node)
+        elif not isinstance(value, Split) or before is None:
+            moved = None
+        elif node.target in _PASS_FUNCTIONS or node.target in _PASS_METHODS:
+            moved = value
+        elif name in _SPLIT_RESHAPES and after is not None:
+            moved = self.sized(node, split_flow.reshaped(value, before, after))
+        elif name in ("permute", "transpose"):
+            moved = split_flow.permuted(value, _order(node, len(before)))
+        elif name == "repeat_interleave":
+            moved = self.repeated(node, value, len(before))
+        elif name in ("mean", "sum", "amax", "softmax", "log_softmax", "unbind", "getitem"):
+            moved = self.split_over_axis(node, value, len(before))
+        return moved if moved is not None else self.pinned_output(node, f"{name} of split channels")
+
+    def repeated(self, node: fx.Node, value: Flow | Split, ndim: int) -> Any:
+        """``repeat_interleave`` along tracked channels (key/value heads shared by groups of
+        query heads): each copy is the channel it copies."""
+        repeats = node.args[1] if len(node.args) > 1 else node.kwargs.get("repeats")
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+        dims, slots = split_flow.as_axes(value)
+        if not isinstance(repeats, int) or dim is None:
+            return None
+        if dim % ndim not in dims:
+            return value
+        return split_flow.from_axes(dims, np.repeat(slots, repeats, dims.index(dim % ndim)))
+
+    def split_over_axis(self, node: fx.Node, split: Split, ndim: int) -> Any:
+        """Reductions, softmax, unbind and indexing across some dimensions of a split."""
+        name = _name(node)
+        if name == "getitem":
+            index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+            if any(i is Ellipsis or i is None for i in index):
+                return None
+            picked = {d: i for d, i in enumerate(index) if isinstance(i, int)}
+            if any(not isinstance(i, (int, slice)) or (isinstance(i, slice) and i != slice(None)
+                   and d in split.dims) for d, i in enumerate(index)):  # fmt: skip
+                return None
+        else:
+            dims = _dims_arg(node, ndim) if name != "unbind" else {
+                (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % ndim
+            }  # fmt: skip
+            if dims is None:
+                return None
+            picked = dict.fromkeys(dims, 0)
+        dims, slots = split.dims, split.slots
+        if name in ("softmax", "log_softmax"):  # each output reads the whole axis
+            for d in set(picked) & set(dims):
+                split_flow.without_axis(self.uf, dims, slots, dims.index(d))
+            return split
+        if name == "unbind" and set(picked) & set(dims):
+            axis = dims.index(next(iter(picked)))
+            rest = tuple(x - (x > dims[axis]) for x in dims[:axis] + dims[axis + 1 :])
+            return [split_flow.from_axes(rest, np.take(slots, i, axis)) for i in range(
+                slots.shape[axis])]  # fmt: skip
+        keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        for d in sorted(set(picked) & set(dims), reverse=True):
+            axis = dims.index(d)
+            if name == "getitem":
+                dims, slots = dims[:axis] + dims[axis + 1 :], np.take(slots, picked[d], axis)
+            else:
+                dims, slots = split_flow.without_axis(self.uf, dims, slots, axis)
+        if name != "getitem" and keepdim:
+            return split_flow.from_axes(dims, slots)
+        shifted = tuple(d - sum(p < d for p in picked) for d in dims)
+        moved = split_flow.from_axes(shifted, slots)
+        return _SameForEveryPart(moved) if name == "unbind" else moved
+
+    def elementwise_split(self, node: fx.Node) -> Any:
+        out = node_shape(node)
+        items = []
+        for arg in node.args:
+            shape = node_shape(arg)
+            if shape is None or out is None:
+                continue
+            value = self.flows.get(arg)
+            if not isinstance(value, (Flow, Split)):
+                if math.prod(shape) > 1:
+                    return None  # an untracked tensor along the split channels
+                continue
+            dims, slots = split_flow.as_axes(value)
+            offset = len(out) - len(shape)
+            for axis in reversed(range(len(dims))):  # broadcast axes carry no channel
+                if slots.shape[axis] == 1 and out[dims[axis] + offset] > 1:
+                    dims, slots = dims[:axis] + dims[axis + 1 :], np.take(slots, 0, axis)
+            if dims:
+                items.append((tuple(d + offset for d in dims), slots))
+        joined = split_flow.broadcast_union(self.uf, items) if items else None
+        return split_flow.from_axes(*joined) if joined is not None else None
 
     # -- rules --------------------------------------------------------------------------
     def elementwise(self, node: fx.Node) -> Any:
@@ -385,12 +558,62 @@ class ChannelTracer:
             return flow
         if flow.dim > end:
             return Flow(flow.dim - (end - start), flow.slots)
-        if flow.dim == start:
-            repeat = math.prod(shape[start + 1 : end + 1])
-            return Flow(start, [s for s in flow.slots for _ in range(repeat)])
-        return self.pinned_output(node, "flatten that interleaves the channels")
+        # the merged dimension holds each channel at every position of the others (in
+        # row-major order): the layer reading it has that many columns per channel
+        sizes = [1] * (end - start + 1)
+        sizes[flow.dim - start] = len(flow.slots)
+        laid = np.asarray(flow.slots, dtype=np.int64).reshape(sizes)
+        return Flow(start, np.broadcast_to(laid, shape[start : end + 1]).reshape(-1).tolist())
+
+    def size_read(self, node: fx.Node) -> Any:
+        """``x.shape``, ``x.size(d)`` and their items: a size read from the channels is a
+        :class:`_SizeOf` them, so that a reshape to that size keeps the count in step."""
+        name, args = _name(node), node.args
+        source = self.flows.get(args[0]) if args and isinstance(args[0], fx.Node) else None
+        if (name == "getattr" and args[1:] == ("shape",)) or (name == "size" and len(args) == 1):
+            return _Sizes(source) if isinstance(source, Flow) else None
+        if name == "size" and len(args) == 2 and isinstance(source, Flow):
+            shape = node_shape(args[0])
+            return _SizeOf(source.slots) if shape and args[1] % len(shape) == source.dim else None
+        if name == "getitem" and isinstance(source, _Sizes) and isinstance(args[1], int):
+            shape = node_shape(args[0].args[0])
+            at = args[1] % len(shape) if shape else None
+            return _SizeOf(source.flow.slots) if at == source.flow.dim else None
+        reads = [self.flows.get(a) for a in node_args(node)]
+        reads = [r for r in reads if isinstance(r, _SizeOf)]
+        if reads:  # arithmetic on a size read (C // heads): it still depends on the channels
+            return _SizeOf([slot for r in reads for slot in r.slots], exact=False)
+        return None
 
     def reshape(self, node: fx.Node) -> Any:
+        return self.sized(node, self.reshaped(node))
+
+    def sized(self, node: fx.Node, result: Any) -> Any:
+        """A reshape to sizes read from channels elsewhere (``reshape(B, N, C)`` with
+        ``C = x.shape[2]``): the output's dimension must keep as many channels as those, so
+        they are one channel position by position; where it does not track channels, the
+        channels read must stay."""
+        sizes = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
+            else node.args[1:]  # fmt: skip
+        for at, size in enumerate(sizes):
+            if isinstance(size, int) and size >= 0:  # a constant: an attribute may hold it
+                if isinstance(result, Flow) and result.dim == at:
+                    self.fix(node, (size,), [result.slots])
+                elif isinstance(result, Split) and at in result.dims:
+                    self.fix(node, (size,), [(result, result.dims.index(at))])
+                continue
+            read = self.flows.get(size) if isinstance(size, fx.Node) else None
+            if not isinstance(read, _SizeOf):
+                continue
+            kept = isinstance(result, Flow) and result.dim == at and read.exact
+            if kept and len(result.slots) == len(read.slots):
+                for a, b in zip(read.slots, result.slots):
+                    self.uf.union(a, b)
+            else:
+                self.pinned.update(read.slots)
+        return result
+
+    def reshaped(self, node: fx.Node) -> Any:
         flow, before, after = (
             self.flows.get(node.args[0]),
             node_shape(node.args[0]),
@@ -401,25 +624,24 @@ class ChannelTracer:
         d = flow.dim
         if before[: d + 1] == after[: d + 1]:
             return flow
+        # the channel dimension kept whole: same size, same product of sizes before it
+        moved = [j for j in range(len(after)) if after[j] == before[d]
+                 and math.prod(after[:j]) == math.prod(before[:d])]  # fmt: skip
+        if moved:
+            return Flow(moved[0], flow.slots)
         if before[:d] == after[:d] and len(after) == d + 1:
             return self.flatten(node, d, -1)
+        split = split_flow.split_by_reshape(flow, before, after)
+        if split is not None and not self.pin_fixed:
+            self.splits.append((node, split))
+            return split
         return self.pinned_output(node, "reshape that moves the channels")
 
     def permute(self, node: fx.Node) -> Any:
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
         if not isinstance(flow, Flow) or shape is None:
             return self.pinned_output(node, "permute of an untracked tensor")
-        dims = [a for a in node.args[1:]] or list(node.kwargs.values())
-        if _name(node) == "transpose":
-            a, b = (int(x) % len(shape) for x in dims[:2])
-            order = list(range(len(shape)))
-            order[a], order[b] = order[b], order[a]
-        else:
-            order = [
-                int(x) % len(shape)
-                for x in (dims[0] if isinstance(dims[0], (list, tuple)) else dims)
-            ]
-        return Flow(order.index(flow.dim), flow.slots)
+        return Flow(_order(node, len(shape)).index(flow.dim), flow.slots)
 
     def squeeze(self, node: fx.Node) -> Any:
         """Dimensions of size one come and go; the channels keep their place among the rest."""
@@ -501,16 +723,71 @@ class ChannelTracer:
         if dim % len(shape) != flow.dim:
             return _SameForEveryPart(flow)  # a split along another dimension keeps the channels
         n = len(flow.slots)
-        if node.target in (torch.chunk, "chunk"):
-            step = math.ceil(n / size)
-            sizes = [min(step, n - i) for i in range(0, n, step)]
-        else:
-            sizes = list(size) if isinstance(size, (list, tuple)) else [size] * math.ceil(n / size)
+        chunk = _name(node) == "chunk"
+        if chunk and n % size:
+            return self.pinned_output(node, "chunks of unequal sizes")
+        if chunk or (isinstance(size, int) and n % size == 0):
+            # equal parts stay equal after a cut only if every part loses the same positions:
+            # position i of each part is one channel
+            step = n // size if chunk else size
+            parts = [flow.slots[i : i + step] for i in range(0, n, step)]
+            for part in parts[1:]:
+                for a, b in zip(parts[0], part):
+                    self.uf.union(a, b)
+            if not chunk:  # the size is a constant of the model's code
+                self.fix(node, (size,), [parts[0]])
+            return [Flow(flow.dim, part) for part in parts]
+        if not isinstance(size, (list, tuple)) or not all(isinstance(x, int) for x in size):
+            return self.pinned_output(node, "split into parts of unequal sizes")
         parts, start = [], 0
-        for s in sizes:
-            parts.append(Flow(flow.dim, flow.slots[start : start + s]))
-            start += s
-        return parts
+        for part_size in size:
+            parts.append(flow.slots[start : start + part_size])
+            start += part_size
+        self.fix(node, tuple(size), parts)  # a list attribute of the sizes, or one per part
+        for part_size, part in zip(size, parts):
+            self.fix(node, (part_size,), [part])
+        return [Flow(flow.dim, part) for part in parts]
+
+    def unbind(self, node: fx.Node) -> Any:
+        flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if isinstance(flow, Flow) and shape is not None and dim % len(shape) != flow.dim:
+            return _SameForEveryPart(Flow(flow.dim - (dim % len(shape) < flow.dim), flow.slots))
+        return self.pinned_output(node, "unbind of the channels")
+
+    def stack(self, node: fx.Node) -> Any:
+        """Stacked tensors line up channel by channel, as in an element-wise operation."""
+        tensors = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        flows = [self.flows.get(t) for t in tensors]
+        shape = node_shape(node)
+        if shape is None or not flows or not all(isinstance(f, Flow) for f in flows):
+            return self.pinned_output(node, "stack with an untracked tensor")
+        if any(f.dim != flows[0].dim or len(f.slots) != len(flows[0].slots) for f in flows):
+            return self.pinned_output(node, "stack of different channels")
+        for f in flows[1:]:
+            for a, b in zip(flows[0].slots, f.slots):
+                self.uf.union(a, b)
+        dim %= len(shape)
+        return Flow(flows[0].dim + (dim <= flows[0].dim), flows[0].slots)
+
+    def roll(self, node: fx.Node) -> Any:
+        """Shifting along other dimensions (Swin's shifted windows) keeps the channels."""
+        flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
+        dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims")
+        dims = dims if isinstance(dims, (list, tuple)) else [dims]
+        if isinstance(flow, Flow) and shape and None not in dims and flow.dim not in {
+            d % len(shape) for d in dims
+        }:
+            return flow
+        return self.pinned_output(node, "roll along the channels")
+
+    def softmax(self, node: fx.Node) -> Any:
+        flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if isinstance(flow, Flow) and shape and dim is not None and dim % len(shape) != flow.dim:
+            return flow
+        return self.pinned_output(node, "softmax over the channels")
 
     def getitem(self, node: fx.Node) -> Any:
         source, index = self.flows.get(node.args[0]), node.args[1]
@@ -571,11 +848,45 @@ class _SameForEveryPart:
     flow: Flow
 
 
+@dataclass(frozen=True)
+class _Sizes:
+    """``x.shape`` of a tensor whose channels are ``flow``."""
+
+    flow: Flow
+
+
+@dataclass(frozen=True)
+class _SizeOf:
+    """An int read from the size of a dimension that holds these channel slots (``exact``),
+    or computed from such sizes."""
+
+    slots: list[int]
+    exact: bool = True
+
+
 def _flatten_dims(node: fx.Node) -> tuple[int, int]:
     args = list(node.args[1:])
     start = args[0] if args else node.kwargs.get("start_dim", 0)
     end = args[1] if len(args) > 1 else node.kwargs.get("end_dim", -1)
     return int(start), int(end)
+
+
+def _order(node: fx.Node, ndim: int) -> list[int]:
+    """Where each dimension comes from after a permute or transpose."""
+    dims = list(node.args[1:]) or list(node.kwargs.values())
+    if _name(node) == "transpose":
+        a, b = (int(x) % ndim for x in dims[:2])
+        order = list(range(ndim))
+        order[a], order[b] = order[b], order[a]
+        return order
+    return [int(x) % ndim for x in (dims[0] if isinstance(dims[0], (list, tuple)) else dims)]
+
+
+def _dims_arg(node: fx.Node, ndim: int) -> set[int] | None:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dims is None:
+        return None
+    return {int(x) % ndim for x in (dims if isinstance(dims, (list, tuple)) else [dims])}
 
 
 def _holds_tensor(value: Any) -> bool:

@@ -157,6 +157,13 @@ def _norm_last(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, f
     return flow
 
 
+def _softmax(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    shape = node_shape(node)
+    if shape is not None and module.dim is not None and module.dim % len(shape) != flow.dim:
+        return flow
+    return t.pinned_output(node, "softmax over the channels")
+
+
 MODULE_RULES: dict[type, Callable[..., Any]] = {
     **{c: _conv for c in _CONVS},
     **{c: _conv_transpose for c in _CONV_TRANSPOSES},
@@ -168,6 +175,7 @@ MODULE_RULES: dict[type, Callable[..., Any]] = {
     nn.MultiheadAttention: _attention,
     nn.Embedding: _embedding,
     nn.LayerNorm: _norm_last,
+    nn.Softmax: _softmax,
     nn.RMSNorm: _norm_last,
     **{
         c: _transformer_layers

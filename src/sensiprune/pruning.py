@@ -13,7 +13,7 @@ from . import structured as structured_pruning
 from .criteria.channel import GroupLossChange
 from .criteria.obs import OptimalBrainSurgeon
 from .data import Batch, LossFn, as_batches, default_loss
-from .errors import SensipruneError
+from .errors import CutRefused, SensipruneError
 from .graph import DependencyGraph, Group
 from .schedule import geometric_sparsity, sparsity_at
 from .selection import Sparsity
@@ -308,50 +308,62 @@ def _prune_structured(
     query_heads = adapters.QUERY_HEADS in kinds
     if example_inputs is None and data is not None:  # the first batch stands in: read it once
         data = as_batches(data)
-    graph, inputs = structured_pruning.build(model, example_inputs, blocks, set(kinds), data)
-    named = set(sparsity) if isinstance(sparsity, Mapping) else set()
-    groups = candidate_groups(model, graph, ignore, named)
-    if named:  # a budget: only what it names is scored (measured criteria cost per group)
-        groups = [g for g in groups if g.producers & named] or groups
-    group_values = score_groups(
-        model, crit, groups, data, loss_fn, seed, scores, group_reduction, show_progress
-    )
-    if query_heads:  # every key/value group keeps as many query heads as the others
-        groups, group_values = adapters.pair_query_heads(blocks, groups, group_values)
-    distributed.broadcast_([group_values])  # rank 0 decides: every rank cuts the same
-    choice = (groups, group_values, scope, normalize, min_density, round_to)
-    removed = (
-        _choose_by_kind(choice, sparsity, kinds)
-        if kinds and scope == "global"
-        else structured_pruning.choose_groups(
-            groups, group_values, sparsity, scope, normalize, min_density, round_to
+    def attempt(pin_fixed: bool) -> PruneResult:
+        graph, inputs = structured_pruning.build(
+            model, example_inputs, blocks, set(kinds), data, pin_fixed
         )
-    )
-    params_before = sum(p.numel() for p in model.parameters())
-    before = {name: t.param.numel() for name, t in targets.items()}
-    kept_graph = replace(graph, groups=groups)
-    flops_after = structured_pruning.remove_groups(
-        model,
-        kept_graph,
-        removed,
-        inputs,
-        lambda: adapters.after_surgery(model, blocks),
-        adapters.bookkeepers(model, blocks),
-    )
-    after = {  # tied weights (a language model's head and embedding) under both names
-        name: p.numel() for name, p in model.named_parameters(remove_duplicate=False)
-    }
-    layers = tuple(masks.LayerSparsity(n, before[n], after[n]) for n in before)
-    return PruneResult(
-        crit.name,
-        "structured, " + _describe(sparsity, scope),
-        params_before,
-        sum(p.numel() for p in model.parameters()),
-        layers,
-        graph.flops,
-        flops_after,
-        _by_reason(graph.untouched),
-    )
+        named = set(sparsity) if isinstance(sparsity, Mapping) else set()
+        groups = candidate_groups(model, graph, ignore, named)
+        if named:  # a budget: only what it names is scored (measured criteria cost per group)
+            groups = [g for g in groups if g.producers & named] or groups
+        group_values = score_groups(
+            model, crit, groups, data, loss_fn, seed, scores, group_reduction, show_progress
+        )
+        if query_heads:  # every key/value group keeps as many query heads as the others
+            groups, group_values = adapters.pair_query_heads(blocks, groups, group_values)
+        distributed.broadcast_([group_values])  # rank 0 decides: every rank cuts the same
+        choice = (groups, group_values, scope, normalize, min_density, round_to)
+        removed = (
+            _choose_by_kind(choice, sparsity, kinds)
+            if kinds and scope == "global"
+            else structured_pruning.choose_groups(
+                groups, group_values, sparsity, scope, normalize, min_density, round_to
+            )
+        )
+        params_before = sum(p.numel() for p in model.parameters())
+        before = {name: t.param.numel() for name, t in targets.items()}
+        kept_graph = replace(graph, groups=groups)
+        flops_after = structured_pruning.remove_groups(
+            model,
+            kept_graph,
+            removed,
+            inputs,
+            lambda: adapters.after_surgery(model, blocks),
+            adapters.bookkeepers(model, blocks),
+        )
+        after = {  # tied weights (a language model's head and embedding) under both names
+            name: p.numel() for name, p in model.named_parameters(remove_duplicate=False)
+        }
+        layers = tuple(masks.LayerSparsity(n, before[n], after[n]) for n in before)
+        return PruneResult(
+            crit.name,
+            "structured, " + _describe(sparsity, scope),
+            params_before,
+            sum(p.numel() for p in model.parameters()),
+            layers,
+            graph.flops,
+            flops_after,
+            _by_reason(graph.untouched),
+        )
+
+    try:
+        return attempt(pin_fixed=False)
+    except CutRefused as refused:
+        if not refused.fixed:
+            raise
+        # sizes the model's code fixes did not follow the cut through its attributes: cut
+        # again with those channels kept
+        return attempt(pin_fixed=True)
 
 
 def _by_reason(untouched: Mapping[str, str], shown: int = 3) -> tuple[str, ...]:

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, surgery
+from . import adapters, counts, surgery
 from .channels import flat_members, indices_by_slice, role_kind
-from .errors import SensipruneError
+from .errors import CutRefused, SensipruneError
 from .graph import DependencyGraph, Group, build_graph
 from .inputs import example_arguments
 from .measure import counted_forward
@@ -245,6 +245,7 @@ def remove_groups(
 ) -> int:
     """Cut the chosen groups out of ``model`` in place; returns the FLOPs afterwards.
 
+    Sizes the model's code keeps in attributes follow the cut (see counts.py), and
     ``bookkeeping`` then brings the attributes the model's own code reads (head counts, a
     config) in step with the new shapes; it changes nothing but ``kept_in_step``. The pruned
     model is run once before returning; if it fails or its output shapes changed, every
@@ -253,6 +254,7 @@ def remove_groups(
     cut = indices_by_slice([graph.groups[g] for g in removed])
     modules = dict(model.named_modules())
     touched = [modules[layer] for layer in {layer for layer, _ in cut}] + list(kept_in_step)
+    touched += counts.holders(modules, graph.counts)
     saved = [(thing, _snapshot(thing)) for thing in touched]
     ties = surgery.tied_parameters(model)
     try:
@@ -262,19 +264,24 @@ def remove_groups(
             keep[indices] = False
             surgery.shrink(module, role, torch.from_numpy(np.flatnonzero(keep)))
         surgery.retie(ties)
+        counts.follow(modules, graph.counts, [graph.groups[g].number for g in removed])
         if bookkeeping is not None:
             bookkeeping()
-        flops, shapes = counted_forward(
-            model,
-            example_inputs,
-            "the model does not run after structured pruning; this is a bug in sensiprune's "
-            "dependency graph: please report it (the model was not modified)",
-            layers_only=graph.flops_in_layers_only,
-        )
+        try:
+            flops, shapes = counted_forward(
+                model,
+                example_inputs,
+                "the model does not run after structured pruning; this is a bug in sensiprune's "
+                "dependency graph: please report it (the model was not modified)",
+                layers_only=graph.flops_in_layers_only,
+            )
+        except SensipruneError as exc:
+            raise CutRefused(str(exc), graph.fixed) from exc.__cause__
         if shapes != graph.output_shapes:
-            raise SensipruneError(
+            raise CutRefused(
                 "structured pruning would change the output shape; this is a bug in "
-                "sensiprune's dependency graph: please report it (the model was not modified)"
+                "sensiprune's dependency graph: please report it (the model was not modified)",
+                graph.fixed,
             )
     except BaseException:
         for thing, state in saved:
@@ -301,6 +308,7 @@ def build(
     blocks: list[adapters.Block] | None = None,
     kinds: Collection[str] = (),
     data: Iterable[object] | None = None,
+    pin_fixed: bool = False,
 ) -> tuple[DependencyGraph, list[torch.Tensor]]:
     """Validate example_inputs at the edge (see inputs.example_arguments: without them, the
     first batch of ``data``) and build the dependency graph; ``blocks`` are the model's known
@@ -311,4 +319,4 @@ def build(
         blocks = adapters.find_blocks(model)  # known transformer layouts need no tracing
     if blocks:
         return adapters.build_graph(model, blocks, inputs, kinds), inputs
-    return build_graph(model, inputs), inputs
+    return build_graph(model, inputs, pin_fixed), inputs

@@ -1,0 +1,57 @@
+"""Channel counts that a model's own code keeps in attributes, brought in step with a cut.
+
+Model code passes sizes it stored at construction: ``x.split(self.splits, 1)``,
+``reshape(B, N, 3, self.num_heads, self.head_dim)``, ``F.conv2d(x, self.filt,
+groups=self.channels)``. Traced, each is a constant. The channel walk records, per constant,
+the module whose code ran it and the channel slots it counts (one per index: a channel, a
+head). After a cut, every int attribute of that module equal to the old value (or list
+attribute equal to the old values) gets the count of what was kept. The pruned model's check
+catches what this cannot know; the prune then starts again with such channels kept
+(``pin_fixed`` in graph.build_graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Count:
+    """Constant ``values`` in the code of ``module``: value i counts what is kept of
+    ``parts[i]``, the groups of its indices (-1: an index no group removes)."""
+
+    module: str
+    values: tuple[int, ...]
+    parts: tuple[np.ndarray, ...]
+
+    def kept(self, removed: np.ndarray) -> tuple[int, ...]:
+        return tuple(int((~np.isin(part, removed)).sum()) for part in self.parts)
+
+
+def follow(
+    modules: Mapping[str, nn.Module], counts: Sequence[Count], removed: Sequence[int]
+) -> None:
+    """Set the attributes that hold each count to what is kept of it."""
+    gone = np.asarray(sorted(removed), dtype=np.int64)
+    before = {name: dict(vars(module)) for name, module in modules.items()}  # read, not written
+    for count in counts:
+        kept = count.kept(gone)
+        module = modules.get(count.module)
+        if module is None or kept == count.values:
+            continue
+        for attr, value in before[count.module].items():
+            if attr.startswith("_") or attr == "training" or isinstance(value, bool):
+                continue
+            if len(kept) == 1 and isinstance(value, int) and value == count.values[0]:
+                setattr(module, attr, kept[0])
+            elif isinstance(value, (list, tuple)) and tuple(value) == count.values:
+                setattr(module, attr, type(value)(kept))
+
+
+def holders(modules: Mapping[str, nn.Module], counts: Sequence[Count]) -> list[nn.Module]:
+    """The modules :func:`follow` may change (to put back if the cut is refused)."""
+    return [modules[c.module] for c in counts if c.module in modules]

@@ -1,0 +1,165 @@
+"""Sizes a model's code keeps in attributes (head counts, split sizes, a ``groups``
+argument, a reshape's width) follow a structured cut; where they cannot, the prune starts
+again with those channels kept, and the model always runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sensiprune as sp
+
+
+class Attention(nn.Module):
+    """timm's layout: fused qkv reshaped with stored head counts, scaled dot-product
+    attention, and the heads merged back with a stored width."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.attn_dim = heads, dim // heads, dim
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, self.attn_dim))
+
+
+class GroupedQuery(nn.Module):
+    """Attention written out with matmuls, key/value heads shared by two query heads each,
+    and the merged width read from the input's shape."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, kv_heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.q = nn.Linear(dim, dim)
+        self.k, self.v = (nn.Linear(dim, kv_heads * self.head_dim) for _ in range(2))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+
+        def split(t: torch.Tensor, heads: int) -> torch.Tensor:
+            return t.view(batch, tokens, heads, self.head_dim).transpose(1, 2)
+
+        q = split(self.q(x), self.heads)
+        k, v = (
+            split(p(x), self.kv_heads).repeat_interleave(self.heads // self.kv_heads, dim=1)
+            for p in (self.k, self.v)
+        )
+        weights = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1)
+        return self.proj((weights @ v).transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__()
+        self.embed, self.norm, self.attn = nn.Linear(8, 32), nn.LayerNorm(32), attention
+        self.fc1, self.fc2, self.head = nn.Linear(32, 64), nn.Linear(64, 32), nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        x = x + self.attn(self.norm(x))
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("attention", [Attention, GroupedQuery])
+def test_whole_heads_are_cut_and_the_head_counts_follow(attention):
+    torch.manual_seed(0)
+    model, x = Block(attention()).eval(), torch.randn(2, 5, 8)
+    result = sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer",
+                      ignore=[model.head])  # fmt: skip
+    assert model(x).shape == (2, 3) and not result.untouched, result.untouched
+    attn = model.attn
+    heads = attn.num_heads if attention is Attention else attn.heads
+    assert heads == 2
+    if attention is Attention:
+        assert attn.attn_dim == 2 * attn.head_dim == attn.proj.in_features
+        assert attn.qkv.out_features == 3 * 2 * attn.head_dim
+    else:  # one key/value head left, with both of its query heads
+        assert attn.kv_heads == 1 and attn.k.out_features == attn.head_dim
+
+
+class MixedKernels(nn.Module):
+    """Channels split into a stored list of sizes, one convolution per part (MixNet), and a
+    blur whose ``groups`` is a stored channel count (tresnet's anti-aliasing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 24, 3, padding=1)
+        self.splits = [8, 16]
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c)
+                                   for c, k in zip(self.splits, (3, 5)))  # fmt: skip
+        self.channels = 24
+        self.register_buffer("blur", torch.ones(24, 1, 3, 3) / 9)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(self.stem(x), self.splits, dim=1)
+        x = torch.cat([conv(p) for conv, p in zip(self.convs, parts)], dim=1)
+        x = F.conv2d(x, self.blur, padding=1, groups=self.channels)
+        return self.head(x.mean((2, 3)))
+
+
+def test_split_sizes_and_groups_kept_in_attributes_follow_the_cut():
+    torch.manual_seed(0)
+    model, x = MixedKernels().eval(), torch.randn(2, 3, 8, 8)
+    sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer", ignore=[model.head])
+    assert model.splits == [c.out_channels for c in model.convs] and sum(model.splits) < 24
+    assert model.channels == model.blur.shape[0] == model.stem.out_channels == sum(model.splits)
+    assert model(x).shape == (2, 5)
+
+
+class HalfSplit(nn.Module):
+    """A split size computed from an attribute (CSPNet's ``expand_chs // 2``): nothing holds
+    the size itself, so the cut cannot follow it and those channels stay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand_chs = 16
+        self.conv = nn.Conv2d(3, 16, 1)
+        self.left, self.right = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.conv(x).split(self.expand_chs // 2, dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], 1).mean((2, 3)))
+
+
+def test_a_size_the_cut_cannot_follow_is_kept_and_the_rest_is_pruned():
+    torch.manual_seed(0)
+    model, x = HalfSplit().eval(), torch.randn(2, 3, 8, 8)
+    result = sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer",
+                      ignore=[model.head])  # fmt: skip
+    assert model.conv.out_channels == 16 and model.left.out_channels == 4
+    assert any("sizes fixed in the model's code" in item for item in result.untouched)
+    assert model(x).shape == (2, 5)
+
+
+class WidthFromInput(nn.Module):
+    """``reshape(B, N, C)`` with C read from the input: the attention output must keep as
+    many channels as the residual stream it is added to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.inner = nn.Linear(8, 16), nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        batch, tokens, channels = x.shape
+        y = self.inner(x).reshape(batch * tokens, channels).relu()
+        return self.head((x + y.reshape(batch, tokens, channels)).mean(1))
+
+
+def test_a_width_read_from_a_shape_keeps_both_sides_in_step():
+    torch.manual_seed(0)
+    model, x = WidthFromInput().eval(), torch.randn(2, 5, 8)
+    sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer", ignore=[model.head])
+    assert model.embed.out_features == model.inner.out_features == 8
+    assert model(x).shape == (2, 3)
