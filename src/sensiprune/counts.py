@@ -52,6 +52,19 @@ def follow(
                 setattr(module, attr, type(value)(kept))
 
 
+def held(module: nn.Module, values: tuple[int, ...]) -> bool:
+    """Whether an attribute of ``module`` holds these values, so that :func:`follow` can
+    bring it in step."""
+    for attr, value in vars(module).items():
+        if attr.startswith("_") or attr == "training" or isinstance(value, bool):
+            continue
+        if len(values) == 1 and isinstance(value, int) and value == values[0]:
+            return True
+        if isinstance(value, (list, tuple)) and tuple(value) == values:
+            return True
+    return False
+
+
 def holders(modules: Mapping[str, nn.Module], counts: Sequence[Count]) -> list[nn.Module]:
     """The modules :func:`follow` may change (to put back if the cut is refused)."""
     return [modules[c.module] for c in counts if c.module in modules]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from . import param_flow, split_flow
+from . import counts, param_flow, split_flow
 from .channels import (
     DependencyGraph,
     Flow,
@@ -213,6 +213,12 @@ class ChannelTracer:
                 self.pin(split)
                 self.untouched.setdefault(_describe(node), "channels split over dimensions "
                                           "that could not be cut as a whole")  # fmt: skip
+        for module, values, parts in self.fixed:
+            if any(isinstance(p, tuple) and split_flow.plane_axis(roots, p[0]) == p[1]
+                   for p in parts) and not counts.held(self.modules[module], values):  # fmt: skip
+                for split, _ in parts:
+                    self.pin(split)
+                self.untouched.setdefault(module or "the model", "sizes fixed in its code")
         groups = self.groups()
         fixed = len(self.splits) + len(self.fixed)
         return DependencyGraph(groups, self.untouched, counts=self.counts(roots), fixed=fixed)
@@ -239,14 +245,20 @@ class ChannelTracer:
     def fix(self, node: fx.Node, values: tuple[int, ...], parts: list) -> None:
         """Constants in the code that ran ``node`` count ``parts`` (slot lists, or (split,
         axis)): with ``pin_fixed`` those channels stay, else the counts follow the cut."""
-        if self.pin_fixed:
+        stack = node.meta.get("nn_module_stack") or {}
+        module = next(reversed(stack.values()))[0] if stack else ""
+        axis_only = all(isinstance(part, tuple) for part in parts)  # checked once cut (run)
+        if self.pin_fixed or not (axis_only or counts.held(self.modules[module], values)):
             for part in parts:
                 self.pin(part[0] if isinstance(part, tuple) else Flow(0, part))
             self.untouched.setdefault(_describe(node), "sizes fixed in the model's code")
             return
+        self.fixed.append((module, values, parts))
+
+    def holds(self, node: fx.Node, values: tuple[int, ...]) -> bool:
         stack = node.meta.get("nn_module_stack") or {}
         module = next(reversed(stack.values()))[0] if stack else ""
-        self.fixed.append((module, values, parts))
+        return counts.held(self.modules[module], values)
 
     def groups(self) -> list[Group]:
         """One group per class of merged slots that is not pinned and has a producer, in the
@@ -595,6 +607,8 @@ class ChannelTracer:
         channels read must stay."""
         sizes = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
             else node.args[1:]  # fmt: skip
+        source = self.flows.get(node.args[0])
+        source_slots = source.slots if isinstance(source, Flow) else None
         for at, size in enumerate(sizes):
             if isinstance(size, int) and size >= 0:  # a constant: an attribute may hold it
                 if isinstance(result, Flow) and result.dim == at:
@@ -603,14 +617,16 @@ class ChannelTracer:
                     self.fix(node, (size,), [(result, result.dims.index(at))])
                 continue
             read = self.flows.get(size) if isinstance(size, fx.Node) else None
-            if not isinstance(read, _SizeOf):
-                continue
+            if not isinstance(read, _SizeOf) or read.slots == source_slots:
+                continue  # a size computed from the reshaped tensor's own channels follows them
             kept = isinstance(result, Flow) and result.dim == at and read.exact
             if kept and len(result.slots) == len(read.slots):
                 for a, b in zip(read.slots, result.slots):
                     self.uf.union(a, b)
             else:
                 self.pinned.update(read.slots)
+                self.untouched.setdefault(_describe(node), "a reshape to a size computed from "
+                                          "the channels of another tensor")  # fmt: skip
         return result
 
     def reshaped(self, node: fx.Node) -> Any:
@@ -743,9 +759,11 @@ class ChannelTracer:
         for part_size in size:
             parts.append(flow.slots[start : start + part_size])
             start += part_size
-        self.fix(node, tuple(size), parts)  # a list attribute of the sizes, or one per part
-        for part_size, part in zip(size, parts):
-            self.fix(node, (part_size,), [part])
+        if self.holds(node, tuple(size)):  # a list attribute of the sizes
+            self.fix(node, tuple(size), parts)
+        else:  # or one attribute per part
+            for part_size, part in zip(size, parts):
+                self.fix(node, (part_size,), [part])
         return [Flow(flow.dim, part) for part in parts]
 
     def unbind(self, node: fx.Node) -> Any:
