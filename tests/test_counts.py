@@ -163,3 +163,34 @@ def test_a_width_read_from_a_shape_keeps_both_sides_in_step():
     sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer", ignore=[model.head])
     assert model.embed.out_features == model.inner.out_features == 8
     assert model(x).shape == (2, 3)
+
+
+class GhostScaled(nn.Module):
+    """Two halves concatenated and cut back to a stored width (GhostNet), a scale reshaped to
+    a stored shape (PoolFormer), and a LayerNorm over (C, H, W) as a one-group GroupNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary, self.cheap = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.out_chs, self.shape = 12, (12, 1, 1)
+        self.scale = nn.Parameter(torch.rand(12) + 0.5)
+        self.norm = nn.GroupNorm(1, 12)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.primary(x)
+        x = torch.cat([a, self.cheap(a)], dim=1)[:, : self.out_chs]
+        x = self.norm(x) * self.scale.view(self.shape)
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_stored_width_and_a_stored_shape_follow_the_cut():
+    torch.manual_seed(0)
+    model, x = GhostScaled().eval(), torch.randn(2, 3, 8, 8)
+    result = sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer",
+                      ignore=[model.head])  # fmt: skip
+    # the channels past the stored width are dropped by the model: those copies stay
+    assert model.primary.out_channels < 8 and model.cheap.out_channels == model.primary.out_channels
+    assert model.out_chs == model.norm.num_channels == model.scale.shape[0] < 12
+    assert model.shape == (model.out_chs, 1, 1)
+    assert model(x).shape == (2, 5) and not any("fixed" in u for u in result.untouched)

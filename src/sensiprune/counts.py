@@ -22,14 +22,18 @@ from torch import nn
 @dataclass(frozen=True)
 class Count:
     """Constant ``values`` in the code of ``module``: value i counts what is kept of
-    ``parts[i]``, the groups of its indices (-1: an index no group removes)."""
+    ``parts[i]``, the groups of its indices (-1: an index no group removes), or stays as it
+    is where ``parts[i]`` is None (the 1s of a ``(C, 1, 1)`` shape)."""
 
     module: str
     values: tuple[int, ...]
-    parts: tuple[np.ndarray, ...]
+    parts: tuple[np.ndarray | None, ...]
 
     def kept(self, removed: np.ndarray) -> tuple[int, ...]:
-        return tuple(int((~np.isin(part, removed)).sum()) for part in self.parts)
+        return tuple(
+            value if part is None else int((~np.isin(part, removed)).sum())
+            for value, part in zip(self.values, self.parts)
+        )
 
 
 def follow(

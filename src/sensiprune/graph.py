@@ -167,6 +167,8 @@ class ChannelTracer:
         self.pin_fixed = pin_fixed
         self.fixed: list[tuple[str, tuple[int, ...], list]] = []  # see fix()
         self.group_of_root = np.zeros(0, dtype=np.int64)
+        # a parameter dimension reshaped with constant sizes: (node, sizes, position)
+        self.param_shapes: dict[tuple[str, str, int], list[tuple[fx.Node, tuple, int]]] = {}
         self.modules = dict(model.named_modules())
         self.uf = UnionFind()
         self.pinned: set[int] = set()
@@ -237,8 +239,8 @@ class ChannelTracer:
                     part = part[:, 0].tolist()
                 slot_lists.append(part)
             else:
-                groups = tuple(self.group_of_root[roots[s]] if s else np.zeros(0, np.int64)
-                               for s in slot_lists)  # fmt: skip
+                groups = tuple(None if s is None else self.group_of_root[roots[s]] if s
+                               else np.zeros(0, np.int64) for s in slot_lists)  # fmt: skip
                 found.append(Count(module, values, groups))
         return found
 
@@ -250,7 +252,8 @@ class ChannelTracer:
         axis_only = all(isinstance(part, tuple) for part in parts)  # checked once cut (run)
         if self.pin_fixed or not (axis_only or counts.held(self.modules[module], values)):
             for part in parts:
-                self.pin(part[0] if isinstance(part, tuple) else Flow(0, part))
+                if part is not None:
+                    self.pin(part[0] if isinstance(part, tuple) else Flow(0, part))
             self.untouched.setdefault(_describe(node), "sizes fixed in the model's code")
             return
         self.fixed.append((module, values, parts))
@@ -353,7 +356,18 @@ class ChannelTracer:
         out = node_shape(node)
         if not inputs or out is None or any(shape is None for _, shape in inputs):
             return None
-        return param_flow.derive(_name(node), node.args, inputs, out)
+        derived = param_flow.derive(_name(node), node.args, inputs, out)
+        sizes = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
+            else node.args[1:]  # fmt: skip
+        if derived is not None and _name(node) in ("view", "reshape") and all(
+            isinstance(x, int) for x in sizes
+        ):  # ``self.scale.view(self.shape)``: the shape follows once the entries are cut
+            for source in derived.sources:
+                for at, pdim in enumerate(source.dims):
+                    if pdim is not None and at < len(sizes) and sizes[at] >= 0:
+                        key = (source.owner, source.attr, pdim)
+                        self.param_shapes.setdefault(key, []).append((node, tuple(sizes), at))
+        return derived
 
     def visit_function(self, node: fx.Node) -> Any:
         target = node.target
@@ -818,7 +832,33 @@ class ChannelTracer:
             moved = index_keeps_dim(source.dim, len(shape), index)
             if moved is not None:
                 return Flow(moved, source.slots)
+            head = self.leading_slice(node, source, index)
+            if head is not None:
+                return head
         return self.pinned_output(node, "indexing into the channels")
+
+    def leading_slice(self, node: fx.Node, flow: Flow, index: Any) -> Flow | None:
+        """``x[:, :n]`` keeps the first n channels (GhostNet's ``[:, :self.out_chs]``): the
+        channels after them stay, and n follows the cut like any size kept in code."""
+        items = list(index) if isinstance(index, tuple) else [index]
+        if Ellipsis in items or None in items or len(items) <= flow.dim:
+            return None
+        item = items[flow.dim]
+        before = [i for i in items[: flow.dim] if not isinstance(i, slice)]
+        if before or not isinstance(item, slice) or item.start not in (None, 0):
+            return None
+        if item.step not in (None, 1) or not isinstance(item.stop, (int, type(None))):
+            return None
+        rest = (*items[: flow.dim], slice(None), *items[flow.dim + 1 :])
+        moved = index_keeps_dim(flow.dim, len(node_shape(node.args[0])), rest)
+        if moved is None:
+            return None
+        stop = len(flow.slots) if item.stop is None else item.stop
+        if stop >= len(flow.slots):
+            return Flow(moved, flow.slots)
+        self.pin(Flow(0, flow.slots[stop:]))
+        self.fix(node, (stop,), [flow.slots[:stop]])
+        return Flow(moved, flow.slots[:stop])
 
     # -- members ------------------------------------------------------------------------
     def producer(self, layer: str, n: int, pinned: bool = False, role: str = "out") -> list[int]:
@@ -852,6 +892,9 @@ class ChannelTracer:
         for source, pdim in getattr(value, "along", lambda _: [])(dim):
             if source not in skip:
                 self.channelwise(source.owner, flow.slots, param_role("channel", source.attr, pdim))
+                for node, sizes, at in self.param_shapes.get((source.owner, source.attr, pdim), []):
+                    parts = [flow.slots if i == at else None for i in range(len(sizes))]
+                    self.fix(node, sizes, parts)
 
     def whole_groups(self, layer: str, blocks: list[list[int]]) -> None:
         """The channels of each block are one unit: group k of a grouped conv or GroupNorm."""

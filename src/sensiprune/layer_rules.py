@@ -133,10 +133,15 @@ def _batchnorm(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, f
 
 def _groupnorm(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
     """Statistics are shared within a group: only whole groups can go without changing the
-    others, so a group's channels are one unit and every group keeps its width."""
+    others, so a group's channels are one unit and every group keeps its width. With one
+    group (PoolFormer's LayerNorm over C, H, W) channels go one by one, as under a
+    LayerNorm."""
     flow = t.along(flow, 1, module.num_channels)
     if flow is None or not module.affine:
         return t.pinned_output(node, "GroupNorm without affine weights or over moved channels")
+    if module.num_groups == 1:  # a LayerNorm over (C, H, W): channels go one by one
+        t.channelwise(layer, flow.slots)
+        return flow
     width = module.num_channels // module.num_groups
     t.whole_groups(layer, [flow.slots[k : k + width] for k in range(0, len(flow.slots), width)])
     return flow

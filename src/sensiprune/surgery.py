@@ -110,7 +110,10 @@ def _groupnorm_sizes(module: nn.Module, keep: list[int]) -> None:
     module.num_channels = module.weight.shape[0]  # affine: layer_rules pins GroupNorm without
 
 
-_GROUPNORM = {"group": Layout(_groupnorm_group, ("num_groups",), _groupnorm_sizes)}
+_GROUPNORM = {
+    "group": Layout(_groupnorm_group, ("num_groups",), _groupnorm_sizes),
+    "channel": Layout(_fixed(Cut("weight", 0), Cut("bias", 0)), ("num_channels",)),
+}
 _CONV_TRANSPOSE = {  # weight is (in, out / groups, *kernel)
     "out": Layout(_fixed(Cut("weight", 1), Cut("bias", 0)), ("out_channels",)),
     "in": Layout(_fixed(Cut("weight", 0)), ("in_channels",)),
