@@ -32,6 +32,13 @@ class Split:
         return self.slots.reshape(-1).tolist()
 
 
+@dataclass(frozen=True)
+class SameForEveryPart:
+    """Every part of a split along another dimension carries these channels."""
+
+    flow: Flow
+
+
 PRODUCING_ROLES = ("out", "hidden", "head")
 _PRODUCING = frozenset(PRODUCING_ROLES)
 

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from . import counts, param_flow, split_flow
+from . import counts, param_flow, split_flow, split_rules
 from .channels import (
     DependencyGraph,
     Flow,
     Group,
     Member,
     MemberTable,
+    SameForEveryPart,
     Split,
     UnionFind,
     flows_in,
@@ -46,51 +47,21 @@ from .function_rules import FUNCTION_RULES
 from .layer_rules import rule_for
 from .measure import TotalFlops, countable_by_shape, layer_flops
 from .modes import eval_mode
+from .operators import (
+    ELEMENTWISE,
+    ELEMENTWISE_METHODS,
+    FLOP_FREE_FUNCTIONS,
+    FLOP_FREE_METHODS,
+    PASS_FUNCTIONS,
+    PASS_METHODS,
+    PASS_MODULES,
+    name_of,
+    order_of,
+)
 from .surgery import param_role
 from .tracing import trace
 
 __all__ = ["DependencyGraph", "Flow", "Group", "Member", "build_graph", "tensor_shapes"]
-
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.PReLU, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
-    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-)  # fmt: skip
-_PASS_FUNCTIONS = {
-    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish,
-    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh,
-    F.softplus, F.dropout, F.dropout2d, torch.clamp, torch.abs, torch.exp, torch.neg,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, operator.neg,
-}  # fmt: skip
-_PASS_METHODS = {
-    "relu", "sigmoid", "tanh", "clamp", "abs", "exp", "neg", "contiguous", "clone", "detach",
-    "float", "to", "type_as", "relu_", "sigmoid_",
-}  # fmt: skip
-_ELEMENTWISE = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
-    torch.add, torch.sub, torch.mul, torch.div,
-}  # fmt: skip
-_ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
-_RESHAPING_FUNCTIONS = {
-    torch.flatten, torch.cat, torch.concat, operator.getitem, torch.split, torch.chunk,
-    torch.squeeze, torch.unsqueeze,
-}  # fmt: skip
-_RESHAPING_METHODS = {
-    "size", "dim", "numel", "flatten", "view", "reshape", "permute", "transpose", "mean", "sum",
-    "amax", "split", "chunk", "squeeze", "unsqueeze",
-}  # fmt: skip
-_SPLIT_RESHAPES = {
-    "view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "unflatten",
-}  # fmt: skip
-# what the walk understands moves channels without multiplying them: it has no FLOPs to count
-_FLOP_FREE_FUNCTIONS = _PASS_FUNCTIONS | _ELEMENTWISE | _RESHAPING_FUNCTIONS
-_FLOP_FREE_METHODS = _PASS_METHODS | _ELEMENTWISE_METHODS | _RESHAPING_METHODS
 
 
 def build_graph(
@@ -149,13 +120,13 @@ class ShapeRecorder(fx.Interpreter):
             return module(*args, **kwargs)
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        if target in _FLOP_FREE_FUNCTIONS:
+        if target in FLOP_FREE_FUNCTIONS:
             return target(*args, **kwargs)
         with self.counter:
             return target(*args, **kwargs)
 
     def call_method(self, target: str, args: tuple, kwargs: dict) -> Any:
-        if target in _FLOP_FREE_METHODS:
+        if target in FLOP_FREE_METHODS:
             return getattr(args[0], target)(*args[1:], **kwargs)
         with self.counter:
             return getattr(args[0], target)(*args[1:], **kwargs)
@@ -339,7 +310,7 @@ class ChannelTracer:
 
     def visit_module(self, node: fx.Node, module: nn.Module) -> Any:
         flow = self.flows.get(node.args[0]) if node.args else None
-        if isinstance(module, _PASS_MODULES):
+        if isinstance(module, PASS_MODULES):
             return flow
         handler = rule_for(module)
         if handler is None or not isinstance(flow, Flow):
@@ -356,11 +327,13 @@ class ChannelTracer:
         out = node_shape(node)
         if not inputs or out is None or any(shape is None for _, shape in inputs):
             return None
-        derived = param_flow.derive(_name(node), node.args, inputs, out)
+        derived = param_flow.derive(name_of(node), node.args, inputs, out)
         sizes = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
             else node.args[1:]  # fmt: skip
-        if derived is not None and _name(node) in ("view", "reshape") and all(
-            isinstance(x, int) for x in sizes
+        if (
+            derived is not None
+            and name_of(node) in ("view", "reshape")
+            and all(isinstance(x, int) for x in sizes)
         ):  # ``self.scale.view(self.shape)``: the shape follows once the entries are cut
             for source in derived.sources:
                 for at, pdim in enumerate(source.dims):
@@ -378,10 +351,10 @@ class ChannelTracer:
         if derived is not None:
             return derived
         if any(isinstance(self.flows.get(a), Split) for a in node_args(node)):
-            return self.visit_split(node)
-        if target in _PASS_FUNCTIONS:
+            return split_rules.visit(self, node)
+        if target in PASS_FUNCTIONS:
             return self.flows.get(node.args[0])
-        if target in _ELEMENTWISE:
+        if target in ELEMENTWISE:
             return self.elementwise(node)
         if target is torch.flatten:
             return self.flatten(node, *_flatten_dims(node))
@@ -418,10 +391,10 @@ class ChannelTracer:
         if derived is not None:
             return derived
         if any(isinstance(self.flows.get(a), Split) for a in node_args(node)):
-            return self.visit_split(node)
-        if name in _PASS_METHODS:
+            return split_rules.visit(self, node)
+        if name in PASS_METHODS:
             return self.flows.get(node.args[0])
-        if name in _ELEMENTWISE_METHODS:
+        if name in ELEMENTWISE_METHODS:
             return self.elementwise(node)
         if name in ("size", "dim", "numel"):
             return None
@@ -441,109 +414,14 @@ class ChannelTracer:
             return self.softmax(node)
         if name == "repeat_interleave" and isinstance(self.flows.get(node.args[0]), Flow):
             shape = node_shape(node.args[0])
-            moved = self.repeated(node, self.flows[node.args[0]], len(shape)) if shape else None
+            flow = self.flows[node.args[0]]
+            moved = split_rules.repeated(node, flow, len(shape)) if shape else None
             return moved if moved is not None else self.pinned_output(node, "repeat of channels")
         if name == "unbind":
             return self.unbind(node)
         if name == "roll":
             return self.roll(node)
         return self.pinned_output(node, f"tensor.{name} is not understood")
-
-    def visit_split(self, node: fx.Node) -> Any:
-        """An operation on channels spread over several dimensions (see split_flow)."""
-        name, first = _name(node), node.args[0] if node.args else None
-        value, before, after = self.flows.get(first), node_shape(first), node_shape(node)
-        moved: Any = None
-        if node.target in _ELEMENTWISE or node.target in _ELEMENTWISE_METHODS:
-            moved = self.elementwise_split(node)
-        elif not isinstance(value, Split) or before is None:
-            moved = None
-        elif node.target in _PASS_FUNCTIONS or node.target in _PASS_METHODS:
-            moved = value
-        elif name in _SPLIT_RESHAPES and after is not None:
-            moved = self.sized(node, split_flow.reshaped(value, before, after))
-        elif name in ("permute", "transpose"):
-            moved = split_flow.permuted(value, _order(node, len(before)))
-        elif name == "repeat_interleave":
-            moved = self.repeated(node, value, len(before))
-        elif name in ("mean", "sum", "amax", "softmax", "log_softmax", "unbind", "getitem"):
-            moved = self.split_over_axis(node, value, len(before))
-        return moved if moved is not None else self.pinned_output(node, f"{name} of split channels")
-
-    def repeated(self, node: fx.Node, value: Flow | Split, ndim: int) -> Any:
-        """``repeat_interleave`` along tracked channels (key/value heads shared by groups of
-        query heads): each copy is the channel it copies."""
-        repeats = node.args[1] if len(node.args) > 1 else node.kwargs.get("repeats")
-        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
-        dims, slots = split_flow.as_axes(value)
-        if not isinstance(repeats, int) or dim is None:
-            return None
-        if dim % ndim not in dims:
-            return value
-        return split_flow.from_axes(dims, np.repeat(slots, repeats, dims.index(dim % ndim)))
-
-    def split_over_axis(self, node: fx.Node, split: Split, ndim: int) -> Any:
-        """Reductions, softmax, unbind and indexing across some dimensions of a split."""
-        name = _name(node)
-        if name == "getitem":
-            index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-            if any(i is Ellipsis or i is None for i in index):
-                return None
-            picked = {d: i for d, i in enumerate(index) if isinstance(i, int)}
-            if any(not isinstance(i, (int, slice)) or (isinstance(i, slice) and i != slice(None)
-                   and d in split.dims) for d, i in enumerate(index)):  # fmt: skip
-                return None
-        else:
-            dims = _dims_arg(node, ndim) if name != "unbind" else {
-                (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % ndim
-            }  # fmt: skip
-            if dims is None:
-                return None
-            picked = dict.fromkeys(dims, 0)
-        dims, slots = split.dims, split.slots
-        if name in ("softmax", "log_softmax"):  # each output reads the whole axis
-            for d in set(picked) & set(dims):
-                split_flow.without_axis(self.uf, dims, slots, dims.index(d))
-            return split
-        if name == "unbind" and set(picked) & set(dims):
-            axis = dims.index(next(iter(picked)))
-            rest = tuple(x - (x > dims[axis]) for x in dims[:axis] + dims[axis + 1 :])
-            return [split_flow.from_axes(rest, np.take(slots, i, axis)) for i in range(
-                slots.shape[axis])]  # fmt: skip
-        keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-        for d in sorted(set(picked) & set(dims), reverse=True):
-            axis = dims.index(d)
-            if name == "getitem":
-                dims, slots = dims[:axis] + dims[axis + 1 :], np.take(slots, picked[d], axis)
-            else:
-                dims, slots = split_flow.without_axis(self.uf, dims, slots, axis)
-        if name != "getitem" and keepdim:
-            return split_flow.from_axes(dims, slots)
-        shifted = tuple(d - sum(p < d for p in picked) for d in dims)
-        moved = split_flow.from_axes(shifted, slots)
-        return _SameForEveryPart(moved) if name == "unbind" else moved
-
-    def elementwise_split(self, node: fx.Node) -> Any:
-        out = node_shape(node)
-        items = []
-        for arg in node.args:
-            shape = node_shape(arg)
-            if shape is None or out is None:
-                continue
-            value = self.flows.get(arg)
-            if not isinstance(value, (Flow, Split)):
-                if math.prod(shape) > 1:
-                    return None  # an untracked tensor along the split channels
-                continue
-            dims, slots = split_flow.as_axes(value)
-            offset = len(out) - len(shape)
-            for axis in reversed(range(len(dims))):  # broadcast axes carry no channel
-                if slots.shape[axis] == 1 and out[dims[axis] + offset] > 1:
-                    dims, slots = dims[:axis] + dims[axis + 1 :], np.take(slots, 0, axis)
-            if dims:
-                items.append((tuple(d + offset for d in dims), slots))
-        joined = split_flow.broadcast_union(self.uf, items) if items else None
-        return split_flow.from_axes(*joined) if joined is not None else None
 
     # -- rules --------------------------------------------------------------------------
     def elementwise(self, node: fx.Node) -> Any:
@@ -594,7 +472,7 @@ class ChannelTracer:
     def size_read(self, node: fx.Node) -> Any:
         """``x.shape``, ``x.size(d)`` and their items: a size read from the channels is a
         :class:`_SizeOf` them, so that a reshape to that size keeps the count in step."""
-        name, args = _name(node), node.args
+        name, args = name_of(node), node.args
         source = self.flows.get(args[0]) if args and isinstance(args[0], fx.Node) else None
         if (name == "getattr" and args[1:] == ("shape",)) or (name == "size" and len(args) == 1):
             return _Sizes(source) if isinstance(source, Flow) else None
@@ -671,7 +549,7 @@ class ChannelTracer:
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
         if not isinstance(flow, Flow) or shape is None:
             return self.pinned_output(node, "permute of an untracked tensor")
-        return Flow(_order(node, len(shape)).index(flow.dim), flow.slots)
+        return Flow(order_of(node, len(shape)).index(flow.dim), flow.slots)
 
     def squeeze(self, node: fx.Node) -> Any:
         """Dimensions of size one come and go; the channels keep their place among the rest."""
@@ -751,9 +629,9 @@ class ChannelTracer:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
         dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
         if dim % len(shape) != flow.dim:
-            return _SameForEveryPart(flow)  # a split along another dimension keeps the channels
+            return SameForEveryPart(flow)  # a split along another dimension keeps the channels
         n = len(flow.slots)
-        chunk = _name(node) == "chunk"
+        chunk = name_of(node) == "chunk"
         if chunk and n % size:
             return self.pinned_output(node, "chunks of unequal sizes")
         if chunk or (isinstance(size, int) and n % size == 0):
@@ -784,7 +662,7 @@ class ChannelTracer:
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if isinstance(flow, Flow) and shape is not None and dim % len(shape) != flow.dim:
-            return _SameForEveryPart(Flow(flow.dim - (dim % len(shape) < flow.dim), flow.slots))
+            return SameForEveryPart(Flow(flow.dim - (dim % len(shape) < flow.dim), flow.slots))
         return self.pinned_output(node, "unbind of the channels")
 
     def stack(self, node: fx.Node) -> Any:
@@ -808,9 +686,12 @@ class ChannelTracer:
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
         dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims")
         dims = dims if isinstance(dims, (list, tuple)) else [dims]
-        if isinstance(flow, Flow) and shape and None not in dims and flow.dim not in {
-            d % len(shape) for d in dims
-        }:
+        if (
+            isinstance(flow, Flow)
+            and shape
+            and None not in dims
+            and flow.dim not in {d % len(shape) for d in dims}
+        ):
             return flow
         return self.pinned_output(node, "roll along the channels")
 
@@ -823,7 +704,7 @@ class ChannelTracer:
 
     def getitem(self, node: fx.Node) -> Any:
         source, index = self.flows.get(node.args[0]), node.args[1]
-        if isinstance(source, _SameForEveryPart):
+        if isinstance(source, SameForEveryPart):
             return source.flow
         if isinstance(source, list) and isinstance(index, int):
             return source[index]
@@ -905,11 +786,6 @@ class ChannelTracer:
 
 
 @dataclass(frozen=True)
-class _SameForEveryPart:
-    flow: Flow
-
-
-@dataclass(frozen=True)
 class _Sizes:
     """``x.shape`` of a tensor whose channels are ``flow``."""
 
@@ -932,24 +808,6 @@ def _flatten_dims(node: fx.Node) -> tuple[int, int]:
     return int(start), int(end)
 
 
-def _order(node: fx.Node, ndim: int) -> list[int]:
-    """Where each dimension comes from after a permute or transpose."""
-    dims = list(node.args[1:]) or list(node.kwargs.values())
-    if _name(node) == "transpose":
-        a, b = (int(x) % ndim for x in dims[:2])
-        order = list(range(ndim))
-        order[a], order[b] = order[b], order[a]
-        return order
-    return [int(x) % ndim for x in (dims[0] if isinstance(dims[0], (list, tuple)) else dims)]
-
-
-def _dims_arg(node: fx.Node, ndim: int) -> set[int] | None:
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    if dims is None:
-        return None
-    return {int(x) % ndim for x in (dims if isinstance(dims, (list, tuple)) else [dims])}
-
-
 def _holds_tensor(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return True
@@ -958,10 +816,6 @@ def _holds_tensor(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_holds_tensor(v) for v in value.values())
     return False
-
-
-def _name(node: fx.Node) -> str:
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def _describe(node: fx.Node) -> str:

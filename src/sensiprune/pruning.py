@@ -308,6 +308,7 @@ def _prune_structured(
     query_heads = adapters.QUERY_HEADS in kinds
     if example_inputs is None and data is not None:  # the first batch stands in: read it once
         data = as_batches(data)
+
     def attempt(pin_fixed: bool) -> PruneResult:
         graph, inputs = structured_pruning.build(
             model, example_inputs, blocks, set(kinds), data, pin_fixed

@@ -30,9 +30,7 @@ def from_axes(dims: tuple[int, ...], slots: np.ndarray) -> Flow | Split:
     return Split(tuple(dims), slots)
 
 
-def split_by_reshape(
-    flow: Flow, before: tuple[int, ...], after: tuple[int, ...]
-) -> Split | None:
+def split_by_reshape(flow: Flow, before: tuple[int, ...], after: tuple[int, ...]) -> Split | None:
     """The flow after a reshape that splits its dimension into several consecutive ones,
     everything before it unchanged; None for any other reshape."""
     d = flow.dim
@@ -48,9 +46,7 @@ def split_by_reshape(
     return Split(tuple(range(d, end)), np.asarray(flow.slots, dtype=np.int64).reshape(sizes))
 
 
-def reshaped(
-    split: Split, before: tuple[int, ...], after: tuple[int, ...]
-) -> Flow | Split | None:
+def reshaped(split: Split, before: tuple[int, ...], after: tuple[int, ...]) -> Flow | Split | None:
     """A split through a reshape: each dimension kept as it is (same size, same product of
     sizes before it) moves along; split dimensions that sit together in order and merge into
     one become one flow again. None when the reshape mixes them with other dimensions."""

@@ -1,0 +1,73 @@
+"""Which torch functions and tensor methods the channel walk knows, by what they do to
+channels, and readers of an fx node's arguments that the rules share."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+PASS_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.PReLU, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
+    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+)  # fmt: skip
+PASS_FUNCTIONS = {
+    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish,
+    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh,
+    F.softplus, F.dropout, F.dropout2d, torch.clamp, torch.abs, torch.exp, torch.neg,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, operator.neg,
+}  # fmt: skip
+PASS_METHODS = {
+    "relu", "sigmoid", "tanh", "clamp", "abs", "exp", "neg", "contiguous", "clone", "detach",
+    "float", "to", "type_as", "relu_", "sigmoid_",
+}  # fmt: skip
+ELEMENTWISE = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
+    torch.add, torch.sub, torch.mul, torch.div,
+}  # fmt: skip
+ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+RESHAPING_FUNCTIONS = {
+    torch.flatten, torch.cat, torch.concat, operator.getitem, torch.split, torch.chunk,
+    torch.squeeze, torch.unsqueeze,
+}  # fmt: skip
+RESHAPING_METHODS = {
+    "size", "dim", "numel", "flatten", "view", "reshape", "permute", "transpose", "mean", "sum",
+    "amax", "split", "chunk", "squeeze", "unsqueeze",
+}  # fmt: skip
+SPLIT_RESHAPES = {
+    "view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "unflatten",
+}  # fmt: skip
+# what the walk understands moves channels without multiplying them: it has no FLOPs to count
+FLOP_FREE_FUNCTIONS = PASS_FUNCTIONS | ELEMENTWISE | RESHAPING_FUNCTIONS
+FLOP_FREE_METHODS = PASS_METHODS | ELEMENTWISE_METHODS | RESHAPING_METHODS
+
+
+def name_of(node: fx.Node) -> str:
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def order_of(node: fx.Node, ndim: int) -> list[int]:
+    """Where each dimension comes from after a permute or transpose."""
+    dims = list(node.args[1:]) or list(node.kwargs.values())
+    if name_of(node) == "transpose":
+        a, b = (int(x) % ndim for x in dims[:2])
+        order = list(range(ndim))
+        order[a], order[b] = order[b], order[a]
+        return order
+    return [int(x) % ndim for x in (dims[0] if isinstance(dims[0], (list, tuple)) else dims)]
+
+
+def dims_arg(node: fx.Node, ndim: int) -> set[int] | None:
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if dims is None:
+        return None
+    return {int(x) % ndim for x in (dims if isinstance(dims, (list, tuple)) else [dims])}
