@@ -194,3 +194,14 @@ def test_a_stored_width_and_a_stored_shape_follow_the_cut():
     assert model.out_chs == model.norm.num_channels == model.scale.shape[0] < 12
     assert model.shape == (model.out_chs, 1, 1)
     assert model(x).shape == (2, 5) and not any("fixed" in u for u in result.untouched)
+
+
+@pytest.mark.parametrize("make", [GhostScaled, lambda: Block(Attention())])
+def test_sizes_that_followed_the_cut_are_saved_and_loaded(make, tmp_path):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(2, 3, 8, 8) if isinstance(model, GhostScaled) else torch.randn(2, 5, 8)
+    sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer")
+    sp.save(model, tmp_path / "pruned")
+    loaded = sp.load(tmp_path / "pruned", make).eval()
+    torch.testing.assert_close(loaded(x), model(x))

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+SIZES = "sensiprune_sizes"  # the sizes set on a module, for sp.save
+_NOT_SIZES = ("training", SIZES)
+
 
 @dataclass(frozen=True)
 class Count:
@@ -48,19 +51,28 @@ def follow(
         if module is None or kept == count.values:
             continue
         for attr, value in before[count.module].items():
-            if attr.startswith("_") or attr == "training" or isinstance(value, bool):
+            if attr.startswith("_") or attr in _NOT_SIZES or isinstance(value, bool):
                 continue
             if len(kept) == 1 and isinstance(value, int) and value == count.values[0]:
-                setattr(module, attr, kept[0])
+                _set(module, attr, kept[0])
             elif isinstance(value, (list, tuple)) and tuple(value) == count.values:
-                setattr(module, attr, type(value)(kept))
+                _set(module, attr, type(value)(kept))
+
+
+def _set(module: nn.Module, attr: str, value: object) -> None:
+    """Set it, and note it in ``sensiprune_sizes``, which ``sp.save`` records and ``sp.load``
+    applies to a freshly built model."""
+    setattr(module, attr, value)
+    sizes = dict(getattr(module, SIZES, {}))
+    sizes[attr] = list(value) if isinstance(value, tuple) else value
+    setattr(module, SIZES, sizes)
 
 
 def held(module: nn.Module, values: tuple[int, ...]) -> bool:
     """Whether an attribute of ``module`` holds these values, so that :func:`follow` can
     bring it in step."""
     for attr, value in vars(module).items():
-        if attr.startswith("_") or attr == "training" or isinstance(value, bool):
+        if attr.startswith("_") or attr in _NOT_SIZES or isinstance(value, bool):
             continue
         if len(values) == 1 and isinstance(value, int) and value == values[0]:
             return True

@@ -23,6 +23,7 @@ from torch import nn
 from . import masks
 from .adapters import CONFIG_FIELDS, own_config
 from .atomic import atomic_directory
+from .counts import SIZES
 from .errors import SensipruneError
 from .surgery import refresh_loaded, retie, tied_parameters
 from .targets import Target
@@ -34,6 +35,7 @@ SHAPE_ATTRS = (
     "hidden_size", "input_size", "num_heads", "kept_heads", "embedding_dim", "num_groups",
     "num_channels", "num_attention_heads", "all_head_size", "nf", "nx", "split_size",
     "num_key_value_heads", "num_key_value_groups", "sensiprune_config", "normalized_shape",
+    "sensiprune_sizes",
 )  # fmt: skip
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "sensiprune.json"
@@ -155,6 +157,11 @@ def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) ->
         for attr, value in attrs.items():
             if attr == "sensiprune_config":
                 own_config(module, value)
+            elif attr == SIZES:  # sizes the module's own code reads (counts.py)
+                for name_, size in value.items():
+                    held = getattr(module, name_, None)
+                    setattr(module, name_, tuple(size) if isinstance(held, tuple) else size)
+                setattr(module, attr, value)
             elif attr != "kept_heads":
                 setattr(module, attr, value)
         for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
