@@ -313,9 +313,18 @@ class ChannelTracer:
         if isinstance(module, PASS_MODULES):
             return flow
         handler = rule_for(module)
+        shape = node_shape(node.args[0]) if node.args else None
+        if flow is None and shape is not None and len(shape) > 1:
+            # computed inside the model from no channels (a position encoding): its channels
+            # are fixed, like an input's, and the layer's outputs are free
+            flow = Flow(1, self.fresh(shape[1], pinned=True))
         if handler is None or not isinstance(flow, Flow):
             return self.pinned_output(node, f"{type(module).__name__} is not understood")
         return handler(self, node, str(node.target), module, flow)
+
+    def untracked(self, node: fx.Node) -> bool:
+        """Whether no argument carries channels or parameters: the result carries none."""
+        return all(self.flows.get(a) is None for a in node_args(node))
 
     def derived(self, node: fx.Node) -> Any:
         """The flow of an operation on parameters alone (a weight reshaped, scaled, expanded),
@@ -350,6 +359,8 @@ class ChannelTracer:
         derived = self.derived(node)
         if derived is not None:
             return derived
+        if self.untracked(node):
+            return None
         if any(isinstance(self.flows.get(a), Split) for a in node_args(node)):
             return split_rules.visit(self, node)
         if target in PASS_FUNCTIONS:
@@ -390,6 +401,8 @@ class ChannelTracer:
         derived = self.derived(node)
         if derived is not None:
             return derived
+        if self.untracked(node):
+            return None
         if any(isinstance(self.flows.get(a), Split) for a in node_args(node)):
             return split_rules.visit(self, node)
         if name in PASS_METHODS:
