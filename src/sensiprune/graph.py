@@ -447,7 +447,9 @@ class ChannelTracer:
         if out_shape is None or not tracked:
             return None
         # a tensor of size one along the tracked dimension (a mask, a scalar) is broadcast
-        tracked = [(d, s) for d, s in tracked if len(s) == out_shape[d]] or tracked
+        tracked = [(d, s) for d, s in tracked if len(s) == out_shape[d]]
+        if not tracked:  # the channels come from an operand that does not track them
+            return self.pinned_output(node, "element-wise with an untracked tensor")
         dim, slots = tracked[0]
         for other_dim, other in tracked[1:]:
             if other_dim != dim or len(other) != len(slots):
@@ -475,6 +477,8 @@ class ChannelTracer:
             return flow
         if flow.dim > end:
             return Flow(flow.dim - (end - start), flow.slots)
+        if len(flow.slots) != shape[flow.dim]:
+            return self.pinned_output(node, "flatten of channels tracked with another size")
         # the merged dimension holds each channel at every position of the others (in
         # row-major order): the layer reading it has that many columns per channel
         sizes = [1] * (end - start + 1)
