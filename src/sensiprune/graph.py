@@ -304,6 +304,16 @@ class ChannelTracer:
             return None
         if node.op == "call_module":
             return self.visit_module(node, self.modules[node.target])
+        rule = FUNCTION_RULES.get(node.target)
+        if rule is not None:
+            return rule(self, node)
+        derived = self.derived(node)
+        if derived is not None:
+            return derived
+        if self.untracked(node):
+            return None
+        if any(isinstance(self.flows.get(a), Split) for a in node_args(node)):
+            return split_rules.visit(self, node)
         if node.op == "call_function":
             return self.visit_function(node)
         return self.visit_method(node)
@@ -353,16 +363,6 @@ class ChannelTracer:
 
     def visit_function(self, node: fx.Node) -> Any:
         target = node.target
-        rule = FUNCTION_RULES.get(target)
-        if rule is not None:
-            return rule(self, node)
-        derived = self.derived(node)
-        if derived is not None:
-            return derived
-        if self.untracked(node):
-            return None
-        if any(isinstance(self.flows.get(a), Split) for a in node_args(node)):
-            return split_rules.visit(self, node)
         if target in PASS_FUNCTIONS:
             return self.flows.get(node.args[0])
         if target in ELEMENTWISE:
@@ -395,16 +395,6 @@ class ChannelTracer:
 
     def visit_method(self, node: fx.Node) -> Any:
         name = node.target
-        rule = FUNCTION_RULES.get(name)
-        if rule is not None:
-            return rule(self, node)
-        derived = self.derived(node)
-        if derived is not None:
-            return derived
-        if self.untracked(node):
-            return None
-        if any(isinstance(self.flows.get(a), Split) for a in node_args(node)):
-            return split_rules.visit(self, node)
         if name in PASS_METHODS:
             return self.flows.get(node.args[0])
         if name in ELEMENTWISE_METHODS:
