@@ -958,6 +958,7 @@ def main() -> None:
     logging.getLogger("sensiprune").setLevel(logging.ERROR)  # save_pretrained advice
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     started = time.perf_counter()
+    source = sensiprune_source()  # the code the rows come from: read before they run
     jobs: list[tuple[str, str, str, Callable]] = []
     if args.part in ("all", "timm"):
         import timm
@@ -990,7 +991,7 @@ def main() -> None:
         "date": str(datetime.date.today()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "threads": torch.get_num_threads(),
-        "source": sensiprune_source(),
+        "source": source,
         "quick": args.quick,
         "elapsed": time.perf_counter() - started,
     }
