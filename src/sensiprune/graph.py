@@ -55,8 +55,10 @@ from .operators import (
     PASS_FUNCTIONS,
     PASS_METHODS,
     PASS_MODULES,
+    module_of,
     name_of,
     order_of,
+    size_args,
 )
 from .surgery import param_role
 from .tracing import trace
@@ -218,8 +220,7 @@ class ChannelTracer:
     def fix(self, node: fx.Node, values: tuple[int, ...], parts: list) -> None:
         """Constants in the code that ran ``node`` count ``parts`` (slot lists, or (split,
         axis)): with ``pin_fixed`` those channels stay, else the counts follow the cut."""
-        stack = node.meta.get("nn_module_stack") or {}
-        module = next(reversed(stack.values()))[0] if stack else ""
+        module = module_of(node)
         axis_only = all(isinstance(part, tuple) for part in parts)  # checked once cut (run)
         if self.pin_fixed or not (axis_only or counts.held(self.modules[module], values)):
             for part in parts:
@@ -228,11 +229,6 @@ class ChannelTracer:
             self.untouched.setdefault(_describe(node), "sizes fixed in the model's code")
             return
         self.fixed.append((module, values, parts))
-
-    def holds(self, node: fx.Node, values: tuple[int, ...]) -> bool:
-        stack = node.meta.get("nn_module_stack") or {}
-        module = next(reversed(stack.values()))[0] if stack else ""
-        return counts.held(self.modules[module], values)
 
     def groups(self) -> list[Group]:
         """One group per class of merged slots that is not pinned and has a producer, in the
@@ -347,8 +343,7 @@ class ChannelTracer:
         if not inputs or out is None or any(shape is None for _, shape in inputs):
             return None
         derived = param_flow.derive(name_of(node), node.args, inputs, out)
-        sizes = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
-            else node.args[1:]  # fmt: skip
+        sizes = size_args(node)
         if (
             derived is not None
             and name_of(node) in ("view", "reshape")
@@ -504,8 +499,7 @@ class ChannelTracer:
         ``C = x.shape[2]``): the output's dimension must keep as many channels as those, so
         they are one channel position by position; where it does not track channels, the
         channels read must stay."""
-        sizes = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
-            else node.args[1:]  # fmt: skip
+        sizes = size_args(node)
         source = self.flows.get(node.args[0])
         source_slots = source.slots if isinstance(source, Flow) else None
         for at, size in enumerate(sizes):
@@ -658,7 +652,7 @@ class ChannelTracer:
         for part_size in size:
             parts.append(flow.slots[start : start + part_size])
             start += part_size
-        if self.holds(node, tuple(size)):  # a list attribute of the sizes
+        if counts.held(self.modules[module_of(node)], tuple(size)):  # a list attribute
             self.fix(node, tuple(size), parts)
         else:  # or one attribute per part
             for part_size, part in zip(size, parts):

@@ -71,3 +71,15 @@ def dims_arg(node: fx.Node, ndim: int) -> set[int] | None:
     if dims is None:
         return None
     return {int(x) % ndim for x in (dims if isinstance(dims, (list, tuple)) else [dims])}
+
+
+def size_args(node: fx.Node) -> tuple:
+    """The sizes of ``view(B, C, -1)`` or ``view((B, C, -1))``: one tuple either way."""
+    args = node.args
+    return tuple(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+
+
+def module_of(node: fx.Node) -> str:
+    """The name of the module whose code ran ``node`` ("" for the model itself)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
