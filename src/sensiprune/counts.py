@@ -50,9 +50,7 @@ def follow(
         module = modules.get(count.module)
         if module is None or kept == count.values:
             continue
-        for attr, value in before[count.module].items():
-            if attr.startswith("_") or attr in _NOT_SIZES or isinstance(value, bool):
-                continue
+        for attr, value in _sizes(before[count.module]):
             if len(kept) == 1 and isinstance(value, int) and value == count.values[0]:
                 _set(module, attr, kept[0])
             elif isinstance(value, (list, tuple)) and tuple(value) == count.values:
@@ -71,14 +69,21 @@ def _set(module: nn.Module, attr: str, value: object) -> None:
 def held(module: nn.Module, values: tuple[int, ...]) -> bool:
     """Whether an attribute of ``module`` holds these values, so that :func:`follow` can
     bring it in step."""
-    for attr, value in vars(module).items():
-        if attr.startswith("_") or attr in _NOT_SIZES or isinstance(value, bool):
-            continue
+    for _, value in _sizes(vars(module)):
         if len(values) == 1 and isinstance(value, int) and value == values[0]:
             return True
         if isinstance(value, (list, tuple)) and tuple(value) == values:
             return True
     return False
+
+
+def _sizes(attributes: Mapping[str, object]) -> list[tuple[str, object]]:
+    """The attributes that may hold a size: public ones, not flags."""
+    return [
+        (attr, value)
+        for attr, value in attributes.items()
+        if not attr.startswith("_") and attr not in _NOT_SIZES and not isinstance(value, bool)
+    ]
 
 
 def holders(modules: Mapping[str, nn.Module], counts: Sequence[Count]) -> list[nn.Module]:
