@@ -89,7 +89,7 @@ class _OddAttention(nn.Module):
 def test_a_heads_budget_for_attention_it_does_not_understand_names_the_module():
     model = nn.Sequential(nn.Linear(8, 16), _OddAttention(), nn.Linear(16, 2))
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(sp.SensipruneError, match=r"1 \(_OddAttention\) is not a layout"):
+    with pytest.raises(sp.SensipruneError, match="no attention heads found .* matmul"):
         sp.prune(model, {"heads": 0.5}, "magnitude", structured=True,
                  example_inputs=torch.randn(2, 5, 8))  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -368,10 +368,13 @@ def test_query_heads_need_grouped_query_attention_and_exclude_a_heads_budget():
     assert llama.model.layers[0].self_attn.q_proj.out_features == 32
 
 
-@pytest.mark.parametrize("kind", ["ffn", "hidden"])
-def test_a_block_budget_on_a_model_without_known_blocks_is_refused(kind):
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("ffn", "no feed-forward neurons found"), ("hidden", "'hidden' needs transformer blocks")],
+)
+def test_a_block_budget_on_a_model_without_blocks_is_refused(kind, message):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(sp.SensipruneError, match=f"a budget for '{kind}' needs transformer blocks"):
+    with pytest.raises(sp.SensipruneError, match=message):
         sp.prune(model, {kind: 0.5}, structured=True, example_inputs=torch.randn(2, 4))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

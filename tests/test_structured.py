@@ -338,12 +338,23 @@ class _DataDependent(nn.Module):
         return self.fc(x) if x.sum() > 0 else -self.fc(x)
 
 
-class _PartlyTraceable(nn.Module):
+class _ThroughNumpy(nn.Module):
+    """Calls into NumPy: no tracer can record that."""
+
     def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.tanh(self.fc(x).detach().numpy()))
+
+
+class _PartlyTraceable(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.a = nn.Linear(4, 16)
         self.c = nn.Linear(16, 8)
-        self.inner = nn.Sequential(_DataDependent())
+        self.inner = nn.Sequential(inner)
         self.b = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -352,13 +363,24 @@ class _PartlyTraceable(nn.Module):
 
 def test_an_untraceable_submodule_is_left_alone_and_the_rest_is_pruned():
     torch.manual_seed(0)
-    model = _PartlyTraceable()
+    model = _PartlyTraceable(_ThroughNumpy())
     x = torch.randn(5, 4)
     expected_shape = model(x).shape
     result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
     assert model.a.out_features == 8 and model.c.in_features == 8
     assert model.inner[0].fc.weight.shape == (8, 8)
     assert any(item.startswith("inner.0: could not be traced") for item in result.untouched)
+    assert model(x).shape == expected_shape
+
+
+def test_a_submodule_that_branches_on_values_is_traced_on_the_example_inputs():
+    torch.manual_seed(0)
+    model = _PartlyTraceable(_DataDependent())
+    x = torch.randn(5, 4)
+    expected_shape = model(x).shape
+    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    assert model.inner[0].fc.weight.shape == (4, 4)
+    assert not any("could not be traced" in item for item in result.untouched)
     assert model(x).shape == expected_shape
 
 

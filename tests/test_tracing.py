@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 import sensiprune as sp
@@ -58,3 +60,43 @@ def test_a_layer_off_the_traced_path_is_refused_and_the_model_kept():
     with pytest.raises(sp.SensipruneError, match="layer 'b' is not used on example_inputs"):
         sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _returns_a_tuple(forward):
+    """A decorator as Hugging Face writes them: ``(self, *args, **kwargs)`` around forward."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return (forward(self, *args, **kwargs),)
+
+    return wrapper
+
+
+class _Cache:
+    """An object fx cannot record, returned beside the output (a key/value cache)."""
+
+
+class _Decorated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 16)
+        self.b = nn.Linear(16, 3)
+
+    @_returns_a_tuple
+    def forward(self, x: torch.Tensor, scale: float = 1.0, **kwargs) -> torch.Tensor:
+        position = torch.ones(x.shape[0], 1)  # a size read from the input
+        h = nn.ReLU()(self.a(x) + position)  # a module made inside forward
+        return self.b(h) * scale, _Cache()
+
+
+def test_a_decorated_forward_with_sizes_from_inputs_and_modules_made_inside_is_traced():
+    torch.manual_seed(0)
+    model, x = _Decorated(), torch.randn(5, 4)
+    graph, opaque = trace(model, [x])
+    assert opaque == {}
+    assert any(n.target is torch.ones for n in graph.nodes)
+    assert any(n.target is torch.relu or n.target is F.relu for n in graph.nodes)
+    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    assert model.a.out_features == 8 and model.b.in_features == 8
+    assert result.untouched == ()
+    assert model(x)[0][0].shape == (5, 3)

@@ -198,6 +198,7 @@ class DependencyGraph:
     flops_in_layers_only: bool = False
     counts: list = field(default_factory=list)  # counts.Count: sizes kept in attributes
     fixed: int = 0  # places whose sizes the model's code fixes (follow-ups, reshape splits)
+    heads: set[int] = field(default_factory=set)  # numbers of the groups that are attention heads
 
 
 class UnionFind:

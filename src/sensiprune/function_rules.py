@@ -131,7 +131,7 @@ def _heads(
     return np.transpose(slots, order).reshape(shape[head], -1)
 
 
-def _whole_heads(t: ChannelTracer, *operands: np.ndarray) -> int | None:
+def _whole_heads(t: ChannelTracer, node: fx.Node, *operands: np.ndarray) -> int | None:
     """A head is one channel in every operand: the query heads that share a key/value head
     (grouped-query attention) go with it. Returns how many query heads share one."""
     rows = [len(op) for op in operands]
@@ -142,6 +142,8 @@ def _whole_heads(t: ChannelTracer, *operands: np.ndarray) -> int | None:
         for op in operands:
             for slot in op[i * len(op) // rows[0]].tolist():
                 t.uf.union(first, slot)
+    for op in operands:
+        t.heads(node, op[:, 0].tolist())
     return rows[0] // min(rows)
 
 
@@ -162,7 +164,7 @@ def _attention(t: ChannelTracer, node: fx.Node) -> Any:
     q, k, v = (_heads(t.flows.get(a), node_shape(a)) for a in args)
     if q is None or k is None or v is None:
         return t.pinned_output(node, "attention whose heads are not tracked")
-    repeat = _whole_heads(t, q, k, v)
+    repeat = _whole_heads(t, node, q, k, v)
     if repeat is None:
         return t.pinned_output(node, "attention with head counts that do not divide")
     return _attended(node, v, repeat)
@@ -175,7 +177,7 @@ def _matmul(t: ChannelTracer, node: fx.Node) -> Any:
     other, other_shape = t.flows.get(node.args[1]), node_shape(node.args[1])
     a, b = _heads(flow, shape), _heads(other, other_shape, (-2, -1))
     if a is not None and b is not None:
-        repeat = _whole_heads(t, a, b)
+        repeat = _whole_heads(t, node, a, b)
         if repeat is None:
             return t.pinned_output(node, "attention with head counts that do not divide")
         width = len(other_shape) - 1 in split_flow.as_axes(other)[0]  # weights @ v

@@ -151,6 +151,7 @@ class ChannelTracer:
         self.member_slots: dict[tuple[str, str], list[int]] = {}  # per other slice: slot per index
         self.untouched: dict[str, str] = {}
         self.splits: list[tuple[fx.Node, Split]] = []  # where a reshape spread channels out
+        self.head_slots: list[int] = []  # a slot of each attention head the walk found
 
     # -- slot helpers -------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -160,8 +161,13 @@ class ChannelTracer:
         return slots
 
     def pin(self, flow: Any) -> None:
-        for f in flows_in(flow):
-            self.pinned.update(f.all_slots() if isinstance(f, Split) else f.slots)
+        self.pinned.update(self._slots(flow))
+
+    @staticmethod
+    def _slots(flow: Any) -> list[int]:
+        return [
+            s for f in flows_in(flow) for s in (f.all_slots() if isinstance(f, Split) else f.slots)
+        ]
 
     def along(self, flow: Flow, dim: int, size: int) -> Flow | None:
         """``flow`` tracked along ``dim``; fully pinned slots can be re-tracked along any dim."""
@@ -172,9 +178,12 @@ class ChannelTracer:
         return None
 
     def pinned_output(self, node: fx.Node, why: str) -> Any:
-        for arg in node_args(node):
-            self.pin(self.flows.get(arg))
-        self.untouched.setdefault(_describe(node), why)
+        """The output's channels are fixed, and so are the arguments'; it is reported only
+        where that keeps channels that were free (inputs and their positions are not)."""
+        slots = [s for arg in node_args(node) for s in self._slots(self.flows.get(arg))]
+        if any(s not in self.pinned for s in slots):
+            self.untouched.setdefault(_describe(node), why)
+        self.pinned.update(slots)
         shape = node_shape(node)
         return Flow(1, self.fresh(shape[1], pinned=True)) if shape and len(shape) > 1 else None
 
@@ -196,7 +205,10 @@ class ChannelTracer:
                 self.untouched.setdefault(module or "the model", "sizes fixed in its code")
         groups = self.groups()
         fixed = len(self.splits) + len(self.fixed)
-        return DependencyGraph(groups, self.untouched, counts=self.counts(roots), fixed=fixed)
+        heads = {int(self.group_of_root[roots[s]]) for s in self.head_slots} - {-1}
+        return DependencyGraph(
+            groups, self.untouched, counts=self.counts(roots), fixed=fixed, heads=heads
+        )
 
     def counts(self, roots: np.ndarray) -> list[Count]:
         """The recorded constants, each part as the groups of its indices (see counts.py)."""
@@ -229,6 +241,15 @@ class ChannelTracer:
             self.untouched.setdefault(_describe(node), "sizes fixed in the model's code")
             return
         self.fixed.append((module, values, parts))
+
+    def heads(self, node: fx.Node, firsts: list[int]) -> None:
+        """Attention heads (a slot of each) that ``node`` reads: they are reported as heads,
+        and a head count the module running it keeps (``num_heads``) follows the cut. That
+        count fixes nothing: code that does not read it still runs."""
+        self.head_slots += firsts
+        module = module_of(node)
+        if counts.held(self.modules[module], (len(firsts),)):
+            self.fixed.append((module, (len(firsts),), [firsts]))
 
     def groups(self) -> list[Group]:
         """One group per class of merged slots that is not pinned and has a producer, in the

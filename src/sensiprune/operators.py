@@ -25,16 +25,22 @@ PASS_FUNCTIONS = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, operator.neg,
+    torch.rsqrt, torch.sqrt, torch.square, torch.reciprocal, torch.log, torch.erf, torch.cos,
+    torch.sin, F.softsign, F.logsigmoid, F.tanhshrink,
 }  # fmt: skip
 PASS_METHODS = {
     "relu", "sigmoid", "tanh", "clamp", "abs", "exp", "neg", "contiguous", "clone", "detach",
-    "float", "to", "type_as", "relu_", "sigmoid_",
+    "float", "to", "type_as", "relu_", "sigmoid_", "rsqrt", "sqrt", "square", "reciprocal",
+    "log", "erf", "cos", "sin", "half", "bfloat16", "double", "type",
 }  # fmt: skip
 ELEMENTWISE = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
-    torch.add, torch.sub, torch.mul, torch.div,
+    torch.add, torch.sub, torch.mul, torch.div, operator.pow, torch.pow, torch.maximum,
+    torch.minimum,
 }  # fmt: skip
-ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+ELEMENTWISE_METHODS = {
+    "add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "pow", "masked_fill",
+}  # fmt: skip
 RESHAPING_FUNCTIONS = {
     torch.flatten, torch.cat, torch.concat, operator.getitem, torch.split, torch.chunk,
     torch.squeeze, torch.unsqueeze,

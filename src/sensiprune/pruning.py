@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from . import adapters, criteria, distributed, masks, selection, stats
+from . import adapters, criteria, distributed, graph_kinds, masks, selection, stats
 from . import structured as structured_pruning
 from .criteria.channel import GroupLossChange
 from .criteria.obs import OptimalBrainSurgeon
@@ -300,20 +300,23 @@ def _prune_structured(
         raise SensipruneError("criterion 'obs' prunes single weights: use structured=False")
     targets = require_targets(model, ignore)
     blocks = adapters.find_blocks(model)
-    kinds: dict[str, tuple[float, set[str]]] = {}
-    if isinstance(sparsity, Mapping):  # "heads" / "ffn" stand for every block's
-        layers = adapters.kind_layers(sparsity, blocks, model)
-        kinds = {kind: (sparsity[kind], set(names)) for kind, names in layers.items()}
-        sparsity = adapters.expand_budget(sparsity, layers)
-    query_heads = adapters.QUERY_HEADS in kinds
+    asked = set(sparsity) & set(adapters.KINDS) if isinstance(sparsity, Mapping) else set()
+    # "heads" / "ffn" stand for every block's: with known layouts, found before anything runs
+    known = adapters.kind_layers(sparsity, blocks, model) if asked and blocks else None
+    query_heads = adapters.QUERY_HEADS in asked
     if example_inputs is None and data is not None:  # the first batch stands in: read it once
         data = as_batches(data)
 
     def attempt(pin_fixed: bool) -> PruneResult:
         graph, inputs = structured_pruning.build(
-            model, example_inputs, blocks, set(kinds), data, pin_fixed
+            model, example_inputs, blocks, asked, data, pin_fixed
         )
-        named = set(sparsity) if isinstance(sparsity, Mapping) else set()
+        target, kinds = sparsity, {}
+        if asked:
+            by_kind = known or graph_kinds.kind_layers(sparsity, graph, model)
+            kinds = {kind: (sparsity[kind], set(names)) for kind, names in by_kind.items()}
+            target = adapters.expand_budget(sparsity, by_kind)
+        named = set(target) if isinstance(target, Mapping) else set()
         groups = candidate_groups(model, graph, ignore, named)
         if named:  # a budget: only what it names is scored (measured criteria cost per group)
             groups = [g for g in groups if g.producers & named] or groups
@@ -325,10 +328,10 @@ def _prune_structured(
         distributed.broadcast_([group_values])  # rank 0 decides: every rank cuts the same
         choice = (groups, group_values, scope, normalize, min_density, round_to)
         removed = (
-            _choose_by_kind(choice, sparsity, kinds)
+            _choose_by_kind(choice, target, kinds)
             if kinds and scope == "global"
             else structured_pruning.choose_groups(
-                groups, group_values, sparsity, scope, normalize, min_density, round_to
+                groups, group_values, target, scope, normalize, min_density, round_to
             )
         )
         params_before = sum(p.numel() for p in model.parameters())
@@ -348,7 +351,7 @@ def _prune_structured(
         layers = tuple(masks.LayerSparsity(n, before[n], after[n]) for n in before)
         return PruneResult(
             crit.name,
-            "structured, " + _describe(sparsity, scope),
+            "structured, " + _describe(target, scope),
             params_before,
             sum(p.numel() for p in model.parameters()),
             layers,

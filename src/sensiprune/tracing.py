@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from .errors import SensipruneError, first_line
 
@@ -35,12 +36,66 @@ class _LeafTracer(fx.Tracer):
             m, module_qualified_name
         )
 
+    def trace(self, root, concrete_args=None) -> fx.Graph:
+        with _sizes_from_proxies(self):
+            return super().trace(root, concrete_args)
+
+    def create_arg(self, a: Any) -> Any:
+        """An object fx cannot put in a graph (a key/value cache a language model returns)
+        is recorded as None: the channel walk never reads one, and a graph that did need it
+        fails when it is run, before anything is cut."""
+        try:
+            return super().create_arg(a)
+        except NotImplementedError:
+            return None
+
+    def call_module(self, m, forward, args, kwargs):
+        """A module made inside forward (``nn.ReLU()(x)``) is not in the model's tree: with
+        nothing to own, its operations are recorded inline."""
+        installed = self.submodule_paths is None or m in self.submodule_paths
+        if not installed and not any(True for _ in m.parameters()) and not list(m.buffers()):
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        """fx reads the parameters of a decorated forward from the function it wraps, then
+        rewrites the wrapper's code to take them, which fails for a ``(*args, **kwargs)``
+        wrapper (Hugging Face decorates its forwards so). Here each parameter of the wrapped
+        function gets a placeholder, in order, and the call goes through the wrapper,
+        decorator logic included; ``*args`` and ``**kwargs`` stay empty."""
+        inner = inspect.unwrap(root_fn)
+        if inner is root_fn:
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
+        concrete = concrete_args if isinstance(concrete_args, dict) else {}
+        params = list(inspect.signature(inner).parameters.values())[1 if is_module else 0 :]
+        args: list[Any] = [self.root] if is_module else []
+        kwargs: dict[str, Any] = {}
+        for param in params:
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            default = () if param.default is param.empty else (param.default,)
+            proxy = self.create_proxy("placeholder", param.name, default, {})
+            value = concrete.get(param.name, proxy)
+            if param.kind == param.KEYWORD_ONLY:
+                kwargs[param.name] = value
+            else:
+                args.append(value)
+        return lambda: root_fn(*args, **kwargs), []
+
+
+_METADATA = frozenset({"dtype", "device", "layout", "is_cuda", "is_sparse"})
+
 
 class _ConcreteProxy(fx.Proxy):
     """A proxy that can answer questions about its value: the value the example inputs gave."""
 
     def _value(self) -> Any:
         return self.tracer.values[self.node]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _METADATA:  # a constant for these inputs, never a channel
+            return getattr(self._value(), name)
+        return super().__getattr__(name)
 
     def __len__(self) -> int:
         return len(self._value())
@@ -105,6 +160,40 @@ class _ConcreteTracer(_LeafTracer):
         return iter([obj[i] for i in range(len(self.values[obj.node]))])
 
 
+# torch functions and methods of a tensor that take sizes: a traced size (x.shape[0]) given to
+# them is an object with __torch_function__ in an int slot, which torch's argument parser
+# refuses instead of dispatching, so they are routed to the tracer by hand
+_SIZE_FUNCTIONS = ("ones", "zeros", "empty", "full", "rand", "randn", "randint", "arange", "eye")
+_SIZE_METHODS = ("expand", "view", "reshape", "repeat", "new_ones", "new_zeros", "new_full")
+
+
+@contextlib.contextmanager
+def _sizes_from_proxies(tracer: fx.Tracer) -> Iterator[None]:
+    def routed(original: Any, kind: str, target: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if any(isinstance(a, fx.Proxy) for a in pytree.tree_leaves((args, kwargs))):
+                return tracer.create_proxy(kind, target, args, kwargs)
+            return original(*args, **kwargs)
+
+        return call
+
+    patched = [(torch, name, getattr(torch, name)) for name in _SIZE_FUNCTIONS]
+    patched += [(torch.Tensor, name, torch.Tensor.__dict__.get(name)) for name in _SIZE_METHODS]
+    for owner, name, original in patched:
+        if owner is torch:
+            setattr(owner, name, routed(original, "call_function", original))
+        else:
+            setattr(owner, name, routed(getattr(torch.Tensor, name), "call_method", name))
+    try:
+        yield
+    finally:
+        for owner, name, original in patched:
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+
 # fx patches these two while it traces; real values must run through the originals
 _MODULE_CALL = nn.Module.__dict__["__call__"]
 _MODULE_GETATTR = nn.Module.__dict__["__getattr__"]
@@ -124,28 +213,42 @@ def trace(
     model: nn.Module, example_inputs: Sequence[torch.Tensor] = ()
 ) -> tuple[fx.Graph, dict[str, str]]:
     """The model's fx graph (over the model itself: no GraphModule is generated, which would
-    cost as much again), and the submodules left opaque with the reason."""
+    cost as much again), and the submodules left opaque with the reason. Symbolic tracing
+    comes first; when it fails at the root, or leaves layers with weights opaque, tracing on
+    the example inputs is tried too, and the graph that leaves fewer weights opaque wins."""
     concrete = _concrete_arguments(model, list(example_inputs))
     try:
-        return _trace_with_leaves(model, lambda opaque: _LeafTracer(opaque), concrete)
-    except _RootUntraceable as symbolic:
-        inputs = list(example_inputs)
-        try:
-            graph, opaque = _trace_with_leaves(
-                model, lambda o: _ConcreteTracer(o, inputs), concrete
-            )
-        except _RootUntraceable as concrete:
-            raise SensipruneError(
-                "structured pruning needs a model torch.fx can trace; its forward failed "
-                f"symbolically ({symbolic.reason}) and on example_inputs ({concrete.reason}): "
-                "move that code out of forward, or prune unstructured"
-            ) from concrete
-        # what only decided a branch (x.sum() > 0, x.shape[0]) is dead code now: drop it, so
-        # it does not pin the channels it read
-        graph = fx.GraphModule(model, graph).graph  # dead-code removal asks the module
-        graph.eliminate_dead_code()
-        _require_all_weights_reached(model, graph)
-        return graph, opaque
+        symbolic = _trace_with_leaves(model, lambda opaque: _LeafTracer(opaque), concrete)
+    except _RootUntraceable as failed:
+        symbolic, why_not = None, failed.reason
+    if symbolic is not None and not _opaque_weights(model, symbolic[1]):
+        return symbolic
+    inputs = list(example_inputs)
+    try:
+        graph, opaque = _trace_with_leaves(model, lambda o: _ConcreteTracer(o, inputs), concrete)
+    except _RootUntraceable as failed:
+        if symbolic is not None:
+            return symbolic
+        raise SensipruneError(
+            "structured pruning needs a model torch.fx can trace; its forward failed "
+            f"symbolically ({why_not}) and on example_inputs ({failed.reason}): "
+            "move that code out of forward, or prune unstructured"
+        ) from failed
+    if symbolic is not None and _opaque_weights(model, opaque) >= _opaque_weights(
+        model, symbolic[1]
+    ):
+        return symbolic
+    # what only decided a branch (x.sum() > 0, x.shape[0]) is dead code now: drop it, so
+    # it does not pin the channels it read
+    graph = fx.GraphModule(model, graph).graph  # dead-code removal asks the module
+    graph.eliminate_dead_code()
+    _require_all_weights_reached(model, graph)
+    return graph, opaque
+
+
+def _opaque_weights(model: nn.Module, opaque: dict[str, str]) -> int:
+    """How many parameters sit inside the submodules a trace left opaque."""
+    return sum(p.numel() for name in opaque for p in model.get_submodule(name).parameters())
 
 
 class _RootUntraceable(Exception):
@@ -162,11 +265,14 @@ def _concrete_arguments(model: nn.Module, inputs: list[Any]) -> dict[str, Any] |
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return None
-    concrete = {}
+    concrete: dict[str, Any] = {}
     for i, param in enumerate(params):
-        if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-            break
-        if i < len(inputs) and not isinstance(inputs[i], torch.Tensor):
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.kind == param.KEYWORD_ONLY:
+            if param.default is not param.empty:
+                concrete[param.name] = param.default
+        elif i < len(inputs) and not isinstance(inputs[i], torch.Tensor):
             concrete[param.name] = inputs[i]
         elif i >= len(inputs) and param.default is not param.empty:
             concrete[param.name] = param.default
@@ -191,13 +297,21 @@ def _trace_with_leaves(
 
 
 def _require_all_weights_reached(model: nn.Module, graph: fx.Graph) -> None:
-    """Every layer with weights is called, or its weights read, somewhere in ``graph``."""
-    used = [n.target for n in graph.nodes if n.op in ("call_module", "get_attr")]
+    """Every parameter is used somewhere in ``graph``: read, or owned by a called module
+    (under any of its names: a shared embedding is reached through whichever name ran)."""
+    reached: set[int] = set()
+    for node in graph.nodes:
+        if node.op == "call_module":
+            reached.update(map(id, model.get_submodule(node.target).parameters()))
+        elif node.op == "get_attr":
+            owner, _, attr = node.target.rpartition(".")
+            value = getattr(model.get_submodule(owner), attr, None)
+            if isinstance(value, torch.Tensor):
+                reached.add(id(value))
+            elif isinstance(value, nn.Module):
+                reached.update(map(id, value.parameters()))
     for name, module in model.named_modules():
-        if next(module.parameters(recurse=False), None) is None:
-            continue
-        prefix = f"{name}." if name else ""
-        if not any(u == name or name.startswith(f"{u}.") or u.startswith(prefix) for u in used):
+        if any(id(p) not in reached for p in module.parameters(recurse=False)):
             raise SensipruneError(
                 f"the model's forward branches on tensor values, and layer {name!r} is not "
                 "used on example_inputs: structured pruning cannot keep it consistent; pass "
