@@ -245,10 +245,11 @@ class ChannelTracer:
     def heads(self, node: fx.Node, firsts: list[int]) -> None:
         """Attention heads (a slot of each) that ``node`` reads: they are reported as heads,
         and a head count the module running it keeps (``num_heads``) follows the cut. That
-        count fixes nothing: code that does not read it still runs."""
+        count fixes nothing: code that does not read it still runs, so with ``pin_fixed``
+        (where following counts went wrong) it is left as it is."""
         self.head_slots += firsts
         module = module_of(node)
-        if counts.held(self.modules[module], (len(firsts),)):
+        if not self.pin_fixed and counts.held(self.modules[module], (len(firsts),)):
             self.fixed.append((module, (len(firsts),), [firsts]))
 
     def groups(self) -> list[Group]:
