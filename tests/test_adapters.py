@@ -89,7 +89,7 @@ class _OddAttention(nn.Module):
 def test_a_heads_budget_for_attention_it_does_not_understand_names_the_module():
     model = nn.Sequential(nn.Linear(8, 16), _OddAttention(), nn.Linear(16, 2))
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(sp.SensipruneError, match="no attention heads found .* matmul"):
+    with pytest.raises(sp.SensipruneError, match=r"no attention heads found .* matmul"):
         sp.prune(model, {"heads": 0.5}, "magnitude", structured=True,
                  example_inputs=torch.randn(2, 5, 8))  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

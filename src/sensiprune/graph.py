@@ -109,6 +109,8 @@ class ShapeRecorder(fx.Interpreter):
             node.meta["shape"] = tuple(result.shape)
         elif not _holds_tensor(result):
             node.meta["no_tensor"] = True  # a shape read, a flag, an assert: no channels
+            if isinstance(result, int):
+                node.meta["value"] = result  # a size computed in forward (a slice's end)
         return result
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
@@ -150,7 +152,9 @@ class ChannelTracer:
         self.out_slots: dict[tuple[str, str], list[int]] = {}  # per (layer, role) produced
         self.member_slots: dict[tuple[str, str], list[int]] = {}  # per other slice: slot per index
         self.untouched: dict[str, str] = {}
-        self.splits: list[tuple[fx.Node, Split]] = []  # where a reshape spread channels out
+        # where a reshape spread channels out, and where an operation on such channels holds
+        # only if the cut removes whole planes of some dimensions (None: any)
+        self.splits: list[tuple[fx.Node, Split, frozenset[int] | None]] = []
         self.head_slots: list[int] = []  # a slot of each attention head the walk found
 
     # -- slot helpers -------------------------------------------------------------------
@@ -161,10 +165,10 @@ class ChannelTracer:
         return slots
 
     def pin(self, flow: Any) -> None:
-        self.pinned.update(self._slots(flow))
+        self.pinned.update(self.slots_of(flow))
 
     @staticmethod
-    def _slots(flow: Any) -> list[int]:
+    def slots_of(flow: Any) -> list[int]:
         return [
             s for f in flows_in(flow) for s in (f.all_slots() if isinstance(f, Split) else f.slots)
         ]
@@ -180,7 +184,7 @@ class ChannelTracer:
     def pinned_output(self, node: fx.Node, why: str) -> Any:
         """The output's channels are fixed, and so are the arguments'; it is reported only
         where that keeps channels that were free (inputs and their positions are not)."""
-        slots = [s for arg in node_args(node) for s in self._slots(self.flows.get(arg))]
+        slots = [s for arg in node_args(node) for s in self.slots_of(self.flows.get(arg))]
         if any(s not in self.pinned for s in slots):
             self.untouched.setdefault(_describe(node), why)
         self.pinned.update(slots)
@@ -192,8 +196,8 @@ class ChannelTracer:
         for node in self.traced.nodes:
             self.flows[node] = self.visit(node)
         roots = self.uf.roots()
-        for node, split in self.splits:
-            if split_flow.plane_axis(roots, split) is None:
+        for node, split, dims in self.splits:
+            if split_flow.plane_axis(roots, split, dims) is None:
                 self.pin(split)
                 self.untouched.setdefault(_describe(node), "channels split over dimensions "
                                           "that could not be cut as a whole")  # fmt: skip
@@ -498,6 +502,8 @@ class ChannelTracer:
         :class:`_SizeOf` them, so that a reshape to that size keeps the count in step."""
         name, args = name_of(node), node.args
         source = self.flows.get(args[0]) if args and isinstance(args[0], fx.Node) else None
+        if isinstance(source, Flow) and all(s in self.pinned for s in source.slots):
+            source = None  # fixed channels (an input's positions): a size that never changes
         if (name == "getattr" and args[1:] == ("shape",)) or (name == "size" and len(args) == 1):
             return _Sizes(source) if isinstance(source, Flow) else None
         if name == "size" and len(args) == 2 and isinstance(source, Flow):
@@ -564,7 +570,7 @@ class ChannelTracer:
             return self.flatten(node, d, -1)
         split = split_flow.split_by_reshape(flow, before, after)
         if split is not None and not self.pin_fixed:
-            self.splits.append((node, split))
+            self.splits.append((node, split, None))
             return split
         return self.pinned_output(node, "reshape that moves the channels")
 

@@ -12,6 +12,7 @@ tensor that the model's reshape accepts, so it is pinned (:func:`plane_axis`).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 
@@ -102,15 +103,17 @@ def broadcast_union(
     return widest_dims, widest
 
 
-def plane_axis(roots: np.ndarray, split: Split) -> int | None:
+def plane_axis(roots: np.ndarray, split: Split, dims: Collection[int] | None = None) -> int | None:
     """The axis whose whole hyperplanes every channel of ``split`` is made of, so that
-    removing channels leaves a box that a reshape of the model accepts; None if none is.
-    Of several, the first axis longer than one."""
+    removing channels leaves a box that a reshape of the model accepts; None if none is
+    (among the axes of tensor dimensions ``dims``, where given). Of several, the first axis
+    longer than one."""
     classes = roots[split.slots]
     whole = [
         axis
         for axis in range(classes.ndim)
-        if (lambda planes: (planes == planes[:, :1]).all())(
+        if (dims is None or split.dims[axis] in dims)
+        and (lambda planes: (planes == planes[:, :1]).all())(
             np.moveaxis(classes, axis, 0).reshape(classes.shape[axis], -1)
         )
     ]

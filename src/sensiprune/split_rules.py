@@ -20,7 +20,15 @@ from .operators import (
     name_of,
     order_of,
 )
-from .split_flow import as_axes, broadcast_union, from_axes, permuted, reshaped, without_axis
+from .split_flow import (
+    as_axes,
+    broadcast_union,
+    from_axes,
+    permuted,
+    reshaped,
+    union_all,
+    without_axis,
+)
 
 if TYPE_CHECKING:
     from .graph import ChannelTracer
@@ -33,6 +41,8 @@ def visit(t: ChannelTracer, node: fx.Node) -> Any:
     moved: Any = None
     if node.target in ELEMENTWISE or node.target in ELEMENTWISE_METHODS:
         moved = _elementwise(t, node)
+    elif name in ("cat", "concat"):
+        moved = _concat(t, node)
     elif not isinstance(value, Split) or before is None:
         moved = None
     elif node.target in PASS_FUNCTIONS or node.target in PASS_METHODS:
@@ -65,12 +75,12 @@ def _over_axis(t: ChannelTracer, node: fx.Node, split: Split, ndim: int) -> Any:
     """Reductions, softmax, unbind and indexing across some dimensions of a split."""
     name = name_of(node)
     if name == "getitem":
-        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        if any(i is Ellipsis or i is None for i in index):
+        index = _index(node.args[1], ndim)
+        if index is None:
             return None
         picked = {d: i for d, i in enumerate(index) if isinstance(i, int)}
-        if any(not isinstance(i, (int, slice)) or (isinstance(i, slice) and i != slice(None)
-               and d in split.dims) for d, i in enumerate(index)):  # fmt: skip
+        split = _sliced(t, node, split, index)
+        if split is None:
             return None
     else:
         dims = dims_arg(node, ndim) if name != "unbind" else {
@@ -103,17 +113,92 @@ def _over_axis(t: ChannelTracer, node: fx.Node, split: Split, ndim: int) -> Any:
     return SameForEveryPart(moved) if name == "unbind" else moved
 
 
+def _index(index: Any, ndim: int) -> tuple | None:
+    """An index as one entry per dimension (``...`` spelled out; slice ends computed in
+    forward read as their values); None for indexing this rule does not follow."""
+    index = index if isinstance(index, tuple) else (index,)
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1 :]
+    resolved = []
+    for i in index:
+        if isinstance(i, slice):
+            ends = [e.meta.get("value") if isinstance(e, fx.Node) else e
+                    for e in (i.start, i.stop, i.step)]  # fmt: skip
+            if any(isinstance(e, fx.Node) for e in (i.start, i.stop, i.step)) and None in [
+                e.meta.get("value") for e in (i.start, i.stop, i.step) if isinstance(e, fx.Node)
+            ]:
+                return None
+            i = slice(*ends)
+        elif not isinstance(i, int):
+            return None
+        resolved.append(i)
+    return tuple(resolved)
+
+
+def _sliced(t: ChannelTracer, node: fx.Node, split: Split, index: tuple) -> Split | None:
+    """A slice of a dimension the channels spread over (``x[..., : d // 2]`` of each
+    head, as rotary embeddings take): the cut must then keep that dimension whole."""
+    dims, slots = split.dims, split.slots
+    cut = set()
+    for d, i in enumerate(index):
+        if isinstance(i, slice) and d in dims:
+            axis = dims.index(d)
+            kept = np.arange(slots.shape[axis])[i]
+            if len(kept) != slots.shape[axis]:
+                slots, cut = np.take(slots, kept, axis), cut | {d}
+    if not cut:
+        return split
+    t.splits.append((node, split, frozenset(dims) - cut))
+    return Split(dims, slots)
+
+
+def _concat(t: ChannelTracer, node: fx.Node) -> Any:
+    """Concatenation of split channels: along one of their dimensions (the halves of
+    rotary embeddings put back in another order), or along another one, where the parts'
+    channels at each place are one. A legacy empty operand (shape (0,)) is skipped."""
+    tensors = [a for a in node.args[0] if node_shape(a) != (0,)]
+    out = node_shape(node)
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    values = [t.flows.get(a) for a in tensors]
+    if out is None or not all(isinstance(v, (Flow, Split)) for v in values):
+        return None
+    axes = [as_axes(v) for v in values]
+    dims, first = axes[0]
+    if any(d != dims for d, _ in axes):
+        return None
+    dim %= len(out)
+    if dim in dims:
+        axis = dims.index(dim)
+        rest = [np.delete(np.asarray(s.shape), axis).tolist() for _, s in axes]
+        if any(r != rest[0] for r in rest):
+            return None
+        return from_axes(dims, np.concatenate([s for _, s in axes], axis))
+    if any(s.shape != first.shape for _, s in axes):
+        return None
+    for _, slots in axes[1:]:
+        union_all(t.uf, first, slots)
+    return from_axes(dims, first)
+
+
 def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
+    """Operands meet element by element. An untracked operand along the split channels
+    (rotary ``cos`` / ``sin`` tables over each head's width) holds if the cut removes whole
+    planes of a dimension it is broadcast along (the heads)."""
     out = node_shape(node)
     items = []
+    allowed: set[int] | None = None
     for arg in node.args:
         shape = node_shape(arg)
         if shape is None or out is None:
             continue
         value = t.flows.get(arg)
-        if not isinstance(value, (Flow, Split)):
+        fixed = isinstance(value, (Flow, Split)) and all(s in t.pinned for s in t.slots_of(value))
+        if fixed or not isinstance(value, (Flow, Split)):  # (an input's positions: fixed)
             if math.prod(shape) > 1:
-                return None  # an untracked tensor along the split channels
+                offset = len(out) - len(shape)
+                broadcast = {d for d in range(len(out)) if d < offset or shape[d - offset] == 1}
+                allowed = broadcast if allowed is None else allowed & broadcast
             continue
         dims, slots = as_axes(value)
         offset = len(out) - len(shape)
@@ -123,4 +208,11 @@ def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
         if dims:
             items.append((tuple(d + offset for d in dims), slots))
     joined = broadcast_union(t.uf, items) if items else None
-    return from_axes(*joined) if joined is not None else None
+    if joined is None:
+        return None
+    result = from_axes(*joined)
+    if allowed is not None:
+        if not isinstance(result, Split) or not allowed & set(result.dims):
+            return None
+        t.splits.append((node, result, frozenset(allowed)))
+    return result

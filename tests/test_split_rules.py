@@ -1,0 +1,71 @@
+"""Operations on channels spread over heads: rotary embeddings and caches, cut by whole heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sensiprune as sp
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2  # a slice end computed in forward
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _RotaryAttention(nn.Module):
+    """Rotary position embeddings over each head's width, a cache concatenated along the
+    tokens (starting from a legacy empty tensor), and attention by ``q @ k^T``."""
+
+    def __init__(self, width: int = 24, heads: int = 3) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
+        self.o = nn.Linear(width, width)
+        self.register_buffer("inv_freq", 1.0 / 100 ** (torch.arange(0, self.head_dim, 2) / 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        shape = (b, t, self.heads, self.head_dim)
+        q, k, v = (p(x).view(shape).transpose(1, 2) for p in (self.q, self.k, self.v))
+        angles = torch.arange(t)[:, None] * self.inv_freq[None]
+        cos, sin = (f(torch.cat((angles, angles), -1))[None, None] for f in (torch.cos, torch.sin))
+        q, k = (y * cos + _rotate_half(y) * sin for y in (q, k))
+        k = torch.cat([torch.tensor([]), k], dim=-2)
+        weights = F.softmax(q @ k.transpose(-2, -1) / self.head_dim**0.5, -1)
+        return self.o((weights @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+class _Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 24)
+        self.layers = nn.ModuleList(_RotaryAttention() for _ in range(2))
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for layer in self.layers:
+            x = x + layer(x)
+        return self.head(x)
+
+
+def test_rotary_embeddings_and_a_cache_keep_whole_heads_prunable():
+    torch.manual_seed(0)
+    model, x = _Model(), torch.randn(2, 6, 8)
+    result = sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x,
+                      scope="layer")  # fmt: skip
+    for layer in model.layers:
+        assert layer.heads == 2 and layer.head_dim == 8 and layer.q.out_features == 16
+    assert result.untouched == () and model(x).shape == (2, 6, 3)
+
+
+def test_a_cut_of_each_heads_width_is_refused_where_rotary_tables_span_it():
+    torch.manual_seed(0)
+    model, x = _Model(), torch.randn(2, 6, 8)
+    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer",
+             ignore=["head"])  # fmt: skip
+    for layer in model.layers:  # heads go, each head's width stays whole
+        assert layer.head_dim == 8 and layer.q.out_features < 24
+    assert model(x).shape == (2, 6, 3)
