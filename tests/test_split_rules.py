@@ -69,3 +69,45 @@ def test_a_cut_of_each_heads_width_is_refused_where_rotary_tables_span_it():
     for layer in model.layers:  # heads go, each head's width stays whole
         assert layer.head_dim == 8 and layer.q.out_features < 24
     assert model(x).shape == (2, 6, 3)
+
+
+def _rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+class _BiasedAttention(nn.Module):
+    """Weights read as ``x @ W.T``, rotary pairs interleaved (``stack`` then ``flatten``), a
+    learned bias per head passed to ``scaled_dot_product_attention`` as its mask, and the
+    heads merged back to a width computed in forward."""
+
+    def __init__(self, width: int = 24, heads: int = 3) -> None:
+        super().__init__()
+        self.heads, self.inner = heads, width
+        self.wq, self.wk, self.wv = (nn.Parameter(torch.randn(width, width) / 5) for _ in range(3))
+        self.bias = nn.Embedding(11, heads)
+        self.o = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (
+            (x @ w.T).view(b, t, self.heads, -1).transpose(1, 2)
+            for w in (self.wq, self.wk, self.wv)
+        )
+        q, k = _rotate_every_two(q), _rotate_every_two(k)
+        distance = (torch.arange(t)[None] - torch.arange(t)[:, None]).clamp(-5, 5) + 5
+        bias = self.bias(distance).permute(2, 0, 1)[None]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        merged = attended.transpose(1, 2).reshape(attended.size()[:1] + (t, self.inner))  # noqa: RUF005 (the pattern under test)
+        return self.o(torch.where(merged > -1e9, merged, 0.0))
+
+
+def test_weights_read_transposed_interleaved_rotary_pairs_and_a_bias_per_head_follow_the_heads():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 24), _BiasedAttention(), nn.Linear(24, 3))
+    x = torch.randn(2, 6, 8)
+    result = sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x,
+                      scope="layer")  # fmt: skip
+    attention = model[1]
+    assert attention.heads == 2 and attention.inner == 16
+    assert attention.wq.shape == (16, 24) and attention.bias.embedding_dim == 2
+    assert result.untouched == () and model(x).shape == (2, 6, 3)

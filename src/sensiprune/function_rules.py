@@ -167,7 +167,23 @@ def _attention(t: ChannelTracer, node: fx.Node) -> Any:
     repeat = _whole_heads(t, node, q, k, v)
     if repeat is None:
         return t.pinned_output(node, "attention with head counts that do not divide")
+    if not _mask_follows(t, _arg(node, 3, "attn_mask"), q):
+        return t.pinned_output(node, "attention with a mask per head that is not tracked")
     return _attended(node, v, repeat)
+
+
+def _mask_follows(t: ChannelTracer, mask: Any, q: np.ndarray) -> bool:
+    """An additive mask or bias per head (T5's relative positions) is cut with the heads;
+    one broadcast over the heads needs nothing."""
+    shape = node_shape(mask)
+    if shape is None or len(shape) < 3 or shape[-3] == 1:
+        return True
+    flow = t.flows.get(mask)
+    if not isinstance(flow, Flow) or flow.dim != len(shape) - 3 or len(flow.slots) != len(q):
+        return False
+    for head, slot in zip(q[:, 0].tolist(), flow.slots):
+        t.uf.union(head, slot)
+    return True
 
 
 def _matmul(t: ChannelTracer, node: fx.Node) -> Any:

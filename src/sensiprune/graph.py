@@ -109,7 +109,9 @@ class ShapeRecorder(fx.Interpreter):
             node.meta["shape"] = tuple(result.shape)
         elif not _holds_tensor(result):
             node.meta["no_tensor"] = True  # a shape read, a flag, an assert: no channels
-            if isinstance(result, int):
+            if isinstance(result, int) or (
+                isinstance(result, tuple) and all(isinstance(x, int) for x in result)
+            ):
                 node.meta["value"] = result  # a size computed in forward (a slice's end)
         return result
 
@@ -445,6 +447,8 @@ class ChannelTracer:
             return self.unbind(node)
         if name == "roll":
             return self.roll(node)
+        if name == "expand":
+            return self.expand(node)
         return self.pinned_output(node, f"tensor.{name} is not understood")
 
     # -- rules --------------------------------------------------------------------------
@@ -478,6 +482,20 @@ class ChannelTracer:
             # a tensor that cannot be sliced along the channels
             return self.pinned_output(node, "element-wise with an untracked tensor")
         return Flow(dim, slots)
+
+    def expand(self, node: fx.Node) -> Any:
+        """``x.expand(B, -1, T, T)`` repeats other dimensions (and may add leading ones); the
+        channels stay where the size is -1 or read from them."""
+        flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
+        sizes = size_args(node)
+        if not isinstance(flow, Flow) or shape is None:
+            return self.pinned_output(node, "expand of an untracked tensor")
+        at = flow.dim + len(sizes) - len(shape)
+        size = sizes[at] if 0 <= at < len(sizes) else None
+        read = self.flows.get(size) if isinstance(size, fx.Node) else None
+        if size == -1 or (isinstance(read, _SizeOf) and read.exact and read.slots == flow.slots):
+            return Flow(at, flow.slots)
+        return self.pinned_output(node, "expand of the channels")
 
     def flatten(self, node: fx.Node, start: int, end: int) -> Any:
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
@@ -527,7 +545,7 @@ class ChannelTracer:
         ``C = x.shape[2]``): the output's dimension must keep as many channels as those, so
         they are one channel position by position; where it does not track channels, the
         channels read must stay."""
-        sizes = size_args(node)
+        sizes = [e for size in size_args(node) for e in self.size_elements(size)]
         source = self.flows.get(node.args[0])
         source_slots = source.slots if isinstance(source, Flow) else None
         for at, size in enumerate(sizes):
@@ -537,7 +555,7 @@ class ChannelTracer:
                 elif isinstance(result, Split) and at in result.dims:
                     self.fix(node, (size,), [(result, result.dims.index(at))])
                 continue
-            read = self.flows.get(size) if isinstance(size, fx.Node) else None
+            read = size
             if not isinstance(read, _SizeOf) or read.slots == source_slots:
                 continue  # a size computed from the reshaped tensor's own channels follows them
             kept = isinstance(result, Flow) and result.dim == at and read.exact
@@ -549,6 +567,29 @@ class ChannelTracer:
                 self.untouched.setdefault(_describe(node), "a reshape to a size computed from "
                                           "the channels of another tensor")  # fmt: skip
         return result
+
+    def size_elements(self, size: Any) -> list:
+        """The sizes one argument of a reshape stands for, each an int, a :class:`_SizeOf`
+        channels, or None where unknown: ``x.size()[:2] + (self.inner,)`` is three."""
+        if isinstance(size, (list, tuple)):
+            return [e for item in size for e in self.size_elements(item)]
+        if not isinstance(size, fx.Node):
+            return [size]
+        read, value = self.flows.get(size), size.meta.get("value")
+        if isinstance(read, _SizeOf):
+            return [read]
+        if isinstance(read, _Sizes):
+            shape = node_shape(size.args[0]) or ()
+            slots = read.flow.slots
+            return [_SizeOf(slots) if d == read.flow.dim else n for d, n in enumerate(shape)]
+        if not isinstance(value, tuple):
+            return [value]  # a size computed from no channels: a constant (or None)
+        name, args = name_of(size), size.args
+        if name == "getitem" and isinstance(args[1], slice):
+            return self.size_elements(args[0])[args[1]]
+        if name in ("add", "iadd") and len(args) == 2:
+            return self.size_elements(args[0]) + self.size_elements(args[1])
+        return list(value)
 
     def reshaped(self, node: fx.Node) -> Any:
         flow, before, after = (

@@ -26,20 +26,23 @@ PASS_FUNCTIONS = {
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, operator.neg,
     torch.rsqrt, torch.sqrt, torch.square, torch.reciprocal, torch.log, torch.erf, torch.cos,
-    torch.sin, F.softsign, F.logsigmoid, F.tanhshrink,
+    torch.sin, F.softsign, F.logsigmoid, F.tanhshrink, torch.logical_not, operator.invert,
 }  # fmt: skip
 PASS_METHODS = {
     "relu", "sigmoid", "tanh", "clamp", "abs", "exp", "neg", "contiguous", "clone", "detach",
     "float", "to", "type_as", "relu_", "sigmoid_", "rsqrt", "sqrt", "square", "reciprocal",
-    "log", "erf", "cos", "sin", "half", "bfloat16", "double", "type",
+    "log", "erf", "cos", "sin", "half", "bfloat16", "double", "type", "bool", "logical_not",
 }  # fmt: skip
 ELEMENTWISE = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
     torch.add, torch.sub, torch.mul, torch.div, operator.pow, torch.pow, torch.maximum,
-    torch.minimum,
+    torch.minimum, torch.where, operator.gt, operator.lt, operator.ge, operator.le, operator.eq,
+    operator.ne, operator.and_, operator.or_, torch.gt, torch.lt, torch.ge, torch.le, torch.eq,
+    torch.ne, torch.logical_and, torch.logical_or,
 }  # fmt: skip
 ELEMENTWISE_METHODS = {
-    "add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "pow", "masked_fill",
+    "add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "pow", "masked_fill", "gt", "lt",
+    "ge", "le", "eq", "ne", "where",
 }  # fmt: skip
 RESHAPING_FUNCTIONS = {
     torch.flatten, torch.cat, torch.concat, operator.getitem, torch.split, torch.chunk,

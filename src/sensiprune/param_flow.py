@@ -47,7 +47,7 @@ def read(target: str, shape: tuple[int, ...]) -> ParamFlow:
     return ParamFlow((Source(owner, attr, shape, tuple(range(len(shape)))),))
 
 
-_PERMUTING = {"permute", "transpose", "t", "swapaxes", "movedim"}
+_PERMUTING = {"permute", "transpose", "t", "swapaxes", "movedim", "getattr"}
 _RESHAPING = {
     "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
 }  # fmt: skip
@@ -98,6 +98,8 @@ def _permutation(name: str, args: tuple, ndim: int) -> list[int] | None:
     rest = [a for a in args[1:] if isinstance(a, int)]
     if name == "t" and ndim == 2:
         return [1, 0]
+    if name == "getattr" and args[1:] in (("T",), ("mT",)):  # weight.T, weight.mT
+        return order[::-1] if args[1] == "T" else order[:-2] + order[:-3:-1]
     if name in ("transpose", "swapaxes") and len(rest) == 2:
         a, b = (x % ndim for x in rest)
         order[a], order[b] = order[b], order[a]

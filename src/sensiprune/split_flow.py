@@ -55,15 +55,34 @@ def reshaped(split: Split, before: tuple[int, ...], after: tuple[int, ...]) -> F
     moved = [where.get((math.prod(before[:d]), before[d])) for d in split.dims]
     if None not in moved:
         return Split(tuple(moved), split.slots)
+    return _merged(split, before, after)
+
+
+def _merged(split: Split, before: tuple[int, ...], after: tuple[int, ...]) -> Flow | Split | None:
+    """A reshape that only merges runs of neighbouring dimensions (``flatten(-2)`` of a
+    rotary pair axis into each head's width): split dimensions in one run become one, in
+    order; None if a run also holds an untracked dimension longer than one."""
+    ends = np.cumprod((1, *before)).tolist()
+    bounds = [1, *np.cumprod(after).tolist()] if after else [1]
+    if not set(bounds) <= set(ends) or ends[-1] != bounds[-1]:
+        return None
+    into = {}  # before dimension -> after dimension
+    for j in range(len(after)):
+        start = ends.index(bounds[j])
+        stop = len(ends) - 1 - ends[::-1].index(bounds[j + 1])
+        into.update(dict.fromkeys(range(start, stop), j))
     order = np.argsort(split.dims)
-    first, last = split.dims[order[0]], split.dims[order[-1]]
-    if [split.dims[o] for o in order] != list(range(first, last + 1)):
-        return None
-    merged = math.prod(before[first : last + 1])
-    j = where.get((math.prod(before[:first]), merged))
-    if j is None or after[j + 1 :] != before[last + 1 :]:
-        return None
-    return Flow(j, np.transpose(split.slots, order).reshape(-1).tolist())
+    dims = [split.dims[o] for o in order]
+    slots = np.transpose(split.slots, order)
+    runs: dict[int, list[int]] = {}
+    for d in dims:
+        runs.setdefault(into[d], []).append(d)
+    for j, run in runs.items():
+        span = [d for d, k in into.items() if k == j and (before[d] > 1 or d in run)]
+        if run != span:
+            return None
+    shape = [math.prod(slots.shape[dims.index(d)] for d in run) for run in runs.values()]
+    return from_axes(tuple(runs), slots.reshape(shape))
 
 
 def permuted(split: Split, order: list[int]) -> Split:

@@ -3,6 +3,7 @@ split_flow): moving, reducing, indexing, broadcasting and repeating them."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ def visit(t: ChannelTracer, node: fx.Node) -> Any:
         moved = _elementwise(t, node)
     elif name in ("cat", "concat"):
         moved = _concat(t, node)
+    elif name == "stack":
+        moved = _stack(t, node)
     elif not isinstance(value, Split) or before is None:
         moved = None
     elif node.target in PASS_FUNCTIONS or node.target in PASS_METHODS:
@@ -53,6 +56,8 @@ def visit(t: ChannelTracer, node: fx.Node) -> Any:
         moved = permuted(value, order_of(node, len(before)))
     elif name == "repeat_interleave":
         moved = repeated(node, value, len(before))
+    elif name in ("split", "chunk"):
+        moved = _parts(t, node, value, len(before))
     elif name in ("mean", "sum", "amax", "softmax", "log_softmax", "unbind", "getitem"):
         moved = _over_axis(t, node, value, len(before))
     return moved if moved is not None else t.pinned_output(node, f"{name} of split channels")
@@ -130,6 +135,8 @@ def _index(index: Any, ndim: int) -> tuple | None:
             ]:
                 return None
             i = slice(*ends)
+        elif isinstance(i, (list, tuple)) and all(isinstance(x, int) for x in i):
+            i = list(i)  # positions picked by a list keep the dimension
         elif not isinstance(i, int):
             return None
         resolved.append(i)
@@ -138,11 +145,12 @@ def _index(index: Any, ndim: int) -> tuple | None:
 
 def _sliced(t: ChannelTracer, node: fx.Node, split: Split, index: tuple) -> Split | None:
     """A slice of a dimension the channels spread over (``x[..., : d // 2]`` of each
-    head, as rotary embeddings take): the cut must then keep that dimension whole."""
+    head, as rotary embeddings take), or positions picked by a list (a multi-query key
+    ``qkv[..., [-2], :]``): the cut must then keep that dimension whole."""
     dims, slots = split.dims, split.slots
     cut = set()
     for d, i in enumerate(index):
-        if isinstance(i, slice) and d in dims:
+        if isinstance(i, (slice, list)) and d in dims:
             axis = dims.index(d)
             kept = np.arange(slots.shape[axis])[i]
             if len(kept) != slots.shape[axis]:
@@ -179,6 +187,49 @@ def _concat(t: ChannelTracer, node: fx.Node) -> Any:
     for _, slots in axes[1:]:
         union_all(t.uf, first, slots)
     return from_axes(dims, first)
+
+
+def _stack(t: ChannelTracer, node: fx.Node) -> Any:
+    """Split channels stacked along a new dimension (rotary pairs ``stack((-x2, x1), -1)``):
+    the new dimension is one more that the channels spread over."""
+    tensors, out = node.args[0], node_shape(node)
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    values = [t.flows.get(a) for a in tensors]
+    if out is None or not all(isinstance(v, (Flow, Split)) for v in values):
+        return None
+    axes = [as_axes(v) for v in values]
+    if any(d != axes[0][0] or s.shape != axes[0][1].shape for d, s in axes):
+        return None
+    dim %= len(out)
+    dims = (*tuple(d + (d >= dim) for d in axes[0][0]), dim)
+    return Split(dims, np.stack([s for _, s in axes], axis=-1))
+
+
+def _parts(t: ChannelTracer, node: fx.Node, split: Split, ndim: int) -> Any:
+    """``split`` / ``chunk`` of split channels: along one of their dimensions (query, key
+    and value side by side in each head), each part takes its slice, and the cut must keep
+    that dimension whole; along another, every part has the same channels."""
+    size = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+    size = size if size is not None else node.kwargs.get("chunks")
+    dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % ndim
+    if dim not in split.dims:
+        return SameForEveryPart(split)
+    axis = split.dims.index(dim)
+    n = split.slots.shape[axis]
+    if name_of(node) == "chunk":
+        if not isinstance(size, int) or n % size:
+            return None
+        size = n // size
+    if isinstance(size, int):
+        size = [size] * (n // size) + ([n % size] if n % size else [])
+    if not isinstance(size, (list, tuple)) or sum(size) != n:
+        return None
+    t.splits.append((node, split, frozenset(split.dims) - {dim}))
+    starts = np.cumsum([0, *size]).tolist()
+    return [
+        Split(split.dims, np.take(split.slots, range(a, b), axis))
+        for a, b in itertools.pairwise(starts)
+    ]
 
 
 def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
