@@ -100,3 +100,28 @@ def test_no_heads_in_the_graph_is_refused_before_anything_changes():
     with pytest.raises(sp.SensipruneError, match="no attention heads found"):
         sp.prune(model, {"heads": 0.5}, structured=True, example_inputs=torch.randn(2, 8))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class _TiedLanguageModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.blocks = nn.ModuleList(_Block() for _ in range(2))
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def test_layers_the_cut_does_not_reach_keep_their_parameters_and_ties():
+    torch.manual_seed(0)
+    model, ids = _TiedLanguageModel(), torch.randint(0, 50, (2, 7))
+    embedding = model.embed.weight
+    before = sum(p.numel() for p in model.parameters())
+    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=ids)
+    assert model.embed.weight is embedding and model.head.weight is embedding
+    assert sum(p.numel() for p in model.parameters()) < before

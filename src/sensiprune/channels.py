@@ -184,7 +184,11 @@ def indices_by_slice(groups: Sequence[Group]) -> dict[tuple[str, str], np.ndarra
     order = np.lexsort((index, key))
     key, index = key[order], index[order]
     bounds = np.searchsorted(key, np.arange(len(keys) + 1))
-    return {k: np.unique(index[bounds[i] : bounds[i + 1]]) for i, k in enumerate(keys)}
+    return {
+        k: np.unique(index[bounds[i] : bounds[i + 1]])
+        for i, k in enumerate(keys)
+        if bounds[i + 1] > bounds[i]  # a table lists the keys of every group, not only these
+    }
 
 
 @dataclass
