@@ -100,3 +100,24 @@ def test_a_decorated_forward_with_sizes_from_inputs_and_modules_made_inside_is_t
     assert model.a.out_features == 8 and model.b.in_features == 8
     assert result.untouched == ()
     assert model(x)[0][0].shape == (5, 3)
+
+
+class _TrainingOnlyToken(_BranchingRoot):
+    """A parameter of the model itself that only training uses, like a mask embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.sum() > 0:
+            x = x + self.mask_token
+        return super().forward(x)
+
+
+def test_a_parameter_the_traced_path_does_not_use_is_reported_not_refused():
+    torch.manual_seed(0)
+    model, x = _TrainingOnlyToken().eval(), torch.randn(5, 4)
+    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    assert model.b.in_features == 8 and model.mask_token.shape == (4,)
+    assert result.untouched == ("mask_token: not used on example_inputs, so it is left as it is",)

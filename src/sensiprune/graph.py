@@ -84,7 +84,7 @@ def build_graph(
         ) from exc
     graph = ChannelTracer(model, traced, pin_fixed).run()
     for layer, why in opaque.items():
-        graph.untouched[layer] = f"could not be traced ({why}), so it is left as it is"
+        graph.untouched[layer] = f"{why}, so it is left as it is"
     graph.flops = recorder.flops + recorder.counter.total
     graph.flops_in_layers_only = recorder.counter.counted_ops == 0
     graph.output_shapes = tensor_shapes(output)

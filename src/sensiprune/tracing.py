@@ -2,11 +2,17 @@
 
 torch.fx traces symbolically first; a submodule it cannot trace becomes an opaque leaf, so the
 rest stays prunable. When the model's own forward cannot be traced symbolically (it branches
-on tensor values, say), tracing falls back to running the forward on the example inputs while
-recording it: every recorded operation is also executed, so a branch, a ``len`` or an ``int``
-of a traced value takes the concrete value. The graph then follows the path those inputs take,
-and the trace is refused if any layer with weights is left off that path (its channels could
-not be kept consistent on the other path).
+on tensor values, say), or a submodule with weights had to be left opaque, tracing also runs
+the forward on the example inputs while recording it: every recorded operation is also
+executed, so a branch, a ``len`` or an ``int`` of a traced value takes the concrete value, and
+the graph that leaves fewer weights opaque is used. That graph follows the path those inputs
+take: it is refused if a layer with weights is left off that path (its channels could not be
+kept consistent on the other path); a parameter a container keeps for itself and the path
+does not use (a training-only mask embedding) is reported and left as it is.
+
+Model code as the ecosystem writes it traces too: forwards behind ``(*args, **kwargs)``
+decorators, sizes read from tensors given to torch factories (``torch.ones(x.shape[0], n)``),
+modules made inside forward, and outputs holding objects fx cannot record (a cache).
 """
 
 from __future__ import annotations
@@ -242,7 +248,8 @@ def trace(
     # it does not pin the channels it read
     graph = fx.GraphModule(model, graph).graph  # dead-code removal asks the module
     graph.eliminate_dead_code()
-    _require_all_weights_reached(model, graph)
+    for name in _unreached(model, graph):
+        opaque[name] = "not used on example_inputs"
     return graph, opaque
 
 
@@ -293,12 +300,14 @@ def _trace_with_leaves(
             inner = next((name for name in reversed(tracer.module_stack) if name), None)
             if inner is None or inner in opaque:
                 raise _RootUntraceable(reason) from exc
-            opaque[inner] = reason
+            opaque[inner] = f"could not be traced ({reason})"
 
 
-def _require_all_weights_reached(model: nn.Module, graph: fx.Graph) -> None:
-    """Every parameter is used somewhere in ``graph``: read, or owned by a called module
-    (under any of its names: a shared embedding is reached through whichever name ran)."""
+def _unreached(model: nn.Module, graph: fx.Graph) -> list[str]:
+    """Parameters ``graph`` never uses (under any of their names: a shared
+    embedding is reached through whichever name ran). A layer off the traced path is refused:
+    a cut of the channels it shares would not fit it on the path not taken. A parameter a
+    container keeps for itself (a mask token, a training-only embedding) is only reported."""
     reached: set[int] = set()
     for node in graph.nodes:
         if node.op == "call_module":
@@ -310,10 +319,17 @@ def _require_all_weights_reached(model: nn.Module, graph: fx.Graph) -> None:
                 reached.add(id(value))
             elif isinstance(value, nn.Module):
                 reached.update(map(id, value.parameters()))
+    unreached = []
     for name, module in model.named_modules():
-        if any(id(p) not in reached for p in module.parameters(recurse=False)):
-            raise SensipruneError(
-                f"the model's forward branches on tensor values, and layer {name!r} is not "
-                "used on example_inputs: structured pruning cannot keep it consistent; pass "
-                "example_inputs that take every branch, or prune unstructured"
-            )
+        unused = [a for a, p in module.named_parameters(recurse=False) if id(p) not in reached]
+        if not unused:
+            continue
+        if next(module.children(), None) is not None:
+            unreached += [f"{name}.{attr}" if name else attr for attr in unused]
+            continue
+        raise SensipruneError(
+            f"the model's forward branches on tensor values, and layer {name!r} is not "
+            "used on example_inputs: structured pruning cannot keep it consistent; pass "
+            "example_inputs that take every branch, or prune unstructured"
+        )
+    return unreached
