@@ -125,3 +125,20 @@ def test_layers_the_cut_does_not_reach_keep_their_parameters_and_ties():
     sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=ids)
     assert model.embed.weight is embedding and model.head.weight is embedding
     assert sum(p.numel() for p in model.parameters()) < before
+
+
+def test_a_known_layout_that_misses_a_bias_table_per_head_falls_back_to_the_graph():
+    torch.manual_seed(0)
+    config = transformers.SwinConfig(
+        image_size=16, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+        window_size=4, num_labels=3,
+    )  # fmt: skip
+    model, images = transformers.SwinForImageClassification(config).eval(), torch.randn(2, 3, 16, 16)
+    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
+             example_inputs={"pixel_values": images}, scope="layer")  # fmt: skip
+    for stage, heads in zip(model.swin.encoder.layers, (1, 2)):
+        attention = stage.blocks[0].attention
+        table = attention.relative_position_bias.relative_position_bias_table
+        assert attention.q_proj.out_features == heads * attention.head_dim
+        assert table.shape[1] == heads
+    assert model(pixel_values=images).logits.shape == (2, 3)

@@ -111,3 +111,13 @@ def test_weights_read_transposed_interleaved_rotary_pairs_and_a_bias_per_head_fo
     assert attention.heads == 2 and attention.inner == 16
     assert attention.wq.shape == (16, 24) and attention.bias.embedding_dim == 2
     assert result.untouched == () and model(x).shape == (2, 6, 3)
+
+
+def test_a_head_count_equal_to_the_head_width_is_told_apart_by_running_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), _RotaryAttention(width=16, heads=4), nn.Linear(16, 3))
+    x = torch.randn(2, 6, 8)
+    sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=x)
+    attention = model[1]
+    assert attention.heads == 2 and attention.head_dim == 4 and attention.q.out_features == 8
+    assert model(x).shape == (2, 6, 3)

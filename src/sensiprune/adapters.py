@@ -391,8 +391,10 @@ def _describe_in(config: object, model: nn.Module, blocks: Sequence[Block]) -> N
         inexpressible.append("feed-forward widths differ between blocks")
     counts = {head_counts(b) for b in blocks}
     fields = adapter.config_heads
-    width = hidden.model_dim(blocks)
-    if getattr(config, "hidden_size", width) != width:
+    streams = {size_of(b.module.get_submodule(b.adapter.ffn_out), "out") for b in blocks}
+    # stages of different widths (Swin) keep what their config says of them
+    width = streams.pop() if len(streams) == 1 else None
+    if width is not None and getattr(config, "hidden_size", width) != width:
         config.hidden_size = width
         if fields is None:
             inexpressible.append(

@@ -267,16 +267,23 @@ def flows_in(value: Any) -> list[Flow | Split]:
 
 
 def index_keeps_dim(dim: int, ndim: int, index: Any) -> int | None:
-    """Where dimension ``dim`` lands after ``tensor[index]``; None if the index cuts into it."""
+    """Where dimension ``dim`` lands after ``tensor[index]``; None if the index cuts into it.
+    One index tensor takes the place of the dimension it indexes with its own dimensions."""
     items = list(index) if isinstance(index, tuple) else [index]
     if any(i is Ellipsis for i in items):
         at = items.index(Ellipsis)
         explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
         items[at : at + 1] = [slice(None)] * (ndim - explicit)
+    tensors = [i for i in items if isinstance(i, fx.Node)]
     dim_in = dim_out = 0
     for item in items:
         if item is None:
             dim_out += 1
+            continue
+        if isinstance(item, fx.Node) and len(tensors) == 1 and node_shape(item) is not None:
+            if dim_in == dim:  # rows picked by an index tensor (a table lookup)
+                return None
+            dim_in, dim_out = dim_in + 1, dim_out + len(node_shape(item))
             continue
         if not isinstance(item, (int, slice)):
             return None  # tensor or traced index: unknown positions

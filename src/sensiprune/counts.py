@@ -12,7 +12,7 @@ catches what this cannot know; the prune then starts again with such channels ke
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,21 +40,46 @@ class Count:
 
 
 def follow(
-    modules: Mapping[str, nn.Module], counts: Sequence[Count], removed: Sequence[int]
+    modules: Mapping[str, nn.Module],
+    counts: Sequence[Count],
+    removed: Sequence[int],
+    skip: Collection[str] = (),
 ) -> None:
-    """Set the attributes that hold each count to what is kept of it."""
+    """Set the attributes that hold each count to what is kept of it (but those named in
+    ``skip``)."""
+    for name, attr, value, _ in _planned(modules, counts, removed):
+        if attr not in skip:
+            _set(modules[name], attr, value)
+
+
+def ambiguous(
+    modules: Mapping[str, nn.Module], counts: Sequence[Count], removed: Sequence[int]
+) -> list[str]:
+    """Attributes :func:`follow` sets where another attribute of the module holds the same
+    value: with 4 heads of 4 channels, or 2 key/value heads and 2 queries per key/value head,
+    only running the model tells which one counts what was cut."""
+    return sorted({attr for _, attr, _, twin in _planned(modules, counts, removed) if twin})
+
+
+def _planned(
+    modules: Mapping[str, nn.Module], counts: Sequence[Count], removed: Sequence[int]
+) -> list[tuple[str, str, object, bool]]:
+    """(module, attribute, new value, whether another attribute matched too) per change."""
     gone = np.asarray(sorted(removed), dtype=np.int64)
-    before = {name: dict(vars(module)) for name, module in modules.items()}  # read, not written
+    changes = []
     for count in counts:
         kept = count.kept(gone)
         module = modules.get(count.module)
         if module is None or kept == count.values:
             continue
-        for attr, value in _sizes(before[count.module]):
+        matched = []
+        for attr, value in _sizes(vars(module)):
             if len(kept) == 1 and isinstance(value, int) and value == count.values[0]:
-                _set(module, attr, kept[0])
+                matched.append((attr, kept[0]))
             elif isinstance(value, (list, tuple)) and tuple(value) == count.values:
-                _set(module, attr, type(value)(kept))
+                matched.append((attr, type(value)(kept)))
+        changes += [(count.module, attr, v, len(matched) > 1) for attr, v in matched]
+    return changes
 
 
 def _set(module: nn.Module, attr: str, value: object) -> None:

@@ -178,8 +178,11 @@ def _mask_follows(t: ChannelTracer, mask: Any, q: np.ndarray) -> bool:
     shape = node_shape(mask)
     if shape is None or len(shape) < 3 or shape[-3] == 1:
         return True
-    flow = t.flows.get(mask)
-    if not isinstance(flow, Flow) or flow.dim != len(shape) - 3 or len(flow.slots) != len(q):
+    flow, head = t.flows.get(mask), len(shape) - 3
+    if isinstance(flow, ParamFlow) and flow.along(head):  # a table of biases per head
+        t.param_entries(flow, head, Flow(head, q[:, 0].tolist()))
+        return True
+    if not isinstance(flow, Flow) or flow.dim != head or len(flow.slots) != len(q):
         return False
     for head, slot in zip(q[:, 0].tolist(), flow.slots):
         t.uf.union(head, slot)

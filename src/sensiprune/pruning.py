@@ -307,13 +307,13 @@ def _prune_structured(
     if example_inputs is None and data is not None:  # the first batch stands in: read it once
         data = as_batches(data)
 
-    def attempt(pin_fixed: bool) -> PruneResult:
+    def attempt(blocks: list[adapters.Block], pin_fixed: bool) -> PruneResult:
         graph, inputs = structured_pruning.build(
             model, example_inputs, blocks, asked, data, pin_fixed
         )
         target, kinds = sparsity, {}
         if asked:
-            by_kind = known or graph_kinds.kind_layers(sparsity, graph, model)
+            by_kind = (known if blocks else None) or graph_kinds.kind_layers(sparsity, graph, model)
             kinds = {kind: (sparsity[kind], set(names)) for kind, names in by_kind.items()}
             target = adapters.expand_budget(sparsity, by_kind)
         named = set(target) if isinstance(target, Mapping) else set()
@@ -360,14 +360,24 @@ def _prune_structured(
             _by_reason(graph.untouched),
         )
 
+    def cut(blocks: list[adapters.Block]) -> PruneResult:
+        try:
+            return attempt(blocks, pin_fixed=False)
+        except CutRefused as refused:
+            if not refused.fixed:
+                raise
+            # sizes the model's code fixes did not follow the cut through its attributes: cut
+            # again with those channels kept
+            return attempt(blocks, pin_fixed=True)
+
     try:
-        return attempt(pin_fixed=False)
-    except CutRefused as refused:
-        if not refused.fixed:
+        return cut(blocks)
+    except CutRefused:
+        if not blocks or query_heads:
             raise
-        # sizes the model's code fixes did not follow the cut through its attributes: cut
-        # again with those channels kept
-        return attempt(pin_fixed=True)
+        # a known layout is a fast path; where the model holds more than it knows (a bias
+        # table per head), the traced graph decides
+        return cut([])
 
 
 def _by_reason(untouched: Mapping[str, str], shown: int = 3) -> tuple[str, ...]:

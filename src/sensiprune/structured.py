@@ -254,8 +254,8 @@ def remove_groups(
     cut = indices_by_slice([graph.groups[g] for g in removed])
     modules = dict(model.named_modules())
     touched = [modules[layer] for layer in {layer for layer, _ in cut}] + list(kept_in_step)
-    touched += counts.holders(modules, graph.counts)
-    saved = [(thing, _snapshot(thing)) for thing in touched]
+    holders = counts.holders(modules, graph.counts) + list(kept_in_step)
+    saved = [(thing, _snapshot(thing)) for thing in touched + holders]
     ties = surgery.tied_parameters(model)
     try:
         for (layer, role), indices in cut.items():
@@ -264,31 +264,52 @@ def remove_groups(
             keep[indices] = False
             surgery.shrink(module, role, torch.from_numpy(np.flatnonzero(keep)))
         surgery.retie(ties)
-        counts.follow(modules, graph.counts, [graph.groups[g].number for g in removed])
-        if bookkeeping is not None:
-            bookkeeping()
-        try:
-            flops, shapes = counted_forward(
-                model,
-                example_inputs,
-                "the model does not run after structured pruning; this is a bug in sensiprune's "
-                "dependency graph: please report it (the model was not modified)",
-                layers_only=graph.flops_in_layers_only,
-            )
-        except SensipruneError as exc:
-            raise CutRefused(str(exc), graph.fixed) from exc.__cause__
-        if shapes != graph.output_shapes:
-            raise CutRefused(
-                "structured pruning would change the output shape; this is a bug in "
-                "sensiprune's dependency graph: please report it (the model was not modified)",
-                graph.fixed,
-            )
+        numbers = [graph.groups[g].number for g in removed]
+        cut_state = [(thing, _snapshot(thing)) for thing in holders]
+        # where two attributes held a count's value, the one that counts it is found by
+        # running the model with the other left as it was
+        twins = counts.ambiguous(modules, graph.counts, numbers)
+        refused = None
+        for skip in [(), *([name] for name in twins)]:
+            _restore(cut_state)
+            counts.follow(modules, graph.counts, numbers, skip)
+            if bookkeeping is not None:
+                bookkeeping()
+            try:
+                return _checked_run(model, graph, example_inputs)
+            except CutRefused as error:
+                refused = refused or error
+        raise refused
     except BaseException:
-        for thing, state in saved:
-            thing.__dict__.clear()
-            thing.__dict__.update(state)
+        _restore(saved)
         raise
+
+
+def _checked_run(model: nn.Module, graph: DependencyGraph, example_inputs: Sequence) -> int:
+    """The pruned model's FLOPs, once it has run with the output shapes it had."""
+    try:
+        flops, shapes = counted_forward(
+            model,
+            example_inputs,
+            "the model does not run after structured pruning; this is a bug in sensiprune's "
+            "dependency graph: please report it (the model was not modified)",
+            layers_only=graph.flops_in_layers_only,
+        )
+    except SensipruneError as exc:
+        raise CutRefused(str(exc), graph.fixed) from exc.__cause__
+    if shapes != graph.output_shapes:
+        raise CutRefused(
+            "structured pruning would change the output shape; this is a bug in "
+            "sensiprune's dependency graph: please report it (the model was not modified)",
+            graph.fixed,
+        )
     return flops
+
+
+def _restore(saved: Sequence[tuple[object, dict]]) -> None:
+    for thing, state in reversed(saved):
+        thing.__dict__.clear()
+        thing.__dict__.update(state)
 
 
 def _snapshot(thing: object) -> dict:
