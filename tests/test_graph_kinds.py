@@ -133,7 +133,8 @@ def test_a_known_layout_that_misses_a_bias_table_per_head_falls_back_to_the_grap
         image_size=16, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
         window_size=4, num_labels=3,
     )  # fmt: skip
-    model, images = transformers.SwinForImageClassification(config).eval(), torch.randn(2, 3, 16, 16)
+    model = transformers.SwinForImageClassification(config).eval()
+    images = torch.randn(2, 3, 16, 16)
     sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
              example_inputs={"pixel_values": images}, scope="layer")  # fmt: skip
     for stage, heads in zip(model.swin.encoder.layers, (1, 2)):
