@@ -121,3 +121,45 @@ def test_a_head_count_equal_to_the_head_width_is_told_apart_by_running_the_model
     attention = model[1]
     assert attention.heads == 2 and attention.head_dim == 4 and attention.q.out_features == 8
     assert model(x).shape == (2, 6, 3)
+
+
+class _BatchFoldedAttention(nn.Module):
+    """Heads folded into the batch for ``torch.bmm`` and unfolded to add a mask, as DeBERTa
+    and BLOOM do."""
+
+    def __init__(self, width: int = 24, heads: int = 3) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.o = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (
+            y.view(b, t, self.heads, -1).transpose(1, 2).reshape(-1, t, self.head_dim)
+            for y in self.qkv(x).chunk(3, -1)
+        )
+        scores = torch.bmm(q, k.transpose(1, 2)).view(b, self.heads, t, t) + mask
+        probs = F.softmax(scores, -1).view(-1, t, t)
+        out = torch.bmm(probs, v).view(b, self.heads, t, -1).transpose(1, 2)
+        return self.o(out.reshape(b, t, -1))
+
+
+def test_heads_folded_into_the_batch_are_followed_through_bmm():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"embed": nn.Linear(8, 24), "attention": _BatchFoldedAttention()})
+    wrapper = _Wrapped(model)
+    x, mask = torch.randn(2, 5, 8), torch.zeros(2, 1, 5, 5)
+    sp.prune(wrapper, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=(x, mask))
+    attention = model["attention"]
+    assert attention.heads == 2 and attention.qkv.out_features == 48
+    assert wrapper(x, mask).shape == (2, 5, 24)
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, parts: nn.ModuleDict) -> None:
+        super().__init__()
+        self.parts = parts
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.parts["attention"](self.parts["embed"](x), mask)

@@ -294,7 +294,7 @@ def _pad(t: ChannelTracer, node: fx.Node) -> Any:
 FUNCTION_RULES: dict[Any, Callable[[ChannelTracer, fx.Node], Any]] = {
     **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), _conv),
     F.linear: _linear,
-    **dict.fromkeys((torch.matmul, operator.matmul, "matmul"), _matmul),
+    **dict.fromkeys((torch.matmul, operator.matmul, "matmul", torch.bmm, "bmm"), _matmul),
     F.scaled_dot_product_attention: _attention,
     F.batch_norm: _batch_norm,
     F.layer_norm: _layer_norm,

@@ -457,8 +457,8 @@ class ChannelTracer:
         out_shape = node_shape(node)
         tensors = [(a, node_shape(a)) for a in node.args if isinstance(a, fx.Node)]
         tensors = [(a, shape) for a, shape in tensors if shape is not None]
-        tracked = [(self.flows.get(a), len(out_shape) - len(shape)) for a, shape in tensors]
-        tracked = [(f.dim + offset, f.slots) for f, offset in tracked if isinstance(f, Flow)]
+        tracked = [(self.free_flow(a), len(out_shape) - len(shape)) for a, shape in tensors]
+        tracked = [(f.dim + offset, f.slots) for f, offset in tracked if f is not None]
         if out_shape is None or not tracked:
             return None
         # a tensor of size one along the tracked dimension (a mask, a scalar) is broadcast
@@ -474,7 +474,7 @@ class ChannelTracer:
         for arg, shape in tensors:
             aligned = dim - (len(out_shape) - len(shape))
             value = self.flows.get(arg)
-            if isinstance(value, Flow) or aligned < 0 or shape[aligned] == 1:
+            if self.free_flow(arg) is not None or aligned < 0 or shape[aligned] == 1:
                 continue
             if isinstance(value, param_flow.ParamFlow) and value.along(aligned):
                 self.param_entries(value, aligned, Flow(dim, slots))  # a per-channel scale
@@ -482,6 +482,14 @@ class ChannelTracer:
             # a tensor that cannot be sliced along the channels
             return self.pinned_output(node, "element-wise with an untracked tensor")
         return Flow(dim, slots)
+
+    def free_flow(self, node: Any) -> Flow | None:
+        """The flow of ``node`` unless every slot of it is fixed (an input's positions): such
+        a tensor combines with others as a constant would."""
+        flow = self.flows.get(node) if isinstance(node, fx.Node) else None
+        if not isinstance(flow, Flow) or all(s in self.pinned for s in flow.slots):
+            return None
+        return flow
 
     def expand(self, node: fx.Node) -> Any:
         """``x.expand(B, -1, T, T)`` repeats other dimensions (and may add leading ones); the
@@ -609,7 +617,11 @@ class ChannelTracer:
             return Flow(moved[0], flow.slots)
         if before[:d] == after[:d] and len(after) == d + 1:
             return self.flatten(node, d, -1)
-        split = split_flow.split_by_reshape(flow, before, after)
+        split = split_flow.split_by_reshape(flow, before, after) or split_flow.folded(
+            flow, before, after
+        )
+        if isinstance(split, Flow):
+            return split
         if split is not None and not self.pin_fixed:
             self.splits.append((node, split, None))
             return split

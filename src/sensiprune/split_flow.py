@@ -31,10 +31,16 @@ def from_axes(dims: tuple[int, ...], slots: np.ndarray) -> Flow | Split:
     return Split(tuple(dims), slots)
 
 
-def split_by_reshape(flow: Flow, before: tuple[int, ...], after: tuple[int, ...]) -> Split | None:
+def split_by_reshape(
+    flow: Flow, before: tuple[int, ...], after: tuple[int, ...]
+) -> Flow | Split | None:
     """The flow after a reshape that splits its dimension into several consecutive ones,
-    everything before it unchanged; None for any other reshape."""
+    everything before it unchanged, or that unfolds heads folded into the batch; None for
+    any other reshape."""
     d = flow.dim
+    if len(set(flow.slots)) < len(flow.slots):  # heads folded into the batch, B * H
+        unfolded = _materialized(Split((d,), np.asarray(flow.slots)), before, after)
+        return unfolded if isinstance(unfolded, Flow) else None
     if before[:d] != after[:d]:
         return None
     size, end = 1, d
@@ -44,7 +50,20 @@ def split_by_reshape(flow: Flow, before: tuple[int, ...], after: tuple[int, ...]
     if size != before[d] or end - d < 2 or after[end:] != before[d + 1 :]:
         return None
     sizes = after[d:end]
-    return Split(tuple(range(d, end)), np.asarray(flow.slots, dtype=np.int64).reshape(sizes))
+    split = compact(tuple(range(d, end)), np.asarray(flow.slots, dtype=np.int64).reshape(sizes))
+    return split if isinstance(split, Split) else None
+
+
+def folded(flow: Flow, before: tuple[int, ...], after: tuple[int, ...]) -> Flow | None:
+    """Channels folded into the dimensions before them (heads into the batch: (B, H, T, T)
+    to (B·H, T, T)): each channel once per leading index, the channels varying fastest."""
+    d, rest = flow.dim, before[flow.dim + 1 :]
+    j = len(after) - len(rest) - 1
+    if j < 0 or tuple(after[j + 1 :]) != tuple(rest) or after[j] % before[d]:
+        return None
+    if math.prod(after[:j]) * after[j] != math.prod(before[: d + 1]):
+        return None
+    return Flow(j, flow.slots * (after[j] // before[d]))
 
 
 def reshaped(split: Split, before: tuple[int, ...], after: tuple[int, ...]) -> Flow | Split | None:
@@ -55,34 +74,47 @@ def reshaped(split: Split, before: tuple[int, ...], after: tuple[int, ...]) -> F
     moved = [where.get((math.prod(before[:d]), before[d])) for d in split.dims]
     if None not in moved:
         return Split(tuple(moved), split.slots)
-    return _merged(split, before, after)
+    return _materialized(split, before, after)
 
 
-def _merged(split: Split, before: tuple[int, ...], after: tuple[int, ...]) -> Flow | Split | None:
-    """A reshape that only merges runs of neighbouring dimensions (``flatten(-2)`` of a
-    rotary pair axis into each head's width): split dimensions in one run become one, in
-    order; None if a run also holds an untracked dimension longer than one."""
-    ends = np.cumprod((1, *before)).tolist()
-    bounds = [1, *np.cumprod(after).tolist()] if after else [1]
-    if not set(bounds) <= set(ends) or ends[-1] != bounds[-1]:
+def _materialized(
+    split: Split, before: tuple[int, ...], after: tuple[int, ...]
+) -> Flow | Split | None:
+    """Any other reshape, done on the slots themselves: the dimensions are cut into the
+    shortest runs whose sizes multiply alike before and after; in a run that holds split
+    dimensions the others are spelled out (each slot repeated along them), the run is
+    reshaped as the tensor is, and dimensions the slots do not vary along are dropped. So
+    rotary pairs flatten into each head's width, and heads fold into the batch
+    (``view(B * H, T, d)``, a slot repeated once per sample) and back."""
+    ends, bounds = np.cumprod((1, *before)).tolist(), np.cumprod((1, *after)).tolist()
+    cuts = sorted(set(ends) & set(bounds))
+    if ends[-1] != bounds[-1]:
         return None
-    into = {}  # before dimension -> after dimension
-    for j in range(len(after)):
-        start = ends.index(bounds[j])
-        stop = len(ends) - 1 - ends[::-1].index(bounds[j + 1])
-        into.update(dict.fromkeys(range(start, stop), j))
     order = np.argsort(split.dims)
-    dims = [split.dims[o] for o in order]
-    slots = np.transpose(split.slots, order)
-    runs: dict[int, list[int]] = {}
-    for d in dims:
-        runs.setdefault(into[d], []).append(d)
-    for j, run in runs.items():
-        span = [d for d, k in into.items() if k == j and (before[d] > 1 or d in run)]
-        if run != span:
-            return None
-    shape = [math.prod(slots.shape[dims.index(d)] for d in run) for run in runs.values()]
-    return from_axes(tuple(runs), slots.reshape(shape))
+    laid = np.transpose(split.slots, order)
+    shape = [1] * len(before)
+    for axis, d in enumerate(sorted(split.dims)):
+        shape[d] = laid.shape[axis]
+    laid = laid.reshape(shape)
+    last = max(len(cuts) - 2, 0)
+    run_in = np.minimum(np.searchsorted(cuts, ends[:-1], side="right") - 1, last)
+    run_out = np.minimum(np.searchsorted(cuts, bounds[:-1], side="right") - 1, last)
+    tracked = {int(run_in[d]) for d in split.dims}
+    for d in range(len(before)):
+        if run_in[d] in tracked:
+            shape[d] = before[d]
+    new_shape = [after[j] if run_out[j] in tracked else 1 for j in range(len(after))]
+    return compact(tuple(range(len(after))), np.broadcast_to(laid, shape).reshape(new_shape))
+
+
+def compact(dims: tuple[int, ...], slots: np.ndarray) -> Flow | Split | None:
+    """The channels without the axes they do not vary along (a batch that heads were
+    folded into, a dimension of size one)."""
+    varying = [axis for axis in range(slots.ndim) if not (slots == slots.take([0], axis)).all()]
+    for axis in reversed(range(slots.ndim)):
+        if axis not in varying:
+            slots = slots.take(0, axis)
+    return from_axes(tuple(dims[a] for a in varying), slots) if varying else None
 
 
 def permuted(split: Split, order: list[int]) -> Split:

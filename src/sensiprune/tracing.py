@@ -169,7 +169,10 @@ class _ConcreteTracer(_LeafTracer):
 # torch functions and methods of a tensor that take sizes: a traced size (x.shape[0]) given to
 # them is an object with __torch_function__ in an int slot, which torch's argument parser
 # refuses instead of dispatching, so they are routed to the tracer by hand
-_SIZE_FUNCTIONS = ("ones", "zeros", "empty", "full", "rand", "randn", "randint", "arange", "eye")
+_SIZE_FUNCTIONS = (
+    "ones", "zeros", "empty", "full", "rand", "randn", "randint", "arange", "eye", "tensor",
+    "as_tensor",
+)  # fmt: skip
 _SIZE_METHODS = ("expand", "view", "reshape", "repeat", "new_ones", "new_zeros", "new_full")
 
 
