@@ -121,3 +121,26 @@ def test_a_parameter_the_traced_path_does_not_use_is_reported_not_refused():
     result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
     assert model.b.in_features == 8 and model.mask_token.shape == (4,)
     assert result.untouched == ("mask_token: not used on example_inputs, so it is left as it is",)
+
+
+class _CachingBias(nn.Module):
+    """Keeps a value computed in forward in a dict, as timm's attention bias caches do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.bias = nn.Parameter(torch.zeros(4))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if "bias" not in self.cache:
+            self.cache["bias"] = self.bias * 2
+        return self.fc(x) + self.cache["bias"]
+
+
+def test_what_a_forward_caches_in_its_modules_while_traced_is_put_back():
+    model, x = _CachingBias(), torch.randn(3, 4)
+    for _ in range(2):  # a second trace must not read the first one's traced value
+        graph, _ = trace(model, [x])
+        assert model.cache == {}
+        torch.testing.assert_close(fx.Interpreter(model, graph=graph).run(x), model.fc(x))

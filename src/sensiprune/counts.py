@@ -73,7 +73,7 @@ def _planned(
         if module is None or kept == count.values:
             continue
         matched = []
-        for attr, value in _sizes(vars(module)):
+        for attr, value in size_attributes(vars(module)):
             if len(kept) == 1 and isinstance(value, int) and value == count.values[0]:
                 matched.append((attr, kept[0]))
             elif isinstance(value, (list, tuple)) and tuple(value) == count.values:
@@ -94,7 +94,7 @@ def _set(module: nn.Module, attr: str, value: object) -> None:
 def held(module: nn.Module, values: tuple[int, ...]) -> bool:
     """Whether an attribute of ``module`` holds these values, so that :func:`follow` can
     bring it in step."""
-    for _, value in _sizes(vars(module)):
+    for _, value in size_attributes(vars(module)):
         if len(values) == 1 and isinstance(value, int) and value == values[0]:
             return True
         if isinstance(value, (list, tuple)) and tuple(value) == values:
@@ -102,7 +102,7 @@ def held(module: nn.Module, values: tuple[int, ...]) -> bool:
     return False
 
 
-def _sizes(attributes: Mapping[str, object]) -> list[tuple[str, object]]:
+def size_attributes(attributes: Mapping[str, object]) -> list[tuple[str, object]]:
     """The attributes that may hold a size: public ones, not flags."""
     return [
         (attr, value)

@@ -457,10 +457,15 @@ class ChannelTracer:
         out_shape = node_shape(node)
         tensors = [(a, node_shape(a)) for a in node.args if isinstance(a, fx.Node)]
         tensors = [(a, shape) for a, shape in tensors if shape is not None]
-        tracked = [(self.free_flow(a), len(out_shape) - len(shape)) for a, shape in tensors]
-        tracked = [(f.dim + offset, f.slots) for f, offset in tracked if f is not None]
-        if out_shape is None or not tracked:
+        flows = [(self.flows.get(a), len(out_shape) - len(shape)) for a, shape in tensors]
+        flows = [(f.dim + offset, f.slots) for f, offset in flows if isinstance(f, Flow)]
+        free = [(d, s) for d, s in flows if any(x not in self.pinned for x in s)]
+        if out_shape is None or not flows:
             return None
+        # fixed channels along another dimension (an input's positions) are a constant there
+        main = (free or flows)[0][0]
+        tracked = [(d, s) for d, s in flows if d == main or (d, s) in free]
+        constants = {id(s) for d, s in flows if (d, s) not in tracked}
         # a tensor of size one along the tracked dimension (a mask, a scalar) is broadcast
         tracked = [(d, s) for d, s in tracked if len(s) == out_shape[d]]
         if not tracked:  # the channels come from an operand that does not track them
@@ -474,7 +479,8 @@ class ChannelTracer:
         for arg, shape in tensors:
             aligned = dim - (len(out_shape) - len(shape))
             value = self.flows.get(arg)
-            if self.free_flow(arg) is not None or aligned < 0 or shape[aligned] == 1:
+            constant = not isinstance(value, Flow) or id(value.slots) in constants
+            if not constant or aligned < 0 or shape[aligned] == 1:
                 continue
             if isinstance(value, param_flow.ParamFlow) and value.along(aligned):
                 self.param_entries(value, aligned, Flow(dim, slots))  # a per-channel scale
@@ -482,14 +488,6 @@ class ChannelTracer:
             # a tensor that cannot be sliced along the channels
             return self.pinned_output(node, "element-wise with an untracked tensor")
         return Flow(dim, slots)
-
-    def free_flow(self, node: Any) -> Flow | None:
-        """The flow of ``node`` unless every slot of it is fixed (an input's positions): such
-        a tensor combines with others as a constant would."""
-        flow = self.flows.get(node) if isinstance(node, fx.Node) else None
-        if not isinstance(flow, Flow) or all(s in self.pinned for s in flow.slots):
-            return None
-        return flow
 
     def expand(self, node: fx.Node) -> Any:
         """``x.expand(B, -1, T, T)`` repeats other dimensions (and may add leading ones); the

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from . import adapters, criteria, distributed, graph_kinds, masks, selection, stats
+from . import (
+    adapters,
+    config_sync,
+    criteria,
+    distributed,
+    graph_kinds,
+    masks,
+    selection,
+    stats,
+)
 from . import structured as structured_pruning
 from .criteria.channel import GroupLossChange
 from .criteria.obs import OptimalBrainSurgeon
@@ -337,13 +347,13 @@ def _prune_structured(
         params_before = sum(p.numel() for p in model.parameters())
         before = {name: t.param.numel() for name, t in targets.items()}
         kept_graph = replace(graph, groups=groups)
+        if blocks:  # what the model's code and config read follows the new shapes
+            bookkeeping = functools.partial(adapters.after_surgery, model, blocks)
+            kept_in_step = adapters.bookkeepers(model, blocks)
+        else:
+            bookkeeping, kept_in_step = config_sync.follower(model), config_sync.configs(model)
         flops_after = structured_pruning.remove_groups(
-            model,
-            kept_graph,
-            removed,
-            inputs,
-            lambda: adapters.after_surgery(model, blocks),
-            adapters.bookkeepers(model, blocks),
+            model, kept_graph, removed, inputs, bookkeeping, kept_in_step
         )
         after = {  # tied weights (a language model's head and embedding) under both names
             name: p.numel() for name, p in model.named_parameters(remove_duplicate=False)

@@ -18,6 +18,7 @@ modules made inside forward, and outputs holding objects fx cannot record (a cac
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import operator
 from collections.abc import Iterator, Sequence
@@ -225,6 +226,32 @@ def trace(
     cost as much again), and the submodules left opaque with the reason. Symbolic tracing
     comes first; when it fails at the root, or leaves layers with weights opaque, tracing on
     the example inputs is tried too, and the graph that leaves fewer weights opaque wins."""
+    with _caches_kept(model):
+        return _trace(model, example_inputs)
+
+
+@contextlib.contextmanager
+def _caches_kept(model: nn.Module) -> Iterator[None]:
+    """Put back what a forward stored in its modules' dicts and lists while being traced (a
+    cache of attention biases keyed by device would keep a traced value, and the next trace
+    would read a value of another graph)."""
+    saved = [
+        (value, copy.copy(value))
+        for module in model.modules()
+        for attr, value in vars(module).items()
+        if isinstance(value, (dict, list)) and not attr.startswith("_")
+    ]
+    try:
+        yield
+    finally:
+        for value, before in saved:
+            value.clear()
+            value.extend(before) if isinstance(value, list) else value.update(before)
+
+
+def _trace(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor]
+) -> tuple[fx.Graph, dict[str, str]]:
     concrete = _concrete_arguments(model, list(example_inputs))
     try:
         symbolic = _trace_with_leaves(model, lambda opaque: _LeafTracer(opaque), concrete)
