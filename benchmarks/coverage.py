@@ -112,6 +112,10 @@ class Row:
     flops_after: int = 0
     seconds: float = 0.0
     left_alone: list[str] = field(default_factory=list)
+    # Hugging Face rows of sensiprune: the pruned model back from sp.save / sp.load, and a
+    # model cut alike in every block (scope="layer") back from save / from_pretrained
+    sp_load: str = ""
+    from_pretrained: str = ""
 
     @property
     def flop_reduction(self) -> float:
@@ -341,6 +345,9 @@ def survey_model(
                 new_shape, row.flops_after, row.params_after = measure(model, inputs)
             row.ran = True
             row.shape_kept = new_shape == shape
+            if part == "hf" and row.library == "sensiprune":
+                with time_limit(limit):
+                    row.sp_load, row.from_pretrained = reloads(model, inputs, build)
         except Exception as exc:
             row.seconds = row.seconds or time.perf_counter() - start
             row.error = f"{stage}: {first_line(exc)}"
@@ -348,6 +355,39 @@ def survey_model(
                 traceback.print_exc()
         del model
     return rows
+
+
+def reloads(pruned: nn.Module, inputs: Any, build: Callable) -> tuple[str, str]:
+    """Whether ``pruned`` comes back from sp.save / sp.load with the same outputs, and
+    whether a fresh model cut alike in every block comes back from save_pretrained /
+    from_pretrained: "yes", or "no: " and why."""
+    import tempfile
+
+    def same(a: nn.Module, b: nn.Module) -> str:
+        with torch.no_grad():
+            x, y = main_tensor(call(a.eval(), inputs)), main_tensor(call(b.eval(), inputs))
+        return "yes" if x.shape == y.shape and torch.allclose(x, y, atol=1e-5) else "no: outputs"
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(SEED[0])
+        return build()[0]
+
+    answers = []
+    for check in ("sp.load", "from_pretrained"):
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                if check == "sp.load":
+                    sp.save(pruned, folder)
+                    answers.append(same(pruned, sp.load(folder, fresh)))
+                else:
+                    model = fresh()
+                    sp.prune(model, dict(HF_BUDGET), criterion="magnitude", structured=True,
+                             example_inputs=inputs, scope="layer")  # fmt: skip
+                    model.save_pretrained(folder)
+                    answers.append(same(model, type(model).from_pretrained(folder)))
+        except Exception as exc:
+            answers.append(f"no: {first_line(exc)[:80]}")
+    return answers[0], answers[1]
 
 
 def build_ignore(model: nn.Module, build: Callable) -> list[nn.Module]:
@@ -742,10 +782,13 @@ def cell(text: str) -> str:
 
 
 def model_table(rows: list[Row], part: str) -> list[str]:
+    reload = part == "hf"
     lines = [
         "| family | model | library | ran | shape kept | params (M) before → after "
-        "| GFLOPs before → after | FLOP reduction | prune s | error |",
-        "|---|---|---|---|---|---|---|---:|---:|---|",
+        "| GFLOPs before → after | FLOP reduction | prune s "
+        + ("| sp.load | from_pretrained (uniform cut) " if reload else "")
+        + "| error |",
+        "|---|---|---|---|---|---|---|---:|---:|" + ("---|---|" if reload else "") + "---|",
     ]
     for r in rows:
         if r.part != part:
@@ -757,9 +800,25 @@ def model_table(rows: list[Row], part: str) -> list[str]:
         lines.append(
             f"| {r.family} | {r.model} | {r.library} | {'yes' if r.ran else '**no**'} "
             f"| {'yes' if r.shape_kept else 'no'} | {params} | {flops} "
-            f"| {r.flop_reduction:.2f}x | {r.seconds:.1f} | {cell(r.error)} |"
+            f"| {r.flop_reduction:.2f}x | {r.seconds:.1f} "
+            + (f"| {cell(r.sp_load)} | {cell(r.from_pretrained)} " if reload else "")
+            + f"| {cell(r.error)} |"
         )
     return lines
+
+
+def reload_lines(rows: list[Row]) -> list[str]:
+    mine = [r for r in rows if r.part == "hf" and r.library == "sensiprune" and r.ran]
+    loads = [r.family for r in mine if r.sp_load == "yes"]
+    pretrained = [r.family for r in mine if r.from_pretrained == "yes"]
+    return [
+        f"Of the {len(mine)} families sensiprune pruned, {len(loads)} come back from "
+        f"`sp.save` / `sp.load` with the same outputs, and {len(pretrained)} cut alike in "
+        'every block (`scope="layer"`) come back from `save_pretrained` / `from_pretrained`. '
+        "Where a family's config derives the head size from the width (head count x head "
+        "size = hidden size), no config can describe fewer heads: sensiprune says so and "
+        "keeps the config (`sp.load` is the way back).",
+    ]
 
 
 def reason_table(rows: list[Row], part: str) -> list[str]:
@@ -890,6 +949,8 @@ def report(rows: list[Row], run: dict) -> str:
             "bar here is any cut of at least 1.05x.",
             "",
             *summary_lines(rows, "hf", 1.05),
+            "",
+            *reload_lines(rows),
             "",
             "### sensiprune: what was left alone, and why",
             "",

@@ -143,3 +143,16 @@ def test_a_known_layout_that_misses_a_bias_table_per_head_falls_back_to_the_grap
         assert attention.q_proj.out_features == heads * attention.head_dim
         assert table.shape[1] == heads
     assert model(pixel_values=images).logits.shape == (2, 3)
+
+
+def test_the_config_follows_a_uniform_cut_where_it_can_say_so(tmp_path, caplog):
+    model, batch = _distilbert(), text_batch()
+    sp.prune(model, {"ffn": 0.5}, "magnitude", structured=True, example_inputs=batch,
+             scope="layer")  # fmt: skip
+    assert model.config.hidden_dim == 32 and model.config.max_position_embeddings == 32
+    model.save_pretrained(tmp_path / "ffn")
+    again = type(model).from_pretrained(tmp_path / "ffn").eval()
+    torch.testing.assert_close(again(**batch).logits, model(**batch).logits)
+    heads = _distilbert()  # DistilBERT's head size is the width over the head count
+    sp.prune(heads, {"heads": 0.25}, "magnitude", structured=True, example_inputs=batch)
+    assert heads.config.n_heads == 4 and "sp.save" in caplog.text

@@ -163,3 +163,26 @@ class _Wrapped(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.parts["attention"](self.parts["embed"](x), mask)
+
+
+class _ZeroBiasAttention(_RotaryAttention):
+    """A bias made in forward for each of ``self.heads`` heads, the same for all (T5's
+    cross-attention gives zeros so)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (
+            p(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            for p in (self.q, self.k, self.v)
+        )
+        bias = torch.zeros(1, self.heads, t, t)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.o(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_a_mask_made_alike_for_every_head_follows_the_head_count():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 24), _ZeroBiasAttention(), nn.Linear(24, 3))
+    x = torch.randn(2, 6, 8)
+    sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x)
+    assert model[1].heads == 2 and model(x).shape == (2, 6, 3)

@@ -4,11 +4,12 @@
 describe the pruned shapes. A model no adapter knows names its sizes in its own fields
 (``n_heads``, ``ffn_dim``, ``d_ff``, ...), so nothing here lists field names: every size the cut
 changed the same way everywhere (a parameter dimension, or a count the model keeps in an
-attribute, as 4 heads becoming 3) is written into the config fields that held the old value,
-and the result is checked by building the model from the new config on the meta device and
-comparing every parameter's shape. A field whose change makes that check worse is put back;
-when the shapes still differ (blocks cut differently), the config is left as it was and the
-advice is to use ``sp.save`` / ``sp.load``.
+attribute, as 4 heads becoming 3) is a candidate for the config fields that held the old value;
+each change is kept only if a model built from the config (on the meta device) then has more
+parameters of the pruned shapes, so a field that merely held the same number (a maximum
+distance equal to the FFN width) stays. When the shapes still differ (blocks cut
+differently, a head size the config derives from the width), the config is left as it was
+and the advice is to use ``sp.save`` / ``sp.load``.
 """
 
 from __future__ import annotations
@@ -74,18 +75,15 @@ def _follow(model: nn.Module, shapes: dict[str, tuple], counts: dict[tuple[str, 
     if not fields:
         return
     saved = [(config, dict(vars(config))) for config in configs(model)]
-    for config, field, value in fields:
-        setattr(config, field, value)
     mismatches = _mismatches(model)
-    for config, field, value in fields:  # a field that only happened to hold the value
-        if mismatches:
-            old = next(state[field] for c, state in saved if c is config)
+    for config, field, value in fields:  # kept only where it brings the shapes closer
+        old = getattr(config, field)
+        setattr(config, field, value)
+        fewer = _mismatches(model)
+        if fewer < mismatches:
+            mismatches = fewer
+        else:
             setattr(config, field, old)
-            fewer = _mismatches(model)
-            if fewer < mismatches:
-                mismatches = fewer
-            else:
-                setattr(config, field, value)
     if mismatches:
         for config, state in saved:
             vars(config).clear()

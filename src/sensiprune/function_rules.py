@@ -167,18 +167,25 @@ def _attention(t: ChannelTracer, node: fx.Node) -> Any:
     repeat = _whole_heads(t, node, q, k, v)
     if repeat is None:
         return t.pinned_output(node, "attention with head counts that do not divide")
-    if not _mask_follows(t, _arg(node, 3, "attn_mask"), q):
+    if not _mask_follows(t, node, _arg(node, 3, "attn_mask"), q):
         return t.pinned_output(node, "attention with a mask per head that is not tracked")
     return _attended(node, v, repeat)
 
 
-def _mask_follows(t: ChannelTracer, mask: Any, q: np.ndarray) -> bool:
+def _mask_follows(t: ChannelTracer, node: fx.Node, mask: Any, q: np.ndarray) -> bool:
     """An additive mask or bias per head (T5's relative positions) is cut with the heads;
-    one broadcast over the heads needs nothing."""
+    one broadcast over the heads needs nothing. One made in forward with the same values for
+    every head (zeros for each of ``self.n_heads``) is taken as made again with the kept
+    count: the pruned model's run checks that, and the ``pin_fixed`` retry does not assume
+    it."""
     shape = node_shape(mask)
     if shape is None or len(shape) < 3 or shape[-3] == 1:
         return True
     flow, head = t.flows.get(mask), len(shape) - 3
+    fixed = not isinstance(flow, ParamFlow) and all(s in t.pinned for s in t.slots_of(flow))
+    if fixed and node.meta.get("same_mask_per_head") and not t.pin_fixed:
+        t.assumed += 1
+        return True
     if isinstance(flow, ParamFlow) and flow.along(head):  # a table of biases per head
         t.param_entries(flow, head, Flow(head, q[:, 0].tolist()))
         return True

@@ -105,6 +105,8 @@ class ShapeRecorder(fx.Interpreter):
 
     def run_node(self, node: fx.Node) -> Any:
         result = super().run_node(node)
+        if node.target is F.scaled_dot_product_attention:
+            node.meta["same_mask_per_head"] = _same_per_head(self.env, node)
         if isinstance(result, torch.Tensor):
             node.meta["shape"] = tuple(result.shape)
         elif not _holds_tensor(result):
@@ -158,6 +160,7 @@ class ChannelTracer:
         # only if the cut removes whole planes of some dimensions (None: any)
         self.splits: list[tuple[fx.Node, Split, frozenset[int] | None]] = []
         self.head_slots: list[int] = []  # a slot of each attention head the walk found
+        self.assumed = 0  # masks taken as made again per head (see function_rules)
 
     # -- slot helpers -------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -210,7 +213,7 @@ class ChannelTracer:
                     self.pin(split)
                 self.untouched.setdefault(module or "the model", "sizes fixed in its code")
         groups = self.groups()
-        fixed = len(self.splits) + len(self.fixed)
+        fixed = len(self.splits) + len(self.fixed) + self.assumed
         heads = {int(self.group_of_root[roots[s]]) for s in self.head_slots} - {-1}
         return DependencyGraph(
             groups, self.untouched, counts=self.counts(roots), fixed=fixed, heads=heads
@@ -879,6 +882,15 @@ class _SizeOf:
 
     slots: list[int]
     exact: bool = True
+
+
+def _same_per_head(env: dict, node: fx.Node) -> bool:
+    """Whether the attention mask ``node`` was given holds the same values for every head."""
+    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+    value = env.get(mask) if isinstance(mask, fx.Node) else None
+    if not isinstance(value, torch.Tensor) or value.ndim < 3:
+        return False
+    return bool((value == value.narrow(-3, 0, 1)).all())
 
 
 def _flatten_dims(node: fx.Node) -> tuple[int, int]:

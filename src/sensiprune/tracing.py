@@ -232,21 +232,30 @@ def trace(
 
 @contextlib.contextmanager
 def _caches_kept(model: nn.Module) -> Iterator[None]:
-    """Put back what a forward stored in its modules' dicts and lists while being traced (a
-    cache of attention biases keyed by device would keep a traced value, and the next trace
-    would read a value of another graph)."""
-    saved = [
-        (value, copy.copy(value))
-        for module in model.modules()
-        for attr, value in vars(module).items()
-        if isinstance(value, (dict, list)) and not attr.startswith("_")
-    ]
+    """Put back what a forward stored in its modules while being traced: a cache of
+    attention biases keyed by device, or a window size set from the input's size, would
+    keep a traced value, and the next trace would read a value of another graph. (fx's own
+    tensor constants, new attributes of the model, stay: the graph reads them.)"""
+    saved = []
+    for module in model.modules():
+        state = vars(module)
+        saved.append((state, dict(state), {
+            attr: copy.copy(value) for attr, value in state.items()
+            if isinstance(value, (dict, list)) and not attr.startswith("_")
+        }))  # fmt: skip
     try:
         yield
     finally:
-        for value, before in saved:
-            value.clear()
-            value.extend(before) if isinstance(value, list) else value.update(before)
+        for state, before, contents in saved:
+            for attr, value in list(state.items()):
+                if attr not in before and isinstance(value, fx.Proxy):
+                    del state[attr]
+                elif attr in before and value is not before[attr]:
+                    state[attr] = before[attr]
+            for attr, items in contents.items():
+                value = state[attr]
+                value.clear()
+                value.extend(items) if isinstance(value, list) else value.update(items)
 
 
 def _trace(
