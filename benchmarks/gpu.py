@@ -5,8 +5,9 @@ Writes benchmarks/results/gpu.md. On a machine with a GPU:
     PYTHONPATH=src python benchmarks/gpu.py          # about a minute
 
 Everything the library does is run with the model and data on the GPU: scoring from gradients,
-channel surgery, head / query-head / hidden-size pruning of a decoder, sp.save / sp.load, masks
-through optimiser steps; and the pruned CNNs are timed on the GPU (CUDA-synchronised, the
+channel surgery, head / query-head / hidden-size pruning of a decoder, heads and FFN neurons of
+models no adapter knows found on their traced graph, sp.save / sp.load, masks through optimiser
+steps; and the pruned CNNs are timed on the GPU (CUDA-synchronised, the
 pruned and the dense model in alternation). ``--device cpu`` runs the same checks on the CPU.
 """
 
@@ -135,6 +136,75 @@ def decoder_table(device: str) -> list[str]:
     return out
 
 
+def graph_table(device: str) -> list[str]:
+    """Models no adapter knows, pruned on their traced graph with the model on the device:
+    heads and FFN neurons found from the operators, sp.save / sp.load back to the CPU, and
+    save_pretrained / from_pretrained where the config can say what was cut."""
+    import transformers
+
+    def distilbert() -> nn.Module:
+        torch.manual_seed(0)
+        config = transformers.DistilBertConfig(
+            vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+            max_position_embeddings=32, num_labels=3,
+        )  # fmt: skip
+        return transformers.DistilBertForSequenceClassification(config).eval()
+
+    def t5() -> nn.Module:
+        torch.manual_seed(0)
+        config = transformers.T5Config(
+            vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+            decoder_start_token_id=0,
+        )  # fmt: skip
+        return transformers.T5ForConditionalGeneration(config).eval()
+
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 100, (4, 16), generator=generator)
+    inputs = {
+        "DistilBERT": (distilbert, {"input_ids": ids}),
+        "T5": (t5, {"input_ids": ids, "decoder_input_ids": ids[:, :8]}),
+    }
+    out = [
+        "",
+        "## Models no adapter knows, on the device (traced graph)",
+        "",
+        '`{"heads": 0.25, "ffn": 0.25}`, magnitude, `scope="layer"`, the model and inputs on '
+        "the device; outputs compared after `sp.save` on the device / `sp.load` on the CPU, "
+        "and after `save_pretrained` / `from_pretrained` (`-`: the config cannot say it).",
+        "",
+        "| model | prune s | parameters before → after | sp.load max diff "
+        "| from_pretrained max diff |",
+        "|---|---:|---|---|---|",
+    ]
+    for name, (factory, batch) in inputs.items():
+        model = factory().to(device)
+        on_device = {k: v.to(device) for k, v in batch.items()}
+        before = sum(p.numel() for p in model.parameters())
+        start = time.perf_counter()
+        sp.prune(model, {"heads": 0.25, "ffn": 0.25}, "magnitude", structured=True,
+                 example_inputs=on_device, scope="layer")  # fmt: skip
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            logits = model(**on_device).logits.cpu()
+        with tempfile.TemporaryDirectory() as folder:
+            sp.save(model, folder)
+            with torch.no_grad():
+                loaded = sp.load(folder, factory)(**batch).logits
+            try:
+                model.save_pretrained(folder + "/hf")
+                with torch.no_grad():
+                    again = type(model).from_pretrained(folder + "/hf").eval()(**batch).logits
+                pretrained = f"{(again - logits).abs().max().item():.1e}"
+            except RuntimeError:  # sizes the config cannot describe
+                pretrained = "-"
+        out.append(
+            f"| {name} | {seconds:.2f} | {before:,} → "
+            f"{sum(p.numel() for p in model.parameters()):,} | "
+            f"{(loaded - logits).abs().max().item():.1e} | {pretrained} |"
+        )
+    return out
+
+
 def masks_table(device: str) -> list[str]:
     """Unstructured masks on the device stay zero through fused AdamW steps."""
     torch.manual_seed(0)
@@ -172,6 +242,7 @@ def main() -> None:
     lines = header("GPU check", "gpu.py", args, f"; device: {name}")
     lines += cnn_table(args.device, 1 if args.quick else 7)
     lines += decoder_table(args.device)
+    lines += graph_table(args.device)
     lines += masks_table(args.device)
     finish(lines, args.out, started)
 
