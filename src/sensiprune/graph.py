@@ -564,15 +564,14 @@ class ChannelTracer:
                 elif isinstance(result, Split) and at in result.dims:
                     self.fix(node, (size,), [(result, result.dims.index(at))])
                 continue
-            read = size
-            if not isinstance(read, _SizeOf) or read.slots == source_slots:
+            if not isinstance(size, _SizeOf) or size.slots == source_slots:
                 continue  # a size computed from the reshaped tensor's own channels follows them
-            kept = isinstance(result, Flow) and result.dim == at and read.exact
-            if kept and len(result.slots) == len(read.slots):
-                for a, b in zip(read.slots, result.slots):
+            kept = isinstance(result, Flow) and result.dim == at and size.exact
+            if kept and len(result.slots) == len(size.slots):
+                for a, b in zip(size.slots, result.slots):
                     self.uf.union(a, b)
             else:
-                self.pinned.update(read.slots)
+                self.pinned.update(size.slots)
                 self.untouched.setdefault(_describe(node), "a reshape to a size computed from "
                                           "the channels of another tensor")  # fmt: skip
         return result

@@ -60,7 +60,8 @@ class _LeafTracer(fx.Tracer):
         """A module made inside forward (``nn.ReLU()(x)``) is not in the model's tree: with
         nothing to own, its operations are recorded inline."""
         installed = self.submodule_paths is None or m in self.submodule_paths
-        if not installed and not any(True for _ in m.parameters()) and not list(m.buffers()):
+        stateless = next(m.parameters(), None) is None and next(m.buffers(), None) is None
+        if not installed and stateless:
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
@@ -90,6 +91,7 @@ class _LeafTracer(fx.Tracer):
         return lambda: root_fn(*args, **kwargs), []
 
 
+# attributes of a traced value that are the same for any input of this dtype and device
 _METADATA = frozenset({"dtype", "device", "layout", "is_cuda", "is_sparse"})
 
 
@@ -179,6 +181,9 @@ _SIZE_METHODS = ("expand", "view", "reshape", "repeat", "new_ones", "new_zeros",
 
 @contextlib.contextmanager
 def _sizes_from_proxies(tracer: fx.Tracer) -> Iterator[None]:
+    """While tracing, those functions record a node when given a traced value, and run as
+    usual otherwise."""
+
     def routed(original: Any, kind: str, target: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
             if any(isinstance(a, fx.Proxy) for a in pytree.tree_leaves((args, kwargs))):
