@@ -186,3 +186,28 @@ def test_a_mask_made_alike_for_every_head_follows_the_head_count():
     x = torch.randn(2, 6, 8)
     sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x)
     assert model[1].heads == 2 and model(x).shape == (2, 6, 3)
+
+
+class _NormedQueryAttention(_RotaryAttention):
+    """An RMSNorm written out (mean of squares over the channels) on the whole query and key
+    projections before they are split into heads, as OLMo-2 does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+
+        def rms(y: torch.Tensor) -> torch.Tensor:
+            return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+        q, k, v = rms(self.q(x)), rms(self.k(x)), self.v(x)
+        q, k, v = (y.view(b, t, self.heads, self.head_dim).transpose(1, 2) for y in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.o(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_a_norm_written_out_over_all_heads_is_cut_with_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 24), _NormedQueryAttention(), nn.Linear(24, 3))
+    x = torch.randn(2, 6, 8)
+    result = sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x)
+    assert model[1].heads == 2 and model[1].q.out_features == 16
+    assert result.untouched == () and model(x).shape == (2, 6, 3)

@@ -665,6 +665,10 @@ class ChannelTracer:
         if not isinstance(flow, Flow) or shape is None or dims is None:
             return self.pinned_output(node, "reduction over every dimension")
         dims = {int(x) % len(shape) for x in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        if flow.dim in dims and keepdim and name_of(node) == "mean":
+            # a norm's statistic (RMSNorm's mean of squares, kept as one value to broadcast):
+            # it is taken over the channels that are left, as a LayerNorm's is
+            return None
         if flow.dim in dims:
             return self.pinned_output(node, "reduction over the channels")
         return Flow(flow.dim if keepdim else flow.dim - sum(d < flow.dim for d in dims), flow.slots)
