@@ -135,7 +135,12 @@ class _ConcreteTracer(_LeafTracer):
         self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None
     ):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-        with torch.no_grad(), _eager_modules():
+        # torch's own functions and tensor methods call no module: only the rest need the
+        # module methods fx patched put back, which costs a type-cache flush each time
+        eager = kind in ("call_module", "get_attr") or (
+            kind == "call_function" and not _is_torch_builtin(target)
+        )
+        with torch.no_grad(), _eager_modules() if eager else contextlib.nullcontext():
             self.values[proxy.node] = self._evaluate(kind, target, args, kwargs)
         return proxy
 
@@ -212,6 +217,14 @@ def _sizes_from_proxies(tracer: fx.Tracer) -> Iterator[None]:
 # fx patches these two while it traces; real values must run through the originals
 _MODULE_CALL = nn.Module.__dict__["__call__"]
 _MODULE_GETATTR = nn.Module.__dict__["__getattr__"]
+
+
+def _is_torch_builtin(target: Any) -> bool:
+    """A function of torch or of Python's operator module (no module is called inside)."""
+    owner = getattr(target, "__module__", None) or ""
+    return owner.split(".")[0] in ("torch", "_operator", "operator") or (
+        type(target).__name__ == "builtin_function_or_method"
+    )
 
 
 @contextlib.contextmanager
