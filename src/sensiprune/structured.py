@@ -253,7 +253,7 @@ def remove_groups(
     """
     cut = indices_by_slice([graph.groups[g] for g in removed])
     modules = dict(model.named_modules())
-    touched = [modules[layer] for layer in {layer for layer, _ in cut}] + list(kept_in_step)
+    touched = [modules[layer] for layer in {layer for layer, _ in cut}]
     holders = counts.holders(modules, graph.counts) + list(kept_in_step)
     saved = [(thing, _snapshot(thing)) for thing in touched + holders]
     ties = surgery.tied_parameters(model)
