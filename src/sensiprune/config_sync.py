@@ -35,16 +35,18 @@ def configs(model: nn.Module) -> list[object]:
     return [config, *nested]
 
 
-def follower(model: nn.Module) -> Callable[[], None]:
-    """Read the sizes now; the returned function, called after the cut, updates the config."""
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+def follower(model: nn.Module) -> Callable[[], None] | None:
+    """Read the sizes now; the returned function, called after the cut, updates the config.
+    None for a model without a config: there is nothing to follow."""
+    if not configs(model):
+        return None
+    shapes = _shapes(model)
     counts = _int_attributes(model)
+    return lambda: _follow(model, shapes, counts)
 
-    def follow() -> None:
-        if configs(model):
-            _follow(model, shapes, counts)
 
-    return follow
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
 def _int_attributes(model: nn.Module) -> dict[tuple[str, str], int]:
@@ -75,11 +77,12 @@ def _follow(model: nn.Module, shapes: dict[str, tuple], counts: dict[tuple[str, 
     if not fields:
         return
     saved = [(config, dict(vars(config))) for config in configs(model)]
-    mismatches = _mismatches(model)
+    pruned = _shapes(model)
+    mismatches = _mismatches(model, pruned)
     for config, field, value in fields:  # kept only where it brings the shapes closer
         old = getattr(config, field)
         setattr(config, field, value)
-        fewer = _mismatches(model)
+        fewer = _mismatches(model, pruned)
         if fewer < mismatches:
             mismatches = fewer
         else:
@@ -95,16 +98,14 @@ def _follow(model: nn.Module, shapes: dict[str, tuple], counts: dict[tuple[str, 
         )
 
 
-def _mismatches(model: nn.Module) -> int:
+def _mismatches(model: nn.Module, pruned: dict[str, tuple[int, ...]]) -> int:
     """How many parameters of a model built from its config would differ in shape from the
-    pruned model's (built on the meta device: no memory, no time)."""
+    pruned model's, ``pruned`` (built on the meta device: no memory, no time)."""
     try:
         with torch.device("meta"):
-            rebuilt = type(model)(copy.deepcopy(model.config))
+            built = _shapes(type(model)(copy.deepcopy(model.config)))
     except Exception:  # a config the model's own code refuses
-        return len(list(model.parameters())) + 1
-    built = {name: tuple(p.shape) for name, p in rebuilt.named_parameters()}
-    pruned = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        return len(pruned) + 1
     return sum(built.get(name) != shape for name, shape in pruned.items()) + len(
         set(built) - set(pruned)
     )

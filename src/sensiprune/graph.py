@@ -461,14 +461,17 @@ class ChannelTracer:
         tensors = [(a, node_shape(a)) for a in node.args if isinstance(a, fx.Node)]
         tensors = [(a, shape) for a, shape in tensors if shape is not None]
         flows = [(self.flows.get(a), len(out_shape) - len(shape)) for a, shape in tensors]
-        flows = [(f.dim + offset, f.slots) for f, offset in flows if isinstance(f, Flow)]
-        free = [(d, s) for d, s in flows if any(x not in self.pinned for x in s)]
+        flows = [
+            (f.dim + offset, f.slots, all(x in self.pinned for x in f.slots))
+            for f, offset in flows
+            if isinstance(f, Flow)
+        ]
         if out_shape is None or not flows:
             return None
         # fixed channels along another dimension (an input's positions) are a constant there
-        main = (free or flows)[0][0]
-        tracked = [(d, s) for d, s in flows if d == main or (d, s) in free]
-        constants = {id(s) for d, s in flows if (d, s) not in tracked}
+        main = next((d for d, _, fixed in flows if not fixed), flows[0][0])
+        tracked = [(d, s) for d, s, fixed in flows if d == main or not fixed]
+        constants = {id(s) for d, s, fixed in flows if fixed and d != main}
         # a tensor of size one along the tracked dimension (a mask, a scalar) is broadcast
         tracked = [(d, s) for d, s in tracked if len(s) == out_shape[d]]
         if not tracked:  # the channels come from an operand that does not track them

@@ -10,12 +10,13 @@ layer (ALBERT) is one block wherever it runs. Nothing here names a model family.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
+import numpy as np
 from torch import nn
 
 from .adapters import FFN, HEADS, KINDS
-from .channels import DependencyGraph, role_kind
+from .channels import DependencyGraph, flat_members, role_kind
 from .errors import SensipruneError
 
 
@@ -30,9 +31,11 @@ def kind_layers(
             f"a budget for {unsupported[0]!r} needs transformer blocks sensiprune has a layout "
             "for; for this model, budget 'heads', 'ffn' or layer names"
         )
-    head_groups = graph.heads | {
-        n for n, g in enumerate(graph.groups) if any(role_kind(m.role) == "head" for m in g.members)
-    }  # found by the attention rules, or nn.MultiheadAttention's own
+    # found by the attention rules, or nn.MultiheadAttention's own (read column-wise: listing
+    # the members of every group of a large model would cost more than the graph)
+    keys, owner, key, _ = flat_members(graph.groups)
+    mha = [k for k, (_, role) in enumerate(keys) if role_kind(role) == "head"]
+    head_groups = graph.heads | set(owner[np.isin(key, mha)].tolist())
     heads = _layers(graph, head_groups)
     kinds: dict[str, list[str]] = {}
     if HEADS in budget:
@@ -41,10 +44,12 @@ def kind_layers(
         kinds[HEADS] = heads
     if FFN in budget:
         modules = dict(model.named_modules())
+        families = {g.producers for g in graph.groups}  # groups of one family share producers
+        inside = {f for f in families if _inside_one_block(f, modules)}
         ffn = [
             number
             for number, group in enumerate(graph.groups)
-            if number not in head_groups and _inside_one_block(group.producers, modules)
+            if number not in head_groups and group.producers in inside
         ]
         kinds[FFN] = _layers(graph, ffn)
         if not kinds[FFN]:
@@ -52,7 +57,7 @@ def kind_layers(
     return kinds
 
 
-def _layers(graph: DependencyGraph, numbers: object) -> list[str]:
+def _layers(graph: DependencyGraph, numbers: Iterable[int]) -> list[str]:
     return sorted({layer for n in numbers for layer in graph.groups[n].producers})
 
 

@@ -128,12 +128,10 @@ def _index(index: Any, ndim: int) -> tuple | None:
     resolved = []
     for i in index:
         if isinstance(i, slice):
-            ends = [e.meta.get("value") if isinstance(e, fx.Node) else e
+            ends = [e.meta.get("value", e) if isinstance(e, fx.Node) else e
                     for e in (i.start, i.stop, i.step)]  # fmt: skip
-            if any(isinstance(e, fx.Node) for e in (i.start, i.stop, i.step)) and None in [
-                e.meta.get("value") for e in (i.start, i.stop, i.step) if isinstance(e, fx.Node)
-            ]:
-                return None
+            if any(e is not None and not isinstance(e, int) for e in ends):
+                return None  # an end computed in forward whose value was not recorded
             i = slice(*ends)
         elif isinstance(i, (list, tuple)) and all(isinstance(x, int) for x in i):
             i = list(i)  # positions picked by a list keep the dimension
