@@ -191,8 +191,8 @@ def _mask_follows(t: ChannelTracer, node: fx.Node, mask: Any, q: np.ndarray) -> 
         return True
     if not isinstance(flow, Flow) or flow.dim != head or len(flow.slots) != len(q):
         return False
-    for head, slot in zip(q[:, 0].tolist(), flow.slots):
-        t.uf.union(head, slot)
+    for first, slot in zip(q[:, 0].tolist(), flow.slots):  # a slot of each head
+        t.uf.union(first, slot)
     return True
 
 

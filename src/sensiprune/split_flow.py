@@ -68,8 +68,8 @@ def folded(flow: Flow, before: tuple[int, ...], after: tuple[int, ...]) -> Flow 
 
 def reshaped(split: Split, before: tuple[int, ...], after: tuple[int, ...]) -> Flow | Split | None:
     """A split through a reshape: each dimension kept as it is (same size, same product of
-    sizes before it) moves along; split dimensions that sit together in order and merge into
-    one become one flow again. None when the reshape mixes them with other dimensions."""
+    sizes before it) moves along; any other reshape is done on the slots
+    (:func:`_materialized`)."""
     where = {(math.prod(after[:j]), size): j for j, size in enumerate(after)}
     moved = [where.get((math.prod(before[:d]), before[d])) for d in split.dims]
     if None not in moved:
