@@ -83,7 +83,7 @@ TIMM_MODELS = (
     "efficientformerv2_s0", "selecsls42b", "cait_xxs24_224", "crossvit_tiny_240",
     "twins_pcpvt_small", "volo_d1_224", "xcit_nano_12_p16_224", "maxvit_nano_rw_256",
     "fastvit_t8", "efficientvit_b0", "efficientvit_m0", "inception_next_tiny", "nest_tiny",
-    "eva02_tiny_patch14_224", "hgnet_tiny", "ese_vovnet19b_dw", "mixer_s32_224",
+    "eva02_tiny_patch14_336", "hgnet_tiny", "ese_vovnet19b_dw", "mixer_s32_224",
     "resmlp_12_224", "convit_tiny", "tnt_s_patch16_224", "hiera_tiny_224", "davit_tiny",
     "focalnet_tiny_srf", "pvt_v2_b0", "visformer_tiny", "mambaout_femto", "repvit_m0_9",
     "tiny_vit_5m_224", "gcvit_xxtiny", "nextvit_small", "shvit_s1", "swiftformer_xs",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -211,3 +214,60 @@ def test_a_norm_written_out_over_all_heads_is_cut_with_them():
     result = sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x)
     assert model[1].heads == 2 and model[1].q.out_features == 16
     assert result.untouched == () and model(x).shape == (2, 6, 3)
+
+
+class _MultiQueryAttention(nn.Module):
+    """Query heads, then one key and one value head, in one projection, taken apart by
+    counting from the end (``num_heads + 2`` planes), attention by ``sdpa`` or by matmuls."""
+
+    def __init__(self, sdpa: bool, width: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.sdpa, self.num_heads, self.head_dim = sdpa, heads, width // heads
+        self.qkv = nn.Linear(width, (heads + 2) * self.head_dim)
+        self.dense = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        qkv = self.qkv(x).view(b, t, self.num_heads + 2, self.head_dim)
+        q, k, v = (y.transpose(1, 2) for y in (qkv[..., :-2, :], qkv[..., [-2], :],
+                                                qkv[..., [-1], :]))  # fmt: skip
+        if self.sdpa:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = F.softmax(q @ k.transpose(-1, -2) / self.head_dim**0.5, -1) @ v
+        return self.dense(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class _MultiQueryModel(nn.Module):
+    def __init__(self, sdpa: bool) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.layers = nn.ModuleList(_MultiQueryAttention(sdpa) for _ in range(2))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for layer in self.layers:
+            x = x + layer(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("sdpa", [True, False])
+def test_multi_query_attention_loses_query_heads_and_keeps_its_key_and_value(sdpa):
+    torch.manual_seed(0)
+    model, x = _MultiQueryModel(sdpa), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        for layer in model.layers:  # query head 1 is the weakest
+            layer.qkv.weight[4:8] *= 1e-3
+    expected = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in expected.layers:  # what removing query head 1 must give
+            layer.qkv.weight[4:8] = 0
+            layer.qkv.bias[4:8] = 0
+            layer.dense.weight[:, 4:8] = 0
+    result = sp.prune(model, {"heads": 0.25}, "magnitude", structured=True, example_inputs=x)
+    for layer in model.layers:
+        assert layer.num_heads == 3 and layer.qkv.out_features == 5 * 4
+        assert layer.dense.in_features == 12
+    assert result.untouched == ()
+    torch.testing.assert_close(model(x), expected(x), atol=1e-5, rtol=1e-4)

@@ -5,7 +5,11 @@ Model code passes sizes it stored at construction: ``x.split(self.splits, 1)``,
 groups=self.channels)``. Traced, each is a constant. The channel walk records, per constant,
 the module whose code ran it and the channel slots it counts (one per index: a channel, a
 head). After a cut, every int attribute of that module equal to the old value (or list
-attribute equal to the old values) gets the count of what was kept. The pruned model's check
+attribute equal to the old values) gets the count of what was kept. Code may also add to an
+attribute the indices no cut removes (``view(B, T, self.num_heads + 2, D)``: the queries,
+then one key and one value): an int attribute that falls short of the constant by at most
+that many is kept short of the new count by as much; a product of two attributes
+(``self.num_heads * self.head_dim``) follows as its factors do. The pruned model's check
 catches what this cannot know; the prune then starts again with such channels kept
 (``pin_fixed`` in graph.build_graph).
 """
@@ -73,9 +77,10 @@ def _planned(
         if module is None or kept == count.values:
             continue
         matched = []
+        extra = _extra(module, count.values, _unremovable(count))
         for attr, value in size_attributes(vars(module)):
-            if len(kept) == 1 and isinstance(value, int) and value == count.values[0]:
-                matched.append((attr, kept[0]))
+            if extra is not None and isinstance(value, int) and value + extra == count.values[0]:
+                matched.append((attr, kept[0] - extra))
             elif isinstance(value, (list, tuple)) and tuple(value) == count.values:
                 matched.append((attr, type(value)(kept)))
         changes += [(count.module, attr, v, len(matched) > 1) for attr, v in matched]
@@ -91,15 +96,38 @@ def _set(module: nn.Module, attr: str, value: object) -> None:
     setattr(module, SIZES, sizes)
 
 
-def held(module: nn.Module, values: tuple[int, ...]) -> bool:
-    """Whether an attribute of ``module`` holds these values, so that :func:`follow` can
-    bring it in step."""
-    for _, value in size_attributes(vars(module)):
-        if len(values) == 1 and isinstance(value, int) and value == values[0]:
-            return True
-        if isinstance(value, (list, tuple)) and tuple(value) == values:
-            return True
-    return False
+def held(module: nn.Module, values: tuple[int, ...], unremovable: int = 0) -> bool:
+    """Whether an attribute of ``module`` holds these values (one int may fall short by up
+    to ``unremovable``, the indices no cut removes), so that :func:`follow` can bring it in
+    step."""
+    if _extra(module, values, unremovable) is not None or _product(module, values):
+        return True
+    return any(
+        isinstance(value, (list, tuple)) and tuple(value) == values
+        for _, value in size_attributes(vars(module))
+    )
+
+
+def _extra(module: nn.Module, values: tuple[int, ...], unremovable: int) -> int | None:
+    """How much the code adds to an int attribute to get the single constant in ``values``:
+    the least of 0..``unremovable`` that an attribute matches; None if none does."""
+    if len(values) != 1:
+        return None
+    ints = {v for _, v in size_attributes(vars(module)) if isinstance(v, int)}
+    return next((c for c in range(unremovable + 1) if values[0] - c in ints), None)
+
+
+def _product(module: nn.Module, values: tuple[int, ...]) -> bool:
+    """Whether the single constant is a product of two int attributes (``self.num_heads *
+    self.head_dim``): it follows as its factors do, which the pruned model's run checks."""
+    ints = [v for _, v in size_attributes(vars(module)) if isinstance(v, int) and v > 0]
+    return len(values) == 1 and any(values[0] % a == 0 and values[0] // a in ints for a in ints)
+
+
+def _unremovable(count: Count) -> int:
+    """Indices of a single-valued count that no group removes."""
+    part = count.parts[0] if len(count.parts) == 1 else None
+    return 0 if part is None else int((np.asarray(part) == -1).sum())
 
 
 def size_attributes(attributes: Mapping[str, object]) -> list[tuple[str, object]]:

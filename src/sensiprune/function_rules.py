@@ -133,24 +133,39 @@ def _heads(
 
 def _whole_heads(t: ChannelTracer, node: fx.Node, *operands: np.ndarray) -> int | None:
     """A head is one channel in every operand: the query heads that share a key/value head
-    (grouped-query attention) go with it. Returns how many query heads share one."""
+    (grouped-query attention) go with it. One key/value head broadcast to every query head
+    (multi-query attention) stays, and the query heads are cut one by one. Returns how many
+    query heads share one key/value head."""
     rows = [len(op) for op in operands]
     if any(r == 0 or rows[0] % r for r in rows):
         return None
+    shared = [op for op in operands if len(op) == 1 < rows[0]]
+    for op in shared:
+        t.pinned.update(op.ravel().tolist())
     for i in range(rows[0]):
         first = int(operands[0][i, 0])
         for op in operands:
-            for slot in op[i * len(op) // rows[0]].tolist():
-                t.uf.union(first, slot)
+            if len(op) > 1 or rows[0] == 1:
+                for slot in op[i * len(op) // rows[0]].tolist():
+                    t.uf.union(first, slot)
     for op in operands:
         t.heads(node, op[:, 0].tolist())
     return rows[0] // min(rows)
 
 
-def _attended(node: fx.Node, values: np.ndarray, repeat: int) -> Flow | Split:
-    """The output (…, heads, tokens, width) reads its value operand head by head."""
+def _attended(
+    t: ChannelTracer, node: fx.Node, queries: np.ndarray, values: np.ndarray, repeat: int
+) -> Flow | Split:
+    """The output (…, heads, tokens, width) reads its value operand head by head; where one
+    value head serves every query head, output head i is query head i's."""
     out = node_shape(node)
-    values = np.repeat(values, repeat, axis=0)
+    if len(values) == 1 < len(queries):
+        values = np.array([t.fresh(values.shape[1]) for _ in range(len(queries))])
+        for row, query in zip(values.tolist(), queries[:, 0].tolist()):
+            for slot in row:
+                t.uf.union(query, slot)
+    else:
+        values = np.repeat(values, repeat, axis=0)
     head, width = len(out) - 3, len(out) - 1
     if values.shape[1] == 1:
         return Flow(head, values[:, 0].tolist())
@@ -169,7 +184,7 @@ def _attention(t: ChannelTracer, node: fx.Node) -> Any:
         return t.pinned_output(node, "attention with head counts that do not divide")
     if not _mask_follows(t, node, _arg(node, 3, "attn_mask"), q):
         return t.pinned_output(node, "attention with a mask per head that is not tracked")
-    return _attended(node, v, repeat)
+    return _attended(t, node, q, v, repeat)
 
 
 def _mask_follows(t: ChannelTracer, node: fx.Node, mask: Any, q: np.ndarray) -> bool:
@@ -206,8 +221,9 @@ def _matmul(t: ChannelTracer, node: fx.Node) -> Any:
         repeat = _whole_heads(t, node, a, b)
         if repeat is None:
             return t.pinned_output(node, "attention with head counts that do not divide")
-        width = len(other_shape) - 1 in split_flow.as_axes(other)[0]  # weights @ v
-        return _attended(node, b if width else b[:, :1], repeat)
+        if len(other_shape) - 1 in split_flow.as_axes(other)[0]:  # weights @ v
+            return _attended(t, node, a, b, repeat)
+        return _attended(t, node, a, a[:, :1], 1)  # q @ k.T: the scores of each query head
     main = _matrix(other, 0, 1)
     if not isinstance(flow, Flow) or main is None or shape is None or len(main.dims) != 2:
         return t.pinned_output(node, "matmul of two activations")

@@ -201,14 +201,20 @@ class ChannelTracer:
         for node in self.traced.nodes:
             self.flows[node] = self.visit(node)
         roots = self.uf.roots()
+        classes = self.classes(roots)
         for node, split, dims in self.splits:
-            if split_flow.plane_axis(roots, split, dims) is None:
+            if split_flow.plane_axis(classes, split, dims) is None:
                 self.pin(split)
                 self.untouched.setdefault(_describe(node), "channels split over dimensions "
                                           "that could not be cut as a whole")  # fmt: skip
+        classes = self.classes(roots)
         for module, values, parts in self.fixed:
-            if any(isinstance(p, tuple) and split_flow.plane_axis(roots, p[0]) == p[1]
-                   for p in parts) and not counts.held(self.modules[module], values):  # fmt: skip
+            cut = [
+                p
+                for p in parts
+                if isinstance(p, tuple) and split_flow.plane_axis(classes, p[0]) == p[1]
+            ]
+            if cut and not counts.held(self.modules[module], values, _kept_planes(classes, parts)):
                 for split, _ in parts:
                     self.pin(split)
                 self.untouched.setdefault(module or "the model", "sizes fixed in its code")
@@ -219,15 +225,22 @@ class ChannelTracer:
             groups, self.untouched, counts=self.counts(roots), fixed=fixed, heads=heads
         )
 
+    def classes(self, roots: np.ndarray) -> np.ndarray:
+        """``roots`` with every pinned class as -1: a plane of pinned channels (the one key
+        head of multi-query attention) is then whole, whatever its channels are merged with."""
+        classes = roots.copy()
+        classes[np.isin(roots, roots[list(self.pinned)])] = -1
+        return classes
+
     def counts(self, roots: np.ndarray) -> list[Count]:
         """The recorded constants, each part as the groups of its indices (see counts.py)."""
-        found = []
+        found, classes = [], self.classes(roots)
         for module, values, parts in self.fixed:
             slot_lists = []
             for part in parts:
                 if isinstance(part, tuple):  # (split, axis): counts the split's hyperplanes
                     split, axis = part
-                    if split_flow.plane_axis(roots, split) != axis:
+                    if split_flow.plane_axis(classes, split) != axis:
                         break  # the cut keeps that axis whole: the constant holds
                     part = np.moveaxis(split.slots, axis, 0).reshape(split.slots.shape[axis], -1)
                     part = part[:, 0].tolist()
@@ -872,6 +885,15 @@ class ChannelTracer:
             for slot in block[1:]:
                 self.uf.union(block[0], slot)
         self.blocks.append((layer, "group", [block[0] for block in blocks]))
+
+
+def _kept_planes(classes: np.ndarray, parts: list) -> int:
+    """Of a single (split, axis) part, the planes along the axis that no cut removes."""
+    if len(parts) != 1 or not isinstance(parts[0], tuple):
+        return 0
+    split, axis = parts[0]
+    planes = np.moveaxis(classes[split.slots], axis, 0).reshape(split.slots.shape[axis], -1)
+    return int((planes == -1).all(axis=1).sum())
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         "config": {
             field: value
             for field in CONFIG_FIELDS
-            if _recordable(value := getattr(config, field, None))
+            if not isinstance(getattr(type(config), field, None), property)  # derived
+            and _recordable(value := getattr(config, field, None))
         },
     }
     with atomic_directory(directory) as staging:

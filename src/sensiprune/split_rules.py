@@ -143,20 +143,38 @@ def _index(index: Any, ndim: int) -> tuple | None:
 
 def _sliced(t: ChannelTracer, node: fx.Node, split: Split, index: tuple) -> Split | None:
     """A slice of a dimension the channels spread over (``x[..., : d // 2]`` of each
-    head, as rotary embeddings take), or positions picked by a list (a multi-query key
-    ``qkv[..., [-2], :]``): the cut must then keep that dimension whole."""
+    head, as rotary embeddings take), or positions picked by a list: the cut must then keep
+    that dimension whole. Positions counted from the end (a multi-query key and value after
+    the queries, ``qkv[..., :-2, :]`` and ``qkv[..., [-2], :]``) stay right if the last
+    planes stay: those are kept, and the others may be cut."""
     dims, slots = split.dims, split.slots
-    cut = set()
+    whole, changed = set(), False
     for d, i in enumerate(index):
         if isinstance(i, (slice, list)) and d in dims:
-            axis = dims.index(d)
-            kept = np.arange(slots.shape[axis])[i]
-            if len(kept) != slots.shape[axis]:
-                slots, cut = np.take(slots, kept, axis), cut | {d}
-    if not cut:
-        return split
-    t.splits.append((node, split, frozenset(dims) - cut))
-    return Split(dims, slots)
+            axis, n = dims.index(d), slots.shape[dims.index(d)]
+            kept = np.arange(n)[i]
+            if len(kept) == n:
+                continue
+            tail = _from_end(i)
+            if tail is None:
+                whole.add(d)
+            else:
+                t.pinned.update(np.take(split.slots, range(n - tail, n), axis).ravel().tolist())
+            slots, changed = np.take(slots, kept, axis), True
+    if whole:
+        t.splits.append((node, split, frozenset(dims) - whole))
+    return Split(dims, slots) if changed else split
+
+
+def _from_end(index: slice | list) -> int | None:
+    """How many last positions an index counted only from the end depends on; None if it
+    counts from the start."""
+    ends = [index.start, index.stop] if isinstance(index, slice) else list(index)
+    if isinstance(index, slice) and index.step not in (None, 1):
+        return None
+    if any(e is not None and e >= 0 for e in ends):
+        return None
+    return max((-e for e in ends if e is not None), default=0)
 
 
 def _concat(t: ChannelTracer, node: fx.Node) -> Any:
