@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sensiprune as sp
+from sensiprune.counts import held
 
 
 class Attention(nn.Module):
@@ -205,3 +206,13 @@ def test_sizes_that_followed_the_cut_are_saved_and_loaded(make, tmp_path):
     sp.save(model, tmp_path / "pruned")
     loaded = sp.load(tmp_path / "pruned", make).eval()
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_a_constant_made_from_attributes_is_held_only_as_the_code_can_compute_it():
+    module = nn.Module()
+    module.num_heads, module.head_dim = 4, 8
+    assert held(module, (4,))
+    assert held(module, (6,), unremovable=2)  # num_heads + 2: a key and a value after them
+    assert not held(module, (6,), unremovable=1)
+    assert held(module, (32,))  # num_heads * head_dim
+    assert not held(module, (33,), unremovable=0)
