@@ -206,6 +206,26 @@ class ResNeXt(nn.Module):
         return self.head(self.multiplier(x).mean((2, 3)))
 
 
+class PartialResidual(nn.Module):
+    """Channel slices at stored positions (ReXNet, DPN): the input added to the first
+    ``in_channels`` of a wider output, the rest concatenated after it, then split again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.expand = conv_bn(8, 12)
+        self.in_channels, self.split_at = 8, 6
+        self.left, self.right = nn.Conv2d(6, 4, 1), nn.Conv2d(6, 4, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.expand(x)
+        y = torch.cat([y[:, 0 : self.in_channels] + x, y[:, self.in_channels :]], dim=1)
+        a, b = self.left(y[:, : self.split_at]), self.right(y[:, self.split_at :])
+        return self.head(torch.cat([a, b], dim=1).mean((2, 3)))
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -252,6 +272,7 @@ ZOO = {
     "squeeze-excite": (SqueezeExcite, IMAGE),
     "channel-shuffle": (ChannelShuffle, IMAGE),
     "resnext-grouped": (ResNeXt, IMAGE),
+    "partial-residual": (PartialResidual, IMAGE),
     "lstm": (LSTMClassifier, SEQUENCE),
     "bigru-2-layer": (BiGRUClassifier, SEQUENCE),
     "transformer": (TransformerClassifier, SEQUENCE),

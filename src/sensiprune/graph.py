@@ -815,33 +815,35 @@ class ChannelTracer:
             moved = index_keeps_dim(source.dim, len(shape), index)
             if moved is not None:
                 return Flow(moved, source.slots)
-            head = self.leading_slice(node, source, index)
-            if head is not None:
-                return head
+            part = self.channel_slice(node, source, index)
+            if part is not None:
+                return part
         return self.pinned_output(node, "indexing into the channels")
 
-    def leading_slice(self, node: fx.Node, flow: Flow, index: Any) -> Flow | None:
-        """``x[:, :n]`` keeps the first n channels (GhostNet's ``[:, :self.out_chs]``): the
-        channels after them stay, and n follows the cut like any size kept in code."""
+    def channel_slice(self, node: fx.Node, flow: Flow, index: Any) -> Flow | None:
+        """``x[:, a:b]`` keeps channels a to b (GhostNet's ``[:, :self.out_chs]``, DPN's and
+        ReXNet's ``[:, :n]`` and ``[:, n:]``): a and b count the channels before them, and
+        follow the cut like any size kept in code; slicing keeps the order, so the channels
+        on either side may be cut too."""
         items = list(index) if isinstance(index, tuple) else [index]
         if Ellipsis in items or None in items or len(items) <= flow.dim:
             return None
         item = items[flow.dim]
         before = [i for i in items[: flow.dim] if not isinstance(i, slice)]
-        if before or not isinstance(item, slice) or item.start not in (None, 0):
+        if before or not isinstance(item, slice) or item.step not in (None, 1):
             return None
-        if item.step not in (None, 1) or not isinstance(item.stop, (int, type(None))):
+        ends = (item.start, item.stop)
+        if any(e is not None and (not isinstance(e, int) or e < 0) for e in ends):
             return None
         rest = (*items[: flow.dim], slice(None), *items[flow.dim + 1 :])
         moved = index_keeps_dim(flow.dim, len(node_shape(node.args[0])), rest)
         if moved is None:
             return None
-        stop = len(flow.slots) if item.stop is None else item.stop
-        if stop >= len(flow.slots):
-            return Flow(moved, flow.slots)
-        self.pin(Flow(0, flow.slots[stop:]))
-        self.fix(node, (stop,), [flow.slots[:stop]])
-        return Flow(moved, flow.slots[:stop])
+        start, stop = ((e if e is not None else d) for e, d in zip(ends, (0, len(flow.slots))))
+        for end in {start, stop} - {0, len(flow.slots)}:
+            if end < len(flow.slots):
+                self.fix(node, (end,), [flow.slots[:end]])
+        return Flow(moved, flow.slots[start:stop])
 
     # -- members ------------------------------------------------------------------------
     def producer(self, layer: str, n: int, pinned: bool = False, role: str = "out") -> list[int]:
