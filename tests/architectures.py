@@ -226,6 +226,49 @@ class PartialResidual(nn.Module):
         return self.head(torch.cat([a, b], dim=1).mean((2, 3)))
 
 
+class MLPMixer(nn.Module):
+    """Token mixing by Linears over the tokens, which every channel passes through alike,
+    after ResMLP's per-channel affine ``addcmul(beta, alpha, x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.alpha, self.beta = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8))
+        # without biases, a zeroed channel stays zero through the token mixing, as the
+        # test that zeroing equals removing needs
+        self.tokens = nn.Sequential(nn.Linear(6, 12, bias=False), nn.GELU(),
+                                    nn.Linear(12, 6, bias=False))  # fmt: skip
+        self.channels = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        mixed = self.tokens(torch.addcmul(self.beta, self.alpha, x).transpose(1, 2))
+        x = x + mixed.transpose(1, 2)
+        return self.head((x + self.channels(x)).mean(1))
+
+
+class ChannelAttention(nn.Module):
+    """Single-head attention between the positions of a feature map (EfficientViT-M's
+    cascaded heads): ``q.T @ k`` sums over the query/key channels, ``v @ attn.T`` keeps the
+    value channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.q, self.k, self.v = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 6, 1)
+        self.proj = nn.Conv2d(6, 8, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        q, k, v = (layer(x).flatten(2) for layer in (self.q, self.k, self.v))
+        attn = (q.transpose(-2, -1) @ k).softmax(-1)
+        x = x + self.proj((v @ attn.transpose(-2, -1)).view(b, -1, h, w))
+        return self.head(x.mean((2, 3)))
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -273,6 +316,8 @@ ZOO = {
     "channel-shuffle": (ChannelShuffle, IMAGE),
     "resnext-grouped": (ResNeXt, IMAGE),
     "partial-residual": (PartialResidual, IMAGE),
+    "mlp-mixer": (MLPMixer, (4, 6, 4)),
+    "channel-attention": (ChannelAttention, IMAGE),
     "lstm": (LSTMClassifier, SEQUENCE),
     "bigru-2-layer": (BiGRUClassifier, SEQUENCE),
     "transformer": (TransformerClassifier, SEQUENCE),

@@ -74,7 +74,8 @@ def test_a_pruned_bert_saves_and_loads_to_identical_embeddings(tmp_path):
 
 
 class _OddAttention(nn.Module):
-    """Attention in a layout no adapter knows: heads cannot be told apart."""
+    """One head written out with matmuls: its query/key and value channels can be cut, but
+    it has no heads to remove."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,13 +87,17 @@ class _OddAttention(nn.Module):
         return self.out(F.softmax(q @ k.transpose(1, 2), -1) @ v)
 
 
-def test_a_heads_budget_for_attention_it_does_not_understand_names_the_module():
-    model = nn.Sequential(nn.Linear(8, 16), _OddAttention(), nn.Linear(16, 2))
+def test_a_heads_budget_for_attention_without_heads_is_refused_and_channels_are_cut():
+    model, x = (
+        nn.Sequential(nn.Linear(8, 16), _OddAttention(), nn.Linear(16, 2)),
+        torch.randn(2, 5, 8),
+    )
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(sp.SensipruneError, match=r"no attention heads found .* matmul"):
-        sp.prune(model, {"heads": 0.5}, "magnitude", structured=True,
-                 example_inputs=torch.randn(2, 5, 8))  # fmt: skip
+    with pytest.raises(sp.SensipruneError, match=r"no attention heads found"):
+        sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=x)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    assert model[1].qkv.out_features < 48 and model(x).shape == (2, 5, 2)
 
 
 def test_distillation_is_zero_at_the_teacher_and_grows_when_pruned():

@@ -216,3 +216,29 @@ def test_a_constant_made_from_attributes_is_held_only_as_the_code_can_compute_it
     assert not held(module, (6,), unremovable=1)
     assert held(module, (32,))  # num_heads * head_dim
     assert not held(module, (33,), unremovable=0)
+
+
+class SplitByAttributes(nn.Module):
+    """One projection split by sizes passed one attribute each (EfficientViT-M's
+    ``split([self.key_dim, self.key_dim, self.val_dim])``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_dim, self.val_dim = 4, 6
+        self.qkv, self.proj = nn.Conv2d(3, 14, 1), nn.Conv2d(6, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q, k, v = self.qkv(x).flatten(2).split([self.key_dim, self.key_dim, self.val_dim], 1)
+        attn = (q.transpose(-2, -1) @ k).softmax(-1)
+        return self.proj((v @ attn.transpose(-2, -1)).view(b, self.val_dim, h, w))
+
+
+def test_sizes_passed_one_attribute_each_follow_the_cut():
+    torch.manual_seed(0)
+    model, x = SplitByAttributes().eval(), torch.randn(2, 3, 4, 4)
+    result = sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer",
+                      ignore=[model.proj])  # fmt: skip
+    assert model.qkv.out_channels == 2 * model.key_dim + model.val_dim < 14
+    assert model.proj.in_channels == model.val_dim < 6
+    assert result.untouched == () and model(x).shape == (2, 5, 4, 4)

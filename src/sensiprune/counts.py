@@ -84,7 +84,29 @@ def _planned(
             elif isinstance(value, (list, tuple)) and tuple(value) == count.values:
                 matched.append((attr, type(value)(kept)))
         changes += [(count.module, attr, v, len(matched) > 1) for attr, v in matched]
+        if not matched and len(kept) > 1:
+            changes += [(count.module, *change) for change in _each(module, count.values, kept)]
     return changes
+
+
+def _each(module: nn.Module, values: tuple[int, ...], kept: tuple[int, ...]) -> list:
+    """Sizes passed one attribute each (``split([self.key_dim, self.key_dim, self.val_dim])``):
+    (attribute, new value, whether another attribute held the old value too) per change; an
+    attribute whose positions were cut differently is left as it is."""
+    ints = [(a, v) for a, v in size_attributes(vars(module)) if isinstance(v, int)]
+    news: dict[str, set[int]] = {}
+    twins: dict[str, bool] = {}
+    for value, new in zip(values, kept):
+        holders = [a for a, v in ints if v == value]
+        for attr in holders:
+            news.setdefault(attr, set()).add(new)
+            twins[attr] = len(holders) > 1
+    old = dict(ints)
+    return [
+        (attr, min(new), twins[attr])
+        for attr, new in news.items()
+        if len(new) == 1 and min(new) != old[attr]
+    ]
 
 
 def _set(module: nn.Module, attr: str, value: object) -> None:
@@ -102,10 +124,10 @@ def held(module: nn.Module, values: tuple[int, ...], unremovable: int = 0) -> bo
     step."""
     if _extra(module, values, unremovable) is not None or _product(module, values):
         return True
-    return any(
-        isinstance(value, (list, tuple)) and tuple(value) == values
-        for _, value in size_attributes(vars(module))
-    )
+    attributes = [value for _, value in size_attributes(vars(module))]
+    if any(isinstance(v, (list, tuple)) and tuple(v) == values for v in attributes):
+        return True
+    return len(values) > 1 and all(value in attributes for value in values)  # one each
 
 
 def _extra(module: nn.Module, values: tuple[int, ...], unremovable: int) -> int | None:

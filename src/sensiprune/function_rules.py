@@ -71,6 +71,8 @@ def _conv(t: ChannelTracer, node: fx.Node) -> Any:
     module = _owned(t, main, _CONVS)
     if module is not None:
         out = rule_for(module)(t, node, main.owner, module, flow)
+        if out is flow:  # over another dimension (see layer_rules): the bias is not per channel
+            return out
         skip = (main, *(bias.sources if isinstance(bias, ParamFlow) else ()))
         skip = tuple(s for s in skip if s.owner == main.owner)
     else:
@@ -104,12 +106,14 @@ def _linear(t: ChannelTracer, node: fx.Node) -> Any:
     module = _owned(t, main, (nn.Linear,))
     if module is not None and main.dims[:2] == (0, 1):
         out = rule_for(module)(t, node, main.owner, module, flow)
+        if out is flow:  # over another dimension (see layer_rules): the bias is not per channel
+            return out
         skip = (main, *(s for s in getattr(bias, "sources", ()) if s.owner == main.owner))
     else:
-        flow = t.along(flow, len(shape) - 1, shape[-1])
-        if flow is None:
-            return t.pinned_output(node, "a linear layer over a dimension that is not the channels")
-        out, skip = _produce(t, main, flow, 1, 0, flow.dim), (main,)
+        last = t.along(flow, len(shape) - 1, shape[-1])
+        if last is None:  # over another dimension: every channel alike, they pass
+            return flow
+        out, skip = _produce(t, main, last, 1, 0, last.dim), (main,)
     if isinstance(out, Flow):
         t.param_entries(bias, 0, out, skip)
     return out
@@ -225,12 +229,41 @@ def _matmul(t: ChannelTracer, node: fx.Node) -> Any:
             return _attended(t, node, a, b, repeat)
         return _attended(t, node, a, a[:, :1], 1)  # q @ k.T: the scores of each query head
     main = _matrix(other, 0, 1)
+    if main is None and not isinstance(other, ParamFlow):
+        return _product(t, node, (flow, shape), (other, other_shape))
     if not isinstance(flow, Flow) or main is None or shape is None or len(main.dims) != 2:
         return t.pinned_output(node, "matmul of two activations")
-    flow = t.along(flow, len(shape) - 1, shape[-1])
-    if flow is None:
-        return t.pinned_output(node, "matmul over a dimension that is not the channels")
-    return _produce(t, main, flow, 0, 1, flow.dim)
+    last = t.along(flow, len(shape) - 1, shape[-1])
+    if last is None:  # over another dimension: every channel alike, they pass
+        return flow
+    return _produce(t, main, last, 0, 1, last.dim)
+
+
+def _product(t: ChannelTracer, node: fx.Node, left: tuple, right: tuple) -> Any:
+    """A product of two activations with one tracked dimension each (single-head attention
+    over channels, EfficientViT's ``q.transpose(-2, -1) @ k`` and ``v @ attn.T``): channels
+    summed over are one channel in both operands, and the product keeps none; channels of
+    the rows of the left, or of the columns of the right, carry over to the output."""
+    (a, a_shape), (b, b_shape), out = left, right, node_shape(node)
+    if a_shape is None or b_shape is None or out is None or min(len(a_shape), len(b_shape)) < 2:
+        return t.pinned_output(node, "matmul of two activations")
+    a_dim = a.dim - len(a_shape) if isinstance(a, Flow) and not _fixed(t, a) else None
+    b_dim = b.dim - len(b_shape) if isinstance(b, Flow) and not _fixed(t, b) else None
+    if a_dim == -1 and b_dim == -2 and len(a.slots) == len(b.slots):
+        for x, y in zip(a.slots, b.slots):
+            t.uf.union(x, y)
+        return None
+    if a_dim == -2 and b_dim is None:
+        return Flow(len(out) - 2, a.slots)
+    if b_dim == -1 and a_dim is None:
+        return Flow(len(out) - 1, b.slots)
+    if a is None and b is None:
+        return None
+    return t.pinned_output(node, "matmul of two activations")
+
+
+def _fixed(t: ChannelTracer, flow: Flow) -> bool:
+    return all(s in t.pinned for s in flow.slots)
 
 
 def _per_channel_params(t: ChannelTracer, node: fx.Node, names: list[tuple[int, str]]) -> list:

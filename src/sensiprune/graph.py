@@ -420,6 +420,8 @@ class ChannelTracer:
             return self.reduce(node)
         if target in (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax):
             return self.softmax(node)
+        if target is F.normalize:  # over the channels, a statistic as in a norm layer
+            return self.flows.get(node.args[0])
         if target is torch.roll:
             return self.roll(node)
         if target is torch.stack:

@@ -115,12 +115,17 @@ def _conv_transpose(
 
 
 def _linear(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+    """A Linear over the channels reads them and makes its own; one over another dimension
+    (an MLP-Mixer's token mixing) treats every channel alike, so the channels pass through
+    and the layer stays as it is."""
     shape = node_shape(node.args[0])
-    flow = t.along(flow, len(shape) - 1, shape[-1]) if shape is not None else None
-    if flow is None:
-        return t.pinned_output(node, "Linear over a dimension that is not the channels")
-    t.consumer(layer, flow.slots)
-    return Flow(flow.dim, t.producer(layer, module.out_features))
+    if shape is None:
+        return t.pinned_output(node, "Linear on a tensor of unknown shape")
+    last = t.along(flow, len(shape) - 1, shape[-1])
+    if last is None:
+        return flow
+    t.consumer(layer, last.slots)
+    return Flow(last.dim, t.producer(layer, module.out_features))
 
 
 def _batchnorm(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:

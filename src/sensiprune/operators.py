@@ -38,11 +38,11 @@ ELEMENTWISE = {
     torch.add, torch.sub, torch.mul, torch.div, operator.pow, torch.pow, torch.maximum,
     torch.minimum, torch.where, operator.gt, operator.lt, operator.ge, operator.le, operator.eq,
     operator.ne, operator.and_, operator.or_, torch.gt, torch.lt, torch.ge, torch.le, torch.eq,
-    torch.ne, torch.logical_and, torch.logical_or,
+    torch.ne, torch.logical_and, torch.logical_or, torch.addcmul, torch.addcdiv,
 }  # fmt: skip
 ELEMENTWISE_METHODS = {
     "add", "sub", "mul", "div", "add_", "mul_", "sub_", "div_", "pow", "masked_fill", "gt", "lt",
-    "ge", "le", "eq", "ne", "where",
+    "ge", "le", "eq", "ne", "where", "addcmul", "addcdiv",
 }  # fmt: skip
 RESHAPING_FUNCTIONS = {
     torch.flatten, torch.cat, torch.concat, operator.getitem, torch.split, torch.chunk,

@@ -58,7 +58,8 @@ def visit(t: ChannelTracer, node: fx.Node) -> Any:
         moved = repeated(node, value, len(before))
     elif name in ("split", "chunk"):
         moved = _parts(t, node, value, len(before))
-    elif name in ("mean", "sum", "amax", "softmax", "log_softmax", "unbind", "getitem"):
+    elif name in ("mean", "sum", "amax", "softmax", "log_softmax", "normalize", "unbind",
+                  "getitem"):  # fmt: skip
         moved = _over_axis(t, node, value, len(before))
     return moved if moved is not None else t.pinned_output(node, f"{name} of split channels")
 
@@ -88,14 +89,12 @@ def _over_axis(t: ChannelTracer, node: fx.Node, split: Split, ndim: int) -> Any:
         if split is None:
             return None
     else:
-        dims = dims_arg(node, ndim) if name != "unbind" else {
-            (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % ndim
-        }  # fmt: skip
+        dims = _one_dim(node, ndim) if name in ("unbind", "normalize") else dims_arg(node, ndim)
         if dims is None:
             return None
         picked = dict.fromkeys(dims, 0)
     dims, slots = split.dims, split.slots
-    if name in ("softmax", "log_softmax"):  # each output reads the whole axis
+    if name in ("softmax", "log_softmax", "normalize"):  # each output reads the whole axis
         for d in set(picked) & set(dims):
             without_axis(t.uf, dims, slots, dims.index(d))
         return split
@@ -116,6 +115,13 @@ def _over_axis(t: ChannelTracer, node: fx.Node, split: Split, ndim: int) -> Any:
     shifted = tuple(d - sum(p < d for p in picked) for d in dims)
     moved = from_axes(shifted, slots)
     return SameForEveryPart(moved) if name == "unbind" else moved
+
+
+def _one_dim(node: fx.Node, ndim: int) -> set[int]:
+    """The dimension of ``unbind(x, dim=0)`` or ``F.normalize(x, p=2, dim=1)``."""
+    at, default = (2, 1) if name_of(node) == "normalize" else (1, 0)
+    dim = node.args[at] if len(node.args) > at else node.kwargs.get("dim", default)
+    return {dim % ndim}
 
 
 def _index(index: Any, ndim: int) -> tuple | None:
