@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import masks
@@ -25,20 +25,19 @@ from .adapters import CONFIG_FIELDS, own_config
 from .atomic import atomic_directory
 from .counts import SIZES
 from .errors import SensipruneError
+from .manifest import (
+    FORMAT,
+    MANIFEST_FILE,
+    SHAPE_ATTRS,
+    WEIGHTS_FILE,
+    check_sizes,
+    check_tensors,
+    digest,
+    read_manifest,
+    read_weights,
+)
 from .surgery import refresh_loaded, retie, tied_parameters
 from .targets import Target
-
-FORMAT = 1
-# the module attributes that structured surgery may change (see surgery.py)
-SHAPE_ATTRS = (
-    "in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
-    "hidden_size", "input_size", "num_heads", "kept_heads", "embedding_dim", "num_groups",
-    "num_channels", "num_attention_heads", "all_head_size", "nf", "nx", "split_size",
-    "num_key_value_heads", "num_key_value_groups", "sensiprune_config", "normalized_shape",
-    "sensiprune_sizes",
-)  # fmt: skip
-WEIGHTS_FILE = "weights.safetensors"
-MANIFEST_FILE = "sensiprune.json"
 
 
 def save(model: nn.Module, directory: str | os.PathLike) -> Path:
@@ -71,6 +70,7 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     }
     with atomic_directory(directory) as staging:
         save_file(tensors, str(staging / WEIGHTS_FILE))
+        manifest["sha256"] = digest(staging / WEIGHTS_FILE)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return Path(directory)
 
@@ -83,30 +83,52 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
         raise SensipruneError(
             f"{path} is not a sensiprune save (expected {MANIFEST_FILE} and {WEIGHTS_FILE})"
         )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise SensipruneError(f"{path} has format {manifest.get('format')!r}; this reads {FORMAT}")
-    stored = load_file(str(weights_path))
-    state = {k: v for k, v in stored.items() if "::" not in k}
-    model_masks = {}
-    for key, encoding in manifest["masked"].items():
-        state[key], model_masks[key] = _decode(key, encoding, stored)
-    for alias, key in manifest.get("tied", {}).items():
-        state[alias] = state[key]
-    model = factory()
+    manifest = read_manifest(manifest_path)
+    stored = read_weights(weights_path, manifest)
+    model = factory() if callable(factory) else None
+    if not isinstance(model, nn.Module):
+        raise SensipruneError(
+            f"factory must be a function that returns the model to load into (an nn.Module); "
+            f"got {type(factory if model is None else model).__name__}"
+        )
+    check_sizes(model, manifest, manifest_path)
+    shapes = {k: tuple(v.shape) for k, v in stored.items() if "::" not in k}
+    shapes.update({k: tuple(e["shape"]) for k, e in manifest.get("masked", {}).items()})
+    check_tensors(model, shapes, weights_path)
+    state, model_masks = _state(stored, manifest, weights_path)
     config = getattr(model, "config", None)
     for field, value in manifest.get("config", {}).items() if config is not None else ():
-        setattr(config, field, value)  # read by the blocks' own code
+        if not isinstance(getattr(type(config), field, None), property):  # derived: it follows
+            setattr(config, field, value)  # read by the blocks' own code
     _resize(model, manifest.get("modules", {}), state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise SensipruneError(
-            f"the saved weights do not fit the model from factory(): {mismatch(exc)}"
+            f"{path}: the saved weights do not fit the model from factory(): {mismatch(exc)}"
         ) from exc
     targets = {name: _target(model, name) for name in model_masks}
     masks.apply_masks(targets, model_masks)
     return model
+
+
+def _state(
+    stored: dict[str, torch.Tensor], manifest: dict, where: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The model state and masks the stored tensors encode."""
+    state = {k: v for k, v in stored.items() if "::" not in k}
+    model_masks = {}
+    try:
+        for key, encoding in manifest.get("masked", {}).items():
+            state[key], model_masks[key] = _decode(key, encoding, stored)
+        for alias, key in manifest.get("tied", {}).items():
+            state[alias] = state[key]
+    except (KeyError, IndexError, RuntimeError, ValueError) as exc:
+        raise SensipruneError(
+            f"{where} does not hold the tensors its manifest describes ({type(exc).__name__}: "
+            f"{exc}); save the model again, or restore a copy"
+        ) from exc
+    return state, model_masks
 
 
 def _without_ties(
@@ -131,7 +153,7 @@ def _without_ties(
 
 def mismatch(exc: RuntimeError) -> str:
     """The specific lines of a load_state_dict error (missing, unexpected, wrong shapes)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    lines = [" ".join(line.split()) for line in str(exc).strip().splitlines() if line.strip()]
     return " ".join(lines[1:3] or lines[:1])[:300]
 
 
