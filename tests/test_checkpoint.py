@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 
 import sensiprune as sp
@@ -40,3 +41,11 @@ def test_a_checkpoint_round_trip_is_exact(tmp_path, digits):
 
 def test_no_checkpoint_reads_as_none(tmp_path):
     assert read_progress(tmp_path) is None
+
+
+def test_a_damaged_checkpoint_model_says_how_to_start_over(tmp_path):
+    write_checkpoint(tmp_path / "ckpt", LeNet5(), {"completed": 1}, None, None)
+    weights = tmp_path / "ckpt" / "model" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(sp.SensipruneError, match=r"weights.safetensors .* --restart"):
+        read_checkpoint(tmp_path / "ckpt", LeNet5)

@@ -32,6 +32,39 @@ def test_a_loss_that_turns_nan_stops_training_with_the_last_good_weights(mlp, ml
     assert all(torch.isfinite(p).all() for p in mlp.parameters())
 
 
+def test_a_nan_stop_puts_back_the_batchnorm_statistics_of_the_last_good_step():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
+                                torch.nn.ReLU(), torch.nn.Linear(8, 3))  # fmt: skip
+    batches = [(torch.randn(16, 4), torch.randint(0, 3, (16,))) for _ in range(4)]
+    batches[2] = (batches[2][0] * float("inf"), batches[2][1])  # its forward poisons the stats
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    with pytest.raises(sp.SensipruneError, match="became nan at epoch 1, step 3"):
+        sp.finetune(model, batches, loss_fn=loss_fn, show_progress=False)
+    assert all(torch.equal(v, seen[2][k]) for k, v in model.state_dict().items())
+    model.eval()
+    assert torch.isfinite(model(batches[0][0])).all()
+
+
+def test_a_gradient_that_is_not_finite_stops_before_the_step(mlp, mlp_batches):
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+
+    def loss_fn(model, batch):  # finite value, infinite slope: sqrt at 0
+        logits = model(batch[0])
+        return torch.nn.functional.cross_entropy(logits, batch[1]) + (logits * 0).sum().sqrt()
+
+    with pytest.raises(
+        sp.SensipruneError, match="gradient stopped being finite at epoch 1, step 1"
+    ):
+        sp.finetune(mlp, mlp_batches, loss_fn=loss_fn, show_progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in mlp.state_dict().items())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"epochs": -1}, "epochs"), ({"lr": 0}, "lr must be positive"), ({"data": []}, "no batches")],

@@ -90,7 +90,10 @@ def read_checkpoint(directory: str | os.PathLike, factory: Callable[[], nn.Modul
     progress = read_progress(directory)
     if progress is None:
         raise SensipruneError(f"{directory} holds no checkpoint")
-    model = load(directory / MODEL_DIR, factory)
+    try:
+        model = load(directory / MODEL_DIR, factory)
+    except SensipruneError as exc:
+        raise SensipruneError(f"checkpoint unreadable: {exc}; or pass --restart") from exc
     try:
         trainer = torch.load(directory / TRAINER_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:

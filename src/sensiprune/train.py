@@ -42,9 +42,11 @@ def finetune(
 ) -> FinetuneResult:
     """Train in place; masked weights stay exactly zero (see masks.py), whatever the optimiser.
 
-    The default optimiser is Adam with ``lr``. A loss that stops being finite ends training
-    with an error before the bad step is applied, so the weights are those of the last good step.
-    ``before_step(i)`` runs before the i-th batch (from 0) of every epoch: gradual pruning.
+    The default optimiser is Adam with ``lr``. A loss or gradient that stops being finite ends
+    training with an error before the bad step is applied, and the buffers its forward pass
+    changed (BatchNorm's running statistics) are put back, so the model is that of the last
+    good step. ``before_step(i)`` runs before the i-th batch (from 0) of every epoch: gradual
+    pruning.
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise SensipruneError(f"epochs must be a non-negative integer, got {epochs!r}")
@@ -56,6 +58,8 @@ def finetune(
         [p for p in model.parameters() if p.requires_grad], lr=lr
     )
     model.train()
+    buffers = list(model.buffers())
+    kept = [b.detach().clone() for b in buffers]
     epoch_losses: list[float] = []
     steps = 0
     for epoch in range(epochs):
@@ -63,14 +67,22 @@ def finetune(
         for batch in progress(batches, f"fine-tuning epoch {epoch + 1}/{epochs}", show_progress):
             if before_step is not None:
                 before_step(count)
+            for copy, buffer in zip(kept, buffers):
+                copy.copy_(buffer)
             loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
+            bad = None if torch.isfinite(loss) else f"training loss became {loss.item()}"
+            if bad is None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if not all(bool(torch.isfinite(p.grad).all()) for p in _with_grads(optimizer)):
+                    bad = "gradient stopped being finite"
+            if bad is not None:
+                for copy, buffer in zip(kept, buffers):
+                    buffer.copy_(copy)
                 raise SensipruneError(
-                    f"the training loss became {loss.item()} at epoch {epoch + 1}, step "
-                    f"{count + 1}; the weights are those of the last good step: lower the lr"
+                    f"the {bad} at epoch {epoch + 1}, step {count + 1}; the model is that of "
+                    "the last good step: lower the lr"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
             total += loss.item()
             count += 1
@@ -81,6 +93,10 @@ def finetune(
         log.info("epoch %d: mean loss %.4f", epoch + 1, epoch_losses[-1])
     model.eval()
     return FinetuneResult(tuple(epoch_losses), steps)
+
+
+def _with_grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
 def correct_predictions(model: nn.Module, batch: Batch) -> tuple[float, int]:
