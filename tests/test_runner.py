@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import sensiprune as sp
 from sensiprune.cli import main
+from sensiprune.lock import DirectoryLock
 from sensiprune.recipe import load_recipe
 from sensiprune.runner import plan, run_recipe
 from sensiprune.zoo import LeNet5, LeNet300100, load_digits_splits
@@ -292,3 +293,17 @@ def test_a_recipe_prunes_the_pretrained_minilm_without_labels(tmp_path):
     model = sp.load(tmp_path / "run" / "model", pretrained)
     assert [b.attention.self.num_attention_heads for b in model.encoder.layer] == [9] * 6
     assert model.encoder.layer[0].intermediate.dense.out_features == 1152
+
+
+def test_a_second_run_on_a_busy_output_is_refused_naming_the_holder(tmp_path, capsys):
+    path = write_recipe(tmp_path)
+    (tmp_path / "run").mkdir()
+    holder = DirectoryLock(tmp_path / "run")
+    holder.acquire()
+    try:
+        assert main(["prune", "-q", str(path)]) == 2
+    finally:
+        holder.release()
+    err = capsys.readouterr().err
+    assert f"in use by another sensiprune run (pid {os.getpid()})" in err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".sensiprune.lock"]

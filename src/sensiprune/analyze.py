@@ -28,7 +28,11 @@ def run_analysis(
 ) -> Path:
     """Measure, allocate, cross-validate and report; returns the markdown report's path."""
     recipe = load_recipe(recipe_path)
-    run = PruningRun(recipe, Path(recipe_path), restart, show_progress)
+    with PruningRun(recipe, Path(recipe_path), restart, show_progress) as run:
+        return _analyze(recipe, run)
+
+
+def _analyze(recipe: Recipe, run: PruningRun) -> Path:
     validation = list(run.data.validation)
     folds = recipe.analysis.folds if recipe.prune.target.budget is None else 0
     if folds:

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import distributed
 from .atomic import atomic_write_bytes
 from .compare import SweepSettings, sweep
-from .recipe import load_recipe
+from .recipe import Recipe, load_recipe
 from .report import plot_sweep
 from .report.document import Document, Image
 from .report.markdown import sweep_rows
@@ -27,7 +27,11 @@ def run_comparison(
 ) -> Path:
     """Prune copies of the dense model with each criterion; returns the markdown report."""
     recipe = load_recipe(recipe_path)
-    run = PruningRun(recipe, Path(recipe_path), restart, show_progress)
+    with PruningRun(recipe, Path(recipe_path), restart, show_progress) as run:
+        return _compare(recipe, run)
+
+
+def _compare(recipe: Recipe, run: PruningRun) -> Path:
     dense = run.dense_model()
     spec, tune = recipe.prune, recipe.finetune
     settings = SweepSettings(

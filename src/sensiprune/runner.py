@@ -41,6 +41,7 @@ from .loading import (
     limited,
     model_inputs,
 )
+from .lock import DirectoryLock
 from .masks import make_permanent
 from .measure import count_flops, count_parameters, latency, weights_kept
 from .progress import progress
@@ -96,14 +97,19 @@ def run_recipe(
 ) -> RunResult:
     """Validate everything, then run (or resume) the recipe and write its report."""
     recipe = load_recipe(recipe_path)
-    return PruningRun(recipe, Path(recipe_path), restart, show_progress).run()
+    with PruningRun(recipe, Path(recipe_path), restart, show_progress) as run:
+        return run.run()
 
 
 class PruningRun:
+    """A recipe's run in its output directory, which it holds locked from its first write
+    until the ``with`` block that made it ends."""
+
     def __init__(self, recipe: Recipe, path: Path, restart: bool, show_progress: bool) -> None:
         distributed.init_from_environment()
         self.recipe = recipe
         self.out = Path(recipe.output)
+        self.lock = DirectoryLock(self.out)
         self.show = show_progress
         self.stages = plan(recipe)
         self.search = [Path.cwd(), path.resolve().parent]
@@ -139,6 +145,12 @@ class PruningRun:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.progress: dict[str, Any] = {"fingerprint": recipe.fingerprint(), "completed": 0}
         self.restart = restart
+
+    def __enter__(self) -> PruningRun:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.lock.release()
 
     def _bind_loss_and_metric(self, teacher: nn.Module) -> None:
         """Import the recipe's loss and metric; the distillation ones compare with ``teacher``,
@@ -234,6 +246,7 @@ class PruningRun:
             raise SensipruneError(
                 f"output {self.out} is not writable ({exc.strerror}): choose another directory"
             ) from exc
+        self.lock.acquire()
         if self.restart:
             for name in (CHECKPOINT_DIR, METRICS_FILE, SENSITIVITY_FILE, BUDGET_FILE, DENSE_DIR):
                 path = self.out / name
