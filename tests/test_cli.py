@@ -38,3 +38,13 @@ def test_criteria_lists_every_criterion(capsys):
     out = capsys.readouterr().out
     for name in ("magnitude", "random", "taylor", "obd", "obs", "snip", "activation"):
         assert name in out
+
+
+def test_report_on_a_missing_or_foreign_directory_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    for content in ("{}", "[]", '{"dense": 1, "pruned": {}, "recipe": {}}'):
+        (tmp_path / "results.json").write_text(content)
+        assert main(["report", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and "results.json" in err and "Traceback" not in err

@@ -307,3 +307,19 @@ def test_a_second_run_on_a_busy_output_is_refused_naming_the_holder(tmp_path, ca
     err = capsys.readouterr().err
     assert f"in use by another sensiprune run (pid {os.getpid()})" in err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".sensiprune.lock"]
+
+
+@pytest.mark.parametrize(
+    ("prune", "message"),
+    [
+        ({"ignore": ["nowhere"]}, "ignore names 'nowhere'"),
+        ({"target": {"budget": {"nowhere": 0.5}}}, "unknown layer 'nowhere'"),
+        ({"ignore": ["fc1", "fc2", "fc3"]}, "nothing prunable"),
+    ],
+)
+def test_bad_layer_names_are_refused_before_anything_is_written(tmp_path, capsys, prune, message):
+    spec = {"criterion": "magnitude", "target": {"sparsity": 0.5}, **prune}
+    path = write_recipe(tmp_path, prune=spec)
+    assert main(["prune", "-q", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -82,3 +82,20 @@ def test_evaluate_is_accuracy_by_default(mlp, mlp_batches):
     assert sp.evaluate(mlp, mlp_batches) == pytest.approx(expected)
     with pytest.raises(sp.SensipruneError, match="no samples"):
         sp.evaluate(mlp, [])
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        ((torch.randn(4, 8), torch.tensor([0, 1, 7, 2])), "labels range from 0 to 7"),
+        ((torch.randn(4, 5), torch.tensor([0, 1, 1, 2])), r"fails on a batch of inputs \(4, 5\)"),
+    ],
+)
+def test_labels_out_of_range_and_inputs_of_the_wrong_width_are_one_line(mlp, batch, message):
+    for call in (
+        lambda: sp.finetune(mlp, [batch], show_progress=False),
+        lambda: sp.evaluate(mlp, [batch]),
+        lambda: sp.prune(mlp, 0.5, "taylor", data=[batch]),
+    ):
+        with pytest.raises(sp.SensipruneError, match=message):
+            call()

@@ -24,7 +24,39 @@ def default_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
             "the default loss needs (inputs, labels) batches; pass loss_fn(model, batch) "
             "for other batch layouts"
         ) from exc
-    return F.cross_entropy(model(inputs), labels)
+    logits = forward(model, inputs)
+    check_labels(logits, labels)
+    return F.cross_entropy(logits, labels)
+
+
+def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """``model(inputs)``, with a failure on the data's shape as one line that says so."""
+    try:
+        return model(inputs)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SensipruneError(
+            f"the model fails on a batch of inputs {shape} ({reason}): check that the data "
+            "has the shape and channels the model expects"
+        ) from exc
+
+
+def check_labels(logits: torch.Tensor, labels: Any) -> None:
+    """Integer labels must be class indices below the number of the model's outputs (along
+    dimension 1, as cross-entropy reads them; -100 is cross-entropy's ignored label)."""
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
+        return
+    labels = labels[labels != -100]
+    if not labels.numel():
+        return
+    classes = logits.shape[1] if logits.dim() > 1 else logits.numel()
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise SensipruneError(
+            f"labels range from {low} to {high}, but the model has {classes} outputs: labels "
+            f"must be class indices 0..{classes - 1}"
+        )
 
 
 def as_batches(

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .adapters import KINDS
 from .atomic import atomic_write_bytes
 from .checkpoint import read_checkpoint, read_progress, restore_rng, write_checkpoint
 from .data import checked_loss, default_loss
@@ -52,6 +53,7 @@ from .saving import save
 from .schedule import sparsity_at
 from .selection import Sparsity
 from .sensitivity import SensitivityTable, allocate, sensitivity
+from .targets import require_targets, resolve_layer_names
 from .train import correct_predictions, evaluate, finetune
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,10 @@ class PruningRun:
         checked_loss(self.loss_fn, model, next(iter(self.data.train)))  # fails before writing
         budget_file = recipe.prune.target.budget
         self.file_budget = _read_budget(budget_file) if budget_file is not None else None
+        # names that match nothing are found now, before pretraining writes anything
+        targets = require_targets(model, recipe.prune.ignore)
+        if self.file_budget is not None:
+            resolve_layer_names(targets, [k for k in self.file_budget if k not in KINDS])
         if recipe.report.onnx:
             _require_onnx()
         self.model = model

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data import Batch, LossFn, as_batches, default_loss
+from .data import Batch, LossFn, as_batches, check_labels, default_loss, forward
 from .errors import SensipruneError
 from .modes import eval_mode
 from .progress import progress
@@ -101,7 +101,8 @@ def _with_grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 def correct_predictions(model: nn.Module, batch: Batch) -> tuple[float, int]:
     """Accuracy numerator and denominator of an (inputs, labels) batch."""
-    logits = model(batch[0])
+    logits = forward(model, batch[0])
+    check_labels(logits, batch[1])
     return float((logits.argmax(-1) == batch[1]).sum()), int(batch[1].numel())
 
 

@@ -23,6 +23,16 @@ def write_run_report(run_dir: str | Path) -> Path:
     """Write report.md, report.html and their plots from results.json and metrics.jsonl."""
     run_dir = Path(run_dir)
     results, records = _read(run_dir)
+    try:
+        return _write(run_dir, results, records)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SensipruneError(
+            f"{run_dir / RESULTS_FILE} or {METRICS_FILE} is not what `sensiprune prune` writes "
+            f"({type(exc).__name__}: {exc}): rerun the recipe to write them again"
+        ) from exc
+
+
+def _write(run_dir: Path, results: dict[str, Any], records: list[dict[str, Any]]) -> Path:
     dense, pruned, recipe = results["dense"], results["pruned"], results["recipe"]
     doc = Document(f"sensiprune run: {recipe['output']}")
     doc.add("Result", _summary(dense, pruned), _settings(recipe))
@@ -53,6 +63,10 @@ def write_run_report(run_dir: str | Path) -> Path:
 
 def _read(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     path = run_dir / RESULTS_FILE
+    if not run_dir.is_dir():
+        raise SensipruneError(
+            f"{run_dir} is not a directory: pass the output directory of a `sensiprune prune` run"
+        )
     if not path.is_file():
         raise SensipruneError(
             f"{run_dir} has no {RESULTS_FILE}: the run has not finished "
@@ -66,8 +80,12 @@ def _read(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             if log.is_file()
             else []
         )
-    except json.JSONDecodeError as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SensipruneError(f"{run_dir}: a results file is corrupt: {exc}") from exc
+    if not isinstance(results, dict) or not all(isinstance(r, dict) for r in records):
+        raise SensipruneError(
+            f"{path} or {METRICS_FILE} does not hold JSON objects: rerun the recipe to write them"
+        )
     return results, records
 
 
