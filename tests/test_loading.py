@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 import sensiprune as sp
 from sensiprune.errors import SensipruneError
-from sensiprune.loading import build_model, data_splits, import_object, model_inputs
+from sensiprune.loading import (
+    build_model,
+    call_factory,
+    data_splits,
+    import_object,
+    model_inputs,
+)
 from sensiprune.zoo import LeNet300100
 
 
@@ -86,3 +95,29 @@ def test_datasets_are_batched_and_the_training_split_shuffled():
     torch.manual_seed(0)
     first = torch.cat([x for x, _ in splits.train])
     assert sorted(first.tolist()) == list(range(10)) and first.tolist() != list(range(10))
+
+
+@pytest.mark.parametrize(
+    "path", ["subprocess:run", "os:system", "builtins:exec", "sys:exit", "torch:os.system"]
+)
+def test_a_recipe_cannot_name_the_standard_library(path):
+    with pytest.raises(SensipruneError, match="standard library"):
+        call_factory(path, {"args": ["true"]}, "model.factory", [])
+
+
+def test_a_recipe_names_callables_only():
+    with pytest.raises(SensipruneError, match="not a function or class"):
+        import_object("sensiprune:zoo", "loss")
+
+
+def test_the_recipe_folder_does_not_shadow_installed_packages(tmp_path):
+    installed = [name for name in ("packaging", "jinja2", "markupsafe", "idna", "certifi")
+                 if name not in sys.modules and importlib.util.find_spec(name)]  # fmt: skip
+    if not installed:
+        pytest.skip("no installed package left unimported to shadow")
+    (tmp_path / f"{installed[0]}.py").write_text("raise RuntimeError('shadowed')\n")
+    source = (
+        f"import {installed[0]}\nimport torch\n\ndef build():\n    return torch.nn.Linear(2, 2)\n"
+    )
+    (tmp_path / "mine.py").write_text(source)
+    assert isinstance(call_factory("mine:build", {}, "model.factory", [tmp_path]), nn.Linear)

@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RECIPE_IS_CODE = (
+    "A recipe is code, like a Python script: its model factory, data factory, loss and "
+    "metric are\nimported and run with your permissions. Read a recipe from someone else "
+    "before you run it.\nImport paths resolve to the recipe's folder, the directory you run "
+    "in, installed packages and\nsensiprune; Python's standard library (os, subprocess, "
+    "builtins, sys ...) is refused."
+)
+
+
 def _recipe_command(
     commands: argparse._SubParsersAction,
     name: str,
@@ -134,7 +143,7 @@ def _recipe_command(
         name,
         help=summary,
         description=description,
-        epilog="recipe fields:\n" + field_reference(),
+        epilog=RECIPE_IS_CODE + "\n\nrecipe fields:\n" + field_reference(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     command.add_argument("recipe", help="the recipe file (see examples/recipes/)")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import itertools
 import pickle
 import re
+import site
 import sys
+import sysconfig
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +28,14 @@ from .saving import MANIFEST_FILE, load, mismatch
 
 
 def import_object(path: str, what: str, search: Sequence[Path] = ()) -> Any:
-    """``'pkg.module:attr.sub'`` → the object; ``search`` directories are tried for the module."""
+    """``'pkg.module:attr.sub'`` → a Python function, class or callable object; ``search``
+    directories are tried for the module after the installed packages. A recipe is code, but
+    it names its own code: the standard library (``os:system``, ``subprocess:run``,
+    ``builtins:exec``) is refused."""
     module_name, _, attr = path.partition(":")
+    _refuse_standard_library(module_name, what)
     extra = [str(p) for p in search if str(p) not in sys.path]
-    sys.path[:0] = extra
+    sys.path.extend(extra)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of user code is bad input here
@@ -43,13 +50,40 @@ def import_object(path: str, what: str, search: Sequence[Path] = ()) -> Any:
         if not hasattr(obj, part):
             raise SensipruneError(f"{what}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    if inspect.ismodule(obj) or not callable(obj):
+        raise SensipruneError(f"{what}: {path} is not a function or class: name a callable")
+    if inspect.isroutine(obj) or inspect.isclass(obj):  # reached through a package too:
+        _refuse_standard_library(obj.__module__ or "", what)  # ``torch:os.system``
     return obj
+
+
+def _refuse_standard_library(module_name: str, what: str) -> None:
+    """Modules of the interpreter itself (not installed packages, not the user's files)."""
+    top = module_name.partition(".")[0]
+    spec = importlib.util.find_spec(top) if top else None
+    origin = getattr(spec, "origin", None)
+    builtin = top in sys.builtin_module_names or origin in (None, "built-in", "frozen")
+    if spec is None or not (builtin or _in_standard_library(Path(origin))):
+        return
+    raise SensipruneError(
+        f"{what}: {module_name!r} is part of Python's standard library; a recipe names a "
+        "callable of its own, of an installed package or of sensiprune"
+    )
+
+
+def _in_standard_library(file: Path) -> bool:
+    paths = sysconfig.get_paths()
+    installed = [Path(paths[k]) for k in ("purelib", "platlib")] + [
+        Path(p) for p in [*site.getsitepackages(), site.getusersitepackages()]
+    ]
+    resolved = file.resolve()
+    if any(resolved.is_relative_to(p.resolve()) for p in installed):
+        return False
+    return any(resolved.is_relative_to(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib"))
 
 
 def call_factory(path: str, kwargs: Mapping[str, Any], what: str, search: Sequence[Path]) -> Any:
     factory = import_object(path, what, search)
-    if not callable(factory):
-        raise SensipruneError(f"{what}: {path} is not callable")
     try:
         return factory(**kwargs)
     except Exception as exc:
