@@ -90,11 +90,20 @@ def test_a_recipe_that_is_not_a_mapping_or_missing(tmp_path):
         load_recipe(tmp_path / "absent.yaml")
 
 
-def test_the_fingerprint_ignores_report_settings_only(tmp_path):
-    base = load_recipe(write_recipe(tmp_path))
-    quieter = load_recipe(write_recipe(tmp_path, "b.yaml", report={"latency": True}))
-    other = load_recipe(write_recipe(tmp_path, "c.yaml", seed=1))
-    assert base.fingerprint() == quieter.fingerprint() != other.fingerprint()
+def test_the_fingerprints_ignore_report_and_compare_and_group_the_rest(tmp_path):
+    def prints(name: str, **sections) -> dict[str, str]:
+        return load_recipe(write_recipe(tmp_path, name, **sections)).fingerprints()
+
+    base = prints("a.yaml")
+    assert prints("b.yaml", report={"latency": True}, compare={"criteria": ["snip"]}) == base
+    changes = [
+        ({"seed": 1}, "run"),
+        ({"schedule": {"kind": "iterative", "steps": 3}}, "prune"),
+        ({"finetune": {"epochs": 3}}, "finetune"),
+    ]
+    for sections, group in changes:
+        changed = prints("c.yaml", **sections)
+        assert {g for g in base if base[g] != changed[g]} == {group}
 
 
 def test_the_field_reference_documents_every_section():

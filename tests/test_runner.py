@@ -19,6 +19,7 @@ from sensiprune.lock import DirectoryLock
 from sensiprune.recipe import load_recipe
 from sensiprune.runner import plan, run_recipe
 from sensiprune.zoo import LeNet5, LeNet300100, load_digits_splits
+from tests import recipe_support
 from tests.recipe_support import ROOT, write_recipe
 
 
@@ -215,7 +216,10 @@ def _fill(text: str, places: dict) -> str:
     return text
 
 
-def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(recipe_support._Calls, "count", 0)
     path = write_recipe(tmp_path, loss="tests.recipe_support:loss_that_diverges")
     assert main(["prune", "-q", str(path)]) == 2
     err = capsys.readouterr().err
@@ -323,3 +327,28 @@ def test_bad_layer_names_are_refused_before_anything_is_written(tmp_path, capsys
     assert main(["prune", "-q", str(path)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_after_a_nan_stop_a_lower_lr_resumes_from_the_last_good_checkpoint(
+    tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(recipe_support._Calls, "count", 0)
+    path = write_recipe(tmp_path, loss="tests.recipe_support:loss_that_diverges")
+    assert main(["prune", "-q", str(path)]) == 2
+    done = json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())["completed"]
+    monkeypatch.setattr(recipe_support._Calls, "count", -(10**6))  # finite from now on
+    # new fine-tuning settings and another comparison: the finished stages stay
+    write_recipe(tmp_path, loss="tests.recipe_support:loss_that_diverges",
+                 finetune={"epochs": 2, "optimizer": {"lr": 1e-4}},
+                 compare={"criteria": ["magnitude"]})  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert main(["prune", "-q", str(path)]) == 0
+    assert "finetune section changed" in caplog.text
+    stages = [r["stage"] for r in _records(tmp_path / "run")]
+    assert stages == [str(s) for s in plan(load_recipe(path))] and done >= 1
+    # a new target once pruning has begun voids finished stages: refused, nothing touched
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    write_recipe(tmp_path, loss="tests.recipe_support:loss_that_diverges",
+                 prune={"criterion": "magnitude", "target": {"sparsity": 0.5}})  # fmt: skip
+    assert main(["prune", "-q", str(path)]) == 2
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before

@@ -279,10 +279,28 @@ class Recipe(Section):
         given = self.schedule.pruning_epochs
         return given if given is not None else max(self.finetune.epochs - 1, 1)
 
-    def fingerprint(self) -> str:
-        """What decides the run's result; the report settings do not."""
-        decisive = self.model_dump(mode="json", exclude={"report"})
-        return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+    def fingerprints(self) -> dict[str, str]:
+        """A digest of each group of sections in :data:`RESUME_GROUPS`; the report and
+        compare sections decide nothing a run checkpoints."""
+        return {
+            group: hashlib.sha256(
+                json.dumps(
+                    self.model_dump(mode="json", include=set(sections)), sort_keys=True
+                ).encode()
+            ).hexdigest()
+            for group, sections in RESUME_GROUPS.items()
+        }
+
+
+# What a change voids when a run resumes (see runner.PruningRun): a change of what is trained
+# and measured, the whole run; of how it is pruned, every stage from the first prune on; of how
+# it is fine-tuned, nothing finished: the stages still to run use the new settings (a lower lr
+# after a loss that turned NaN).
+RESUME_GROUPS = {
+    "run": ("output", "seed", "model", "data", "loss", "metric"),
+    "prune": ("prune", "schedule", "analysis"),
+    "finetune": ("finetune",),
+}
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

@@ -47,7 +47,7 @@ from .masks import make_permanent
 from .measure import count_flops, count_parameters, latency, weights_kept
 from .progress import progress
 from .pruning import PruneResult, prune
-from .recipe import Recipe, load_recipe
+from .recipe import RESUME_GROUPS, Recipe, load_recipe
 from .report.run import METRICS_FILE, RESULTS_FILE, write_run_report
 from .saving import save
 from .schedule import sparsity_at
@@ -117,11 +117,7 @@ class PruningRun:
         self.search = [Path.cwd(), path.resolve().parent]
         self.source = path.read_text()
         existing = read_progress(self.out / CHECKPOINT_DIR) if not restart else None
-        if existing is not None and existing.get("fingerprint") != recipe.fingerprint():
-            raise SensipruneError(
-                f"{path} has changed since {self.out} was started: pass --restart to start "
-                "over (its checkpoint is replaced), or use another output directory"
-            )
+        self.retuned = existing is not None and self._changed_since(existing, path)
         self.resuming = existing is not None
         _seed(recipe.seed)
         self.data = data_splits(
@@ -149,8 +145,24 @@ class PruningRun:
         self.model = model
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.progress: dict[str, Any] = {"fingerprint": recipe.fingerprint(), "completed": 0}
+        self.progress: dict[str, Any] = {"fingerprints": recipe.fingerprints(), "completed": 0}
         self.restart = restart
+
+    def _changed_since(self, progress: dict[str, Any], path: Path) -> bool:
+        """Whether only the fine-tuning settings changed since the checkpoint (the stages
+        still to run use them); a change that voids finished stages is refused."""
+        saved = progress.get("fingerprints", {})
+        changed = {g for g, v in self.recipe.fingerprints().items() if saved.get(g) != v}
+        pretraining = sum(1 for stage in self.stages if stage.step == 0)
+        voiding = changed & ({"run", "prune"} if progress["completed"] > pretraining else {"run"})
+        if voiding:
+            sections = ", ".join(s for g in sorted(voiding) for s in RESUME_GROUPS[g])
+            raise SensipruneError(
+                f"{path} has changed since {self.out} was started, in what its finished stages "
+                f"depend on ({sections}): pass --restart to start over (its checkpoint is "
+                "replaced), or use another output directory"
+            )
+        return "finetune" in changed
 
     def __enter__(self) -> PruningRun:
         return self
@@ -232,6 +244,7 @@ class PruningRun:
             record.update(stage=str(stage), seconds=round(time.perf_counter() - started, 3))
             self._log(record)
             self.progress["completed"] = index + 1
+            self.progress["last_stage"] = [stage.step, stage.epoch]
             if distributed.is_main():
                 write_checkpoint(
                     self.out / CHECKPOINT_DIR,
@@ -262,17 +275,31 @@ class PruningRun:
     def _resume(self) -> str:
         checkpoint = read_checkpoint(self.out / CHECKPOINT_DIR, self.factory)
         self.model, self.progress = checkpoint.model, checkpoint.progress
+        last = self.progress.get("last_stage")
+        if self.retuned and last is not None:  # the epochs may have changed: find it again
+            self.progress["completed"] = sum(
+                1 for s in self.stages if (s.step, s.epoch) <= tuple(last)
+            )
+        self.progress["fingerprints"] = self.recipe.fingerprints()
         done = self.progress["completed"]
-        stage = self.stages[done - 1]
+        stage = self.stages[min(done, len(self.stages)) - 1]
         if checkpoint.optimizer is not None:
             self._new_optimizer(stage.step)
-            self.optimizer.load_state_dict(checkpoint.optimizer)
-            if self.scheduler is not None and checkpoint.scheduler is not None:
-                self.scheduler.load_state_dict(checkpoint.scheduler)
+            if not self.retuned:
+                self.optimizer.load_state_dict(checkpoint.optimizer)
+                if self.scheduler is not None and checkpoint.scheduler is not None:
+                    self.scheduler.load_state_dict(checkpoint.scheduler)
         if distributed.is_main():
             self._truncate_log(self.progress.get("log_lines", 0))
         restore_rng(checkpoint.rng)  # last: building the model above drew random numbers
-        log.warning("resuming %s after %s", self.out, stage)
+        if self.retuned:
+            log.warning(
+                "the recipe's finetune section changed: resuming %s after %s with the new "
+                "settings and a fresh optimizer; %d stage(s) to run",
+                self.out, stage, max(len(self.stages) - done, 0),
+            )  # fmt: skip
+        else:
+            log.warning("resuming %s after %s", self.out, stage)
         return str(stage)
 
     # -- stages ----------------------------------------------------------------------------
