@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+from sensiprune.analyze import _folds
 from sensiprune.cli import main
+from sensiprune.recipe import load_recipe
 from sensiprune.runner import run_recipe
-from tests.recipe_support import write_recipe
+from tests.recipe_support import ROOT, write_recipe
 
 ANALYSIS = {"sparsities": [0.5, 0.8, 0.9, 0.95], "folds": 3}
 
@@ -46,12 +48,25 @@ def test_analyze_writes_a_budget_that_prune_then_uses(tmp_path, capsys):
         assert abs(kept[name] - (1 - sparsity)) < 1e-3
 
 
-def test_more_folds_than_validation_batches_is_refused_before_any_work(tmp_path, capsys):
-    path = write_recipe(tmp_path, analysis={"folds": 50})
+def test_folds_of_a_single_batch_are_refused_before_any_work(tmp_path, capsys):
+    big = {"factory": "tests.recipe_support:digits", "kwargs": {"batch_size": 1000}}
+    path = write_recipe(tmp_path, analysis={"folds": 5}, data=big)
     assert main(["analyze", "-q", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "analysis.folds: 50 folds need at least 50 validation batches" in err
+    assert "analysis.folds: 5 folds need at least 2 validation batches each" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_folds_shrink_to_two_batches_each_and_a_target_at_the_last_point_is_measured_past(
+    tmp_path, caplog
+):
+    recipe = load_recipe(write_recipe(tmp_path, analysis={"folds": 50}))
+    with caplog.at_level("WARNING"):
+        assert _folds(recipe, 7) == 3
+    assert caplog.text.count("cross-validating with 3 folds, not 50") == 1
+    shipped = load_recipe(ROOT / "examples" / "recipes" / "lenet300100.yaml")
+    assert shipped.prune.target.sparsity == max(shipped.analysis.sparsities) == 0.95
+    assert shipped.measured_sparsities()[-4:] == [0.95, 0.9633, 0.9767, 0.99]
 
 
 def test_a_structured_flops_budget_is_cross_validated_too(tmp_path):

@@ -9,6 +9,7 @@ reuses them (and the pretraining); the budget is written as ``budget.json`` for
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from torch import nn
@@ -19,8 +20,10 @@ from .errors import SensipruneError
 from .recipe import Recipe, load_recipe
 from .report.document import Document, Image, Table
 from .runner import BUDGET_FILE, PruningRun
-from .sensitivity import Budget, SensitivityTable, allocate
-from .validation import CrossValidation, cross_validate, fold_indices
+from .sensitivity import Budget, SensitivityTable, allocate, warn_if_clamped
+from .validation import CrossValidation, cross_validate
+
+log = logging.getLogger(__name__)
 
 
 def run_analysis(
@@ -34,15 +37,11 @@ def run_analysis(
 
 def _analyze(recipe: Recipe, run: PruningRun) -> Path:
     validation = list(run.data.validation)
-    folds = recipe.analysis.folds if recipe.prune.target.budget is None else 0
-    if folds:
-        try:
-            fold_indices(len(validation), folds)
-        except SensipruneError as exc:
-            raise SensipruneError(f"analysis.folds: {exc}; or set analysis.folds: 0") from exc
+    folds = _folds(recipe, len(validation))
     model = run.dense_model()
     table = run.sensitivity_table(model)
     budget = _allocate(recipe, table, run.file_budget)
+    warn_if_clamped(budget)
     checked = _cross_validated(recipe, run, model, validation, folds) if folds else None
     if not distributed.is_main():  # the measuring is shared, the writing is rank 0's
         return run.out / "analysis.md"
@@ -50,6 +49,22 @@ def _analyze(recipe: Recipe, run: PruningRun) -> Path:
     table.plot(run.out / "sensitivity.png", budget)
     markdown, _ = _document(recipe, table, budget, checked).write(run.out, "analysis")
     return markdown
+
+
+def _folds(recipe: Recipe, batches: int) -> int:
+    """``analysis.folds``, fewer where a fold would hold a single validation batch: a budget
+    judged on one batch says more about that batch than about the budget."""
+    asked = recipe.analysis.folds if recipe.prune.target.budget is None else 0
+    folds = min(asked, batches // 2)
+    if asked and folds < 2:
+        raise SensipruneError(
+            f"analysis.folds: {asked} folds need at least 2 validation batches each, and there "
+            f"are {batches}: use smaller batches, or set analysis.folds: 0"
+        )
+    if folds < asked:
+        log.warning("cross-validating with %d folds, not %d: %d validation batches make folds "
+                    "of at least 2 batches", folds, asked, batches)  # fmt: skip
+    return folds
 
 
 def _allocate(recipe: Recipe, table: SensitivityTable, file_budget: dict | None) -> Budget:
@@ -75,7 +90,7 @@ def _cross_validated(
         target_sparsity=spec.target.sparsity,
         max_drop=spec.target.max_drop,
         folds=folds,
-        sparsities=recipe.analysis.sparsities,
+        sparsities=recipe.measured_sparsities(),
         criterion=spec.criterion,
         metric=run.metric,
         loss_fn=run.loss_fn,

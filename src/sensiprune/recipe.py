@@ -279,6 +279,16 @@ class Recipe(Section):
         given = self.schedule.pruning_epochs
         return given if given is not None else max(self.finetune.epochs - 1, 1)
 
+    def measured_sparsities(self) -> list[float]:
+        """``analysis.sparsities``, and with a sparsity target at or past the last of them,
+        three more up to the densest limit ``min_density`` allows: a budget can only go as far
+        as the curves were measured, and a target there would leave every layer at it."""
+        points = sorted(self.analysis.sparsities)
+        target, limit = self.prune.target.sparsity, round(1.0 - self.prune.min_density, 4)
+        if target is None or points[-1] > target or points[-1] >= limit:
+            return points
+        return points + [round(points[-1] + (limit - points[-1]) * k / 3, 4) for k in (1, 2, 3)]
+
     def fingerprints(self) -> dict[str, str]:
         """A digest of each group of sections in :data:`RESUME_GROUPS`; the report and
         compare sections decide nothing a run checkpoints."""

@@ -52,7 +52,7 @@ from .report.run import METRICS_FILE, RESULTS_FILE, write_run_report
 from .saving import save
 from .schedule import sparsity_at
 from .selection import Sparsity
-from .sensitivity import SensitivityTable, allocate, sensitivity
+from .sensitivity import SensitivityTable, allocate, sensitivity, warn_if_clamped
 from .targets import require_targets, resolve_layer_names
 from .train import correct_predictions, evaluate, finetune
 
@@ -217,7 +217,7 @@ class PruningRun:
         return sensitivity(
             model,
             lambda m: evaluate(m, self.data.validation, self.metric),
-            self.recipe.analysis.sparsities,
+            self.recipe.measured_sparsities(),
             spec.criterion,
             self.score_data,
             self.loss_fn,
@@ -426,6 +426,7 @@ class PruningRun:
             target_flops=target.flops,
             min_density=spec.min_density,
         )
+        warn_if_clamped(budget)
         return dict(budget)
 
     def _new_optimizer(self, step: int) -> None:

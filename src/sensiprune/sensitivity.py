@@ -313,9 +313,21 @@ def _resumed(path: str | Path | None, identity: dict) -> dict:
 
 
 class Budget(dict):
-    """``{parameter name: sparsity}`` for ``prune``, with the drop the curves predict for it."""
+    """``{parameter name: sparsity}`` for ``prune``, with the drop the curves predict for it;
+    ``clamped`` is the highest measured sparsity where most weights sit at it (the curves
+    gave the allocation no room), else None."""
 
     predicted_drop: float = 0.0
+    clamped: float | None = None
+
+
+def warn_if_clamped(budget: Budget) -> None:
+    if budget.clamped is not None:
+        log.warning(
+            "most weights sit in layers allocated the highest measured sparsity (%.1f%%): the "
+            "curves give the allocation no room; measure sparser points for a better budget",
+            100 * budget.clamped,
+        )
 
 
 def allocate(
@@ -375,12 +387,7 @@ def allocate(
     budget = Budget({name: k / n for name, k, n in zip(table.layers, counts, table.sizes) if k > 0})
     budget.predicted_drop = _predicted(table, counts)
     at_limit = sum(n for k, n, cap in zip(counts, table.sizes, limits) if k == cap)
-    if at_limit > 0.5 * sum(table.sizes):
-        log.warning(
-            "most weights sit in layers allocated the highest measured sparsity (%.1f%%): the "
-            "curves give the allocation no room; measure sparser points for a better budget",
-            100 * ceiling,
-        )
+    budget.clamped = ceiling if at_limit > 0.5 * sum(table.sizes) else None
     return budget
 
 
