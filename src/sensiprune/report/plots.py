@@ -19,6 +19,7 @@ from ..sensitivity import SensitivityTable
 def plot_sweep(points: Sequence[SweepPoint], dense: dict[str, float], path: str | Path) -> Path:
     """One row of panels per model: one-shot, and fine-tuned when there is fine-tuning."""
     models = list(dict.fromkeys(p.model for p in points))
+    criteria = list(dict.fromkeys(p.criterion for p in points))  # one style each, everywhere
     tuned = any(p.finetuned is not None for p in points)
     columns = 2 if tuned else 1
     fig, axes = plt.subplots(
@@ -33,7 +34,8 @@ def plot_sweep(points: Sequence[SweepPoint], dense: dict[str, float], path: str 
                     (p for p in mine if p.criterion == criterion), key=lambda p: p.sparsity
                 )
                 values = [p.one_shot if col == 0 else p.finetuned for p in line]
-                ax.plot([p.sparsity * 100 for p in line], values, marker="o", label=criterion)
+                ax.plot([p.sparsity * 100 for p in line], values, label=criterion,
+                        **series_style(criteria.index(criterion), len(criteria)))  # fmt: skip
             ax.axhline(dense[model], color="black", linestyle="--", linewidth=1, label="dense")
             ax.set_title(f"{model}: {'one-shot' if col == 0 else 'after fine-tuning'}")
             ax.set_xlabel("sparsity of prunable weights (%)")
@@ -51,8 +53,9 @@ def plot_sensitivity(
     columns = 2 if budget is not None else 1
     fig, axes = plt.subplots(1, columns, figsize=(6.5 * columns, 4.5), squeeze=False)
     curves = axes[0][0]
-    for name, values in zip(table.layers, table.values):
-        curves.plot([s * 100 for s in table.sparsities], values, marker="o", label=name)
+    for i, (name, values) in enumerate(zip(table.layers, table.values)):
+        curves.plot([s * 100 for s in table.sparsities], values, label=name,
+                    **series_style(i, len(table.layers)))  # fmt: skip
     curves.axhline(table.baseline, color="black", linestyle="--", linewidth=1, label="unpruned")
     curves.set_title(f"one layer pruned at a time ({table.criterion})")
     curves.set_xlabel("sparsity of that layer (%)")
@@ -68,6 +71,17 @@ def plot_sensitivity(
         bars.set_title("budget per layer")
         bars.grid(alpha=0.3, axis="x")
     return save_figure(fig, path)
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def series_style(index: int, count: int) -> dict[str, object]:
+    """A colour and a marker of their own for series ``index`` of ``count``: matplotlib's
+    default cycle has ten colours, and eleven criteria would share one."""
+    colours = plt.get_cmap("tab10" if count <= 10 else "tab20" if count <= 20 else "turbo")
+    colour = colours(index % 20) if count <= 20 else colours(index / max(count - 1, 1))
+    return {"color": colour, "marker": MARKERS[index % len(MARKERS)]}
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
