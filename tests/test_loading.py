@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from types import SimpleNamespace
 
@@ -110,14 +109,10 @@ def test_a_recipe_names_callables_only():
         import_object("sensiprune:zoo", "loss")
 
 
-def test_the_recipe_folder_does_not_shadow_installed_packages(tmp_path):
-    installed = [name for name in ("packaging", "jinja2", "markupsafe", "idna", "certifi")
-                 if name not in sys.modules and importlib.util.find_spec(name)]  # fmt: skip
-    if not installed:
-        pytest.skip("no installed package left unimported to shadow")
-    (tmp_path / f"{installed[0]}.py").write_text("raise RuntimeError('shadowed')\n")
-    source = (
-        f"import {installed[0]}\nimport torch\n\ndef build():\n    return torch.nn.Linear(2, 2)\n"
-    )
+def test_the_recipe_folder_does_not_shadow_installed_packages(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "mpmath" or m.startswith("mpmath.")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh below, then put back
+    (tmp_path / "mpmath.py").write_text("raise RuntimeError('shadowed')\n")
+    source = "import mpmath\nimport torch\n\ndef build():\n    return torch.nn.Linear(2, 2)\n"
     (tmp_path / "mine.py").write_text(source)
     assert isinstance(call_factory("mine:build", {}, "model.factory", [tmp_path]), nn.Linear)
