@@ -71,8 +71,6 @@ def _conv(t: ChannelTracer, node: fx.Node) -> Any:
     module = _owned(t, main, _CONVS)
     if module is not None:
         out = rule_for(module)(t, node, main.owner, module, flow)
-        if out is flow:  # over another dimension (see layer_rules): the bias is not per channel
-            return out
         skip = (main, *(bias.sources if isinstance(bias, ParamFlow) else ()))
         skip = tuple(s for s in skip if s.owner == main.owner)
     else:

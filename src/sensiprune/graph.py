@@ -207,13 +207,11 @@ class ChannelTracer:
                 self.pin(split)
                 self.untouched.setdefault(_describe(node), "channels split over dimensions "
                                           "that could not be cut as a whole")  # fmt: skip
-        classes = self.classes(roots)
+        classes = self.classes(roots)  # again: the loop above pinned more
         for module, values, parts in self.fixed:
-            cut = [
-                p
-                for p in parts
-                if isinstance(p, tuple) and split_flow.plane_axis(classes, p[0]) == p[1]
-            ]
+            cut = any(
+                isinstance(p, tuple) and split_flow.plane_axis(classes, p[0]) == p[1] for p in parts
+            )
             if cut and not counts.held(self.modules[module], values, _kept_planes(classes, parts)):
                 for split, _ in parts:
                     self.pin(split)
