@@ -118,6 +118,7 @@ EDITS = {
     ),
     "a tie to a tensor that is not saved": lambda m: m.update({"tied": {"fc.bias": "nowhere"}}),
     "a config value that is not a size": lambda m: m.update({"config": {"hidden_size": 1.5}}),
+    "a config field sp.save never writes": lambda m: m.update({"config": {"num_layers": 1}}),
 }
 
 

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from .adapters import CONFIG_FIELDS
 from .errors import SensipruneError
 
 FORMAT = 1
@@ -75,7 +76,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
         unknown = sorted(set(attrs) - set(SHAPE_ATTRS))
         if unknown:
             _bad(path, f"module {name!r} sets {', '.join(unknown)}, which sp.save never writes")
-    if not all(_count(v) for v in manifest.get("config", {}).values()):
+    config = manifest.get("config", {})
+    unknown = sorted(set(config) - set(CONFIG_FIELDS))
+    if unknown:
+        _bad(path, f"it sets config fields sp.save never writes: {', '.join(unknown)}")
+    if not all(_count(v) for v in config.values()):
         _bad(path, "a 'config' value is not a size")
     return manifest
 
