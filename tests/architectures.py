@@ -269,6 +269,23 @@ class ChannelAttention(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class GatedSlices(nn.Module):
+    """Gates taken one channel at a time and broadcast over a feature map (FocalNet's
+    ``gates[:, l:l + 1]`` and ``gates[:, self.focal_level:]``): each gate keeps its channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8)
+        self.f = nn.Conv2d(8, 10, 1)
+        self.input_split, self.focal_level = [8, 2], 1
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctx, gates = torch.split(self.f(self.stem(x)), self.input_split, 1)
+        out = ctx * gates[:, 0:1] + ctx.mean((2, 3), keepdim=True) * gates[:, self.focal_level :]
+        return self.head(out.mean((2, 3)))
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -318,6 +335,7 @@ ZOO = {
     "partial-residual": (PartialResidual, IMAGE),
     "mlp-mixer": (MLPMixer, (4, 6, 4)),
     "channel-attention": (ChannelAttention, IMAGE),
+    "gated-slices": (GatedSlices, IMAGE),
     "lstm": (LSTMClassifier, SEQUENCE),
     "bigru-2-layer": (BiGRUClassifier, SEQUENCE),
     "transformer": (TransformerClassifier, SEQUENCE),

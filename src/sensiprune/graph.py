@@ -485,7 +485,11 @@ class ChannelTracer:
         main = next((d for d, _, fixed in flows if not fixed), flows[0][0])
         tracked = [(d, s) for d, s, fixed in flows if d == main or not fixed]
         constants = {id(s) for d, s, fixed in flows if fixed and d != main}
-        # a tensor of size one along the tracked dimension (a mask, a scalar) is broadcast
+        # a tensor of size one along the tracked dimension (a mask, a scalar, FocalNet's gate
+        # ``gates[:, l:l + 1]``) is broadcast: its one channel stays, or nothing is left
+        for d, s in tracked:
+            if len(s) == 1 < out_shape[d]:
+                self.pinned.update(s)
         tracked = [(d, s) for d, s in tracked if len(s) == out_shape[d]]
         if not tracked:  # the channels come from an operand that does not track them
             return self.pinned_output(node, "element-wise with an untracked tensor")
