@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -168,3 +169,22 @@ def test_the_command_line_exits_2_with_one_line_on_a_damaged_save(tmp_path):
     assert run.stderr.strip().count("\n") == 0 and "Traceback" not in run.stderr
     assert WEIGHTS_FILE in run.stderr
     assert not (tmp_path / "run").exists()
+
+
+class _Staged(nn.Module):
+    """A config with a count per stage, as Swin's ``num_attention_heads``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(num_attention_heads=[2, 4])
+        self.fc = nn.Linear(4, 2)
+
+
+def test_a_config_list_per_stage_round_trips_and_may_not_grow(tmp_path):
+    model = _Staged()
+    model.config.num_attention_heads = [1, 4]
+    sp.save(model, tmp_path / "saved")
+    assert sp.load(tmp_path / "saved", _Staged).config.num_attention_heads == [1, 4]
+    _edited(tmp_path / "saved", lambda m: m["config"].update({"num_attention_heads": [3, 4]}))
+    with pytest.raises(sp.SensipruneError, match=r"config.num_attention_heads is \[3, 4\]"):
+        sp.load(tmp_path / "saved", _Staged)

@@ -80,8 +80,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     unknown = sorted(set(config) - set(CONFIG_FIELDS))
     if unknown:
         _bad(path, f"it sets config fields sp.save never writes: {', '.join(unknown)}")
-    if not all(_count(v) for v in config.values()):
-        _bad(path, "a 'config' value is not a size")
+    if not all(_count(v) or _sizes(v) for v in config.values()):  # Swin: a count per stage
+        _bad(path, "a 'config' value is not a size or a list of sizes")
     return manifest
 
 
