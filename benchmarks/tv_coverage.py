@@ -3,7 +3,7 @@
 Runs in the benchmark venv (.venv-bench, see coverage.py: torch 2.14.1, torchvision 0.29.1);
 random weights, nothing downloaded. Writes benchmarks/results/tv_coverage.md:
 
-    .venv-bench/bin/python benchmarks/tv_coverage.py     # about 12 minutes on 2 cores
+    .venv-bench/bin/python benchmarks/tv_coverage.py     # about 3 minutes on 2 cores
 
 Each model, in eval mode on one 224x224 image (299 for Inception v3), loses 30% of the
 channels of every coupled family (``scope="layer"``, magnitude), its last Linear layer kept.
