@@ -352,3 +352,19 @@ def test_after_a_nan_stop_a_lower_lr_resumes_from_the_last_good_checkpoint(
                  prune={"criterion": "magnitude", "target": {"sparsity": 0.5}})  # fmt: skip
     assert main(["prune", "-q", str(path)]) == 2
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_new_prune_settings_before_the_first_prune_continue_and_drop_stale_curves(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(recipe_support._Calls, "count", 0)
+    path = write_recipe(tmp_path, loss="tests.recipe_support:loss_that_diverges")
+    assert main(["prune", "-q", str(path)]) == 2  # stops in pretraining
+    (tmp_path / "run" / "sensitivity.json").write_text("{}")  # curves of the old settings
+    monkeypatch.setattr(recipe_support._Calls, "count", -(10**6))
+    write_recipe(tmp_path, loss="tests.recipe_support:loss_that_diverges",
+                 prune={"criterion": "magnitude", "target": {"sparsity": 0.5}})  # fmt: skip
+    assert main(["prune", "-q", str(path)]) == 0
+    assert not (tmp_path / "run" / "sensitivity.json").exists()
+    stages = [r["stage"] for r in _records(tmp_path / "run")]
+    assert stages == [str(s) for s in plan(load_recipe(path))]

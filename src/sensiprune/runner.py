@@ -117,7 +117,9 @@ class PruningRun:
         self.search = [Path.cwd(), path.resolve().parent]
         self.source = path.read_text()
         existing = read_progress(self.out / CHECKPOINT_DIR) if not restart else None
-        self.retuned = existing is not None and self._changed_since(existing, path)
+        changed = self._changed_since(existing, path) if existing is not None else set()
+        self.retuned = "finetune" in changed
+        self.stale = (SENSITIVITY_FILE, BUDGET_FILE) if "prune" in changed else ()
         self.resuming = existing is not None
         _seed(recipe.seed)
         self.data = data_splits(
@@ -148,9 +150,9 @@ class PruningRun:
         self.progress: dict[str, Any] = {"fingerprints": recipe.fingerprints(), "completed": 0}
         self.restart = restart
 
-    def _changed_since(self, progress: dict[str, Any], path: Path) -> bool:
-        """Whether only the fine-tuning settings changed since the checkpoint (the stages
-        still to run use them); a change that voids finished stages is refused."""
+    def _changed_since(self, progress: dict[str, Any], path: Path) -> set[str]:
+        """The groups of :data:`RESUME_GROUPS` changed since the checkpoint; a change that
+        voids finished stages is refused."""
         saved = progress.get("fingerprints", {})
         changed = {g for g, v in self.recipe.fingerprints().items() if saved.get(g) != v}
         pretraining = sum(1 for stage in self.stages if stage.step == 0)
@@ -162,7 +164,7 @@ class PruningRun:
                 f"depend on ({sections}): pass --restart to start over (its checkpoint is "
                 "replaced), or use another output directory"
             )
-        return "finetune" in changed
+        return changed
 
     def __enter__(self) -> PruningRun:
         return self
@@ -266,10 +268,10 @@ class PruningRun:
                 f"output {self.out} is not writable ({exc.strerror}): choose another directory"
             ) from exc
         self.lock.acquire()
-        if self.restart:
-            for name in (CHECKPOINT_DIR, METRICS_FILE, SENSITIVITY_FILE, BUDGET_FILE, DENSE_DIR):
-                path = self.out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        stale = (CHECKPOINT_DIR, METRICS_FILE, SENSITIVITY_FILE, BUDGET_FILE, DENSE_DIR)
+        for name in stale if self.restart else self.stale:  # curves of other prune settings
+            path = self.out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         atomic_write_bytes(self.out / "recipe.yaml", self.source.encode())
 
     def _resume(self) -> str:
