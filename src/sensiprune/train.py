@@ -74,7 +74,7 @@ def finetune(
             if bad is None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if not all(bool(torch.isfinite(p.grad).all()) for p in _with_grads(optimizer)):
+                if not _finite(_with_grads(optimizer)):
                     bad = "gradient stopped being finite"
             if bad is not None:
                 for copy, buffer in zip(kept, buffers):
@@ -97,6 +97,14 @@ def finetune(
 
 def _with_grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+
+def _finite(params: list[torch.Tensor]) -> bool:
+    """Every gradient finite, read back from the device once per step, not once per tensor."""
+    if not params:
+        return True
+    device = params[0].grad.device  # a model spread over devices: gathered on the first one
+    return bool(torch.stack([torch.isfinite(p.grad).all().to(device) for p in params]).all())
 
 
 def correct_predictions(model: nn.Module, batch: Batch) -> tuple[float, int]:
