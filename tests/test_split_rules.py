@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -41,11 +42,13 @@ class _RotaryAttention(nn.Module):
 
 
 class _Model(nn.Module):
-    def __init__(self) -> None:
+    """Two residual attention blocks made by ``block``, between a stem and a head."""
+
+    def __init__(self, block: Callable[[], nn.Module] = _RotaryAttention, width: int = 24) -> None:
         super().__init__()
-        self.embed = nn.Linear(8, 24)
-        self.layers = nn.ModuleList(_RotaryAttention() for _ in range(2))
-        self.head = nn.Linear(24, 3)
+        self.embed = nn.Linear(8, width)
+        self.layers = nn.ModuleList(block() for _ in range(2))
+        self.head = nn.Linear(width, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
@@ -238,24 +241,10 @@ class _MultiQueryAttention(nn.Module):
         return self.dense(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
 
-class _MultiQueryModel(nn.Module):
-    def __init__(self, sdpa: bool) -> None:
-        super().__init__()
-        self.embed = nn.Linear(8, 16)
-        self.layers = nn.ModuleList(_MultiQueryAttention(sdpa) for _ in range(2))
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed(x)
-        for layer in self.layers:
-            x = x + layer(x)
-        return self.head(x)
-
-
 @pytest.mark.parametrize("sdpa", [True, False])
 def test_multi_query_attention_loses_query_heads_and_keeps_its_key_and_value(sdpa):
     torch.manual_seed(0)
-    model, x = _MultiQueryModel(sdpa), torch.randn(2, 5, 8)
+    model, x = _Model(lambda: _MultiQueryAttention(sdpa), width=16), torch.randn(2, 5, 8)
     with torch.no_grad():
         for layer in model.layers:  # query head 1 is the weakest
             layer.qkv.weight[4:8] *= 1e-3

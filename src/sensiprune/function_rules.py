@@ -199,7 +199,7 @@ def _mask_follows(t: ChannelTracer, node: fx.Node, mask: Any, q: np.ndarray) -> 
     if shape is None or len(shape) < 3 or shape[-3] == 1:
         return True
     flow, head = t.flows.get(mask), len(shape) - 3
-    fixed = not isinstance(flow, ParamFlow) and all(s in t.pinned for s in t.slots_of(flow))
+    fixed = not isinstance(flow, ParamFlow) and t.all_pinned(flow)
     if fixed and node.meta.get("same_mask_per_head") and not t.pin_fixed:
         t.assumed += 1
         return True
@@ -245,8 +245,8 @@ def _product(t: ChannelTracer, node: fx.Node, left: tuple, right: tuple) -> Any:
     (a, a_shape), (b, b_shape), out = left, right, node_shape(node)
     if a_shape is None or b_shape is None or out is None or min(len(a_shape), len(b_shape)) < 2:
         return t.pinned_output(node, "matmul of two activations")
-    a_dim = a.dim - len(a_shape) if isinstance(a, Flow) and not _fixed(t, a) else None
-    b_dim = b.dim - len(b_shape) if isinstance(b, Flow) and not _fixed(t, b) else None
+    a_dim = a.dim - len(a_shape) if isinstance(a, Flow) and not t.all_pinned(a) else None
+    b_dim = b.dim - len(b_shape) if isinstance(b, Flow) and not t.all_pinned(b) else None
     if a_dim == -1 and b_dim == -2 and len(a.slots) == len(b.slots):
         for x, y in zip(a.slots, b.slots):
             t.uf.union(x, y)
@@ -258,10 +258,6 @@ def _product(t: ChannelTracer, node: fx.Node, left: tuple, right: tuple) -> Any:
     if a is None and b is None:
         return None
     return t.pinned_output(node, "matmul of two activations")
-
-
-def _fixed(t: ChannelTracer, flow: Flow) -> bool:
-    return all(s in t.pinned for s in flow.slots)
 
 
 def _per_channel_params(t: ChannelTracer, node: fx.Node, names: list[tuple[int, str]]) -> list:

@@ -172,6 +172,10 @@ class ChannelTracer:
     def pin(self, flow: Any) -> None:
         self.pinned.update(self.slots_of(flow))
 
+    def all_pinned(self, flow: Any) -> bool:
+        """Whether no cut can remove any channel of ``flow`` (a constant's, an input's)."""
+        return all(s in self.pinned for s in self.slots_of(flow))
+
     @staticmethod
     def slots_of(flow: Any) -> list[int]:
         return [
@@ -182,7 +186,7 @@ class ChannelTracer:
         """``flow`` tracked along ``dim``; fully pinned slots can be re-tracked along any dim."""
         if flow.dim == dim:
             return flow
-        if all(s in self.pinned for s in flow.slots):
+        if self.all_pinned(flow):
             return Flow(dim, self.fresh(size, pinned=True))
         return None
 
@@ -475,7 +479,7 @@ class ChannelTracer:
         tensors = [(a, shape) for a, shape in tensors if shape is not None]
         flows = [(self.flows.get(a), len(out_shape) - len(shape)) for a, shape in tensors]
         flows = [
-            (f.dim + offset, f.slots, all(x in self.pinned for x in f.slots))
+            (f.dim + offset, f.slots, self.all_pinned(f))
             for f, offset in flows
             if isinstance(f, Flow)
         ]
@@ -549,7 +553,7 @@ class ChannelTracer:
         :class:`_SizeOf` them, so that a reshape to that size keeps the count in step."""
         name, args = name_of(node), node.args
         source = self.flows.get(args[0]) if args and isinstance(args[0], fx.Node) else None
-        if isinstance(source, Flow) and all(s in self.pinned for s in source.slots):
+        if isinstance(source, Flow) and self.all_pinned(source):
             source = None  # fixed channels (an input's positions): a size that never changes
         if (name == "getattr" and args[1:] == ("shape",)) or (name == "size" and len(args) == 1):
             return _Sizes(source) if isinstance(source, Flow) else None

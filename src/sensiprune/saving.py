@@ -64,8 +64,7 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         "config": {
             field: value
             for field in CONFIG_FIELDS
-            if not isinstance(getattr(type(config), field, None), property)  # derived
-            and _recordable(value := getattr(config, field, None))
+            if not _derived(config, field) and _recordable(value := getattr(config, field, None))
         },
     }
     with atomic_directory(directory) as staging:
@@ -98,7 +97,7 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     state, model_masks = _state(stored, manifest, weights_path)
     config = getattr(model, "config", None)
     for field, value in manifest.get("config", {}).items() if config is not None else ():
-        if not isinstance(getattr(type(config), field, None), property):  # derived: it follows
+        if not _derived(config, field):
             setattr(config, field, value)  # read by the blocks' own code
     _resize(model, manifest.get("modules", {}), state)
     try:
@@ -110,6 +109,12 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
     targets = {name: _target(model, name) for name in model_masks}
     masks.apply_masks(targets, model_masks)
     return model
+
+
+def _derived(config: object, field: str) -> bool:
+    """A config property computed from other fields (Falcon's ``head_dim``): it follows them,
+    and it cannot be set."""
+    return isinstance(getattr(type(config), field, None), property)
 
 
 def _state(

@@ -266,7 +266,7 @@ def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
         if shape is None or out is None:
             continue
         value = t.flows.get(arg)
-        fixed = isinstance(value, (Flow, Split)) and all(s in t.pinned for s in t.slots_of(value))
+        fixed = isinstance(value, (Flow, Split)) and t.all_pinned(value)
         if fixed or not isinstance(value, (Flow, Split)):  # (an input's positions: fixed)
             if math.prod(shape) > 1:
                 offset = len(out) - len(shape)
