@@ -286,6 +286,30 @@ class GatedSlices(nn.Module):
         return self.head(out.mean((2, 3)))
 
 
+class ComputedHeadDim(nn.Module):
+    """Attention written as in much user code (DeiT, CaiT, CrossViT): the head size is
+    computed from the residual width, ``C // num_heads``, and the heads are put back with
+    ``reshape(B, N, C)``. No norm on the residual, so that zeroing a channel equals removing
+    it (the equivalence test)."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.embed = nn.Linear(3, dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attended = nn.functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(attended.transpose(1, 2).reshape(B, N, C))
+        return self.head((x + self.mlp(x)).mean(1))
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -336,6 +360,7 @@ ZOO = {
     "mlp-mixer": (MLPMixer, (4, 6, 4)),
     "channel-attention": (ChannelAttention, IMAGE),
     "gated-slices": (GatedSlices, IMAGE),
+    "computed-head-dim": (ComputedHeadDim, SEQUENCE),
     "lstm": (LSTMClassifier, SEQUENCE),
     "bigru-2-layer": (BiGRUClassifier, SEQUENCE),
     "transformer": (TransformerClassifier, SEQUENCE),

@@ -203,6 +203,7 @@ class DependencyGraph:
     counts: list = field(default_factory=list)  # counts.Count: sizes kept in attributes
     fixed: int = 0  # places whose sizes the model's code fixes (follow-ups, reshape splits)
     heads: set[int] = field(default_factory=set)  # numbers of the groups that are attention heads
+    ties: list = field(default_factory=list)  # ties.Tie: counts kept in step between groups
 
 
 class UnionFind:

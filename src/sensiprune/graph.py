@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from . import counts, param_flow, split_flow, split_rules
+from . import counts, param_flow, split_flow, split_rules, ties
 from .channels import (
     DependencyGraph,
     Flow,
@@ -160,6 +160,8 @@ class ChannelTracer:
         # only if the cut removes whole planes of some dimensions (None: any)
         self.splits: list[tuple[fx.Node, Split, frozenset[int] | None]] = []
         self.head_slots: list[int] = []  # a slot of each attention head the walk found
+        # slot lists (or a split) whose counts a reshape needs in step (see ties.py)
+        self.ties: list[tuple[list[int], list[int] | Split, fx.Node]] = []
         self.assumed = 0  # masks taken as made again per head (see function_rules)
 
     # -- slot helpers -------------------------------------------------------------------
@@ -220,12 +222,53 @@ class ChannelTracer:
                 for split, _ in parts:
                     self.pin(split)
                 self.untouched.setdefault(module or "the model", "sizes fixed in its code")
+        free_ties = self.settle_ties(roots)
         groups = self.groups()
-        fixed = len(self.splits) + len(self.fixed) + self.assumed
+        fixed = len(self.splits) + len(self.fixed) + self.assumed + len(free_ties)
         heads = {int(self.group_of_root[roots[s]]) for s in self.head_slots} - {-1}
         return DependencyGraph(
-            groups, self.untouched, counts=self.counts(roots), fixed=fixed, heads=heads
+            groups,
+            self.untouched,
+            counts=self.counts(roots),
+            fixed=fixed,
+            heads=heads,
+            ties=self.group_ties(roots, free_ties),
         )
+
+    def settle_ties(self, roots: np.ndarray) -> list[tuple[list[int], list[int] | Split]]:
+        """Pin both sides of every tie the selection could not keep (pinning one may leave
+        another unkeepable: until none is); returns the ties left to the selection."""
+        while True:
+            classes, free, more = self.classes(roots), [], False
+            for a, b, node in self.ties:
+                verdict = ties.settle(
+                    ties.side_classes(classes, a), ties.side_classes(classes, b)
+                )
+                if verdict == "free":
+                    free.append((a, b))
+                elif verdict == "pin":
+                    more = True
+                    self.pinned.update(a)
+                    self.pin(b)
+                    self.untouched.setdefault(_describe(node), "a reshape to a size computed "
+                                              "from the channels of another tensor")  # fmt: skip
+            if not more:
+                return free
+
+    def group_ties(
+        self, roots: np.ndarray, free: list[tuple[list[int], list[int] | Split]]
+    ) -> list[ties.Tie]:
+        """The free ties over group numbers, once :meth:`groups` numbered them."""
+        classes, found = self.classes(roots), []
+        for a, b in free:
+            sides = []
+            for side in (ties.side_classes(classes, a), ties.side_classes(classes, b)):
+                groups = self.group_of_root[np.where(side >= 0, side, 0)]
+                sides.append(np.where(side >= 0, groups, -1))
+            tie = ties.at_group_level(*sides)
+            if tie is not None:
+                found.append(tie)
+        return list(dict.fromkeys(found))
 
     def classes(self, roots: np.ndarray) -> np.ndarray:
         """``roots`` with every pinned class as -1: a plane of pinned channels (the one key
@@ -590,6 +633,10 @@ class ChannelTracer:
                 continue
             if not isinstance(size, _SizeOf) or size.slots == source_slots:
                 continue  # a size computed from the reshaped tensor's own channels follows them
+            side = None if self.pin_fixed else _tied_side(node, result, at, size)
+            if side is not None:
+                self.ties.append((size.slots, side, node))
+                continue
             kept = isinstance(result, Flow) and result.dim == at and size.exact
             if kept and len(result.slots) == len(size.slots):
                 for a, b in zip(size.slots, result.slots):
@@ -895,6 +942,18 @@ class ChannelTracer:
             for slot in block[1:]:
                 self.uf.union(block[0], slot)
         self.blocks.append((layer, "group", [block[0] for block in blocks]))
+
+
+def _tied_side(node: fx.Node, result: Any, at: int, size: _SizeOf) -> list[int] | Split | None:
+    """What a reshape's size read from another tensor's channels counts, where the two can
+    shrink together (ties.py): the output's channels of that size, or a split whose
+    dimension is computed from them (``C // heads``); None where they cannot."""
+    if size.exact and isinstance(result, Flow) and result.dim == at:
+        return result.slots if len(result.slots) == len(size.slots) else None
+    shape = node_shape(node)
+    if not size.exact and isinstance(result, Split) and at in result.dims and shape:
+        return result if len(size.slots) % shape[at] == 0 else None
+    return None
 
 
 def _kept_planes(classes: np.ndarray, parts: list) -> int:

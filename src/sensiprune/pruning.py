@@ -18,6 +18,7 @@ from . import (
     masks,
     selection,
     stats,
+    ties,
 )
 from . import structured as structured_pruning
 from .criteria.channel import GroupLossChange
@@ -344,6 +345,8 @@ def _prune_structured(
                 groups, group_values, target, scope, normalize, min_density, round_to
             )
         )
+        numbers = [group.number for group in groups]
+        removed = ties.honor(numbers, group_values, removed, graph.ties, min_density)
         params_before = sum(p.numel() for p in model.parameters())
         before = {name: t.param.numel() for name, t in targets.items()}
         kept_graph = replace(graph, groups=groups)
