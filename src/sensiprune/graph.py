@@ -241,9 +241,7 @@ class ChannelTracer:
         while True:
             classes, free, more = self.classes(roots), [], False
             for a, b, node in self.ties:
-                verdict = ties.settle(
-                    ties.side_classes(classes, a), ties.side_classes(classes, b)
-                )
+                verdict = ties.settle(ties.side_classes(classes, a), ties.side_classes(classes, b))
                 if verdict == "free":
                     free.append((a, b))
                 elif verdict == "pin":

@@ -59,7 +59,7 @@ def side_classes(classes: np.ndarray, side: list[int] | Split) -> np.ndarray | N
 
 
 def settle(a: np.ndarray | None, b: np.ndarray | None) -> str:
-    """"free" where the selection can keep the tie (each side's removable classes are
+    """Returns "free" where the selection can keep the tie (each side's removable classes are
     disjoint from the other's and hold equally many of its channels), "held" where any cut
     keeps it (nothing on either side is removable, or both sides are the same channels in
     the same proportions), "pin" otherwise. Classes are -1 where nothing can remove them."""
