@@ -120,17 +120,25 @@ def _linear(t: ChannelTracer, node: fx.Node) -> Any:
 def _heads(
     value: Any, shape: tuple[int, ...] | None, widths: tuple[int, ...] = (-1,)
 ) -> np.ndarray | None:
-    """The slots of an attention operand (…, heads, tokens, width) as one row per head, with
-    the slots of a width dimension (one of ``widths``) along the row where one is tracked;
-    None unless its heads are tracked."""
-    if not isinstance(value, (Flow, Split)) or shape is None or len(shape) < 3:
+    """The slots of an attention operand (…, heads, …, tokens, width) as one row per head,
+    with the slots of a width dimension (one of ``widths``) along the row where one is
+    tracked; None unless its heads are tracked. The heads are the one tracked dimension
+    before the last two (NesT's (B, heads, blocks, tokens, width) as well)."""
+    head = _head_dim(value, shape)
+    if head is None:
         return None
     dims, slots = split_flow.as_axes(value)
-    head, allowed = len(shape) - 3, {len(shape) + w for w in widths}
-    if head not in dims or not set(dims) <= {head} | allowed:
+    if not set(dims) <= {head} | {len(shape) + w for w in widths}:
         return None
     order = [dims.index(head)] + [dims.index(d) for d in dims if d != head]
     return np.transpose(slots, order).reshape(shape[head], -1)
+
+
+def _head_dim(value: Any, shape: tuple[int, ...] | None) -> int | None:
+    if not isinstance(value, (Flow, Split)) or shape is None or len(shape) < 3:
+        return None
+    leading = [d for d in split_flow.as_axes(value)[0] if d < len(shape) - 2]
+    return leading[0] if len(leading) == 1 else None
 
 
 def _whole_heads(t: ChannelTracer, node: fx.Node, *operands: np.ndarray) -> int | None:
@@ -158,9 +166,11 @@ def _whole_heads(t: ChannelTracer, node: fx.Node, *operands: np.ndarray) -> int 
 def _attended(
     t: ChannelTracer, node: fx.Node, queries: np.ndarray, values: np.ndarray, repeat: int
 ) -> Flow | Split:
-    """The output (…, heads, tokens, width) reads its value operand head by head; where one
-    value head serves every query head, output head i is query head i's."""
-    out = node_shape(node)
+    """The output (…, heads, …, tokens, width) reads its value operand head by head, its
+    heads where the query's are; where one value head serves every query head, output head i
+    is query head i's."""
+    out, query = node_shape(node), _arg(node, 0, "query")
+    head = _head_dim(t.flows.get(query), node_shape(query))
     if len(values) == 1 < len(queries):
         values = np.array([t.fresh(values.shape[1]) for _ in range(len(queries))])
         for row, query in zip(values.tolist(), queries[:, 0].tolist()):
@@ -168,7 +178,7 @@ def _attended(
                 t.uf.union(query, slot)
     else:
         values = np.repeat(values, repeat, axis=0)
-    head, width = len(out) - 3, len(out) - 1
+    width = len(out) - 1
     if values.shape[1] == 1:
         return Flow(head, values[:, 0].tolist())
     return Split((head, width), values)
@@ -180,13 +190,37 @@ def _attention(t: ChannelTracer, node: fx.Node) -> Any:
     args = [_arg(node, i, name) for i, name in enumerate(("query", "key", "value"))]
     q, k, v = (_heads(t.flows.get(a), node_shape(a)) for a in args)
     if q is None or k is None or v is None:
-        return t.pinned_output(node, "attention whose heads are not tracked")
+        by_width = _by_width(t, node, args)
+        if by_width is None:
+            return t.pinned_output(node, "attention whose heads are not tracked")
+        return by_width
     repeat = _whole_heads(t, node, q, k, v)
     if repeat is None:
         return t.pinned_output(node, "attention with head counts that do not divide")
     if not _mask_follows(t, node, _arg(node, 3, "attn_mask"), q):
         return t.pinned_output(node, "attention with a mask per head that is not tracked")
     return _attended(t, node, q, v, repeat)
+
+
+def _by_width(t: ChannelTracer, node: fx.Node, args: list) -> Flow | None:
+    """Attention whose widths are tracked but no heads: one head (Twins' first stage), or
+    every head with the same channels. As in ``softmax(q @ k.T) @ v`` written out (see
+    :func:`_product`), a query width and its key width are one channel, and the value widths
+    carry over to the output; None where that is not the case, or a mask differs per head."""
+    flows = [t.flows.get(a) for a in args]
+    shapes = [node_shape(a) for a in args]
+    if any(not isinstance(f, Flow) or s is None or f.dim != len(s) - 1
+           for f, s in zip(flows, shapes)):  # fmt: skip
+        return None
+    mask = node_shape(_arg(node, 3, "attn_mask"))
+    if mask is not None and len(mask) >= 3 and mask[-3] > 1:
+        return None
+    query, key, value = flows
+    if len(query.slots) != len(key.slots):
+        return None
+    for a, b in zip(query.slots, key.slots):
+        t.uf.union(a, b)
+    return Flow(len(node_shape(node)) - 1, value.slots)
 
 
 def _mask_follows(t: ChannelTracer, node: fx.Node, mask: Any, q: np.ndarray) -> bool:

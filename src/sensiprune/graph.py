@@ -161,7 +161,7 @@ class ChannelTracer:
         self.splits: list[tuple[fx.Node, Split, frozenset[int] | None]] = []
         self.head_slots: list[int] = []  # a slot of each attention head the walk found
         # slot lists (or a split) whose counts a reshape needs in step (see ties.py)
-        self.ties: list[tuple[list[int], list[int] | Split, fx.Node]] = []
+        self.ties: list[tuple[list[int], list[int] | Split, fx.Node, int]] = []
         self.assumed = 0  # masks taken as made again per head (see function_rules)
 
     # -- slot helpers -------------------------------------------------------------------
@@ -207,6 +207,8 @@ class ChannelTracer:
         for node in self.traced.nodes:
             self.flows[node] = self.visit(node)
         roots = self.uf.roots()
+        if self.planes_for_ties(self.classes(roots)):
+            roots = self.uf.roots()
         classes = self.classes(roots)
         for node, split, dims in self.splits:
             if split_flow.plane_axis(classes, split, dims) is None:
@@ -235,12 +237,27 @@ class ChannelTracer:
             ties=self.group_ties(roots, free_ties),
         )
 
+    def planes_for_ties(self, classes: np.ndarray) -> bool:
+        """A split tied by a size computed from other channels (``C // heads``) that the
+        walk found no whole planes in (talking heads mix the heads) is cut along the
+        computed dimension: each of its planes becomes one channel. Returns whether any
+        did."""
+        merged = False
+        for _, side, _, at in self.ties:
+            if isinstance(side, Split) and split_flow.plane_axis(classes, side) is None:
+                planes = np.moveaxis(side.slots, side.dims.index(at), 0)
+                for plane in planes.reshape(planes.shape[0], -1).tolist():
+                    for slot in plane[1:]:
+                        self.uf.union(plane[0], slot)
+                merged = True
+        return merged
+
     def settle_ties(self, roots: np.ndarray) -> list[tuple[list[int], list[int] | Split]]:
         """Pin both sides of every tie the selection could not keep (pinning one may leave
         another unkeepable: until none is); returns the ties left to the selection."""
         while True:
             classes, free, more = self.classes(roots), [], False
-            for a, b, node in self.ties:
+            for a, b, node, _ in self.ties:
                 verdict = ties.settle(ties.side_classes(classes, a), ties.side_classes(classes, b))
                 if verdict == "free":
                     free.append((a, b))
@@ -633,7 +650,7 @@ class ChannelTracer:
                 continue  # a size computed from the reshaped tensor's own channels follows them
             side = None if self.pin_fixed else _tied_side(node, result, at, size)
             if side is not None:
-                self.ties.append((size.slots, side, node))
+                self.ties.append((size.slots, side, node, at))
                 continue
             kept = isinstance(result, Flow) and result.dim == at and size.exact
             if kept and len(result.slots) == len(size.slots):
@@ -944,14 +961,17 @@ class ChannelTracer:
 
 def _tied_side(node: fx.Node, result: Any, at: int, size: _SizeOf) -> list[int] | Split | None:
     """What a reshape's size read from another tensor's channels counts, where the two can
-    shrink together (ties.py): the output's channels of that size, or a split whose
-    dimension is computed from them (``C // heads``); None where they cannot."""
+    shrink together (ties.py): the output's channels of that size, or those of a dimension
+    computed from them (``C // heads``, a split into heads or one head's width); None where
+    they cannot."""
     if size.exact and isinstance(result, Flow) and result.dim == at:
         return result.slots if len(result.slots) == len(size.slots) else None
     shape = node_shape(node)
-    if not size.exact and isinstance(result, Split) and at in result.dims and shape:
-        return result if len(size.slots) % shape[at] == 0 else None
-    return None
+    if size.exact or not shape or len(size.slots) % shape[at]:
+        return None
+    if isinstance(result, Split) and at in result.dims:
+        return result
+    return result.slots if isinstance(result, Flow) and result.dim == at else None
 
 
 def _kept_planes(classes: np.ndarray, parts: list) -> int:
