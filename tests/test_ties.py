@@ -25,6 +25,7 @@ from .architectures import ComputedHeadDim
         ([0, 1], [1, 2], "pin"),  # sides that share some channels
         ([0, 1, 2], [3, 3, 4], "pin"),  # groups holding unequal numbers of channels
         ([0, 1, -1], [3, 4], "free"),  # a channel no cut removes is just kept
+        ([0, 1], [-1, -1], "pin"),  # one side cannot shrink: nor can the other
     ],
 )
 def test_a_tie_is_left_to_selection_only_where_selection_can_keep_it(a, b, verdict):
@@ -43,7 +44,10 @@ def test_group_level_units_are_the_share_of_the_side_one_group_holds():
     tie = at_group_level(np.array([0, 1, 2, 3, -1]), np.array([5, 5, 6, 6]))
     assert tie == Tie(Side(frozenset({0, 1, 2, 3}), Fraction(1, 5)),
                       Side(frozenset({5, 6}), Fraction(2, 4)))  # fmt: skip
-    assert at_group_level(np.array([-1, -1]), np.array([5, 6])) is None
+    whole = Side(frozenset({5, 6}), Fraction(0))  # the other side cannot shrink: nor this
+    assert at_group_level(np.array([-1, -1]), np.array([5, 6])) == Tie(whole, whole)
+    numbers, values, _ = _residual_and_heads()
+    assert honor(numbers, values, [0, 5, 6, 16], [Tie(whole, whole)], 0.0) == [0, 16]
 
 
 def _residual_and_heads() -> tuple[list[int], torch.Tensor, list[Tie]]:
@@ -85,3 +89,25 @@ def test_a_head_size_computed_from_the_residual_width_shrinks_with_it():
     width, heads = model.embed.out_features, model.qkv.out_features // 3 // 4
     assert (width, heads) == (8, 2) and model.proj.in_features == width
     assert model(x).shape == (4, 5)
+
+
+class _ResidualOut(ComputedHeadDim):
+    """The residual stream is the output, so no cut may shrink it: nor the heads tied to it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(attended.transpose(1, 2).reshape(B, N, C))
+
+
+def test_what_is_tied_to_channels_no_cut_may_remove_stays_whole():
+    torch.manual_seed(0)
+    model, x = _ResidualOut(), torch.randn(4, 6, 3)
+    graph = build_graph(model, [x])
+    assert not graph.ties and not any("qkv" in g.producers for g in graph.groups)
+    assert "a reshape to a size computed from the channels of another tensor" in (
+        graph.untouched.values()
+    )

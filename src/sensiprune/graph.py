@@ -264,7 +264,7 @@ class ChannelTracer:
                 elif verdict == "pin":
                     more = True
                     self.pinned.update(a)
-                    self.pin(b)
+                    self.pinned.update(b.all_slots() if isinstance(b, Split) else b)
                     self.untouched.setdefault(_describe(node), "a reshape to a size computed "
                                               "from the channels of another tensor")  # fmt: skip
             if not more:
@@ -280,9 +280,7 @@ class ChannelTracer:
             for side in (ties.side_classes(classes, a), ties.side_classes(classes, b)):
                 groups = self.group_of_root[np.where(side >= 0, side, 0)]
                 sides.append(np.where(side >= 0, groups, -1))
-            tie = ties.at_group_level(*sides)
-            if tie is not None:
-                found.append(tie)
+            found.append(ties.at_group_level(*sides))
         return list(dict.fromkeys(found))
 
     def classes(self, roots: np.ndarray) -> np.ndarray:

@@ -66,8 +66,8 @@ def settle(a: np.ndarray | None, b: np.ndarray | None) -> str:
     if a is None or b is None:
         return "pin"
     free_a, free_b = a[a >= 0], b[b >= 0]
-    if not len(free_a) and not len(free_b):
-        return "held"
+    if not len(free_a) or not len(free_b):  # one side stays whole: so must the other
+        return "held" if len(free_a) == len(free_b) else "pin"
     found_a, many_a = np.unique(free_a, return_counts=True)
     found_b, many_b = np.unique(free_b, return_counts=True)
     if np.intersect1d(found_a, found_b).size:
@@ -77,16 +77,19 @@ def settle(a: np.ndarray | None, b: np.ndarray | None) -> str:
     return "free" if uniform else "pin"
 
 
-def at_group_level(a: np.ndarray, b: np.ndarray) -> Tie | None:
-    """A "free" tie over group numbers (-1: a class that is not a removable group); None
-    where one side has nothing to remove, so that the other must keep all of its own."""
+def at_group_level(a: np.ndarray, b: np.ndarray) -> Tie:
+    """A "free" tie over group numbers (-1: a class that is not a removable group, such as
+    one without a producer). Where one side has no group to remove, the other must keep all
+    of its own: a tie of that side with itself, of unit 0, which :func:`honor` keeps whole."""
     sides = []
     for side in (a, b):
         free = side[side >= 0]
-        if not len(free):
-            return None
         groups = frozenset(np.unique(free).tolist())
-        sides.append(Side(groups, Fraction(len(free) // len(groups), len(side))))
+        sides.append(Side(groups, Fraction(len(free) // max(len(groups), 1), len(side))))
+    empty = [side for side in sides if not side.groups]
+    if empty:
+        whole = Side(frozenset().union(*(side.groups for side in sides)), Fraction(0))
+        return Tie(whole, whole)
     return Tie(*sides)
 
 
