@@ -252,7 +252,7 @@ def _matmul(t: ChannelTracer, node: fx.Node) -> Any:
     ``q @ k.transpose(-2, -1)`` and ``weights @ v`` with heads tracked are attention."""
     flow, shape = t.flows.get(node.args[0]), node_shape(node.args[0])
     other, other_shape = t.flows.get(node.args[1]), node_shape(node.args[1])
-    a, b = _heads(flow, shape), _heads(other, other_shape, (-2, -1))
+    a, b = _heads(flow, shape, (-2, -1)), _heads(other, other_shape, (-2, -1))
     if a is not None and b is not None:
         repeat = _whole_heads(t, node, a, b)
         if repeat is None:
