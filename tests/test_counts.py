@@ -56,6 +56,26 @@ class GroupedQuery(nn.Module):
         return self.proj((weights @ v).transpose(1, 2).reshape(batch, tokens, -1))
 
 
+class CosineAttention(nn.Module):
+    """Swin V2's: the head width computed from the input's (``C // self.num_heads``), cosine
+    scores and a learned scale per head reshaped with the stored head count."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.rand(heads, 1, 1) + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, width // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        scores = scores * self.logit_scale.reshape(1, self.num_heads, 1, 1)
+        x = scores.softmax(-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, -1))
+
+
 class Block(nn.Module):
     def __init__(self, attention: nn.Module) -> None:
         super().__init__()
@@ -69,7 +89,7 @@ class Block(nn.Module):
         return self.head(x.mean(1))
 
 
-@pytest.mark.parametrize("attention", [Attention, GroupedQuery])
+@pytest.mark.parametrize("attention", [Attention, GroupedQuery, CosineAttention])
 def test_whole_heads_are_cut_and_the_head_counts_follow(attention):
     torch.manual_seed(0)
     model, x = Block(attention()).eval(), torch.randn(2, 5, 8)
@@ -77,13 +97,16 @@ def test_whole_heads_are_cut_and_the_head_counts_follow(attention):
                       ignore=[model.head])  # fmt: skip
     assert model(x).shape == (2, 3) and not result.untouched, result.untouched
     attn = model.attn
-    heads = attn.num_heads if attention is Attention else attn.heads
+    heads = attn.heads if attention is GroupedQuery else attn.num_heads
     assert heads == 2
     if attention is Attention:
         assert attn.attn_dim == 2 * attn.head_dim == attn.proj.in_features
         assert attn.qkv.out_features == 3 * 2 * attn.head_dim
-    else:  # one key/value head left, with both of its query heads
+    elif attention is GroupedQuery:  # one key/value head left, with both of its query heads
         assert attn.kv_heads == 1 and attn.k.out_features == attn.head_dim
+    else:  # the heads' widths follow the residual width
+        assert attn.logit_scale.shape == (2, 1, 1)
+        assert attn.qkv.out_features == 3 * model.embed.out_features == 3 * attn.proj.in_features
 
 
 class MixedKernels(nn.Module):

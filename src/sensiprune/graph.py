@@ -314,7 +314,9 @@ class ChannelTracer:
         axis)): with ``pin_fixed`` those channels stay, else the counts follow the cut."""
         module = module_of(node)
         axis_only = all(isinstance(part, tuple) for part in parts)  # checked once cut (run)
-        if self.pin_fixed or not (axis_only or counts.held(self.modules[module], values)):
+        # the 1s of ``self.scale.reshape(1, self.num_heads, 1, 1)`` count nothing
+        counted = tuple(value for value, part in zip(values, parts) if part is not None)
+        if self.pin_fixed or not (axis_only or counts.held(self.modules[module], counted)):
             for part in parts:
                 if part is not None:
                     self.pin(part[0] if isinstance(part, tuple) else Flow(0, part))
