@@ -106,6 +106,26 @@ class TokenMixer(nn.Module):
         return self.head(x[:, 0])
 
 
+class RepeatedPositions(nn.Module):
+    """XCiT's and LeViT's idioms: a position encoding made once and tiled over the batch
+    with ``repeat``, and a branch put back in the residual's shape with ``reshape_as``."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 2, 2)
+        self.grid = nn.Parameter(torch.randn(1, 4, 4, 4))
+        self.pos = nn.Conv2d(4, dim, 1)
+        self.mlp = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x)
+        x = x + self.pos(self.grid).repeat(x.shape[0], 1, 1, 1)
+        tokens = x.flatten(2).transpose(1, 2)
+        x = tokens + self.mlp(tokens).flatten(1).reshape_as(tokens)
+        return self.head(x.mean(1))
+
+
 def _prune(model: nn.Module, x: torch.Tensor, sparsity: float = 0.5) -> sp.PruneResult:
     return sp.prune(
         model, sparsity, structured=True, example_inputs=x, scope="layer",
@@ -113,7 +133,9 @@ def _prune(model: nn.Module, x: torch.Tensor, sparsity: float = 0.5) -> sp.Prune
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("make, size", [(FunctionalCNN, 8), (TokenMixer, 8)])
+@pytest.mark.parametrize(
+    "make, size", [(FunctionalCNN, 8), (TokenMixer, 8), (RepeatedPositions, 8)]
+)
 def test_functional_models_prune_every_layer_and_keep_the_output_shape(make, size):
     torch.manual_seed(0)
     model, x = make().eval(), torch.randn(2, 3, size, size)

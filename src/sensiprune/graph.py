@@ -504,8 +504,10 @@ class ChannelTracer:
             return None
         if name == "flatten":
             return self.flatten(node, *_flatten_dims(node))
-        if name in ("view", "reshape"):
+        if name in ("view", "reshape", "view_as", "reshape_as"):
             return self.reshape(node)
+        if name == "repeat":
+            return self.repeat(node)
         if name in ("permute", "transpose"):
             return self.permute(node)
         if name in ("mean", "sum", "amax"):
@@ -587,6 +589,19 @@ class ChannelTracer:
         if size == -1 or (isinstance(read, _SizeOf) and read.exact and read.slots == flow.slots):
             return Flow(at, flow.slots)
         return self.pinned_output(node, "expand of the channels")
+
+    def repeat(self, node: fx.Node) -> Any:
+        """``x.repeat(B, 1, 1, 1)`` tiles dimensions (and may add leading ones): tiled
+        channels are each channel again, as flatten's are."""
+        flow, before, after = (
+            self.flows.get(node.args[0]),
+            node_shape(node.args[0]),
+            node_shape(node),
+        )
+        if not isinstance(flow, Flow) or before is None or after is None:
+            return self.pinned_output(node, "repeat of an untracked tensor")
+        at = flow.dim + len(after) - len(before)
+        return Flow(at, flow.slots * (after[at] // before[flow.dim]))
 
     def flatten(self, node: fx.Node, start: int, end: int) -> Any:
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
@@ -672,6 +687,10 @@ class ChannelTracer:
         read, value = self.flows.get(size), size.meta.get("value")
         if isinstance(read, _SizeOf):
             return [read]
+        if isinstance(read, Flow) and "shape" in size.meta:  # view_as(other): other's shape
+            shape, fixed = size.meta["shape"], self.all_pinned(read)
+            return [_SizeOf(read.slots) if d == read.dim and not fixed else n
+                    for d, n in enumerate(shape)]  # fmt: skip
         if isinstance(read, _Sizes):
             shape = node_shape(size.args[0]) or ()
             slots = read.flow.slots

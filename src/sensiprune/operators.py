@@ -50,7 +50,7 @@ RESHAPING_FUNCTIONS = {
 }  # fmt: skip
 RESHAPING_METHODS = {
     "size", "dim", "numel", "flatten", "view", "reshape", "permute", "transpose", "mean", "sum",
-    "amax", "split", "chunk", "squeeze", "unsqueeze",
+    "amax", "split", "chunk", "squeeze", "unsqueeze", "view_as", "reshape_as", "repeat",
 }  # fmt: skip
 SPLIT_RESHAPES = {
     "view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "unflatten",
