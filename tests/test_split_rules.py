@@ -260,3 +260,70 @@ def test_multi_query_attention_loses_query_heads_and_keeps_its_key_and_value(sdp
         assert layer.dense.in_features == 12
     assert result.untouched == ()
     torch.testing.assert_close(model(x), expected(x), atol=1e-5, rtol=1e-4)
+
+
+class _ChannelAttention(nn.Module):
+    """XCiT's cross-covariance attention: each head attends across its channels (q and k
+    are (…, heads, width, tokens)), scores scaled by a learned temperature per head, the
+    head width computed from the input's (``C // self.num_heads``)."""
+
+    def __init__(self, width: int = 24, heads: int = 3, sdpa: bool = False) -> None:
+        super().__init__()
+        self.num_heads, self.sdpa = heads, sdpa
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.temperature = nn.Parameter(torch.rand(heads, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 4, 1).unbind(0)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if self.sdpa:
+            x = F.scaled_dot_product_attention(q * self.temperature, k, v, scale=1.0)
+        else:
+            x = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(-1) @ v
+        return self.proj(x.permute(0, 3, 1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("sdpa", [False, True])
+def test_attention_across_channels_loses_whole_heads_and_their_temperatures(sdpa):
+    torch.manual_seed(0)
+    model = _Model(lambda: _ChannelAttention(sdpa=sdpa)).eval()
+    x = torch.randn(2, 5, 8)
+    result = sp.prune(model, 0.34, structured=True, example_inputs=x, scope="layer",
+                      ignore=[model.head])  # fmt: skip
+    assert model(x).shape == (2, 5, 3) and not result.untouched, result.untouched
+    width = model.embed.out_features
+    for layer in model.layers:
+        assert layer.temperature.shape == (2, 1, 1) and layer.num_heads == 2
+        assert layer.qkv.out_features == 3 * width == 3 * layer.proj.in_features == 3 * 2 * 8
+
+
+class _TalkingHeads(nn.Module):
+    """CaiT's talking-heads attention: the scores of the heads mixed by Linears over the
+    heads before and after the softmax, the head width computed from the input's."""
+
+    def __init__(self, width: int = 24, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.proj_l, self.proj_w = nn.Linear(heads, heads), nn.Linear(heads, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attn = self.proj_l((q @ k.transpose(-2, -1)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        attn = self.proj_w(attn.softmax(-1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
+def test_talking_heads_lose_whole_heads_with_the_rows_and_columns_that_mix_them():
+    torch.manual_seed(0)
+    model, x = _Model(_TalkingHeads).eval(), torch.randn(2, 5, 8)
+    result = sp.prune(model, 0.25, structured=True, example_inputs=x, scope="layer",
+                      ignore=[model.head])  # fmt: skip
+    assert model(x).shape == (2, 5, 3) and not result.untouched, result.untouched
+    for layer in model.layers:
+        assert layer.num_heads == 3 == layer.proj_l.in_features == layer.proj_w.out_features
+        assert layer.qkv.out_features == 3 * model.embed.out_features == 3 * 3 * 6

@@ -164,11 +164,16 @@ def _whole_heads(t: ChannelTracer, node: fx.Node, *operands: np.ndarray) -> int 
 
 
 def _attended(
-    t: ChannelTracer, node: fx.Node, queries: np.ndarray, values: np.ndarray, repeat: int
+    t: ChannelTracer,
+    node: fx.Node,
+    queries: np.ndarray,
+    values: np.ndarray,
+    repeat: int,
+    width: int = -1,
 ) -> Flow | Split:
     """The output (…, heads, …, tokens, width) reads its value operand head by head, its
     heads where the query's are; where one value head serves every query head, output head i
-    is query head i's."""
+    is query head i's. ``values`` are the slots of the output's dimension ``width``."""
     out, query = node_shape(node), _arg(node, 0, "query")
     head = _head_dim(t.flows.get(query), node_shape(query))
     if len(values) == 1 < len(queries):
@@ -178,7 +183,7 @@ def _attended(
                 t.uf.union(query, slot)
     else:
         values = np.repeat(values, repeat, axis=0)
-    width = len(out) - 1
+    width %= len(out)
     if values.shape[1] == 1:
         return Flow(head, values[:, 0].tolist())
     return Split((head, width), values)
@@ -188,7 +193,7 @@ def _attention(t: ChannelTracer, node: fx.Node) -> Any:
     """Scaled dot-product attention removes whole heads: the rows of a head in the query, key
     and value, and the output columns that carry it."""
     args = [_arg(node, i, name) for i, name in enumerate(("query", "key", "value"))]
-    q, k, v = (_heads(t.flows.get(a), node_shape(a)) for a in args)
+    q, k, v = (_heads(t.flows.get(a), node_shape(a), (-2, -1)) for a in args)
     if q is None or k is None or v is None:
         by_width = _by_width(t, node, args)
         if by_width is None:
@@ -199,6 +204,11 @@ def _attention(t: ChannelTracer, node: fx.Node) -> Any:
         return t.pinned_output(node, "attention with head counts that do not divide")
     if not _mask_follows(t, node, _arg(node, 3, "attn_mask"), q):
         return t.pinned_output(node, "attention with a mask per head that is not tracked")
+    value_dims = split_flow.as_axes(t.flows[args[2]])[0]
+    if len(v[0]) > 1 and len(node_shape(node)) - 1 not in value_dims:
+        # channels in place of the tokens (XCiT's attention across channels): the output's
+        # rows are the query's, whole heads as everything in the head is
+        return _attended(t, node, q, q, 1, width=-2)
     return _attended(t, node, q, v, repeat)
 
 

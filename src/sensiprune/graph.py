@@ -160,6 +160,8 @@ class ChannelTracer:
         # only if the cut removes whole planes of some dimensions (None: any)
         self.splits: list[tuple[fx.Node, Split, frozenset[int] | None]] = []
         self.head_slots: list[int] = []  # a slot of each attention head the walk found
+        # a parameter (value, its dimension) that follows a split's dimension if cut along it
+        self.plane_params: list[tuple[Any, int, Split, int]] = []
         # slot lists (or a split) whose counts a reshape needs in step (see ties.py)
         self.ties: list[tuple[list[int], list[int] | Split, fx.Node, int]] = []
         self.assumed = 0  # masks taken as made again per head (see function_rules)
@@ -215,7 +217,13 @@ class ChannelTracer:
                 self.pin(split)
                 self.untouched.setdefault(_describe(node), "channels split over dimensions "
                                           "that could not be cut as a whole")  # fmt: skip
-        classes = self.classes(roots)  # again: the loop above pinned more
+        for value, dim, split, at in self.plane_params:
+            axis = split.dims.index(at)
+            if split_flow.plane_axis(classes, split) == axis:
+                planes = np.moveaxis(split.slots, axis, 0).reshape(split.slots.shape[axis], -1)
+                self.param_entries(value, dim, Flow(at, planes[:, 0].tolist()))
+        roots = self.uf.roots()  # again: the loops above pinned and merged more
+        classes = self.classes(roots)
         for module, values, parts in self.fixed:
             cut = any(
                 isinstance(p, tuple) and split_flow.plane_axis(classes, p[0]) == p[1] for p in parts
@@ -239,13 +247,14 @@ class ChannelTracer:
 
     def planes_for_ties(self, classes: np.ndarray) -> bool:
         """A split tied by a size computed from other channels (``C // heads``) that the
-        walk found no whole planes in (talking heads mix the heads) is cut along the
-        computed dimension: each of its planes becomes one channel. Returns whether any
-        did."""
+        walk found no whole planes in (talking heads: queries and keys one channel per head,
+        values another) is cut along the dimension whose planes, each made one channel,
+        merge the fewest (split_flow.coarsest_cut). Returns whether any was."""
         merged = False
         for _, side, _, at in self.ties:
             if isinstance(side, Split) and split_flow.plane_axis(classes, side) is None:
-                planes = np.moveaxis(side.slots, side.dims.index(at), 0)
+                axis = split_flow.coarsest_cut(classes, side, side.dims.index(at))
+                planes = np.moveaxis(side.slots, axis, 0)
                 for plane in planes.reshape(planes.shape[0], -1).tolist():
                     for slot in plane[1:]:
                         self.uf.union(plane[0], slot)

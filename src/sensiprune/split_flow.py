@@ -170,3 +170,24 @@ def plane_axis(roots: np.ndarray, split: Split, dims: Collection[int] | None = N
     ]
     longer = [axis for axis in whole if classes.shape[axis] > 1]
     return (longer or whole or [None])[0]
+
+
+def coarsest_cut(roots: np.ndarray, split: Split, prefer: int) -> int:
+    """The axis whose planes, each made one channel, merge the fewest channels of ``split``:
+    with talking heads (queries and keys one class per head, values another), merging each
+    head's plane keeps the heads apart, while merging each width position would make the
+    whole split one channel. Ties go to ``prefer``."""
+    classes = roots[split.slots]
+    _, ids = np.unique(classes, return_inverse=True)
+    ids = ids.reshape(classes.shape)
+    kept = {}
+    for axis in range(ids.ndim):
+        if ids.shape[axis] < 2:
+            continue
+        merged = UnionFind()
+        merged.new(int(ids.max()) + 1)
+        for plane in np.moveaxis(ids, axis, 0).reshape(ids.shape[axis], -1).tolist():
+            for other in plane[1:]:
+                merged.union(plane[0], other)
+        kept[axis] = len({merged.find(i) for i in range(int(ids.max()) + 1)})
+    return max(kept, key=lambda axis: (kept[axis], axis == prefer), default=prefer)

@@ -261,11 +261,16 @@ def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
     out = node_shape(node)
     items = []
     allowed: set[int] | None = None
+    per_plane = []  # parameters with one entry per index of one dimension (a scale per head)
     for arg in node.args:
         shape = node_shape(arg)
         if shape is None or out is None:
             continue
         value = t.flows.get(arg)
+        at = _one_axis(value, shape, len(out))
+        if at is not None:
+            per_plane.append((value, at, len(out) - len(shape)))
+            continue
         fixed = isinstance(value, (Flow, Split)) and t.all_pinned(value)
         if fixed or not isinstance(value, (Flow, Split)):  # (an input's positions: fixed)
             if math.prod(shape) > 1:
@@ -284,8 +289,28 @@ def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
     if joined is None:
         return None
     result = from_axes(*joined)
+    for value, at, offset in per_plane:  # cut with the planes of its dimension, and only so
+        if not isinstance(result, Split) or at not in result.dims:
+            return None
+        planes = np.moveaxis(result.slots, result.dims.index(at), 0)
+        t.param_entries(
+            value, at - offset, Flow(at, planes.reshape(len(planes), -1)[:, 0].tolist())
+        )
+        allowed = {at} if allowed is None else allowed & {at}
     if allowed is not None:
         if not isinstance(result, Split) or not allowed & set(result.dims):
             return None
         t.splits.append((node, result, frozenset(allowed)))
     return result
+
+
+def _one_axis(value: Any, shape: tuple[int, ...], ndim: int) -> int | None:
+    """The output dimension along which a parameter operand has more than one entry, where
+    it has exactly one such (XCiT's temperature per head, (heads, 1, 1)); else None."""
+    if not hasattr(value, "along"):
+        return None
+    offset = ndim - len(shape)
+    spread = [d for d, size in enumerate(shape) if size > 1]
+    if len(spread) != 1 or not value.along(spread[0]):
+        return None
+    return spread[0] + offset
