@@ -139,6 +139,34 @@ def test_split_sizes_and_groups_kept_in_attributes_follow_the_cut():
     assert model(x).shape == (2, 5)
 
 
+class SplitPaths(nn.Module):
+    """SKNet's input split: ``torch.split(x, self.in_channels // self.num_paths, 1)``, one
+    convolution per path, the paths summed."""
+
+    def __init__(self, channels: int = 8, paths: int = 2) -> None:
+        super().__init__()
+        self.in_channels, self.num_paths = channels, paths
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.paths = nn.ModuleList(
+            nn.Conv2d(channels // paths, 6, 3, padding=1) for _ in range(paths)
+        )
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(self.stem(x), self.in_channels // self.num_paths, 1)
+        x = sum(conv(part) for conv, part in zip(self.paths, parts))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_size_that_is_a_quotient_of_attributes_follows_through_its_dividend():
+    torch.manual_seed(0)
+    model, x = SplitPaths().eval(), torch.randn(2, 3, 8, 8)
+    sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer", ignore=[model.head])
+    assert model.num_paths == 2 and model.in_channels == model.stem.out_channels == 4
+    assert all(conv.in_channels == 2 for conv in model.paths)
+    assert model(x).shape == (2, 5)
+
+
 class HalfSplit(nn.Module):
     """A split size computed from an attribute (CSPNet's ``expand_chs // 2``): nothing holds
     the size itself, so the cut cannot follow it and those channels stay."""

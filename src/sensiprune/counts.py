@@ -9,7 +9,8 @@ attribute equal to the old values) gets the count of what was kept. Code may als
 attribute the indices no cut removes (``view(B, T, self.num_heads + 2, D)``: the queries,
 then one key and one value): an int attribute that falls short of the constant by at most
 that many is kept short of the new count by as much; a product of two attributes
-(``self.num_heads * self.head_dim``) follows as its factors do. The pruned model's check
+(``self.num_heads * self.head_dim``) follows as its factors do, and the dividend of a
+quotient (``self.in_channels // self.num_paths``) as the quotient does. The pruned model's check
 catches what this cannot know; the prune then starts again with such channels kept
 (``pin_fixed`` in graph.build_graph).
 """
@@ -83,10 +84,24 @@ def _planned(
                 matched.append((attr, kept[0] - extra))
             elif isinstance(value, (list, tuple)) and tuple(value) == count.values:
                 matched.append((attr, type(value)(kept)))
+        if not matched and len(kept) == 1:  # ``self.in_channels // self.num_paths``
+            matched = [(attr, kept[0] * by) for attr, by in _quotients(module, count.values)]
         changes += [(count.module, attr, v, len(matched) > 1) for attr, v in matched]
         if not matched and len(kept) > 1:
             changes += [(count.module, *change) for change in _each(module, count.values, kept)]
     return changes
+
+
+def _quotients(module: nn.Module, values: tuple[int, ...]) -> list[tuple[str, int]]:
+    """The int attributes that, divided by another, give the single constant in ``values``
+    (SKNet splits its input into ``self.in_channels // self.num_paths``): (dividend,
+    divisor) each; the dividend follows the cut, the divisor stays."""
+    ints = [(a, v) for a, v in size_attributes(vars(module)) if isinstance(v, int) and v > 0]
+    if len(values) != 1:
+        return []
+    return [
+        (attr, by) for attr, value in ints for _, by in ints if by > 1 and value == values[0] * by
+    ]
 
 
 def _each(module: nn.Module, values: tuple[int, ...], kept: tuple[int, ...]) -> list:
@@ -123,6 +138,8 @@ def held(module: nn.Module, values: tuple[int, ...], unremovable: int = 0) -> bo
     to ``unremovable``, the indices no cut removes), so that :func:`follow` can bring it in
     step."""
     if _extra(module, values, unremovable) is not None or _product(module, values):
+        return True
+    if _quotients(module, values):
         return True
     attributes = [value for _, value in size_attributes(vars(module))]
     if any(isinstance(v, (list, tuple)) and tuple(v) == values for v in attributes):
