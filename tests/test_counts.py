@@ -167,6 +167,43 @@ def test_a_size_that_is_a_quotient_of_attributes_follows_through_its_dividend():
     assert model(x).shape == (2, 5)
 
 
+class CascadedHeads(nn.Module):
+    """EfficientViT-M's cascaded group attention: every head its own qkv layer, each split
+    with the same ``[self.key_dim, self.key_dim, self.val_dim]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_dim, self.val_dim = 4, 6
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.qkvs = nn.ModuleList(nn.Conv2d(8, 2 * 4 + 6, 1) for _ in range(2))
+        self.proj, self.head = nn.Conv2d(2 * 6, 8, 1), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        batch, _, height, width = x.shape
+        outs = []
+        for qkv in self.qkvs:
+            q, k, v = qkv(x).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
+            attn = (q.flatten(2).transpose(-2, -1) @ k.flatten(2)).softmax(-1)
+            out = v.flatten(2) @ attn.transpose(-2, -1)
+            outs.append(out.view(batch, self.val_dim, height, width))
+        return self.head((x + self.proj(torch.cat(outs, 1))).mean((2, 3)))
+
+
+def test_one_attribute_counting_parts_of_several_layers_keeps_them_equal():
+    torch.manual_seed(0)
+    model, x = CascadedHeads().eval(), torch.randn(2, 3, 4, 4)
+    with torch.no_grad():  # the first head's keys matter least: alone, it would lose all 4
+        model.qkvs[0].weight[:8] *= 0.01
+    result = sp.prune(model, 0.5, structured=True, example_inputs=x, scope="layer",
+                      ignore=[model.head])  # fmt: skip
+    assert not result.untouched, result.untouched
+    key, value = model.key_dim, model.val_dim
+    assert key == 2  # what the two heads asked for (4 and 1 keys), on average, in both
+    assert all(qkv.out_channels == 2 * key + value for qkv in model.qkvs)
+    assert model.proj.in_channels == 2 * value and model(x).shape == (2, 5)
+
+
 class HalfSplit(nn.Module):
     """A split size computed from an attribute (CSPNet's ``expand_chs // 2``): nothing holds
     the size itself, so the cut cannot follow it and those channels stay."""

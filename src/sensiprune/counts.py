@@ -141,10 +141,19 @@ def held(module: nn.Module, values: tuple[int, ...], unremovable: int = 0) -> bo
         return True
     if _quotients(module, values):
         return True
-    attributes = [value for _, value in size_attributes(vars(module))]
-    if any(isinstance(v, (list, tuple)) and tuple(v) == values for v in attributes):
+    if listed(module, values):
         return True
+    attributes = [value for _, value in size_attributes(vars(module))]
     return len(values) > 1 and all(value in attributes for value in values)  # one each
+
+
+def listed(module: nn.Module, values: tuple[int, ...]) -> bool:
+    """Whether a list attribute holds the values (``self.splits``): each then follows its
+    own count."""
+    return any(
+        isinstance(v, (list, tuple)) and tuple(v) == values
+        for _, v in size_attributes(vars(module))
+    )
 
 
 def _extra(module: nn.Module, values: tuple[int, ...], unremovable: int) -> int | None:

@@ -164,6 +164,7 @@ class ChannelTracer:
         self.plane_params: list[tuple[Any, int, Split, int]] = []
         # slot lists (or a split) whose counts a reshape needs in step (see ties.py)
         self.ties: list[tuple[list[int], list[int] | Split, fx.Node, int]] = []
+        self.constants: dict[tuple[str, int], list[int]] = {}  # first slots each counts
         self.assumed = 0  # masks taken as made again per head (see function_rules)
 
     # -- slot helpers -------------------------------------------------------------------
@@ -332,6 +333,18 @@ class ChannelTracer:
             self.untouched.setdefault(_describe(node), "sizes fixed in the model's code")
             return
         self.fixed.append((module, values, parts))
+        if not counts.listed(self.modules[module], values):
+            self.same_constants(node, module, values, parts)
+
+    def same_constants(self, node: fx.Node, module: str, values: tuple, parts: list) -> None:
+        """One attribute passed for several counts (``split([self.key_dim, self.key_dim,
+        self.val_dim])`` in every head of EfficientViT's cascaded attention) holds one value
+        after the cut only if all of them keep as many: their channels are tied (ties.py)."""
+        for value, part in zip(values, parts):
+            if isinstance(part, list):
+                first = self.constants.setdefault((module, value), part)
+                if first is not part:
+                    self.ties.append((first, part, node, 0))
 
     def heads(self, node: fx.Node, firsts: list[int]) -> None:
         """Attention heads (a slot of each) that ``node`` reads: they are reported as heads,
