@@ -76,6 +76,33 @@ class CosineAttention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, -1))
 
 
+class RelPosBias(nn.Module):
+    """GCViT's relative position bias: a table per head read through a stored shape,
+    ``view(self.bias_shape)`` with ``(tokens, tokens, heads)``, the head count kept nowhere
+    else."""
+
+    def __init__(self, tokens: int = 5, heads: int = 4) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(tokens * tokens, heads) * 0.1)
+        self.bias_shape = (tokens, tokens, heads)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores + self.table.view(self.bias_shape).permute(2, 0, 1)
+
+
+class BiasedAttention(Attention):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rel = RelPosBias()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = self.rel(q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, self.attn_dim))
+
+
 class Block(nn.Module):
     def __init__(self, attention: nn.Module) -> None:
         super().__init__()
@@ -89,7 +116,7 @@ class Block(nn.Module):
         return self.head(x.mean(1))
 
 
-@pytest.mark.parametrize("attention", [Attention, GroupedQuery, CosineAttention])
+@pytest.mark.parametrize("attention", [Attention, GroupedQuery, CosineAttention, BiasedAttention])
 def test_whole_heads_are_cut_and_the_head_counts_follow(attention):
     torch.manual_seed(0)
     model, x = Block(attention()).eval(), torch.randn(2, 5, 8)
@@ -99,7 +126,9 @@ def test_whole_heads_are_cut_and_the_head_counts_follow(attention):
     attn = model.attn
     heads = attn.heads if attention is GroupedQuery else attn.num_heads
     assert heads == 2
-    if attention is Attention:
+    if attention is BiasedAttention:
+        assert attn.rel.bias_shape == (5, 5, 2) and attn.rel.table.shape == (25, 2)
+    if attention in (Attention, BiasedAttention):
         assert attn.attn_dim == 2 * attn.head_dim == attn.proj.in_features
         assert attn.qkv.out_features == 3 * 2 * attn.head_dim
     elif attention is GroupedQuery:  # one key/value head left, with both of its query heads

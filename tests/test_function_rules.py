@@ -107,20 +107,25 @@ class TokenMixer(nn.Module):
 
 
 class RepeatedPositions(nn.Module):
-    """XCiT's and LeViT's idioms: a position encoding made once and tiled over the batch
-    with ``repeat``, and a branch put back in the residual's shape with ``reshape_as``."""
+    """XCiT's, GCViT's and LeViT's idioms: an encoding made once and tiled over the batch
+    with ``repeat`` or ``repeat_interleave`` by a count computed in forward, and a branch put
+    back in the residual's shape with ``reshape_as``."""
 
     def __init__(self, dim: int = 16) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, dim, 2, 2)
-        self.grid = nn.Parameter(torch.randn(1, 4, 4, 4))
-        self.pos = nn.Conv2d(4, dim, 1)
+        self.pos = nn.Conv2d(dim, dim, 1)
         self.mlp = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
         self.head = nn.Linear(dim, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch(x)
-        x = x + self.pos(self.grid).repeat(x.shape[0], 1, 1, 1)
+        pos = self.pos(x[:1])  # made from one image, for all of them
+        x = (
+            x
+            + pos.repeat(x.shape[0], 1, 1, 1)
+            + pos.repeat_interleave(x.shape[0] // pos.shape[0], 0)
+        )
         tokens = x.flatten(2).transpose(1, 2)
         x = tokens + self.mlp(tokens).flatten(1).reshape_as(tokens)
         return self.head(x.mean(1))

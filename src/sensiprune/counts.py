@@ -10,7 +10,8 @@ attribute the indices no cut removes (``view(B, T, self.num_heads + 2, D)``: the
 then one key and one value): an int attribute that falls short of the constant by at most
 that many is kept short of the new count by as much; a product of two attributes
 (``self.num_heads * self.head_dim``) follows as its factors do, and the dividend of a
-quotient (``self.in_channels // self.num_paths``) as the quotient does. The pruned model's check
+quotient (``self.in_channels // self.num_paths``) as the quotient does; so does a size
+held once in a stored shape (``view(self.bias_shape)``). The pruned model's check
 catches what this cannot know; the prune then starts again with such channels kept
 (``pin_fixed`` in graph.build_graph).
 """
@@ -86,10 +87,29 @@ def _planned(
                 matched.append((attr, type(value)(kept)))
         if not matched and len(kept) == 1:  # ``self.in_channels // self.num_paths``
             matched = [(attr, kept[0] * by) for attr, by in _quotients(module, count.values)]
+        if not matched and len(kept) == 1:  # ``view(self.bias_shape)``, (T, T, heads)
+            matched = [(attr, _replaced(value, count.values[0], kept[0]))
+                       for attr, value in _shapes_holding(module, count.values)]  # fmt: skip
         changes += [(count.module, attr, v, len(matched) > 1) for attr, v in matched]
         if not matched and len(kept) > 1:
             changes += [(count.module, *change) for change in _each(module, count.values, kept)]
     return changes
+
+
+def _shapes_holding(module: nn.Module, values: tuple[int, ...]) -> list[tuple[str, tuple]]:
+    """Tuple attributes (a stored shape) that hold the single constant in ``values`` at
+    exactly one place: that place follows the cut."""
+    if len(values) != 1:
+        return []
+    return [
+        (attr, value)
+        for attr, value in size_attributes(vars(module))
+        if isinstance(value, tuple) and value.count(values[0]) == 1
+    ]
+
+
+def _replaced(shape: tuple, old: int, new: int) -> tuple:
+    return tuple(new if size == old else size for size in shape)
 
 
 def _quotients(module: nn.Module, values: tuple[int, ...]) -> list[tuple[str, int]]:
@@ -139,7 +159,7 @@ def held(module: nn.Module, values: tuple[int, ...], unremovable: int = 0) -> bo
     step."""
     if _extra(module, values, unremovable) is not None or _product(module, values):
         return True
-    if _quotients(module, values):
+    if _quotients(module, values) or _shapes_holding(module, values):
         return True
     if listed(module, values):
         return True

@@ -70,10 +70,12 @@ def repeated(node: fx.Node, value: Flow | Split, ndim: int) -> Any:
     repeats = node.args[1] if len(node.args) > 1 else node.kwargs.get("repeats")
     dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
     dims, slots = as_axes(value)
-    if not isinstance(repeats, int) or dim is None:
+    if dim is None:
         return None
-    if dim % ndim not in dims:
+    if dim % ndim not in dims:  # along another dimension, by any count (the batch)
         return value
+    if not isinstance(repeats, int):
+        return None
     return from_axes(dims, np.repeat(slots, repeats, dims.index(dim % ndim)))
 
 
