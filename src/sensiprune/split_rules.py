@@ -259,7 +259,9 @@ def _parts(t: ChannelTracer, node: fx.Node, split: Split, ndim: int) -> Any:
 def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
     """Operands meet element by element. An untracked operand along the split channels
     (rotary ``cos`` / ``sin`` tables over each head's width) holds if the cut removes whole
-    planes of a dimension it is broadcast along (the heads)."""
+    planes of a dimension it is broadcast along (the heads). A parameter along one dimension
+    of the split (XCiT's temperature per head) may also be cut with the planes of that
+    dimension, where those are what the cut removes (graph.ChannelTracer.run)."""
     out = node_shape(node)
     items = []
     allowed: set[int] | None = None
@@ -272,7 +274,6 @@ def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
         at = _one_axis(value, shape, len(out))
         if at is not None:
             per_plane.append((value, at, len(out) - len(shape)))
-            continue
         fixed = isinstance(value, (Flow, Split)) and t.all_pinned(value)
         if fixed or not isinstance(value, (Flow, Split)):  # (an input's positions: fixed)
             if math.prod(shape) > 1:
@@ -291,14 +292,10 @@ def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
     if joined is None:
         return None
     result = from_axes(*joined)
-    for value, at, offset in per_plane:  # cut with the planes of its dimension, and only so
-        if not isinstance(result, Split) or at not in result.dims:
-            return None
-        planes = np.moveaxis(result.slots, result.dims.index(at), 0)
-        t.param_entries(
-            value, at - offset, Flow(at, planes.reshape(len(planes), -1)[:, 0].tolist())
-        )
-        allowed = {at} if allowed is None else allowed & {at}
+    for value, at, offset in per_plane:  # or cut along its dimension, and it with it
+        if isinstance(result, Split) and at in result.dims and allowed is not None:
+            t.plane_params.append((value, at - offset, result, at))
+            allowed.add(at)
     if allowed is not None:
         if not isinstance(result, Split) or not allowed & set(result.dims):
             return None
