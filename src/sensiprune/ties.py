@@ -157,6 +157,8 @@ def _components(ties: Sequence[Tie]) -> list[dict[frozenset[int], Fraction | Non
 
 
 def _units(ties: list[Tie]) -> dict[frozenset[int], Fraction | None]:
+    """Each side's unit; None for all of them where a side comes with two units or sides
+    overlap, since no step of removals keeps every tie then."""
     units: dict[frozenset[int], Fraction | None] = {}
     for tie in ties:
         for side in (tie.a, tie.b):
