@@ -107,14 +107,15 @@ class TokenMixer(nn.Module):
 
 
 class RepeatedPositions(nn.Module):
-    """XCiT's, GCViT's and LeViT's idioms: an encoding made once and tiled over the batch
-    with ``repeat`` or ``repeat_interleave`` by a count computed in forward, and a branch put
-    back in the residual's shape with ``reshape_as``."""
+    """XCiT's, GCViT's, MobileViT-v2's and LeViT's idioms: an encoding made once and tiled
+    over the batch with ``repeat`` or ``repeat_interleave`` by a count computed in forward, a
+    gate broadcast with ``expand_as``, and a branch put back in the residual's shape with
+    ``reshape_as``."""
 
     def __init__(self, dim: int = 16) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, dim, 2, 2)
-        self.pos = nn.Conv2d(dim, dim, 1)
+        self.pos, self.gate = nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 1)
         self.mlp = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
         self.head = nn.Linear(dim, 5)
 
@@ -126,6 +127,7 @@ class RepeatedPositions(nn.Module):
             + pos.repeat(x.shape[0], 1, 1, 1)
             + pos.repeat_interleave(x.shape[0] // pos.shape[0], 0)
         )
+        x = x * self.gate(x.mean((2, 3), keepdim=True)).sigmoid().expand_as(x)
         tokens = x.flatten(2).transpose(1, 2)
         x = tokens + self.mlp(tokens).flatten(1).reshape_as(tokens)
         return self.head(x.mean(1))

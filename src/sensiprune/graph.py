@@ -549,7 +549,7 @@ class ChannelTracer:
             return self.unbind(node)
         if name == "roll":
             return self.roll(node)
-        if name == "expand":
+        if name in ("expand", "expand_as"):
             return self.expand(node)
         return self.pinned_output(node, f"tensor.{name} is not understood")
 
@@ -600,15 +600,23 @@ class ChannelTracer:
 
     def expand(self, node: fx.Node) -> Any:
         """``x.expand(B, -1, T, T)`` repeats other dimensions (and may add leading ones); the
-        channels stay where the size is -1 or read from them."""
+        channels stay where the size is -1 or read from them. ``gate.expand_as(x)`` takes
+        x's shape: x's channels, where they are others, are tied to the gate's (ties.py)."""
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
-        sizes = size_args(node)
+        sizes = [e for size in size_args(node) for e in self.size_elements(size)]
         if not isinstance(flow, Flow) or shape is None:
             return self.pinned_output(node, "expand of an untracked tensor")
         at = flow.dim + len(sizes) - len(shape)
         size = sizes[at] if 0 <= at < len(sizes) else None
-        read = self.flows.get(size) if isinstance(size, fx.Node) else None
-        if size == -1 or (isinstance(read, _SizeOf) and read.exact and read.slots == flow.slots):
+        if size == -1 or (isinstance(size, _SizeOf) and size.exact and size.slots == flow.slots):
+            return Flow(at, flow.slots)
+        if (
+            isinstance(size, _SizeOf)
+            and size.exact
+            and len(size.slots) == len(flow.slots)
+            and not self.pin_fixed
+        ):
+            self.ties.append((size.slots, flow.slots, node, at))
             return Flow(at, flow.slots)
         return self.pinned_output(node, "expand of the channels")
 
