@@ -243,7 +243,7 @@ class ChannelTracer:
             counts=self.counts(roots),
             fixed=fixed,
             heads=heads,
-            ties=self.group_ties(roots, free_ties),
+            ties=self.group_ties(free_ties),
         )
 
     def planes_for_ties(self, classes: np.ndarray) -> bool:
@@ -262,15 +262,17 @@ class ChannelTracer:
                 merged = True
         return merged
 
-    def settle_ties(self, roots: np.ndarray) -> list[tuple[list[int], list[int] | Split]]:
+    def settle_ties(self, roots: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Pin both sides of every tie the selection could not keep (pinning one may leave
-        another unkeepable: until none is); returns the ties left to the selection."""
+        another unkeepable: until none is); returns the ties left to the selection, as the
+        classes of each side's channels."""
         while True:
             classes, free, more = self.classes(roots), [], False
             for a, b, node, _ in self.ties:
-                verdict = ties.settle(ties.side_classes(classes, a), ties.side_classes(classes, b))
+                sides = ties.side_classes(classes, a), ties.side_classes(classes, b)
+                verdict = ties.settle(*sides)
                 if verdict == "free":
-                    free.append((a, b))
+                    free.append(sides)
                 elif verdict == "pin":
                     more = True
                     self.pinned.update(a)
@@ -280,16 +282,12 @@ class ChannelTracer:
             if not more:
                 return free
 
-    def group_ties(
-        self, roots: np.ndarray, free: list[tuple[list[int], list[int] | Split]]
-    ) -> list[ties.Tie]:
+    def group_ties(self, free: list[tuple[np.ndarray, np.ndarray]]) -> list[ties.Tie]:
         """The free ties over group numbers, once :meth:`groups` numbered them."""
-        classes, found = self.classes(roots), []
-        for a, b in free:
-            sides = []
-            for side in (ties.side_classes(classes, a), ties.side_classes(classes, b)):
-                groups = self.group_of_root[np.where(side >= 0, side, 0)]
-                sides.append(np.where(side >= 0, groups, -1))
+        found = []
+        for classes in free:
+            sides = [np.where(c >= 0, self.group_of_root[np.where(c >= 0, c, 0)], -1)
+                     for c in classes]  # fmt: skip
             found.append(ties.at_group_level(*sides))
         return list(dict.fromkeys(found))
 
@@ -608,30 +606,25 @@ class ChannelTracer:
             return self.pinned_output(node, "expand of an untracked tensor")
         at = flow.dim + len(sizes) - len(shape)
         size = sizes[at] if 0 <= at < len(sizes) else None
+        kept = Flow(at, flow.slots)
         if size == -1 or (isinstance(size, _SizeOf) and size.exact and size.slots == flow.slots):
-            return Flow(at, flow.slots)
-        if (
-            isinstance(size, _SizeOf)
-            and size.exact
-            and len(size.slots) == len(flow.slots)
-            and not self.pin_fixed
-        ):
-            self.ties.append((size.slots, flow.slots, node, at))
-            return Flow(at, flow.slots)
+            return kept
+        if isinstance(size, _SizeOf) and size.exact and self.tie(node, kept, at, size):
+            return kept
         return self.pinned_output(node, "expand of the channels")
 
     def repeat(self, node: fx.Node) -> Any:
         """``x.repeat(B, 1, 1, 1)`` tiles dimensions (and may add leading ones): tiled
         channels are each channel again, as flatten's are."""
-        flow, before, after = (
-            self.flows.get(node.args[0]),
-            node_shape(node.args[0]),
-            node_shape(node),
-        )
+        flow, before, after = self.reshaping(node)
         if not isinstance(flow, Flow) or before is None or after is None:
             return self.pinned_output(node, "repeat of an untracked tensor")
         at = flow.dim + len(after) - len(before)
         return Flow(at, flow.slots * (after[at] // before[flow.dim]))
+
+    def reshaping(self, node: fx.Node) -> tuple[Any, tuple | None, tuple | None]:
+        """The flow and shape of the tensor ``node`` reshapes, and the shape it gives."""
+        return self.flows.get(node.args[0]), node_shape(node.args[0]), node_shape(node)
 
     def flatten(self, node: fx.Node, start: int, end: int) -> Any:
         flow, shape = self.flows.get(node.args[0]), node_shape(node.args[0])
@@ -693,9 +686,7 @@ class ChannelTracer:
                 continue
             if not isinstance(size, _SizeOf) or size.slots == source_slots:
                 continue  # a size computed from the reshaped tensor's own channels follows them
-            side = None if self.pin_fixed else _tied_side(node, result, at, size)
-            if side is not None:
-                self.ties.append((size.slots, side, node, at))
+            if self.tie(node, result, at, size):
                 continue
             kept = isinstance(result, Flow) and result.dim == at and size.exact
             if kept and len(result.slots) == len(size.slots):
@@ -706,6 +697,15 @@ class ChannelTracer:
                 self.untouched.setdefault(_describe(node), "a reshape to a size computed from "
                                           "the channels of another tensor")  # fmt: skip
         return result
+
+    def tie(self, node: fx.Node, result: Any, at: int, size: _SizeOf) -> bool:
+        """Keep ``result``'s channels along ``at`` in step with the other tensor's that
+        ``size`` was read or computed from (ties.py); False where they cannot be, or where
+        sizes the model fixes are kept (``pin_fixed``)."""
+        side = None if self.pin_fixed else _tied_side(node, result, at, size)
+        if side is not None:
+            self.ties.append((size.slots, side, node, at))
+        return side is not None
 
     def size_elements(self, size: Any) -> list:
         """The sizes one argument of a reshape stands for, each an int, a :class:`_SizeOf`
@@ -735,11 +735,7 @@ class ChannelTracer:
         return list(value)
 
     def reshaped(self, node: fx.Node) -> Any:
-        flow, before, after = (
-            self.flows.get(node.args[0]),
-            node_shape(node.args[0]),
-            node_shape(node),
-        )
+        flow, before, after = self.reshaping(node)
         if not isinstance(flow, Flow) or before is None or after is None:
             return self.pinned_output(node, "reshape of an untracked tensor")
         d = flow.dim
@@ -770,11 +766,7 @@ class ChannelTracer:
 
     def squeeze(self, node: fx.Node) -> Any:
         """Dimensions of size one come and go; the channels keep their place among the rest."""
-        flow, before, after = (
-            self.flows.get(node.args[0]),
-            node_shape(node.args[0]),
-            node_shape(node),
-        )
+        flow, before, after = self.reshaping(node)
         if not isinstance(flow, Flow) or before is None or after is None:
             return self.pinned_output(node, "squeeze of an untracked tensor")
         name = getattr(node.target, "__name__", node.target)

@@ -178,16 +178,16 @@ def coarsest_cut(roots: np.ndarray, split: Split, prefer: int) -> int:
     head's plane keeps the heads apart, while merging each width position would make the
     whole split one channel. Ties go to ``prefer``."""
     classes = roots[split.slots]
-    _, ids = np.unique(classes, return_inverse=True)
+    found, ids = np.unique(classes, return_inverse=True)
     ids = ids.reshape(classes.shape)
     kept = {}
     for axis in range(ids.ndim):
         if ids.shape[axis] < 2:
             continue
         merged = UnionFind()
-        merged.new(int(ids.max()) + 1)
+        merged.new(len(found))
         for plane in np.moveaxis(ids, axis, 0).reshape(ids.shape[axis], -1).tolist():
             for other in plane[1:]:
                 merged.union(plane[0], other)
-        kept[axis] = len({merged.find(i) for i in range(int(ids.max()) + 1)})
+        kept[axis] = len({merged.find(i) for i in range(len(found))})
     return max(kept, key=lambda axis: (kept[axis], axis == prefer), default=prefer)

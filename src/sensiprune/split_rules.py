@@ -21,6 +21,7 @@ from .operators import (
     name_of,
     order_of,
 )
+from .param_flow import ParamFlow
 from .split_flow import (
     as_axes,
     broadcast_union,
@@ -306,7 +307,7 @@ def _elementwise(t: ChannelTracer, node: fx.Node) -> Any:
 def _one_axis(value: Any, shape: tuple[int, ...], ndim: int) -> int | None:
     """The output dimension along which a parameter operand has more than one entry, where
     it has exactly one such (XCiT's temperature per head, (heads, 1, 1)); else None."""
-    if not hasattr(value, "along"):
+    if not isinstance(value, ParamFlow):
         return None
     offset = ndim - len(shape)
     spread = [d for d, size in enumerate(shape) if size > 1]
