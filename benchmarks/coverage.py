@@ -65,7 +65,7 @@ from torch.utils.flop_counter import FlopCounterMode
 leave_benchmarks_folder()  # benchmarks/transformers.py would stand in for the package
 
 import sensiprune as sp  # noqa: E402
-from sensiprune.atomic import atomic_write_bytes  # noqa: E402
+from sensiprune.io.atomic import atomic_write_bytes  # noqa: E402
 
 # one model per timm family (its module in timm.models), small variants; a few families get a
 # second model where the variants differ in what matters here (SE gates, distillation heads)

@@ -208,7 +208,7 @@ def graph_table(device: str) -> list[str]:
 class ComputedWidthViT(nn.Module):
     """Attention as much user code writes it (DeiT, CaiT): the head width computed from the
     residual's, ``C // self.num_heads``, and the heads put back with ``reshape(B, N, C)``;
-    heads and residual channels are cut in step (sensiprune.ties)."""
+    heads and residual channels are cut in step (sensiprune.structure.ties)."""
 
     def __init__(self, width: int = 64, heads: int = 4, depth: int = 2) -> None:
         super().__init__()

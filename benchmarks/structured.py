@@ -18,8 +18,8 @@ from common import finish, header, parser
 from torch import nn
 
 import sensiprune as sp
+from sensiprune.apply.structured import vector_width
 from sensiprune.measure import count_flops, speedup
-from sensiprune.structured import vector_width
 from sensiprune.zoo import LeNet5, load_digits_splits
 
 

@@ -23,8 +23,8 @@ from common import finish, header, leave_benchmarks_folder, parser
 leave_benchmarks_folder()  # this script's name is the library's
 
 import sensiprune as sp  # noqa: E402
-from sensiprune.distill import embedding_distillation, sentence_embeddings  # noqa: E402
 from sensiprune.measure import count_flops, latency, speedup  # noqa: E402
+from sensiprune.runs.distill import embedding_distillation, sentence_embeddings  # noqa: E402
 from sensiprune.zoo.minilm import load_minilm, pydoc_paragraphs  # noqa: E402
 
 BUDGETS = {

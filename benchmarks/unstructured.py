@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import sensiprune as sp
-from sensiprune.compare import SweepSettings, sweep
+from sensiprune.analysis.compare import SweepSettings, sweep
 from sensiprune.data import default_loss
 from sensiprune.measure import count_parameters
 from sensiprune.report import sweep_table

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sensiprune.recipe import load_recipe
+from sensiprune.runs.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

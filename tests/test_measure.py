@@ -17,8 +17,7 @@ from sensiprune.measure import (
     layer_flops,
     speedup,
 )
-
-from .architectures import ZOO
+from tests.architectures import ZOO
 
 
 def test_parameter_counts_follow_masks(mlp):

@@ -1,13 +1,13 @@
 """sensiprune: sensitivity-based pruning of PyTorch models."""
 
-from .criteria import available as available_criteria
-from .errors import SensipruneError
-from .masks import get_masks, make_permanent
-from .pruning import PruneResult, iterative_prune, prune, score
-from .saving import load, save
-from .sensitivity import Budget, SensitivityTable, allocate, sensitivity
-from .train import FinetuneResult, evaluate, finetune
-from .validation import CrossValidation, cross_validate
+from sensiprune.analysis.sensitivity import Budget, SensitivityTable, allocate, sensitivity
+from sensiprune.analysis.validation import CrossValidation, cross_validate
+from sensiprune.apply.masks import get_masks, make_permanent
+from sensiprune.criteria import available as available_criteria
+from sensiprune.errors import SensipruneError
+from sensiprune.io.saving import load, save
+from sensiprune.pruning import PruneResult, iterative_prune, prune, score
+from sensiprune.runs.train import FinetuneResult, evaluate, finetune
 
 __all__ = [
     "Budget",

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from sensiprune.commands.cli import main
 
 sys.exit(main())

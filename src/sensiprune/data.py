@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import SensipruneError
+from sensiprune.errors import SensipruneError
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]

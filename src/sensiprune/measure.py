@@ -19,10 +19,10 @@ from torch.utils.flop_counter import (
     shape_wrapper,
 )
 
-from .channels import tensor_shapes
-from .errors import SensipruneError, first_line
-from .masks import get_masks
-from .modes import eval_mode
+from sensiprune.apply.masks import get_masks
+from sensiprune.errors import SensipruneError, first_line
+from sensiprune.modes import eval_mode
+from sensiprune.structure.channels import tensor_shapes
 
 
 @dataclass(frozen=True)

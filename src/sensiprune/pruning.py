@@ -9,27 +9,22 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from . import (
-    adapters,
-    config_sync,
-    criteria,
-    distributed,
-    graph_kinds,
-    masks,
-    selection,
-    stats,
-    ties,
-)
-from . import structured as structured_pruning
-from .criteria.channel import GroupLossChange
-from .criteria.obs import OptimalBrainSurgeon
-from .data import Batch, LossFn, as_batches, default_loss
-from .errors import CutRefused, SensipruneError
-from .graph import DependencyGraph, Group
-from .schedule import geometric_sparsity, sparsity_at
-from .selection import Sparsity
-from .targets import IgnoreSpec, Target, find_targets, require_targets
-from .train import FinetuneResult, finetune
+from sensiprune import criteria
+from sensiprune.apply import config_sync, masks
+from sensiprune.apply import structured as structured_pruning
+from sensiprune.criteria import stats
+from sensiprune.criteria.channel import GroupLossChange
+from sensiprune.criteria.obs import OptimalBrainSurgeon
+from sensiprune.data import Batch, LossFn, as_batches, default_loss
+from sensiprune.errors import CutRefused, SensipruneError
+from sensiprune.runs import distributed
+from sensiprune.runs.train import FinetuneResult, finetune
+from sensiprune.selection import unstructured as selection
+from sensiprune.selection.schedule import geometric_sparsity, sparsity_at
+from sensiprune.selection.unstructured import Sparsity
+from sensiprune.structure import adapters, graph_kinds, ties
+from sensiprune.structure.graph import DependencyGraph, Group
+from sensiprune.targets import IgnoreSpec, Target, find_targets, require_targets
 
 
 @dataclass(frozen=True)
@@ -151,7 +146,7 @@ def prune(
     (``scope="layer"``) or overall (``"global"``), ``example_inputs`` is a batch the model
     accepts (for tracing), ``round_to`` keeps channel counts multiples of N (``"auto"``: of
     the channels one SIMD vector of the model's device holds, see
-    :func:`sensiprune.structured.vector_width`), and
+    :func:`sensiprune.apply.structured.vector_width`), and
     ``group_reduction`` (mean / sum / max) turns the weight scores of a channel group into one.
     In a budget, ``"heads"``, ``"query_heads"`` (inside key/value groups), ``"ffn"`` and
     ``"hidden"`` (the model dimension) stand for every transformer block sensiprune knows.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import SensipruneError
+from sensiprune.errors import SensipruneError
 
 # Embedding rows are looked up, not multiplied: zeroing single entries saves nothing and
 # removing whole tokens is a structured decision, so they are left dense unless named.

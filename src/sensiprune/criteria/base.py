@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..data import Batch, LossFn
-from ..errors import SensipruneError
-from ..stats import ParamStats, Stat
-from ..targets import Target
+from sensiprune.criteria.stats import ParamStats, Stat
+from sensiprune.data import Batch, LossFn
+from sensiprune.errors import SensipruneError
+from sensiprune.targets import Target
 
 
 @dataclass(frozen=True)

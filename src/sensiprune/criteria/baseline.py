@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..stats import ParamStats
-from .base import Criterion, ScoringContext, per_param, register
+from sensiprune.criteria.base import Criterion, ScoringContext, per_param, register
+from sensiprune.criteria.stats import ParamStats
 
 
 @per_param("magnitude", "|w|: weight magnitude (Han et al. 2015)", needs_data=False)

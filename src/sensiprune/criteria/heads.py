@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import adapters, distributed
-from ..data import checked_loss
-from ..errors import SensipruneError
-from ..modes import eval_mode
-from .base import Criterion, ScoringContext, register
+from sensiprune.criteria.base import Criterion, ScoringContext, register
+from sensiprune.data import checked_loss
+from sensiprune.errors import SensipruneError
+from sensiprune.modes import eval_mode
+from sensiprune.runs import distributed
+from sensiprune.structure import adapters
 
 
 class HeadGate(Criterion):

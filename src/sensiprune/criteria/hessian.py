@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..stats import ParamStats, Stat
-from .base import per_param
+from sensiprune.criteria.base import per_param
+from sensiprune.criteria.stats import ParamStats, Stat
 
 
 @per_param(

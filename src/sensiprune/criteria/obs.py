@@ -22,14 +22,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .. import features
-from ..data import Batch, LossFn
-from ..modes import eval_mode
-from ..progress import progress
-from ..stats import ParamStats, Stat
-from ..targets import Target
-from .base import Criterion, register
-from .sparsegpt import prune_blocked
+from sensiprune.criteria import features
+from sensiprune.criteria.base import Criterion, register
+from sensiprune.criteria.sparsegpt import prune_blocked
+from sensiprune.criteria.stats import ParamStats, Stat
+from sensiprune.data import Batch, LossFn
+from sensiprune.modes import eval_mode
+from sensiprune.progress import progress
+from sensiprune.targets import Target
 
 DAMPING = 0.01  # of the mean diagonal of H, as in SparseGPT; keeps H invertible
 # rows x removed x columns² above which a layer is pruned blocked (sparsegpt.py), not exactly:

@@ -8,12 +8,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..data import Batch, LossFn, checked_loss
-from ..errors import SensipruneError
-from ..modes import eval_mode
-from ..progress import progress
-from ..targets import Target
-from .base import Criterion, ScoringContext, register
+from sensiprune.criteria.base import Criterion, ScoringContext, register
+from sensiprune.data import Batch, LossFn, checked_loss
+from sensiprune.errors import SensipruneError
+from sensiprune.modes import eval_mode
+from sensiprune.progress import progress
+from sensiprune.targets import Target
 
 _CHUNK = 256  # perturbed copies of a weight evaluated in one vectorised call
 _MAX_COPY_ELEMENTS = 1 << 24  # bounds the memory of those copies for large weights

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes
+from sensiprune.io.atomic import atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..compare import SweepPoint
-from .document import Table
+from sensiprune.analysis.compare import SweepPoint
+from sensiprune.report.document import Table
 
 
 def sweep_table(points: Sequence[SweepPoint], model: str, dense: float) -> str:

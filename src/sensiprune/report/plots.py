@@ -11,9 +11,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
-from ..atomic import atomic_write_bytes
-from ..compare import SweepPoint
-from ..sensitivity import SensitivityTable
+from sensiprune.analysis.compare import SweepPoint
+from sensiprune.analysis.sensitivity import SensitivityTable
+from sensiprune.io.atomic import atomic_write_bytes
 
 
 def plot_sweep(points: Sequence[SweepPoint], dense: dict[str, float], path: str | Path) -> Path:

@@ -11,9 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from ..errors import SensipruneError
-from .document import Document, Image, Table
-from .plots import save_figure
+from sensiprune.errors import SensipruneError
+from sensiprune.report.document import Document, Image, Table
+from sensiprune.report.plots import save_figure
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SensipruneError
+from sensiprune.errors import SensipruneError
 
 
 @dataclass(frozen=True)

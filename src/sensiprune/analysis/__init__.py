@@ -1,0 +1,1 @@
+"""Measuring what pruning costs: sensitivity curves, cross-validation, criteria side by side."""

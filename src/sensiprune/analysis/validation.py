@@ -1,0 +1,118 @@
+"""Choosing the budget with k-fold cross-validation on the validation data.
+
+A budget allocated from curves measured on some data is judged on data it has not seen: for each
+fold, the curves come from the other folds, the budget from those curves, and the drop is
+measured on the held-out fold. The spread of those drops says how far to trust the prediction;
+the test split is never passed in, so it is touched only for the final number by the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sensiprune.analysis.sensitivity import Budget, allocate, sensitivity
+from sensiprune.data import Batch, LossFn
+from sensiprune.errors import SensipruneError
+from sensiprune.pruning import prune
+from sensiprune.runs.train import Metric, evaluate
+from sensiprune.targets import IgnoreSpec
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """The budget from all the validation data, and how well its kind predicts unseen drops."""
+
+    budget: Budget
+    folds: tuple[tuple[int, ...], ...]  # batch indices of each held-out fold
+    predicted: tuple[float, ...]  # per fold, from the curves of the other folds
+    observed: tuple[float, ...]  # per fold, measured on the held-out fold
+
+    @property
+    def observed_mean(self) -> float:
+        return statistics.fmean(self.observed)
+
+    @property
+    def observed_std(self) -> float:
+        return statistics.stdev(self.observed) if len(self.observed) > 1 else 0.0
+
+    def __str__(self) -> str:
+        rows = [
+            f"  fold {i + 1}: predicted drop {p:+.4f}, observed on held-out {o:+.4f}"
+            for i, (p, o) in enumerate(zip(self.predicted, self.observed))
+        ]
+        return "\n".join(
+            [
+                f"{len(self.folds)}-fold cross-validation: held-out drop "
+                f"{self.observed_mean:+.4f} ± {self.observed_std:.4f}; final budget predicts "
+                f"{self.budget.predicted_drop:+.4f}",
+                *rows,
+            ]
+        )
+
+
+def fold_indices(n_batches: int, folds: int) -> tuple[tuple[int, ...], ...]:
+    """Disjoint folds of batch indices, dealt round-robin so every fold gets some of each part."""
+    if not isinstance(folds, int) or folds < 2:
+        raise SensipruneError(f"folds must be an integer of at least 2, got {folds!r}")
+    if n_batches < folds:
+        raise SensipruneError(
+            f"{folds} folds need at least {folds} validation batches, got {n_batches}: "
+            "use smaller batches or fewer folds"
+        )
+    return tuple(tuple(range(f, n_batches, folds)) for f in range(folds))
+
+
+def cross_validate(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    target_sparsity: float | None = None,
+    max_drop: float | None = None,
+    folds: int = 5,
+    sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98),
+    criterion: str = "magnitude",
+    metric: Metric | None = None,
+    loss_fn: LossFn | None = None,
+    target_flops: float | None = None,
+    structured: bool = False,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    ignore: IgnoreSpec = (),
+) -> CrossValidation:
+    """k-fold cross-validated budget for ``model`` (left unchanged) on validation ``batches``.
+
+    ``structured``, ``example_inputs`` and ``ignore`` mean what they mean for
+    :func:`sensitivity` and :func:`prune`; ``target_flops`` needs ``structured=True``.
+    """
+    batches = list(batches)
+    split = fold_indices(len(batches), folds)
+    targets = {
+        "target_sparsity": target_sparsity,
+        "max_drop": max_drop,
+        "target_flops": target_flops,
+    }
+
+    def curves(part: Sequence[Batch]):
+        return sensitivity(
+            model, lambda m: evaluate(m, part, metric), sparsities, criterion, part, loss_fn,
+            ignore=ignore, show_progress=False, structured=structured,
+            example_inputs=example_inputs,
+        )  # fmt: skip
+
+    predicted, observed = [], []
+    for held_out in split:
+        fitting = [b for i, b in enumerate(batches) if i not in held_out]
+        unseen = [batches[i] for i in held_out]
+        budget = allocate(curves(fitting), **targets)
+        pruned = copy.deepcopy(model)
+        if budget:
+            prune(pruned, budget, criterion, fitting, loss_fn, ignore=ignore,
+                  structured=structured, example_inputs=example_inputs)  # fmt: skip
+        predicted.append(budget.predicted_drop)
+        observed.append(evaluate(model, unseen, metric) - evaluate(pruned, unseen, metric))
+    final = allocate(curves(batches), **targets)
+    return CrossValidation(final, split, tuple(predicted), tuple(observed))

@@ -1,0 +1,1 @@
+"""The ``sensiprune`` command line and its subcommands."""

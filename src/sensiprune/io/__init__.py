@@ -1,0 +1,1 @@
+"""Saving and loading pruned models, and files written whole or not at all."""

@@ -1,0 +1,129 @@
+"""Small, mask-aware fine-tuning and evaluation loops."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sensiprune.data import Batch, LossFn, as_batches, check_labels, default_loss, forward
+from sensiprune.errors import SensipruneError
+from sensiprune.modes import eval_mode
+from sensiprune.progress import progress
+
+log = logging.getLogger(__name__)
+Metric = Callable[[nn.Module, Batch], tuple[float, int]]
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """Mean training loss of each epoch."""
+
+    epoch_losses: tuple[float, ...]
+    steps: int
+
+    def __str__(self) -> str:
+        losses = ", ".join(f"{x:.4f}" for x in self.epoch_losses)
+        return f"fine-tuned {self.steps} steps; loss per epoch: {losses}"
+
+
+def finetune(
+    model: nn.Module,
+    data: Iterable[Batch],
+    epochs: int = 1,
+    loss_fn: LossFn | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 1e-3,
+    show_progress: bool = True,
+    before_step: Callable[[int], None] | None = None,
+) -> FinetuneResult:
+    """Train in place; masked weights stay exactly zero (see masks.py), whatever the optimiser.
+
+    The default optimiser is Adam with ``lr``. A loss or gradient that stops being finite ends
+    training with an error before the bad step is applied, and the buffers its forward pass
+    changed (BatchNorm's running statistics) are put back, so the model is that of the last
+    good step. ``before_step(i)`` runs before the i-th batch (from 0) of every epoch: gradual
+    pruning.
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise SensipruneError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if not lr > 0:
+        raise SensipruneError(f"lr must be positive, got {lr!r}")
+    batches = as_batches(data, "train data")
+    loss_fn = loss_fn or default_loss
+    optimizer = optimizer or torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=lr
+    )
+    model.train()
+    buffers = list(model.buffers())
+    kept = [b.detach().clone() for b in buffers]
+    epoch_losses: list[float] = []
+    steps = 0
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        for batch in progress(batches, f"fine-tuning epoch {epoch + 1}/{epochs}", show_progress):
+            if before_step is not None:
+                before_step(count)
+            for copy, buffer in zip(kept, buffers):
+                copy.copy_(buffer)
+            loss = loss_fn(model, batch)
+            bad = None if torch.isfinite(loss) else f"training loss became {loss.item()}"
+            if bad is None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if not _finite(_with_grads(optimizer)):
+                    bad = "gradient stopped being finite"
+            if bad is not None:
+                for copy, buffer in zip(kept, buffers):
+                    buffer.copy_(copy)
+                raise SensipruneError(
+                    f"the {bad} at epoch {epoch + 1}, step {count + 1}; the model is that of "
+                    "the last good step: lower the lr"
+                )
+            optimizer.step()
+            total += loss.item()
+            count += 1
+            steps += 1
+        if count == 0:
+            raise SensipruneError("train data yielded no batches: pass a non-empty iterable")
+        epoch_losses.append(total / count)
+        log.info("epoch %d: mean loss %.4f", epoch + 1, epoch_losses[-1])
+    model.eval()
+    return FinetuneResult(tuple(epoch_losses), steps)
+
+
+def _with_grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+
+def _finite(params: list[torch.Tensor]) -> bool:
+    """Every gradient finite, read back from the device once per step, not once per tensor."""
+    if not params:
+        return True
+    device = params[0].grad.device  # a model spread over devices: gathered on the first one
+    return bool(torch.stack([torch.isfinite(p.grad).all().to(device) for p in params]).all())
+
+
+def correct_predictions(model: nn.Module, batch: Batch) -> tuple[float, int]:
+    """Accuracy numerator and denominator of an (inputs, labels) batch."""
+    logits = forward(model, batch[0])
+    check_labels(logits, batch[1])
+    return float((logits.argmax(-1) == batch[1]).sum()), int(batch[1].numel())
+
+
+def evaluate(model: nn.Module, data: Iterable[Batch], metric: Metric | None = None) -> float:
+    """Weighted mean of ``metric`` (default: accuracy) over the data, in eval mode."""
+    metric = metric or correct_predictions
+    batches = as_batches(data, "evaluation data")
+    total, count = 0.0, 0
+    with eval_mode(model), torch.no_grad():
+        for batch in batches:
+            value, n = metric(model, batch)
+            total += value
+            count += n
+    if count == 0:
+        raise SensipruneError("evaluation data yielded no samples")
+    return total / count

@@ -1,0 +1,1 @@
+"""What to remove: rankings, group choice, schedules and budgets."""

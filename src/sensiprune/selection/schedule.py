@@ -1,0 +1,46 @@
+"""Sparsity schedules: pure functions of the step, they never touch weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sensiprune.errors import SensipruneError
+from sensiprune.selection.unstructured import Sparsity
+
+SCHEDULES = ("cubic", "linear")
+
+
+def fraction_done(step: int, steps: int, kind: str = "cubic") -> float:
+    """How far along the sparsity path step ``step`` (1..steps) is, from 0 to 1.
+
+    ``cubic`` is Zhu & Gupta 2017 (AGP): s_t = s_f · (1 − (1 − t/n)³), pruning fast while
+    redundancy is plentiful and slowly near the target; ``linear`` spaces steps evenly.
+    """
+    if kind not in SCHEDULES:
+        raise SensipruneError(f"schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise SensipruneError(f"steps must be a positive integer, got {steps!r}")
+    t = min(max(step, 0), steps) / steps
+    return 1.0 - (1.0 - t) ** 3 if kind == "cubic" else t
+
+
+def sparsity_at(target: Sparsity, step: int, steps: int, kind: str = "cubic") -> Sparsity:
+    """The sparsity to reach at ``step``; a per-layer budget moves every layer along together."""
+    done = fraction_done(step, steps, kind)
+    if isinstance(target, Mapping):
+        return {layer: value * done for layer, value in target.items()}
+    return target * done
+
+
+def geometric_sparsity(target: Sparsity, step: int, steps: int) -> Sparsity:
+    """Sparsity after ``step`` of ``steps`` equal *ratios* of density: 1 − (1 − s)^(t/n).
+
+    Each step removes the same fraction of what is left, so saliencies re-measured between
+    steps only ever have to predict a moderate removal.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise SensipruneError(f"steps must be a positive integer, got {steps!r}")
+    done = min(max(step, 0), steps) / steps
+    if isinstance(target, Mapping):
+        return {layer: 1.0 - (1.0 - value) ** done for layer, value in target.items()}
+    return 1.0 - (1.0 - target) ** done
