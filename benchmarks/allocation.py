@@ -68,7 +68,7 @@ def cross_validation_rows(name, dense, data, targets) -> list[str]:
         cv = sp.cross_validate(dense, data.val, target_sparsity=target, folds=5,
                                sparsities=CURVE_POINTS)  # fmt: skip
         model = copy.deepcopy(dense)
-        sp.prune(model, cv.budget, "magnitude")
+        sp.prune(model, cv.budget, criterion="magnitude")
         test_drop = sp.evaluate(dense, data.test) - sp.evaluate(model, data.test)
         inside = abs(test_drop - cv.observed_mean) <= 2 * cv.observed_std
         rows.append(

@@ -67,8 +67,16 @@ def cnn_table(device: str, rounds: int) -> list[str]:
         base = count_flops(dense, x32[:1]).dense
         for sparsity in (0.3, 0.5, 0.7):
             model = copy.deepcopy(dense)
-            sp.prune(model, sparsity, "taylor", batches, structured=True, example_inputs=x32[:1],
-                     scope="layer", ignore=[model.fc])  # fmt: skip
+            sp.prune(
+                model,
+                sparsity,
+                criterion="taylor",
+                data=batches,
+                structured=True,
+                example_inputs=x32[:1],
+                scope="layer",
+                ignore=[model.fc],
+            )
             assert all(p.device.type == x32.device.type for p in model.parameters())
             reduction = base / count_flops(model, x32[:1]).dense
             b32 = speedup(dense, model, x32, rounds=rounds)
@@ -119,7 +127,13 @@ def decoder_table(device: str) -> list[str]:
         model = factory().to(device)
         batches = [(x,) for x in ids]
         sp.prune(
-            model, budget, "taylor", batches, lm_loss, structured=True, example_inputs=(ids[0],)
+            model,
+            budget,
+            criterion="taylor",
+            data=batches,
+            loss_fn=lm_loss,
+            structured=True,
+            example_inputs=(ids[0],),
         )
         generated = model.generate(ids[0], max_new_tokens=4, do_sample=False, pad_token_id=0)
         with tempfile.TemporaryDirectory() as folder:
@@ -181,7 +195,7 @@ def graph_table(device: str) -> list[str]:
         on_device = {k: v.to(device) for k, v in batch.items()}
         before = sum(p.numel() for p in model.parameters())
         start = time.perf_counter()
-        sp.prune(model, {"heads": 0.25, "ffn": 0.25}, "magnitude", structured=True,
+        sp.prune(model, {"heads": 0.25, "ffn": 0.25}, criterion="magnitude", structured=True,
                  example_inputs=on_device, scope="layer")  # fmt: skip
         seconds = time.perf_counter() - start
         with torch.no_grad():
@@ -244,8 +258,15 @@ def tied_table(device: str) -> list[str]:
 
     model = factory().to(device)
     x = torch.randn(8, 12, 16, generator=torch.Generator().manual_seed(3))
-    result = sp.prune(model, 0.3, "magnitude", structured=True, example_inputs=x.to(device),
-                      scope="layer", ignore=["head"])  # fmt: skip
+    result = sp.prune(
+        model,
+        0.3,
+        criterion="magnitude",
+        structured=True,
+        example_inputs=x.to(device),
+        scope="layer",
+        ignore=["head"],
+    )
     with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
         out = model(x.to(device)).cpu()
         sp.save(model, folder)
@@ -266,7 +287,7 @@ def masks_table(device: str) -> list[str]:
     torch.manual_seed(0)
     model = ResNet18Style().to(device)
     batches = image_batches(device)
-    sp.prune(model, 0.8, "taylor", batches)
+    sp.prune(model, 0.8, criterion="taylor", data=batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device == "cuda")
     for x, y in batches:
         optimizer.zero_grad()

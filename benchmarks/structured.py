@@ -18,8 +18,8 @@ from common import finish, header, parser
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.apply.structured import vector_width
 from sensiprune.measure import count_flops, speedup
+from sensiprune.selection.groups import vector_width
 from sensiprune.zoo import LeNet5, load_digits_splits
 
 
@@ -99,8 +99,16 @@ class MobileNetV2Style(nn.Module):
 
 
 def prune_ours(model: nn.Module, sparsity: float, x: torch.Tensor, round_to: int | str) -> None:
-    sp.prune(model, sparsity, "magnitude", structured=True, example_inputs=x, scope="layer",
-             ignore=[model.fc], round_to=round_to)  # fmt: skip
+    sp.prune(
+        model,
+        sparsity,
+        criterion="magnitude",
+        structured=True,
+        example_inputs=x,
+        scope="layer",
+        ignore=[model.fc],
+        round_to=round_to,
+    )
 
 
 def prune_peer(model: nn.Module, sparsity: float, x: torch.Tensor, round_to: int | str) -> None:
@@ -250,8 +258,16 @@ def accuracy_table(seed: int, epochs: int) -> list[str]:
         cells = []
         for sparsity in (0.3, 0.5, 0.7):
             model = copy.deepcopy(dense)
-            sp.prune(model, sparsity, criterion, data.val, structured=True, example_inputs=x,
-                     scope="layer", ignore=[model.fc3])  # fmt: skip
+            sp.prune(
+                model,
+                sparsity,
+                criterion=criterion,
+                data=data.val,
+                structured=True,
+                example_inputs=x,
+                scope="layer",
+                ignore=[model.fc3],
+            )
             one_shot = sp.evaluate(model, data.test)
             sp.finetune(model, data.train, epochs=epochs, show_progress=False)
             cells.append(f"{one_shot:.3f} / {sp.evaluate(model, data.test):.3f}")

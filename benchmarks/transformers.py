@@ -73,9 +73,17 @@ def main() -> None:
                 continue
             model = copy.deepcopy(dense)
             start = time.perf_counter()
-            sp.prune(model, budget, criterion, scoring, embedding_distillation(dense),
-                     structured=True, example_inputs=inputs(scoring[0]), scope="layer",
-                     seed=args.seed)  # fmt: skip
+            sp.prune(
+                model,
+                budget,
+                criterion=criterion,
+                data=scoring,
+                loss_fn=embedding_distillation(dense),
+                structured=True,
+                example_inputs=inputs(scoring[0]),
+                scope="layer",
+                seed=args.seed,
+            )
             prune_s = time.perf_counter() - start
             one_shot = similarity(model)
             optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
@@ -157,9 +165,18 @@ def _longer_distillation(encoder, dense, args, inputs) -> list[str]:
     for scope in ("layer", "global"):
         model = copy.deepcopy(dense)
         loss = embedding_distillation(dense)
-        sp.prune(model, {"heads": 0.5}, "group_loss", scoring, loss, structured=True,
-                 example_inputs=inputs(scoring[0]), scope=scope, normalize="none",
-                 seed=args.seed)  # fmt: skip
+        sp.prune(
+            model,
+            {"heads": 0.5},
+            criterion="group_loss",
+            data=scoring,
+            loss_fn=loss,
+            structured=True,
+            example_inputs=inputs(scoring[0]),
+            scope=scope,
+            normalize="none",
+            seed=args.seed,
+        )
         heads = [layer.attention.self.num_attention_heads for layer in model.encoder.layer]
         measured = [similarity(model)]
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)

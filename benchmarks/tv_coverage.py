@@ -37,7 +37,7 @@ def survey(name: str) -> str:
     shape = output()
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
     start = time.perf_counter()
-    result = sp.prune(model, 0.3, "magnitude", structured=True, example_inputs=x,
+    result = sp.prune(model, 0.3, criterion="magnitude", structured=True, example_inputs=x,
                       scope="layer", ignore=head)  # fmt: skip
     seconds = time.perf_counter() - start
     kept = "yes" if output() == shape else "**no**"

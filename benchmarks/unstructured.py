@@ -111,8 +111,8 @@ def normalisation_table(dense_models, data, sparsity: float) -> list[str]:
                 sp.prune(
                     pruned,
                     sparsity,
-                    criterion,
-                    data.val,
+                    criterion=criterion,
+                    data=data.val,
                     scope=scope,
                     normalize=norm,
                     scores=scores,
@@ -149,7 +149,7 @@ def rescoring_table(dense_models, data, sparsities, steps: int) -> list[str]:
                 accs = []
                 for n in (1, steps):
                     pruned = copy.deepcopy(model)
-                    sp.prune(pruned, sparsity, criterion, data.val, steps=n)
+                    sp.prune(pruned, sparsity, criterion=criterion, data=data.val, steps=n)
                     accs.append(sp.evaluate(pruned, data.test))
                 cells.append(f"{accs[0]:.3f} → {accs[1]:.3f}")
             out.append(f"| {criterion} | " + " | ".join(cells) + " |")
@@ -172,7 +172,7 @@ def compression_target(model, data, args) -> list[str]:
     ]
     for sparsity in (0.93, 0.95, 0.96, 0.97):
         pruned = copy.deepcopy(model)
-        sp.prune(pruned, sparsity, "obs", data.val)
+        sp.prune(pruned, sparsity, criterion="obs", data=data.val)
         one_shot = sp.evaluate(pruned, data.test)
         sp.finetune(pruned, data.train, epochs=args.long_finetune, show_progress=False)
         tuned = sp.evaluate(pruned, data.test)
@@ -258,7 +258,7 @@ def file_size_table(model) -> list[str]:
         out.append(f"| 0% | {dense:,} | 1.000 | yes |")
         for sparsity in (0.5, 0.8, 0.9, 0.95, 0.98):
             pruned = copy.deepcopy(model)
-            sp.prune(pruned, sparsity, "magnitude")
+            sp.prune(pruned, sparsity, criterion="magnitude")
             sp.save(pruned, Path(tmp) / "sparse")
             size = os.path.getsize(Path(tmp) / "sparse" / "weights.safetensors")
             loaded = sp.load(Path(tmp) / "sparse", LeNet300100)
@@ -287,7 +287,7 @@ def sparse_latency_table(repeats: int) -> list[str]:
     layer = nn.Linear(4096, 4096)
     for sparsity in (0.5, 0.7, 0.8, 0.9, 0.95, 0.98):
         pruned = copy.deepcopy(layer)
-        sp.prune(pruned, sparsity, "magnitude", min_density=0)
+        sp.prune(pruned, sparsity, criterion="magnitude", min_density=0)
         csr = pruned.weight.detach().to_sparse_csr()
         for batch in (1, 32):
             x = torch.randn(batch, 4096)

@@ -50,11 +50,13 @@ def main() -> None:
     # 2. Unstructured: OBS to that budget, moving the remaining weights to compensate.
     masked = MyNet()
     masked.load_state_dict(model.state_dict())
-    print(sp.prune(masked, budget, "obs", data.val))
+    print(sp.prune(masked, budget, criterion="obs", data=data.val))
     print(f"masked, one-shot: test accuracy {sp.evaluate(masked, data.test):.3f}")
 
     # 3. Structured: half the channels physically removed, then a short fine-tune.
-    result = sp.prune(model, 0.5, "taylor", data.val, structured=True, example_inputs=x[:1])
+    result = sp.prune(
+        model, 0.5, criterion="taylor", data=data.val, structured=True, example_inputs=x[:1]
+    )
     print(result)
     sp.finetune(model, data.train, epochs=3, show_progress=False)
     flops = count_flops(model, x[:1])

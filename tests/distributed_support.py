@@ -45,7 +45,7 @@ def score_prune_and_tune(rank: int, world: int, directory: str) -> None:
             "obd": sp.score(model, "obd", data),
         }
         pruned = copy.deepcopy(model)
-        sp.prune(pruned, 0.8, "taylor", data)
+        sp.prune(pruned, 0.8, criterion="taylor", data=data)
         out["masks"] = sp.get_masks(pruned)
         optimizer = torch.optim.SGD(pruned.parameters(), lr=0.1, momentum=0.9)
         with distributed.data_parallel(pruned) as trained:

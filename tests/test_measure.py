@@ -23,7 +23,7 @@ from tests.architectures import ZOO
 def test_parameter_counts_follow_masks(mlp):
     total = sum(p.numel() for p in mlp.parameters())
     assert count_parameters(mlp).nonzero == total
-    sp.prune(mlp, 0.5, "magnitude", scope="layer")
+    sp.prune(mlp, 0.5, criterion="magnitude", scope="layer")
     pruned = round(0.5 * 128) + round(0.5 * 192) + round(0.5 * 36)
     counted = count_parameters(mlp)
     assert (counted.total, counted.nonzero) == (total, total - pruned)
@@ -34,7 +34,7 @@ def test_flops_match_the_layer_arithmetic(mlp):
     x = torch.randn(5, 8)
     dense_flops = 2 * 5 * (8 * 16 + 16 * 12 + 12 * 3)
     assert count_flops(mlp, x).dense == dense_flops
-    sp.prune(mlp, 0.5, "magnitude", scope="layer")
+    sp.prune(mlp, 0.5, criterion="magnitude", scope="layer")
     flops = count_flops(mlp, x)
     assert flops.dense == dense_flops
     assert flops.effective == dense_flops // 2

@@ -20,7 +20,7 @@ def _same(a, b):
 
 
 def test_prune_reaches_sparsity_and_reports_it(mlp, mlp_batches):
-    result = sp.prune(mlp, 0.8, "taylor", mlp_batches)
+    result = sp.prune(mlp, 0.8, criterion="taylor", data=mlp_batches)
     total = sum(t.numel() for n, t in mlp.named_parameters() if t.ndim >= 2)
     assert result.sparsity == pytest.approx(round(0.8 * total) / total)
     assert result.params_after == result.params_before - round(0.8 * total)
@@ -31,28 +31,28 @@ def test_prune_reaches_sparsity_and_reports_it(mlp, mlp_batches):
 
 
 def test_ignore_keeps_modules_dense(mlp, mlp_batches):
-    result = sp.prune(mlp, 0.5, "magnitude", ignore=[mlp.head, "fc1"])
+    result = sp.prune(mlp, 0.5, criterion="magnitude", ignore=[mlp.head, "fc1"])
     assert set(result.per_layer) == {"fc2.weight"}
     assert (mlp.head.weight != 0).all() and (mlp.fc1.weight != 0).all()
 
 
 def test_random_criterion_is_deterministic_with_a_seed(mlp):
     a, b = copy.deepcopy(mlp), copy.deepcopy(mlp)
-    sp.prune(a, 0.5, "random", seed=7)
-    sp.prune(b, 0.5, "random", seed=7)
+    sp.prune(a, 0.5, criterion="random", seed=7)
+    sp.prune(b, 0.5, criterion="random", seed=7)
     assert _same(a.state_dict(), b.state_dict())
 
 
 def test_rescoring_steps_reach_the_same_exact_sparsity(mlp, mlp_batches):
-    one = sp.prune(copy.deepcopy(mlp), 0.9, "obd", mlp_batches)
-    stepped = sp.prune(mlp, 0.9, "obd", mlp_batches, steps=5)
+    one = sp.prune(copy.deepcopy(mlp), 0.9, criterion="obd", data=mlp_batches)
+    stepped = sp.prune(mlp, 0.9, criterion="obd", data=mlp_batches, steps=5)
     assert stepped.sparsity == pytest.approx(one.sparsity)
 
 
 def test_obs_in_steps_never_revives_a_pruned_weight(mlp, mlp_batches):
-    sp.prune(mlp, 0.4, "magnitude")
+    sp.prune(mlp, 0.4, criterion="magnitude")
     before = sp.get_masks(mlp)
-    sp.prune(mlp, 0.8, "obs", mlp_batches, steps=2)
+    sp.prune(mlp, 0.8, criterion="obs", data=mlp_batches, steps=2)
     for name, keep in sp.get_masks(mlp).items():
         assert not (keep & ~before[name]).any()
         assert (dict(mlp.named_parameters())[name][~keep] == 0).all()
@@ -71,13 +71,13 @@ def test_iterative_prune_fine_tunes_between_steps(mlp, mlp_batches):
 def test_prune_works_on_a_cnn_with_batchnorm(cnn, cnn_batches):
     for criterion in ("taylor", "activation", "obd"):
         model = copy.deepcopy(cnn)
-        result = sp.prune(model, 0.6, criterion, cnn_batches)
+        result = sp.prune(model, 0.6, criterion=criterion, data=cnn_batches)
         assert result.sparsity == pytest.approx(0.6, abs=0.01)
         assert model(cnn_batches[0][0]).shape == (8, 3)
 
 
 def test_obs_on_a_cnn_with_an_ungrouped_conv(cnn, cnn_batches):
-    result = sp.prune(cnn, 0.5, "obs", cnn_batches, ignore=["conv2"])
+    result = sp.prune(cnn, 0.5, criterion="obs", data=cnn_batches, ignore=["conv2"])
     assert result.per_layer["conv1.weight"] > 0
     assert "conv2.weight" not in result.per_layer
 
@@ -115,14 +115,14 @@ def test_nan_gradients_are_refused_and_the_model_is_untouched(mlp, mlp_batches):
         return torch.nn.functional.cross_entropy(out, batch[1]) + (out - out.detach()).sqrt().sum()
 
     with pytest.raises(sp.SensipruneError, match="not finite"):
-        sp.prune(mlp, 0.5, "taylor", mlp_batches, loss_fn=nan_grad_loss)
+        sp.prune(mlp, 0.5, criterion="taylor", data=mlp_batches, loss_fn=nan_grad_loss)
     assert _same(before, mlp.state_dict())
 
 
 def test_nan_loss_is_refused(mlp, mlp_batches):
     bad = [(torch.full_like(x, float("nan")), y) for x, y in mlp_batches]
     with pytest.raises(sp.SensipruneError, match="the loss is nan"):
-        sp.prune(mlp, 0.5, "obd", bad)
+        sp.prune(mlp, 0.5, criterion="obd", data=bad)
 
 
 def test_a_model_with_nothing_prunable_is_refused():
@@ -144,7 +144,7 @@ def test_criterion_that_cannot_read_a_layer_says_which(mlp_batches):
             return self.inner[1](h, h)
 
     with pytest.raises(sp.SensipruneError, match=r"inputs of inner.1.weight \(Bilinear\)"):
-        sp.prune(Wrap(), 0.5, "activation", mlp_batches)
+        sp.prune(Wrap(), 0.5, criterion="activation", data=mlp_batches)
 
 
 def test_loss_fn_for_any_batch_layout(mlp, mlp_batches):
@@ -153,10 +153,10 @@ def test_loss_fn_for_any_batch_layout(mlp, mlp_batches):
     def loss_fn(model, batch):
         return torch.nn.functional.cross_entropy(model(batch["x"]), batch["y"])
 
-    result = sp.prune(mlp, 0.5, "taylor", dict_batches, loss_fn=loss_fn)
+    result = sp.prune(mlp, 0.5, criterion="taylor", data=dict_batches, loss_fn=loss_fn)
     assert result.sparsity == pytest.approx(0.5, abs=0.01)
     with pytest.raises(sp.SensipruneError, match="loss_fn"):
-        sp.prune(mlp, 0.5, "taylor", [(mlp_batches[0][0],)])
+        sp.prune(mlp, 0.5, criterion="taylor", data=[(mlp_batches[0][0],)])
 
 
 class _RecurrentClassifier(nn.Module):
@@ -194,7 +194,7 @@ class _TransformerClassifier(nn.Module):
 def test_recurrent_and_attention_weights_are_pruned_and_stay_zero(make_model, mlp_batches):
     torch.manual_seed(0)
     model = make_model()
-    result = sp.prune(model, 0.7, "taylor", mlp_batches)
+    result = sp.prune(model, 0.7, criterion="taylor", data=mlp_batches)
     assert result.sparsity == pytest.approx(0.7, abs=0.01)
     names = set(result.per_layer)
     assert any("weight_hh" in n or "in_proj_weight" in n for n in names)

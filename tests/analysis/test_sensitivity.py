@@ -89,7 +89,7 @@ def test_the_budget_drives_prune(mlp, mlp_batches):
         mlp, lambda m: sp.evaluate(m, mlp_batches), [0.3, 0.6, 0.9], show_progress=False
     )
     budget = sp.allocate(table, 0.6)
-    result = sp.prune(mlp, budget, "magnitude")
+    result = sp.prune(mlp, budget, criterion="magnitude")
     assert result.sparsity == pytest.approx(0.6, abs=0.01)
 
 
@@ -116,8 +116,8 @@ def test_allocation_on_a_real_model_beats_uniform(digits):
         show_progress=False,
     )  # fmt: skip
     allocated, uniform = copy.deepcopy(model), copy.deepcopy(model)
-    sp.prune(allocated, sp.allocate(table, 0.9), "magnitude")
-    sp.prune(uniform, 0.9, "magnitude", scope="layer")
+    sp.prune(allocated, sp.allocate(table, 0.9), criterion="magnitude")
+    sp.prune(uniform, 0.9, criterion="magnitude", scope="layer")
     assert sp.evaluate(allocated, digits.val) >= sp.evaluate(uniform, digits.val)
 
 
@@ -209,7 +209,7 @@ def test_structured_sensitivity_measures_channel_families_and_drives_a_structure
     assert table.sizes[table.layers.index("layer1.0.conv2")] == 16
     assert "stem.0" not in table.layers and "layer1.0.conv1" in table.layers
     budget = sp.allocate(table, target_sparsity=0.5, min_density=0.1)
-    result = sp.prune(model, budget, "magnitude", structured=True, example_inputs=x)
+    result = sp.prune(model, budget, criterion="magnitude", structured=True, example_inputs=x)
     assert result.flops_after < result.flops_before
 
 
@@ -229,7 +229,7 @@ def test_a_flops_target_for_structured_tables():
     assert table.flop_model is not None
     assert table.flop_model.kept([0.0] * len(table.layers)) == table.flop_model.total
     budget = sp.allocate(table, target_flops=0.5)
-    result = sp.prune(model, budget, "magnitude", structured=True, example_inputs=x)
+    result = sp.prune(model, budget, criterion="magnitude", structured=True, example_inputs=x)
     # the FLOP model multiplies the shrinking of a layer's inputs and outputs, as surgery does;
     # what is left is the rounding of channel counts
     kept = result.flops_after / result.flops_before

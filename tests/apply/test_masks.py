@@ -27,7 +27,7 @@ def test_masks_survive_50_optimizer_steps(mlp, mlp_batches, make_optimizer):
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(mlp(x), y).backward()
         optimizer.step()
-    sp.prune(mlp, 0.7, "magnitude")
+    sp.prune(mlp, 0.7, criterion="magnitude")
     zero = {n: ~m for n, m in sp.get_masks(mlp).items()}
     params = dict(mlp.named_parameters())
     for step in range(50):
@@ -40,7 +40,7 @@ def test_masks_survive_50_optimizer_steps(mlp, mlp_batches, make_optimizer):
 
 
 def test_forward_reapplies_mask_after_manual_edit(mlp, mlp_batches):
-    sp.prune(mlp, 0.5, "magnitude")
+    sp.prune(mlp, 0.5, criterion="magnitude")
     keep = sp.get_masks(mlp)["fc1.weight"]
     with torch.no_grad():
         mlp.fc1.weight.add_(1.0)
@@ -49,7 +49,7 @@ def test_forward_reapplies_mask_after_manual_edit(mlp, mlp_batches):
 
 
 def test_deepcopy_keeps_masks(mlp):
-    sp.prune(mlp, 0.5, "magnitude")
+    sp.prune(mlp, 0.5, criterion="magnitude")
     clone = copy.deepcopy(mlp)
     original = sp.get_masks(mlp)
     copied = sp.get_masks(clone)
@@ -58,7 +58,7 @@ def test_deepcopy_keeps_masks(mlp):
 
 
 def test_make_permanent_removes_masks_and_keeps_zeros(mlp, mlp_batches):
-    sp.prune(mlp, 0.5, "magnitude")
+    sp.prune(mlp, 0.5, criterion="magnitude")
     zeros = (mlp.fc1.weight == 0).sum()
     sp.make_permanent(mlp)
     assert sp.get_masks(mlp) == {}
@@ -68,9 +68,9 @@ def test_make_permanent_removes_masks_and_keeps_zeros(mlp, mlp_batches):
 
 
 def test_pruning_twice_only_shrinks_masks(mlp):
-    sp.prune(mlp, 0.3, "random", seed=1)
+    sp.prune(mlp, 0.3, criterion="random", seed=1)
     first = sp.get_masks(mlp)
-    sp.prune(mlp, 0.6, "random", seed=2)
+    sp.prune(mlp, 0.6, criterion="random", seed=2)
     for name, keep in sp.get_masks(mlp).items():
         assert not (keep & ~first[name]).any()
 

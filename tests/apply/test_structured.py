@@ -10,15 +10,11 @@ import torch
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.apply.structured import (
-    choose_groups,
-    group_scores,
-    remove_groups,
-    vector_width,
-    zeroed,
-)
+from sensiprune.apply.cut import remove_groups, zeroed
 from sensiprune.apply.surgery import layout_for, positions
+from sensiprune.criteria.scoring import group_scores
 from sensiprune.measure import module_flops
+from sensiprune.selection.groups import choose_groups, vector_width
 from sensiprune.structure.graph import build_graph
 from sensiprune.structure.ties import honor
 from tests.architectures import VGG, ZOO, ChannelShuffle, ResNet
@@ -46,8 +42,8 @@ def test_every_architecture_shrinks_runs_and_trains(name, sparsity):
     result = sp.prune(
         model,
         sparsity,
-        "taylor",
-        _batches(model, x),
+        criterion="taylor",
+        data=_batches(model, x),
         structured=True,
         example_inputs=x,
         scope="layer",
@@ -118,7 +114,7 @@ def test_residual_branches_are_pruned_together():
 def test_flatten_into_linear_removes_every_spatial_column():
     model = VGG()
     x = torch.randn(2, 3, 16, 16)
-    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer")
     assert model.features[3][0].out_channels == 16
     assert model.classifier[1].in_features == 16 * 16
 
@@ -126,7 +122,9 @@ def test_flatten_into_linear_removes_every_spatial_column():
 def test_channel_shuffle_is_left_alone_and_reported():
     model = ChannelShuffle()
     x = torch.randn(2, 3, 8, 8)
-    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    result = sp.prune(
+        model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer"
+    )
     assert model.conv1[0].out_channels == 8  # shuffled channels: untouched
     assert model.conv2[0].out_channels == 4  # after the shuffle: free to prune
     assert any("could not be cut as a whole" in item for item in result.untouched)
@@ -134,7 +132,7 @@ def test_channel_shuffle_is_left_alone_and_reported():
 
 def test_ignore_keeps_a_layers_outputs(mlp):
     x = torch.randn(4, 8)
-    sp.prune(mlp, 0.5, "magnitude", structured=True, example_inputs=x, ignore=[mlp.fc1])
+    sp.prune(mlp, 0.5, criterion="magnitude", structured=True, example_inputs=x, ignore=[mlp.fc1])
     assert mlp.fc1.out_features == 16
     assert mlp.fc2.out_features == 6
 
@@ -146,8 +144,15 @@ def test_round_to_keeps_multiples(round_to):
     multiple = 8 if round_to == 8 else vector_width(model)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     widths = [conv.out_channels for conv in convs]
-    sp.prune(model, 0.3, "magnitude", structured=True, example_inputs=x, round_to=round_to,
-             scope="layer")  # fmt: skip
+    sp.prune(
+        model,
+        0.3,
+        criterion="magnitude",
+        structured=True,
+        example_inputs=x,
+        round_to=round_to,
+        scope="layer",
+    )
     for conv, width in zip(convs, widths, strict=True):  # narrower than one multiple: kept
         assert conv.out_channels % multiple == 0 or conv.out_channels == width < multiple
 
@@ -163,7 +168,7 @@ def test_structured_model_saves_and_loads_by_shape(tmp_path):
     torch.manual_seed(0)
     model = ResNet().eval()
     x = torch.randn(2, 3, 8, 8)
-    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x)
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x)
     sp.save(model, tmp_path / "run")
     loaded = sp.load(tmp_path / "run", ResNet).eval()
     torch.testing.assert_close(loaded(x), model(x))
@@ -232,17 +237,19 @@ def test_channel_criteria_prune_structured_only():
     batches = _batches(model, x)
     for criterion in ("taylor_fm", "bn_scale"):
         pruned = copy.deepcopy(model)
-        result = sp.prune(pruned, 0.5, criterion, batches, structured=True, example_inputs=x)
+        result = sp.prune(
+            pruned, 0.5, criterion=criterion, data=batches, structured=True, example_inputs=x
+        )
         assert result.flops_after < result.flops_before
         with pytest.raises(sp.SensipruneError, match="pass structured=True"):
-            sp.prune(copy.deepcopy(model), 0.5, criterion, batches)
+            sp.prune(copy.deepcopy(model), 0.5, criterion=criterion, data=batches)
 
 
 def test_bn_scale_removes_the_channels_with_the_smallest_scale():
     model, x = _make("vgg")
     with torch.no_grad():
         model.features[0][1].weight.copy_(torch.arange(1.0, 17.0))
-    sp.prune(model, 0.25, "bn_scale", structured=True, example_inputs=x, scope="layer")
+    sp.prune(model, 0.25, criterion="bn_scale", structured=True, example_inputs=x, scope="layer")
     assert model.features[0][1].weight.tolist() == list(map(float, range(5, 17)))
 
 
@@ -278,17 +285,22 @@ def test_group_loss_is_the_measured_change_of_zeroing_a_group():
 def test_group_loss_prunes_structured():
     model, x = _make("vgg")
     result = sp.prune(
-        model, 0.5, "group_loss", _batches(model, x), structured=True, example_inputs=x
+        model,
+        0.5,
+        criterion="group_loss",
+        data=_batches(model, x),
+        structured=True,
+        example_inputs=x,
     )
     assert result.flops_after < result.flops_before
     with pytest.raises(sp.SensipruneError, match="no batches"):
-        sp.prune(model, 0.5, "group_loss", [], structured=True, example_inputs=x)
+        sp.prune(model, 0.5, criterion="group_loss", data=[], structured=True, example_inputs=x)
 
 
 @pytest.mark.parametrize("name", ["transformer", "lstm", "bigru-2-layer"])
 def test_pruned_heads_and_hidden_units_save_and_load(name, tmp_path):
     model, x = _make(name)
-    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer")
     model.eval()
     sp.save(model, tmp_path / "run")
     loaded = sp.load(tmp_path / "run", ZOO[name][0]).eval()
@@ -323,7 +335,7 @@ def test_head_pruned_attention_matches_multihead_attention_with_every_mask():
 
 def test_transformer_heads_are_removed_whole():
     model, x = _make("transformer")
-    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer")
     attention = model.encoder.layers[0].self_attn
     assert attention.num_heads == 2 and len(attention.kept_heads) == 2
     assert attention.in_proj_weight.shape == (3 * 2 * 4, 16)
@@ -367,7 +379,9 @@ def test_an_untraceable_submodule_is_left_alone_and_the_rest_is_pruned():
     model = _PartlyTraceable(_ThroughNumpy())
     x = torch.randn(5, 4)
     expected_shape = model(x).shape
-    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    result = sp.prune(
+        model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer"
+    )
     assert model.a.out_features == 8 and model.c.in_features == 8
     assert model.inner[0].fc.weight.shape == (8, 8)
     assert any(item.startswith("inner.0: could not be traced") for item in result.untouched)
@@ -379,7 +393,9 @@ def test_a_submodule_that_branches_on_values_is_traced_on_the_example_inputs():
     model = _PartlyTraceable(_DataDependent())
     x = torch.randn(5, 4)
     expected_shape = model(x).shape
-    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    result = sp.prune(
+        model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer"
+    )
     assert model.inner[0].fc.weight.shape == (4, 4)
     assert not any("could not be traced" in item for item in result.untouched)
     assert model(x).shape == expected_shape
@@ -401,9 +417,9 @@ def test_embedding_dims_are_pruned_only_when_a_budget_names_them(tmp_path):
     torch.manual_seed(0)
     ids = torch.randint(0, 20, (4, 6))
     model = _TokenClassifier()
-    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=ids, scope="layer")
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=ids, scope="layer")
     assert model.embed.embedding_dim == 8 and model.lstm.hidden_size == 6
-    sp.prune(model, {"embed": 0.5}, "magnitude", structured=True, example_inputs=ids)
+    sp.prune(model, {"embed": 0.5}, criterion="magnitude", structured=True, example_inputs=ids)
     assert model.embed.weight.shape == (20, 4) and model.lstm.input_size == 4
     model.eval()
     sp.save(model, tmp_path / "run")
@@ -414,8 +430,16 @@ def test_embedding_dims_are_pruned_only_when_a_budget_names_them(tmp_path):
 def test_structured_steps_reach_the_target_with_rescoring_in_between():
     model, x = _make("vgg")
     batches = _batches(model, x)
-    result = sp.prune(model, 0.75, "taylor", batches, structured=True, example_inputs=x,
-                      scope="layer", steps=2)  # fmt: skip
+    result = sp.prune(
+        model,
+        0.75,
+        criterion="taylor",
+        data=batches,
+        structured=True,
+        example_inputs=x,
+        scope="layer",
+        steps=2,
+    )
     assert model.features[0][0].out_channels == 4  # 16 -> 8 -> 4: half of what is left, twice
     assert result.params_before > result.params_after
     assert "2 steps" in str(result)
@@ -426,8 +450,15 @@ def test_structured_steps_reach_the_target_with_rescoring_in_between():
 def test_an_input_statistics_criterion_skips_layers_it_cannot_read():
     model, x = _make("lstm")
     batches = _batches(model, x)
-    result = sp.prune(model, 0.5, "activation", batches, structured=True, example_inputs=x,
-                      scope="layer")  # fmt: skip
+    result = sp.prune(
+        model,
+        0.5,
+        criterion="activation",
+        data=batches,
+        structured=True,
+        example_inputs=x,
+        scope="layer",
+    )
     # the LSTM's own weights get no activation scores; its hidden units are still ranked by
     # the head columns that read them, and the Linear layers by their own weights
     assert model.embed.out_features == 4 and model.lstm.hidden_size == 8
@@ -447,7 +478,7 @@ class _SqueezeHead(nn.Module):
 
 def test_squeeze_and_unsqueeze_keep_the_channels_tracked():
     model, x = _SqueezeHead(), torch.randn(2, 3, 8, 8)
-    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer")
     assert model.conv[0].out_channels == 8 and model.fc.in_features == 8
 
 

@@ -143,8 +143,8 @@ def test_obs_matches_closed_form_least_squares():
     sp.prune(
         model,
         1 / 6,
-        "obs",
-        batches,
+        criterion="obs",
+        data=batches,
         loss_fn=lambda m, b: m(b[0]).sum(),
         scope="row",
         min_density=0,
@@ -175,7 +175,7 @@ def test_obs_with_bias_reconstructs_layer_output_better_than_magnitude(digits):
     errors = {}
     for criterion in ("magnitude", "obs"):
         pruned = copy.deepcopy(model)
-        sp.prune(pruned, 0.8, criterion, digits.val, scope="layer")
+        sp.prune(pruned, 0.8, criterion=criterion, data=digits.val, scope="layer")
         errors[criterion] = (pruned[1](x).detach() - dense_out).pow(2).mean().item()
     assert errors["obs"] < 0.5 * errors["magnitude"]
 

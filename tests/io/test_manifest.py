@@ -25,8 +25,8 @@ def _saved(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """A structurally pruned ResNet with masks on top, saved."""
     torch.manual_seed(0)
     model, x = ResNet().eval(), torch.randn(2, 3, 8, 8)
-    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x)
-    sp.prune(model, 0.5, "magnitude")
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x)
+    sp.prune(model, 0.5, criterion="magnitude")
     sp.save(model, tmp_path / "saved")
     return tmp_path / "saved", {k: v.clone() for k, v in model.state_dict().items()}
 

@@ -13,7 +13,7 @@ from tests.conftest import TinyMLP
 
 
 def test_round_trip_restores_weights_and_masks(mlp, mlp_batches, tmp_path):
-    sp.prune(mlp, 0.7, "taylor", mlp_batches)
+    sp.prune(mlp, 0.7, criterion="taylor", data=mlp_batches)
     sp.save(mlp, tmp_path / "run")
     loaded = sp.load(tmp_path / "run", TinyMLP)
     for key, value in mlp.state_dict().items():
@@ -26,7 +26,7 @@ def test_round_trip_restores_weights_and_masks(mlp, mlp_batches, tmp_path):
 
 
 def test_kept_weights_that_are_zero_stay_kept(mlp, tmp_path):
-    sp.prune(mlp, 0.5, "magnitude")
+    sp.prune(mlp, 0.5, criterion="magnitude")
     keep = sp.get_masks(mlp)["fc1.weight"]
     index = keep.nonzero()[0].tolist()
     with torch.no_grad():
@@ -40,7 +40,7 @@ def test_file_shrinks_with_sparsity(tmp_path, sparsity):
     torch.manual_seed(0)
     big = nn.Sequential(nn.Linear(512, 512, bias=False))
     sp.save(big, tmp_path / "dense")
-    sp.prune(big, sparsity, "magnitude")
+    sp.prune(big, sparsity, criterion="magnitude")
     sp.save(big, tmp_path / "sparse")
     size = os.path.getsize(tmp_path / "sparse" / "weights.safetensors")
     dense = os.path.getsize(tmp_path / "dense" / "weights.safetensors")
@@ -52,7 +52,7 @@ def test_file_shrinks_with_sparsity(tmp_path, sparsity):
 
 def test_saving_over_an_earlier_save_replaces_it_whole(mlp, tmp_path):
     sp.save(mlp, tmp_path / "run")
-    sp.prune(mlp, 0.5, "magnitude")
+    sp.prune(mlp, 0.5, criterion="magnitude")
     sp.save(mlp, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "sensiprune.json",

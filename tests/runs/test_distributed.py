@@ -48,7 +48,7 @@ def test_two_ranks_score_prune_and_tune_like_one_process(tmp_path):
 
 
 def _pruned(model, data):
-    sp.prune(model, 0.8, "taylor", data)
+    sp.prune(model, 0.8, criterion="taylor", data=data)
     return model
 
 

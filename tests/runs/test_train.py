@@ -9,7 +9,7 @@ import sensiprune as sp
 
 
 def test_finetune_learns_and_keeps_pruned_weights_zero(mlp, mlp_batches):
-    sp.prune(mlp, 0.5, "magnitude")
+    sp.prune(mlp, 0.5, criterion="magnitude")
     zero = ~sp.get_masks(mlp)["fc1.weight"]
     before = sp.evaluate(mlp, mlp_batches)
     result = sp.finetune(mlp, mlp_batches, epochs=30, lr=1e-2, show_progress=False)
@@ -95,7 +95,7 @@ def test_labels_out_of_range_and_inputs_of_the_wrong_width_are_one_line(mlp, bat
     for call in (
         lambda: sp.finetune(mlp, [batch], show_progress=False),
         lambda: sp.evaluate(mlp, [batch]),
-        lambda: sp.prune(mlp, 0.5, "taylor", data=[batch]),
+        lambda: sp.prune(mlp, 0.5, criterion="taylor", data=[batch]),
     ):
         with pytest.raises(sp.SensipruneError, match=message):
             call()

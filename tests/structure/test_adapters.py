@@ -29,7 +29,7 @@ transformers = pytest.importorskip("transformers")
 
 def test_heads_and_ffn_neurons_shrink_and_the_model_stays_a_working_bert():
     model, batch = tiny_bert(), text_batch()
-    result = sp.prune(model, {"heads": 0.5, "ffn": 0.25}, "magnitude", structured=True,
+    result = sp.prune(model, {"heads": 0.5, "ffn": 0.25}, criterion="magnitude", structured=True,
                       example_inputs=bert_inputs(batch))  # fmt: skip
     for layer in model.encoder.layer:
         attention = layer.attention.self
@@ -56,15 +56,22 @@ def test_removing_heads_whose_gates_were_zeroed_leaves_outputs_unchanged():
         for head in heads:
             scores[dense][:, head * 8 : (head + 1) * 8] = 0  # these heads score lowest
     budget = {f"encoder.layer.{i}.attention.self.query": len(h) / 4 for i, h in doomed.items()}
-    sp.prune(model, budget, "magnitude", structured=True, example_inputs=bert_inputs(batch),
-             scores=scores, group_reduction="sum")  # fmt: skip
+    sp.prune(
+        model,
+        budget,
+        criterion="magnitude",
+        structured=True,
+        example_inputs=bert_inputs(batch),
+        scores=scores,
+        group_reduction="sum",
+    )
     assert [layer.attention.self.num_attention_heads for layer in model.encoder.layer] == [2, 3]
     torch.testing.assert_close(model(**batch).last_hidden_state, expected, atol=1e-5, rtol=0)
 
 
 def test_a_pruned_bert_saves_and_loads_to_identical_embeddings(tmp_path):
     model, batch = tiny_bert(), text_batch()
-    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
+    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, criterion="magnitude", structured=True,
              example_inputs=bert_inputs(batch))  # fmt: skip
     sp.save(model, tmp_path / "pruned")
     loaded = sp.load(tmp_path / "pruned", tiny_bert)
@@ -93,9 +100,9 @@ def test_a_heads_budget_for_attention_without_heads_is_refused_and_channels_are_
     )
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(sp.SensipruneError, match=r"no attention heads found"):
-        sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=x)
+        sp.prune(model, {"heads": 0.5}, criterion="magnitude", structured=True, example_inputs=x)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer")
     assert model[1].qkv.out_features < 48 and model(x).shape == (2, 5, 2)
 
 
@@ -103,7 +110,13 @@ def test_distillation_is_zero_at_the_teacher_and_grows_when_pruned():
     model, batch = tiny_bert(), text_batch()
     loss = embedding_distillation(model)
     assert loss(model, batch).item() == pytest.approx(0.0, abs=1e-6)
-    sp.prune(model, {"heads": 0.5}, "random", structured=True, example_inputs=bert_inputs(batch))
+    sp.prune(
+        model,
+        {"heads": 0.5},
+        criterion="random",
+        structured=True,
+        example_inputs=bert_inputs(batch),
+    )
     assert loss(model, batch).item() > 1e-6
     with pytest.raises(sp.SensipruneError, match="tokenised batches"):
         loss(model, (torch.zeros(2, 3),))
@@ -119,7 +132,13 @@ def test_a_grouped_query_decoder_loses_whole_key_value_groups_and_still_generate
         tiny_llama(),
         torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2)),
     )
-    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    sp.prune(
+        model,
+        {"heads": 0.5, "ffn": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=(ids,),
+    )
     for layer in model.model.layers:
         attention = layer.self_attn
         assert attention.k_proj.out_features == attention.v_proj.out_features == 8  # 1 of 2
@@ -152,7 +171,7 @@ def test_removing_a_zeroed_key_value_group_leaves_logits_unchanged():
     scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
     for i in range(2):
         scores[f"model.layers.{i}.self_attn.o_proj.weight"][:, 16:] = 0
-    sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,),
+    sp.prune(model, {"heads": 0.5}, criterion="magnitude", structured=True, example_inputs=(ids,),
              scores=scores, group_reduction="sum")  # fmt: skip
     assert model.model.layers[0].self_attn.q_proj.out_features == 16
     torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=0)
@@ -161,7 +180,7 @@ def test_removing_a_zeroed_key_value_group_leaves_logits_unchanged():
 def test_a_vision_transformer_loses_heads_and_mlp_neurons_and_still_sees():
     model = tiny_vit()
     pixels = torch.randn(2, 3, 16, 16)
-    result = sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
+    result = sp.prune(model, {"heads": 0.5, "ffn": 0.5}, criterion="magnitude", structured=True,
                       example_inputs=(pixels,))  # fmt: skip
     for layer in model.vit.layers:
         assert (
@@ -178,17 +197,35 @@ def test_uniform_pruning_round_trips_through_save_pretrained_where_the_config_ca
         tiny_llama(),
         torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2)),
     )
-    sp.prune(llama, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    sp.prune(
+        llama,
+        {"heads": 0.5, "ffn": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=(ids,),
+    )
     llama.save_pretrained(tmp_path / "llama")
     again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
     assert torch.equal(again(ids).logits, llama(ids).logits)
 
     bert, batch = tiny_bert(), text_batch()
-    sp.prune(bert, {"ffn": 0.5}, "magnitude", structured=True, example_inputs=bert_inputs(batch))
+    sp.prune(
+        bert,
+        {"ffn": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=bert_inputs(batch),
+    )
     bert.save_pretrained(tmp_path / "bert")
     assert transformers.BertModel.from_pretrained(tmp_path / "bert").config.intermediate_size == 32
     assert "cannot describe" not in caplog.text
-    sp.prune(bert, {"heads": 0.5}, "magnitude", structured=True, example_inputs=bert_inputs(batch))
+    sp.prune(
+        bert,
+        {"heads": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=bert_inputs(batch),
+    )
     assert "derives the head size from the head count" in caplog.text  # sp.save, not HF's
 
 
@@ -196,8 +233,17 @@ def test_a_global_heads_budget_ranks_heads_across_layers_and_keeps_one_in_each()
     model, batch = tiny_bert(), text_batch()
     scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
     scores["encoder.layer.0.attention.output.dense.weight"].zero_()  # layer 0: unimportant
-    sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=bert_inputs(batch),
-             scores=scores, scope="global", normalize="none", group_reduction="sum")  # fmt: skip
+    sp.prune(
+        model,
+        {"heads": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=bert_inputs(batch),
+        scores=scores,
+        scope="global",
+        normalize="none",
+        group_reduction="sum",
+    )
     heads = [layer.attention.self.num_attention_heads for layer in model.encoder.layer]
     assert sum(heads) == 4 and heads[0] == 1 and heads[1] == 3  # 4 of 8 go, mostly layer 0's
     assert model.encoder.layer[1].intermediate.dense.out_features == 64  # FFN not budgeted
@@ -229,8 +275,15 @@ def test_head_gate_scores_are_the_gate_gradients_measured_by_finite_differences(
         expected = torch.tensor(measured, dtype=torch.float64)
         got = scores[f"bert.encoder.layer.{index}.attention.output.dense::in"][::8]
         torch.testing.assert_close(got, expected / expected.norm(), atol=1e-6, rtol=1e-5)
-    sp.prune(model, {"heads": 0.5}, "head_gate", [batch], loss_fn, structured=True,
-             example_inputs=bert_inputs(batch))  # fmt: skip
+    sp.prune(
+        model,
+        {"heads": 0.5},
+        criterion="head_gate",
+        data=[batch],
+        loss_fn=loss_fn,
+        structured=True,
+        example_inputs=bert_inputs(batch),
+    )
     heads = [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer]
     assert sum(heads) == 4 and min(heads) >= 1  # ranked across layers (the default scope)
 
@@ -243,7 +296,13 @@ def test_fused_projections_lose_heads_and_neurons_and_the_decoder_still_generate
     model, ids = tiny_decoder(family), token_ids()
     blocks = find_blocks(model)
     assert len(blocks) == 2 and {b.adapter.family.split("-style")[0] for b in blocks} != {"Llama"}
-    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    sp.prune(
+        model,
+        {"heads": 0.5, "ffn": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=(ids,),
+    )
     for block in find_blocks(model):
         query_heads, kv_heads, size = head_counts(block)
         assert query_heads == 2 and size == 8 and kv_heads == (1 if family == "phi3" else 2)
@@ -282,8 +341,15 @@ def test_removing_zeroed_heads_of_a_fused_projection_leaves_logits_unchanged(fam
         block0.path(block0.adapter.head_layer): 1 / kv_heads,
         block1.path(block1.adapter.ffn_in[0]): 1 / size_of(ffn_out, "in"),
     }
-    sp.prune(model, budget, "magnitude", structured=True, example_inputs=(ids,), scores=scores,
-             group_reduction="sum")  # fmt: skip
+    sp.prune(
+        model,
+        budget,
+        criterion="magnitude",
+        structured=True,
+        example_inputs=(ids,),
+        scores=scores,
+        group_reduction="sum",
+    )
     pruned0, kept1 = find_blocks(model)
     assert head_counts(pruned0)[0] == query_heads - query_heads // kv_heads
     assert head_counts(kept1)[0] == query_heads
@@ -292,8 +358,13 @@ def test_removing_zeroed_heads_of_a_fused_projection_leaves_logits_unchanged(fam
 
 def test_phi3_blocks_with_different_head_counts_get_their_own_config_and_load_back(tmp_path):
     model, ids = tiny_decoder("phi3"), token_ids()
-    sp.prune(model, {"model.layers.0.self_attn.qkv_proj": 0.5}, "magnitude", structured=True,
-             example_inputs=(ids,))  # fmt: skip
+    sp.prune(
+        model,
+        {"model.layers.0.self_attn.qkv_proj": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=(ids,),
+    )
     first, second = (layer.self_attn for layer in model.model.layers)
     assert first.config.num_attention_heads == 2 and first.num_key_value_heads == 1
     assert second.config is model.config and model.config.num_attention_heads == 4
@@ -307,21 +378,29 @@ def test_phi3_blocks_with_different_head_counts_get_their_own_config_and_load_ba
 
 def test_fused_families_say_where_save_pretrained_can_carry_the_shapes(tmp_path, caplog):
     phi3, ids = tiny_decoder("phi3"), token_ids()
-    sp.prune(phi3, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    sp.prune(
+        phi3,
+        {"heads": 0.5, "ffn": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=(ids,),
+    )
     phi3.save_pretrained(tmp_path / "phi3")
     again = transformers.Phi3ForCausalLM.from_pretrained(tmp_path / "phi3").eval()
     assert torch.equal(again(ids).logits, phi3(ids).logits)
     assert "cannot describe" not in caplog.text
     gpt2 = tiny_decoder("gpt2")
-    sp.prune(gpt2, {"ffn": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    sp.prune(gpt2, {"ffn": 0.5}, criterion="magnitude", structured=True, example_inputs=(ids,))
     assert gpt2.config.n_inner == 32 and "cannot describe" not in caplog.text
-    sp.prune(gpt2, {"heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    sp.prune(gpt2, {"heads": 0.5}, criterion="magnitude", structured=True, example_inputs=(ids,))
     assert "GPT-2-style decoder block config derives the head size" in caplog.text
 
 
 def test_query_heads_go_inside_key_value_groups_and_every_group_keeps_as_many(tmp_path):
     model, ids = tiny_llama(), token_ids()
-    sp.prune(model, {"query_heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+    sp.prune(
+        model, {"query_heads": 0.5}, criterion="magnitude", structured=True, example_inputs=(ids,)
+    )
     for layer in model.model.layers:
         attention = layer.self_attn
         assert attention.k_proj.out_features == attention.v_proj.out_features == 16  # both kept
@@ -349,8 +428,15 @@ def test_the_least_important_query_head_of_each_group_goes_wherever_it_sits(fami
                 model.get_parameter(name)[:, head * 8 : (head + 1) * 8] = 0
                 scores[name][:, head * 8 : (head + 1) * 8] = 0
     expected = model(ids).logits
-    sp.prune(model, {"query_heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,),
-             scores=scores, group_reduction="sum")  # fmt: skip
+    sp.prune(
+        model,
+        {"query_heads": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=(ids,),
+        scores=scores,
+        group_reduction="sum",
+    )
     for block in find_blocks(model):
         assert head_counts(block) == (2, 2, 8)
         assert block.attention.num_key_value_groups == 1
@@ -364,10 +450,16 @@ def test_the_least_important_query_head_of_each_group_goes_wherever_it_sits(fami
 def test_query_heads_need_grouped_query_attention_and_exclude_a_heads_budget():
     gpt2, ids = tiny_decoder("gpt2"), token_ids()
     with pytest.raises(sp.SensipruneError, match="needs grouped-query attention"):
-        sp.prune(gpt2, {"query_heads": 0.5}, "magnitude", structured=True, example_inputs=(ids,))
+        sp.prune(
+            gpt2,
+            {"query_heads": 0.5},
+            criterion="magnitude",
+            structured=True,
+            example_inputs=(ids,),
+        )
     llama = tiny_llama()
     with pytest.raises(sp.SensipruneError, match="not both"):
-        sp.prune(llama, {"heads": 0.5, "query_heads": 0.5}, "magnitude", structured=True,
+        sp.prune(llama, {"heads": 0.5, "query_heads": 0.5}, criterion="magnitude", structured=True,
                  example_inputs=(ids,))  # fmt: skip
     assert llama.model.layers[0].self_attn.q_proj.out_features == 32
 

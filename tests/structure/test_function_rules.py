@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.apply.structured import choose_groups, group_scores, remove_groups, zeroed
+from sensiprune.apply.cut import remove_groups, zeroed
+from sensiprune.criteria.scoring import group_scores
+from sensiprune.selection.groups import choose_groups
 from sensiprune.structure.graph import build_graph
 
 

@@ -51,7 +51,7 @@ class _Encoder(nn.Module):
 def test_heads_and_ffn_of_a_custom_transformer_are_found_in_its_graph():
     torch.manual_seed(0)
     model, x = _Encoder(), torch.randn(2, 5, 8)
-    result = sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
+    result = sp.prune(model, {"heads": 0.5, "ffn": 0.5}, criterion="magnitude", structured=True,
                       example_inputs=x, scope="layer")  # fmt: skip
     for block in model.blocks:
         assert block.heads == 2 and block.to_qkv.out_features == 3 * 2 * 4
@@ -64,7 +64,7 @@ def test_heads_and_ffn_of_a_custom_transformer_are_found_in_its_graph():
 def test_a_heads_budget_alone_leaves_the_feed_forward_networks():
     torch.manual_seed(0)
     model, x = _Encoder(), torch.randn(2, 5, 8)
-    sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=x)
+    sp.prune(model, {"heads": 0.5}, criterion="magnitude", structured=True, example_inputs=x)
     assert sum(b.heads for b in model.blocks) == 4  # global: half of all heads
     assert all(b.up.out_features == 32 for b in model.blocks)
 
@@ -81,7 +81,7 @@ def _distilbert() -> nn.Module:
 def test_a_hugging_face_model_without_an_adapter_prunes_heads_and_ffn_and_reloads(tmp_path):
     model, batch = _distilbert(), text_batch()
     dense_shape = model(**batch).logits.shape
-    sp.prune(model, {"heads": 0.25, "ffn": 0.5}, "magnitude", structured=True,
+    sp.prune(model, {"heads": 0.25, "ffn": 0.5}, criterion="magnitude", structured=True,
              example_inputs=batch, scope="layer")  # fmt: skip
     for layer in model.distilbert.transformer.layer:
         assert layer.attention.q_lin.out_features == 24 and layer.attention.n_heads == 3
@@ -122,7 +122,13 @@ def test_layers_the_cut_does_not_reach_keep_their_parameters_and_ties():
     model, ids = _TiedLanguageModel(), torch.randint(0, 50, (2, 7))
     embedding = model.embed.weight
     before = sum(p.numel() for p in model.parameters())
-    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True, example_inputs=ids)
+    sp.prune(
+        model,
+        {"heads": 0.5, "ffn": 0.5},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=ids,
+    )
     assert model.embed.weight is embedding and model.head.weight is embedding
     assert sum(p.numel() for p in model.parameters()) < before
 
@@ -135,7 +141,7 @@ def test_a_known_layout_that_misses_a_bias_table_per_head_falls_back_to_the_grap
     )  # fmt: skip
     model = transformers.SwinForImageClassification(config).eval()
     images = torch.randn(2, 3, 16, 16)
-    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, "magnitude", structured=True,
+    sp.prune(model, {"heads": 0.5, "ffn": 0.5}, criterion="magnitude", structured=True,
              example_inputs={"pixel_values": images}, scope="layer")  # fmt: skip
     for stage, heads in zip(model.swin.encoder.layers, (1, 2)):
         attention = stage.blocks[0].attention
@@ -147,12 +153,12 @@ def test_a_known_layout_that_misses_a_bias_table_per_head_falls_back_to_the_grap
 
 def test_the_config_follows_a_uniform_cut_where_it_can_say_so(tmp_path, caplog):
     model, batch = _distilbert(), text_batch()
-    sp.prune(model, {"ffn": 0.5}, "magnitude", structured=True, example_inputs=batch,
+    sp.prune(model, {"ffn": 0.5}, criterion="magnitude", structured=True, example_inputs=batch,
              scope="layer")  # fmt: skip
     assert model.config.hidden_dim == 32 and model.config.max_position_embeddings == 32
     model.save_pretrained(tmp_path / "ffn")
     again = type(model).from_pretrained(tmp_path / "ffn").eval()
     torch.testing.assert_close(again(**batch).logits, model(**batch).logits)
     heads = _distilbert()  # DistilBERT's head size is the width over the head count
-    sp.prune(heads, {"heads": 0.25}, "magnitude", structured=True, example_inputs=batch)
+    sp.prune(heads, {"heads": 0.25}, criterion="magnitude", structured=True, example_inputs=batch)
     assert heads.config.n_heads == 4 and "sp.save" in caplog.text

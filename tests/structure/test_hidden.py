@@ -46,7 +46,7 @@ def test_the_model_dimension_shrinks_everywhere_and_the_model_still_runs(family,
     model = factory()
     before = sum(p.numel() for p in model.parameters())
     dense_shape = _outputs(model, family).shape
-    sp.prune(model, {"hidden": 0.25}, "magnitude", structured=True,
+    sp.prune(model, {"hidden": 0.25}, criterion="magnitude", structured=True,
              example_inputs=_example(family))  # fmt: skip
     assert model.config.hidden_size == 24
     assert model.get_input_embeddings().weight.shape[1] == 24
@@ -70,7 +70,7 @@ def test_the_channels_that_score_lowest_are_the_ones_removed(family):
     scores = {n: torch.ones_like(p) for n, p in model.named_parameters()}
     name = next(n for n, p in model.named_parameters() if p is embedding)
     scores[name][:, 3:11] = 0  # residual channels 3..10 matter least
-    sp.prune(model, {"hidden": 0.25}, "magnitude", structured=True, scores=scores,
+    sp.prune(model, {"hidden": 0.25}, criterion="magnitude", structured=True, scores=scores,
              example_inputs=_example(family), group_reduction="sum")  # fmt: skip
     kept = [j for j in range(32) if not 3 <= j < 11]
     assert torch.equal(model.get_input_embeddings().weight, original[:, kept])
@@ -78,7 +78,7 @@ def test_the_channels_that_score_lowest_are_the_ones_removed(family):
 
 def test_llama_with_a_pruned_hidden_size_round_trips_through_save_pretrained(tmp_path):
     model, ids = tiny_llama(), token_ids()
-    sp.prune(model, {"hidden": 0.25, "heads": 0.5}, "magnitude", structured=True,
+    sp.prune(model, {"hidden": 0.25, "heads": 0.5}, criterion="magnitude", structured=True,
              example_inputs=(ids,))  # fmt: skip
     model.save_pretrained(tmp_path / "llama")
     again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
@@ -89,7 +89,7 @@ def test_a_model_that_returns_its_hidden_states_is_refused_unchanged():
     model = tiny_bert()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(sp.SensipruneError, match="returns its hidden states"):
-        sp.prune(model, {"hidden": 0.25}, "magnitude", structured=True,
+        sp.prune(model, {"hidden": 0.25}, criterion="magnitude", structured=True,
                  example_inputs=bert_inputs(text_batch()))  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -98,7 +98,7 @@ def test_a_parameter_of_the_model_width_it_cannot_place_is_named_and_nothing_cha
     model = tiny_vit()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(sp.SensipruneError, match=r"cannot prune the hidden size: vit\.embeddings"):
-        sp.prune(model, {"hidden": 0.25}, "magnitude", structured=True,
+        sp.prune(model, {"hidden": 0.25}, criterion="magnitude", structured=True,
                  example_inputs=(torch.randn(2, 3, 16, 16),))  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -110,6 +110,6 @@ def test_a_width_derived_embedding_scale_is_reported_for_save_pretrained(caplog)
         num_key_value_heads=2, intermediate_size=64, head_dim=8,
     )  # fmt: skip
     model, ids = transformers.GemmaForCausalLM(config).eval(), token_ids()
-    sp.prune(model, {"hidden": 0.25}, "magnitude", structured=True, example_inputs=(ids,))
+    sp.prune(model, {"hidden": 0.25}, criterion="magnitude", structured=True, example_inputs=(ids,))
     assert "scales its embeddings by a function of the width" in caplog.text
     assert model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0).shape == (2, 11)

@@ -73,7 +73,7 @@ def test_a_hugging_face_model_takes_its_tokenizer_output_as_it_comes(given):
 
     model, batch = tiny_bert(), text_batch()
     example, data = (batch, None) if given == "dict" else (None, [batch])
-    sp.prune(model, {"heads": 0.5, "ffn": 0.25}, "magnitude", structured=True,
+    sp.prune(model, {"heads": 0.5, "ffn": 0.25}, criterion="magnitude", structured=True,
              example_inputs=example, data=data)  # fmt: skip
     assert model.encoder.layer[0].attention.self.num_attention_heads == 2
     assert model(**batch).last_hidden_state.shape == (3, 10, 32)

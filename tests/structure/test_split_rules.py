@@ -60,8 +60,14 @@ class _Model(nn.Module):
 def test_rotary_embeddings_and_a_cache_keep_whole_heads_prunable():
     torch.manual_seed(0)
     model, x = _Model(), torch.randn(2, 6, 8)
-    result = sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x,
-                      scope="layer")  # fmt: skip
+    result = sp.prune(
+        model,
+        {"heads": 1 / 3},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=x,
+        scope="layer",
+    )
     for layer in model.layers:
         assert layer.heads == 2 and layer.head_dim == 8 and layer.q.out_features == 16
     assert result.untouched == () and model(x).shape == (2, 6, 3)
@@ -70,7 +76,7 @@ def test_rotary_embeddings_and_a_cache_keep_whole_heads_prunable():
 def test_a_cut_of_each_heads_width_is_refused_where_rotary_tables_span_it():
     torch.manual_seed(0)
     model, x = _Model(), torch.randn(2, 6, 8)
-    sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer",
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer",
              ignore=["head"])  # fmt: skip
     for layer in model.layers:  # heads go, each head's width stays whole
         assert layer.head_dim == 8 and layer.q.out_features < 24
@@ -111,8 +117,14 @@ def test_weights_read_transposed_interleaved_rotary_pairs_and_a_bias_per_head_fo
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 24), _BiasedAttention(), nn.Linear(24, 3))
     x = torch.randn(2, 6, 8)
-    result = sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x,
-                      scope="layer")  # fmt: skip
+    result = sp.prune(
+        model,
+        {"heads": 1 / 3},
+        criterion="magnitude",
+        structured=True,
+        example_inputs=x,
+        scope="layer",
+    )
     attention = model[1]
     assert attention.heads == 2 and attention.inner == 16
     assert attention.wq.shape == (16, 24) and attention.bias.embedding_dim == 2
@@ -123,7 +135,7 @@ def test_a_head_count_equal_to_the_head_width_is_told_apart_by_running_the_model
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), _RotaryAttention(width=16, heads=4), nn.Linear(16, 3))
     x = torch.randn(2, 6, 8)
-    sp.prune(model, {"heads": 0.5}, "magnitude", structured=True, example_inputs=x)
+    sp.prune(model, {"heads": 0.5}, criterion="magnitude", structured=True, example_inputs=x)
     attention = model[1]
     assert attention.heads == 2 and attention.head_dim == 4 and attention.q.out_features == 8
     assert model(x).shape == (2, 6, 3)
@@ -156,7 +168,9 @@ def test_heads_folded_into_the_batch_are_followed_through_bmm():
     model = nn.ModuleDict({"embed": nn.Linear(8, 24), "attention": _BatchFoldedAttention()})
     wrapper = _Wrapped(model)
     x, mask = torch.randn(2, 5, 8), torch.zeros(2, 1, 5, 5)
-    sp.prune(wrapper, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=(x, mask))
+    sp.prune(
+        wrapper, {"heads": 1 / 3}, criterion="magnitude", structured=True, example_inputs=(x, mask)
+    )
     attention = model["attention"]
     assert attention.heads == 2 and attention.qkv.out_features == 48
     assert wrapper(x, mask).shape == (2, 5, 24)
@@ -190,7 +204,7 @@ def test_a_mask_made_alike_for_every_head_follows_the_head_count():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 24), _ZeroBiasAttention(), nn.Linear(24, 3))
     x = torch.randn(2, 6, 8)
-    sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x)
+    sp.prune(model, {"heads": 1 / 3}, criterion="magnitude", structured=True, example_inputs=x)
     assert model[1].heads == 2 and model(x).shape == (2, 6, 3)
 
 
@@ -214,7 +228,9 @@ def test_a_norm_written_out_over_all_heads_is_cut_with_them():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 24), _NormedQueryAttention(), nn.Linear(24, 3))
     x = torch.randn(2, 6, 8)
-    result = sp.prune(model, {"heads": 1 / 3}, "magnitude", structured=True, example_inputs=x)
+    result = sp.prune(
+        model, {"heads": 1 / 3}, criterion="magnitude", structured=True, example_inputs=x
+    )
     assert model[1].heads == 2 and model[1].q.out_features == 16
     assert result.untouched == () and model(x).shape == (2, 6, 3)
 
@@ -254,7 +270,9 @@ def test_multi_query_attention_loses_query_heads_and_keeps_its_key_and_value(sdp
             layer.qkv.weight[4:8] = 0
             layer.qkv.bias[4:8] = 0
             layer.dense.weight[:, 4:8] = 0
-    result = sp.prune(model, {"heads": 0.25}, "magnitude", structured=True, example_inputs=x)
+    result = sp.prune(
+        model, {"heads": 0.25}, criterion="magnitude", structured=True, example_inputs=x
+    )
     for layer in model.layers:
         assert layer.num_heads == 3 and layer.qkv.out_features == 5 * 4
         assert layer.dense.in_features == 12

@@ -84,7 +84,7 @@ def test_a_head_size_computed_from_the_residual_width_shrinks_with_it():
     assert graph.ties and len(residual) == 16
     # each residual channel is its own group: not bundled with a head
     assert all(sum(m.layer == "embed" for m in g.members) == 1 for g in residual)
-    sp.prune(model, 0.5, "magnitude", structured=True, scope="layer", example_inputs=x)
+    sp.prune(model, 0.5, criterion="magnitude", structured=True, scope="layer", example_inputs=x)
     width, heads = model.embed.out_features, model.qkv.out_features // 3 // 4
     assert (width, heads) == (8, 2) and model.proj.in_features == width
     assert model(x).shape == (4, 5)

@@ -47,7 +47,9 @@ def test_a_forward_that_branches_on_values_is_traced_on_the_example_inputs():
     graph, opaque = trace(model, [x])
     assert opaque == {} and not any(n.target == "mean" for n in graph.nodes)
     torch.testing.assert_close(fx.Interpreter(model, graph=graph).run(x), model(x))
-    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    result = sp.prune(
+        model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer"
+    )
     assert model.a.out_features == 8 and model.b.in_features == 8 and model.c.in_features == 8
     assert result.flops_after < result.flops_before and result.untouched == ()
     assert model(torch.randn(9, 4)).shape == dense(torch.randn(9, 4)).shape  # other sizes run
@@ -58,7 +60,7 @@ def test_a_layer_off_the_traced_path_is_refused_and_the_model_kept():
     model, x = _UnreachedLayer(), torch.randn(5, 4)
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(sp.SensipruneError, match="layer 'b' is not used on example_inputs"):
-        sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x)
+        sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -96,7 +98,9 @@ def test_a_decorated_forward_with_sizes_from_inputs_and_modules_made_inside_is_t
     assert opaque == {}
     assert any(n.target is torch.ones for n in graph.nodes)
     assert any(n.target is torch.relu or n.target is F.relu for n in graph.nodes)
-    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    result = sp.prune(
+        model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer"
+    )
     assert model.a.out_features == 8 and model.b.in_features == 8
     assert result.untouched == ()
     assert model(x)[0][0].shape == (5, 3)
@@ -118,7 +122,9 @@ class _TrainingOnlyToken(_BranchingRoot):
 def test_a_parameter_the_traced_path_does_not_use_is_reported_not_refused():
     torch.manual_seed(0)
     model, x = _TrainingOnlyToken().eval(), torch.randn(5, 4)
-    result = sp.prune(model, 0.5, "magnitude", structured=True, example_inputs=x, scope="layer")
+    result = sp.prune(
+        model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer"
+    )
     assert model.b.in_features == 8 and model.mask_token.shape == (4,)
     assert result.untouched == ("mask_token: not used on example_inputs, so it is left as it is",)
 

@@ -50,8 +50,17 @@ def test_measured_head_sensitivity_beats_random_heads_on_the_real_model(encoder)
     kept = {}
     for criterion in ("group_loss", "random"):  # the measured loss change of removing a head
         model = copy.deepcopy(dense)
-        sp.prune(model, {"heads": 0.25}, criterion, scoring, embedding_distillation(dense),
-                 structured=True, example_inputs=example, scope="layer", seed=0)  # fmt: skip
+        sp.prune(
+            model,
+            {"heads": 0.25},
+            criterion=criterion,
+            data=scoring,
+            loss_fn=embedding_distillation(dense),
+            structured=True,
+            example_inputs=example,
+            scope="layer",
+            seed=0,
+        )
         assert [layer.attention.self.num_attention_heads for layer in model.encoder.layer] == [
             9
         ] * 6

@@ -85,9 +85,9 @@ def sweep(
             prune(
                 model,
                 sparsity,
-                criterion,
-                score_batches,
-                loss_fn,
+                criterion=criterion,
+                data=score_batches,
+                loss_fn=loss_fn,
                 scope=settings.scope,
                 ignore=settings.ignore,
                 normalize=settings.normalize,

@@ -22,18 +22,18 @@ import torch
 from torch import nn
 
 from sensiprune import criteria
-from sensiprune.apply import structured as structured_pruning
 from sensiprune.apply import surgery
-from sensiprune.apply.structured import zeroed
-from sensiprune.criteria.obs import OptimalBrainSurgeon
+from sensiprune.apply.cut import zeroed
+from sensiprune.criteria.scoring import score_groups, score_targets
 from sensiprune.data import Batch, LossFn, as_batches, default_loss
 from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_write_bytes
 from sensiprune.measure import module_flops
 from sensiprune.progress import progress
-from sensiprune.pruning import candidate_groups, score_groups, score_targets
 from sensiprune.runs import distributed
 from sensiprune.selection import unstructured as selection
+from sensiprune.selection.groups import candidate_groups
+from sensiprune.structure.build import build
 from sensiprune.structure.channels import Group
 from sensiprune.targets import IgnoreSpec, Target, require_targets
 
@@ -154,8 +154,8 @@ def sensitivity(
         baseline = _checked(evaluate(model), "the unpruned model")
     rows: dict[str, list[float]] = dict(done.get("rows", {}))
     batches = (
-        list(as_batches(data, "data (criterion 'obs' needs it)"))
-        if todo and isinstance(crit, OptimalBrainSurgeon)
+        list(as_batches(data, f"data (criterion {crit.name!r} needs it)"))
+        if todo and crit.compensates
         else []
     )
 
@@ -207,7 +207,7 @@ def _layer_pruned(
     try:
         with torch.no_grad():
             count = round(sparsity * param.numel())
-            if isinstance(crit, OptimalBrainSurgeon):
+            if crit.compensates:
                 keep = torch.ones(param.numel(), dtype=torch.bool)
                 keep[order[:count]] = False
                 _, moved = crit.compensate(
@@ -238,9 +238,9 @@ def _structured(
 ) -> SensitivityTable:
     if example_inputs is None and data is not None:  # the first batch stands in: read it once
         data = as_batches(data)
-    graph, inputs = structured_pruning.build(model, example_inputs, data=data)
+    graph, inputs = build(model, example_inputs, data=data)
     total_flops, per_module = module_flops(model, *inputs)
-    groups = candidate_groups(model, graph, ignore, set())
+    groups = candidate_groups(model, graph, ignore, {})
     values = score_groups(model, crit, groups, data, loss_fn, 0, None, "mean", show_progress)
     distributed.broadcast_([values])
     families: dict[frozenset[str], list[int]] = {}

@@ -110,7 +110,7 @@ def cross_validate(
         budget = allocate(curves(fitting), **targets)
         pruned = copy.deepcopy(model)
         if budget:
-            prune(pruned, budget, criterion, fitting, loss_fn, ignore=ignore,
+            prune(pruned, budget, criterion=criterion, data=fitting, loss_fn=loss_fn, ignore=ignore,
                   structured=structured, example_inputs=example_inputs)  # fmt: skip
         predicted.append(budget.predicted_drop)
         observed.append(evaluate(model, unseen, metric) - evaluate(pruned, unseen, metric))

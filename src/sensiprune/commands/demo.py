@@ -87,8 +87,8 @@ def _shrunk_row(name: str, dense: nn.Module, data: DigitsSplits, epochs: int) ->
     result = prune(
         model,
         STRUCTURED_SPARSITY,
-        "taylor",
-        data.val,
+        criterion="taylor",
+        data=data.val,
         structured=True,
         example_inputs=x[:1],
         scope="layer",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,6 +13,9 @@ from sensiprune.criteria.stats import ParamStats, Stat
 from sensiprune.data import Batch, LossFn
 from sensiprune.errors import SensipruneError
 from sensiprune.targets import Target
+
+if TYPE_CHECKING:
+    from sensiprune.structure.graph import Group
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,14 @@ class Criterion:
 
     Most criteria are a pure function of (weight, its statistics), given as ``per_param``;
     criteria that must look across layers or run the model override ``score``.
+
+    What a criterion can do beyond scoring weights it declares, and the verbs ask rather than
+    check its type: ``scores_groups`` (it measures whole channel groups: ``score_groups``),
+    ``compensates`` (after choosing, it moves the weights that stay: ``compensate``).
     """
+
+    scores_groups = False
+    compensates = False
 
     def __init__(
         self,
@@ -58,6 +69,27 @@ class Criterion:
             name: self._per_param(t.param.detach(), ctx.stats[name])
             for name, t in ctx.targets.items()
         }
+
+    def score_groups(
+        self, model: nn.Module, groups: Sequence[Group], batches: Sequence[Batch], loss_fn: LossFn
+    ) -> torch.Tensor:
+        """One importance per channel group (for criteria with ``scores_groups``)."""
+        raise NotImplementedError(f"criterion {self.name} does not score groups")
+
+    def compensate(
+        self,
+        model: nn.Module,
+        targets: dict[str, Target],
+        masks: dict[str, torch.Tensor],
+        existing: dict[str, torch.Tensor],
+        batches: Sequence[Batch],
+        loss_fn: LossFn,
+        show_progress: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """For criteria with ``compensates``: the masks it settles on within the chosen
+        per-row counts, and the new values of the weights that stay, by parameter name.
+        Works on a copy, so that a failure leaves the model untouched."""
+        raise NotImplementedError(f"criterion {self.name} does not compensate")
 
     def __repr__(self) -> str:
         return f"Criterion({self.name!r})"

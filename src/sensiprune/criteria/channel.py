@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sensiprune.apply.structured import zeroed
+from sensiprune.apply.cut import zeroed
 from sensiprune.criteria.base import Criterion, ScoringContext, register
 from sensiprune.criteria.stats import Stat
 from sensiprune.data import Batch, LossFn, checked_loss
@@ -73,6 +73,8 @@ class GroupLossChange(Criterion):
     Zeroes everything that produces the group's channels (output rows and biases, BatchNorm
     scale and shift, every gate block of a hidden unit), measures, and restores exactly.
     """
+
+    scores_groups = True
 
     def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         raise SensipruneError(

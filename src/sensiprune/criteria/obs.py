@@ -126,6 +126,8 @@ def _prune_chunk(
 class OptimalBrainSurgeon(Criterion):
     """Scores by w²/[H⁻¹]_qq; when pruning, also moves the remaining weights (see module doc)."""
 
+    compensates = True
+
     def __init__(self) -> None:
         super().__init__(
             "obs",

@@ -84,6 +84,6 @@ class PruningCallback(TrainerCallback):
         if event is None or model is None:
             return
         target = sparsity_at(self.sparsity, event, self.steps, self.curve)
-        result = prune(model, target, self.criterion, self.data, self.loss_fn, **self.options)
+        result = prune(model, target, criterion=self.criterion, data=self.data, loss_fn=self.loss_fn, **self.options)
         self.history.append((step, result.sparsity))
         log.info("step %d: pruned to %.1f%% (%s)", step, 100 * result.sparsity, self.criterion)

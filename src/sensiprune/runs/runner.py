@@ -342,9 +342,9 @@ class PruningRun:
         return prune(
             self.model,
             sparsity,
-            spec.criterion,
-            self.score_data,
-            self.loss_fn,
+            criterion=spec.criterion,
+            data=self.score_data,
+            loss_fn=self.loss_fn,
             scope=spec.scope,
             ignore=spec.ignore,
             min_density=spec.min_density,
