@@ -27,6 +27,7 @@ import sensiprune as sp
 from sensiprune.analysis.compare import SweepSettings, sweep
 from sensiprune.data import default_loss
 from sensiprune.measure import count_parameters
+from sensiprune.options import PruneOptions
 from sensiprune.report import sweep_table
 from sensiprune.zoo import LeNet5, LeNet300100, load_digits_splits
 
@@ -46,8 +47,8 @@ def accuracy_tables(dense_models, data, args) -> list[str]:
     settings = SweepSettings(
         sparsities=args.sparsities,
         criteria=tuple(sp.available_criteria(single_weights=True)),
+        options=PruneOptions(seed=args.seed),
         finetune_epochs=args.finetune_epochs,
-        seed=args.seed,
     )
     out = ["## Accuracy: every criterion, one-shot and fine-tuned", ""]
     out.append(

@@ -38,6 +38,10 @@ def test_criteria_lists_every_criterion(capsys):
     out = capsys.readouterr().out
     for name in ("magnitude", "random", "taylor", "obd", "obs", "snip", "activation"):
         assert name in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line}
+    assert "compensates" in lines["obs"] and "data" in lines["obs"]
+    assert "measures groups" in lines["group_loss"] and "channels only" in lines["group_loss"]
+    assert lines["magnitude"].split()[1] == "-"  # needs nothing
 
 
 def test_report_on_a_missing_or_foreign_directory_is_one_line(tmp_path, capsys):

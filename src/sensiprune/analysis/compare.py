@@ -6,7 +6,7 @@ import copy
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -14,7 +14,8 @@ from torch import nn
 from sensiprune import criteria
 from sensiprune.data import Batch, LossFn
 from sensiprune.measure import count_parameters
-from sensiprune.pruning import prune, score
+from sensiprune.options import PruneOptions
+from sensiprune.pruning import prune_with, score
 from sensiprune.runs import distributed
 from sensiprune.runs.train import Metric, evaluate, finetune
 
@@ -39,13 +40,10 @@ class SweepSettings:
 
     sparsities: Sequence[float]
     criteria: Sequence[str]
-    scope: str = "global"
-    normalize: str = "lamp"
+    # of every prune; the criterion is each of ``criteria`` in turn
+    options: PruneOptions = field(default_factory=PruneOptions)
     finetune_epochs: int = 0
     lr: float = 1e-3  # of the default optimiser, Adam
-    seed: int = 0
-    structured: bool = False
-    ignore: tuple[str, ...] = ()
     score_batches: int | None = None  # of the score data (default: all)
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
 
@@ -59,43 +57,36 @@ def sweep(
     test_data: Iterable[Batch],
     loss_fn: LossFn | None = None,
     metric: Metric | None = None,
-    example_inputs: tuple[torch.Tensor, ...] | None = None,
 ) -> list[SweepPoint]:
     """Prune copies of ``dense`` with every criterion at every sparsity; ``dense`` is untouched.
 
     Unstructured sweeps score once per criterion and reuse the scores at every sparsity;
-    structured ones (``example_inputs`` needed) score each copy, as channel removal changes
-    the model under the scores.
+    structured ones score each copy, as channel removal changes the model under the scores.
     """
     for criterion in settings.criteria:
         criteria.get(criterion)  # fail on a typo before hours of work
     points = []
     score_batches = list(itertools.islice(score_data, settings.score_batches))
     for criterion in settings.criteria:
+        options = replace(settings.options, criterion=criterion)
         start = time.perf_counter()
         scores = (
             None
-            if settings.structured
-            else score(dense, criterion, score_batches, loss_fn, settings.ignore, settings.seed)
+            if options.structured is not None
+            else score(
+                dense,
+                criterion,
+                score_batches,
+                loss_fn,
+                options.ignore,
+                options.seed,
+            )
         )
         scoring_seconds = time.perf_counter() - start
         for sparsity in settings.sparsities:
             model = copy.deepcopy(dense)
             started = time.perf_counter()
-            prune(
-                model,
-                sparsity,
-                criterion=criterion,
-                data=score_batches,
-                loss_fn=loss_fn,
-                scope=settings.scope,
-                ignore=settings.ignore,
-                normalize=settings.normalize,
-                seed=settings.seed,
-                scores=scores,
-                structured=settings.structured,
-                example_inputs=example_inputs,
-            )
+            prune_with(model, sparsity, options, score_batches, loss_fn, scores)
             if scores is None:  # structured: scoring happens inside every prune
                 scoring_seconds = time.perf_counter() - started
             params = count_parameters(model).nonzero
@@ -118,7 +109,7 @@ def sweep(
                 SweepPoint(
                     name,
                     criterion,
-                    settings.scope,
+                    options.scope,
                     sparsity,
                     one_shot,
                     tuned,

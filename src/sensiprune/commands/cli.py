@@ -23,9 +23,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _criteria(args: argparse.Namespace) -> int:
-    for name in criteria.available():
-        print(f"{name:16} {criteria.get(name).summary}")
-    print("\nstructured=True takes every criterion; the channel criteria take nothing else.")
+    rows = [(name, criteria.get(name)) for name in criteria.available()]
+    said = {name: ", ".join(crit.capabilities) or "-" for name, crit in rows}
+    width = max(map(len, said.values()))
+    for name, crit in rows:
+        print(f"{name:16} {said[name]:{width}} {crit.summary}")
+    print(
+        "\ndata: needs batches to score; channels only: structured=True only; compensates: "
+        "moves the weights that stay, so single weights only (structured=False)."
+    )
     return 0
 
 

@@ -37,12 +37,8 @@ def _compare(recipe: Recipe, run: PruningRun) -> Path:
     settings = SweepSettings(
         sparsities=tuple(recipe.compare.sparsities),
         criteria=tuple(recipe.compare.criteria),
-        scope=spec.scope,
-        normalize=spec.normalize,
+        options=spec.options(run.inputs, recipe.seed, show_progress=False),
         finetune_epochs=tune.epochs,
-        seed=recipe.seed,
-        structured=spec.structured,
-        ignore=tuple(spec.ignore),
         score_batches=spec.score_batches,
         make_optimizer=tune.optimizer.build,
     )
@@ -59,7 +55,6 @@ def _compare(recipe: Recipe, run: PruningRun) -> Path:
         final,
         run.loss_fn,
         run.metric,
-        run.inputs,
     )
     if not distributed.is_main():  # the pruning is shared, the writing is rank 0's
         return run.out / "comparison.md"

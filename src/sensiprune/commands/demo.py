@@ -23,6 +23,7 @@ from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_write_bytes
 from sensiprune.io.saving import load, save
 from sensiprune.measure import count_parameters, speedup
+from sensiprune.options import PruneOptions
 from sensiprune.pruning import prune
 from sensiprune.report import plot_sweep, sweep_table
 from sensiprune.runs.train import evaluate, finetune
@@ -53,8 +54,8 @@ def run_demo(out: str | Path, seed: int = 0, quick: bool = False) -> DemoResult:
     settings = SweepSettings(
         sparsities=(0.5, 0.9) if quick else SPARSITIES,
         criteria=("magnitude", "obs") if quick else tuple(criteria.available(single_weights=True)),
+        options=PruneOptions(seed=seed),
         finetune_epochs=1 if quick else FINETUNE_EPOCHS,
-        seed=seed,
     )
     points: list[SweepPoint] = []
     dense_accuracy: dict[str, float] = {}
@@ -131,12 +132,13 @@ def _dense_model(
 
 
 def _report_text(settings: SweepSettings, sections: list[str]) -> str:
+    options = settings.options
     return "\n\n".join(
         [
             "# sensiprune demo: sensitivity criteria side by side",
             "Real handwritten digits (scikit-learn's 8x8 digits); scores computed on the "
             "validation split, accuracy measured on the held-out test split. Unstructured "
-            f"pruning, {settings.scope} ranking (normalisation: {settings.normalize}); "
+            f"pruning, {options.scope} ranking (normalisation: {options.normalize}); "
             f"fine-tuning: {settings.finetune_epochs} epochs of Adam (lr {settings.lr}) "
             "with the masks held. Bold: best at that sparsity.",
             *sections,

@@ -62,6 +62,20 @@ class Criterion:
         # scores channels ("layer::out" entries) or 1-d scales rather than single weights
         self.structured_only = structured_only
 
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What it needs and does, in words (``sensiprune criteria`` lists them)."""
+        return tuple(
+            word
+            for word, has in (
+                ("data", self.needs_data),
+                ("channels only", self.structured_only),
+                ("measures groups", self.scores_groups),
+                ("compensates", self.compensates),
+            )
+            if has
+        )
+
     def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         if self._per_param is None:
             raise NotImplementedError(f"criterion {self.name} must override score()")

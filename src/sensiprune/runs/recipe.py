@@ -30,6 +30,7 @@ from torch import nn
 
 from sensiprune import criteria
 from sensiprune.errors import SensipruneError
+from sensiprune.options import PruneOptions, StructuredOptions
 
 ImportPath = Annotated[
     str,
@@ -152,6 +153,20 @@ class PruneSpec(Section):
     score_batches: int | None = Field(
         default=None, gt=0, description="training batches to score on (default: all)"
     )
+
+    def options(self, example_inputs: object, seed: int, show_progress: bool) -> PruneOptions:
+        """The settings of every prune this recipe runs."""
+        shape = StructuredOptions(example_inputs, self.round_to) if self.structured else None
+        return PruneOptions(
+            self.criterion,
+            self.scope,
+            tuple(self.ignore),
+            self.min_density,
+            self.normalize,
+            seed=seed,
+            structured=shape,
+            show_progress=show_progress,
+        )
 
 
 class AnalysisSpec(Section):

@@ -39,7 +39,8 @@ from sensiprune.runs.lock import DirectoryLock
 from sensiprune.apply.masks import make_permanent
 from sensiprune.measure import count_flops, count_parameters, latency, weights_kept
 from sensiprune.progress import progress
-from sensiprune.pruning import PruneResult, prune
+from sensiprune.pruning import prune_with
+from sensiprune.result import PruneResult
 from sensiprune.runs.recipe import RESUME_GROUPS, Recipe, load_recipe
 from sensiprune.report.run import METRICS_FILE, RESULTS_FILE, write_run_report
 from sensiprune.io.saving import save
@@ -338,23 +339,8 @@ class PruningRun:
         return {"val": self._validate(), **self._sparsity_fields()}
 
     def _prune_to(self, sparsity: Sparsity, seed: int) -> PruneResult:
-        spec = self.recipe.prune
-        return prune(
-            self.model,
-            sparsity,
-            criterion=spec.criterion,
-            data=self.score_data,
-            loss_fn=self.loss_fn,
-            scope=spec.scope,
-            ignore=spec.ignore,
-            min_density=spec.min_density,
-            normalize=spec.normalize,
-            seed=seed,
-            structured=spec.structured,
-            example_inputs=self.inputs,
-            round_to=spec.round_to,
-            show_progress=self.show,
-        )
+        options = self.recipe.prune.options(self.inputs, seed, self.show)
+        return prune_with(self.model, sparsity, options, self.score_data, self.loss_fn)
 
     @property
     def _gradual(self) -> bool:
