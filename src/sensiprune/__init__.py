@@ -1,6 +1,6 @@
 """sensiprune: sensitivity-based pruning of PyTorch models."""
 
-from sensiprune.analysis.sensitivity import Budget, SensitivityTable, allocate, sensitivity
+from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.analysis.validation import CrossValidation, cross_validate
 from sensiprune.apply.masks import get_masks, make_permanent
 from sensiprune.criteria import available as available_criteria
@@ -8,6 +8,7 @@ from sensiprune.errors import SensipruneError
 from sensiprune.io.saving import load, save
 from sensiprune.pruning import PruneResult, iterative_prune, prune, score
 from sensiprune.runs.train import FinetuneResult, evaluate, finetune
+from sensiprune.selection.allocation import Budget, allocate
 
 __all__ = [
     "Budget",

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.analysis.sensitivity import SensitivityTable, warn_if_clamped
+from sensiprune.analysis.sensitivity import SensitivityTable
 from sensiprune.runs.train import correct_predictions
+from sensiprune.selection.allocation import warn_if_clamped
 
 
 def test_sensitivity_restores_every_weight_exactly(mlp, mlp_batches):

@@ -9,12 +9,10 @@ per-layer sparsities that reach a global target with the least predicted loss of
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
-import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from sensiprune.apply.cut import zeroed
 from sensiprune.criteria.scoring import score_groups, score_targets
 from sensiprune.data import Batch, LossFn, as_batches, default_loss
 from sensiprune.errors import SensipruneError
-from sensiprune.io.atomic import atomic_write_bytes
+from sensiprune.io.partial_table import fingerprint, read_partial, write_partial
 from sensiprune.measure import module_flops
 from sensiprune.progress import progress
 from sensiprune.runs import distributed
@@ -87,12 +85,6 @@ class SensitivityTable:
                 return d0 + (d1 - d0) * (sparsity - s0) / (s1 - s0) if s1 > s0 else d1
         return points[-1][1]
 
-    def plot(self, path: str | Path, budget: Mapping[str, float] | None = None) -> Path:
-        """A PNG of the curves, and of ``budget`` per layer when given."""
-        from sensiprune.report import plot_sensitivity  # the report layer sits above this one
-
-        return plot_sensitivity(self, path, budget)
-
     def to_markdown(self) -> str:
         header = "| layer | weights | " + " | ".join(f"{s:.0%}" for s in self.sparsities) + " |"
         rows = [
@@ -145,8 +137,8 @@ def sensitivity(
     if crit.structured_only:
         raise SensipruneError(f"criterion {criterion!r} scores channels: pick a weight criterion")
     targets = require_targets(model, ignore)
-    identity = {"fingerprint": _fingerprint(model), "criterion": crit.name, "sparsities": points}
-    done = _resumed(resume, identity)
+    identity = {"fingerprint": fingerprint(model), "criterion": crit.name, "sparsities": points}
+    done = read_partial(resume, identity)
     todo = [n for n in targets if n not in done.get("rows", {})]
     scores = score_targets(model, crit, targets, data, loss_fn, 0, show_progress) if todo else {}
     baseline = done.get("baseline")
@@ -162,7 +154,7 @@ def sensitivity(
     def save_progress() -> None:
         if resume is not None and distributed.is_main():
             state = {**identity, "baseline": baseline, "rows": rows}
-            atomic_write_bytes(resume, json.dumps(state).encode())
+            write_partial(resume, state)
 
     # under torch.distributed each rank measures its share of the layers
     for name in progress(distributed.mine(todo), "sensitivity, layer by layer", show_progress):
@@ -286,172 +278,6 @@ def _shares(groups: Sequence[Group], modules: dict[str, nn.Module]) -> dict[tupl
         (layer, role): n / surgery.layout_for(modules[layer], role).size(modules[layer])
         for (layer, role), n in counts.items()
     }
-
-
-def _fingerprint(model: nn.Module) -> str:
-    """A hash of every tensor in the state: a resumed table must describe this very model."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()
-
-
-def _resumed(path: str | Path | None, identity: dict) -> dict:
-    if path is None or not Path(path).is_file():
-        return {}
-    try:
-        state = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SensipruneError(f"cannot read the partial table {path}: {exc}") from exc
-    if any(state.get(k) != (list(v) if isinstance(v, tuple) else v) for k, v in identity.items()):
-        raise SensipruneError(
-            f"{path} holds a partial table for another model, criterion or sparsity list: "
-            "delete it, or pass another resume path"
-        )
-    return state
-
-
-class Budget(dict):
-    """``{parameter name: sparsity}`` for ``prune``, with the drop the curves predict for it;
-    ``clamped`` is the highest measured sparsity where most weights sit at it (the curves
-    gave the allocation no room), else None."""
-
-    predicted_drop: float = 0.0
-    clamped: float | None = None
-
-
-def warn_if_clamped(budget: Budget) -> None:
-    if budget.clamped is not None:
-        log.warning(
-            "most weights sit in layers allocated the highest measured sparsity (%.1f%%): the "
-            "curves give the allocation no room; measure sparser points for a better budget",
-            100 * budget.clamped,
-        )
-
-
-def allocate(
-    table: SensitivityTable,
-    target_sparsity: float | None = None,
-    max_drop: float | None = None,
-    min_density: float = 0.01,
-    max_sparsity: float | None = None,
-    target_flops: float | None = None,
-) -> Budget:
-    """Per-layer sparsities from measured curves, minimising the summed predicted drop.
-
-    Give one target: ``target_sparsity`` (a fraction of all the table's weights or channels,
-    met exactly), ``target_flops`` (the fraction of the model's FLOPs to keep, for tables
-    measured with ``structured=True``), or ``max_drop`` (prune as much as the curves predict
-    costs at most this much of the metric). Greedy on the marginal predicted drop per unit
-    removed (per weight, or per FLOP), in 1% steps of a layer.
-    """
-    if sum(t is not None for t in (target_sparsity, max_drop, target_flops)) != 1:
-        raise SensipruneError(
-            "give allocate exactly one of target_sparsity, target_flops or max_drop"
-        )
-    ceiling = min(max(table.sparsities), 1.0 - min_density)
-    if max_sparsity is not None:
-        ceiling = min(ceiling, max_sparsity)
-    limits = [math.floor(ceiling * n) for n in table.sizes]
-    if target_flops is not None:
-        gain, wanted = _flop_target(table, target_flops, limits)
-    elif target_sparsity is not None:
-        selection.check_sparsity(target_sparsity)
-        wanted = round(target_sparsity * sum(table.sizes))
-        if wanted > sum(limits):
-            raise SensipruneError(
-                f"target_sparsity {target_sparsity} cannot be met with every layer at most "
-                f"{ceiling:.0%} sparse (measured up to {max(table.sparsities):.0%}): measure "
-                "higher sparsities or lower the target"
-            )
-        gain = _count_gain
-    elif not (isinstance(max_drop, (int, float)) and max_drop >= 0):
-        raise SensipruneError(f"max_drop must be a non-negative number, got {max_drop!r}")
-    else:
-        gain, wanted = _count_gain, sum(limits)
-    counts = [0] * len(table.layers)  # units pruned per layer: integers, no float drift
-    reached, predicted = 0.0, 0.0
-    while reached < wanted - 1e-9:
-        step = _cheapest_step(table, counts, limits, gain)
-        if step is None:
-            break
-        layer, count, extra = step
-        if max_drop is not None and predicted + extra > max_drop:
-            break
-        while count > 1 and reached + gain(table, counts, layer, count - 1) >= wanted - 1e-9:
-            count -= 1  # the last step stops where the target is met
-        reached += gain(table, counts, layer, count)
-        counts[layer] += count
-        predicted = _predicted(table, counts)
-    budget = Budget({name: k / n for name, k, n in zip(table.layers, counts, table.sizes) if k > 0})
-    budget.predicted_drop = _predicted(table, counts)
-    at_limit = sum(n for k, n, cap in zip(counts, table.sizes, limits) if k == cap)
-    budget.clamped = ceiling if at_limit > 0.5 * sum(table.sizes) else None
-    return budget
-
-
-Gain = Callable[[SensitivityTable, list[int], int, int], float]
-
-
-def _count_gain(table: SensitivityTable, counts: list[int], layer: int, count: int) -> float:
-    return float(count)
-
-
-def _flop_target(
-    table: SensitivityTable, target_flops: float, limits: list[int]
-) -> tuple[Gain, float]:
-    """The FLOPs a step saves, and how many must go, under the table's FLOP model."""
-    model = table.flop_model
-    if model is None:
-        raise SensipruneError(
-            "target_flops needs a FLOP model: measure with sensitivity(..., structured=True, "
-            "example_inputs=x)"
-        )
-    if isinstance(target_flops, bool) or not 0 < float(target_flops) <= 1:
-        raise SensipruneError(f"target_flops must be in (0, 1], got {target_flops!r}")
-
-    def levels(counts: list[int]) -> list[float]:
-        return [k / n for k, n in zip(counts, table.sizes)]
-
-    def gain(table: SensitivityTable, counts: list[int], layer: int, count: int) -> float:
-        after = list(counts)
-        after[layer] += count
-        return model.kept(levels(counts)) - model.kept(levels(after))
-
-    wanted = (1.0 - target_flops) * model.total
-    if model.total - model.kept(levels(limits)) < wanted:
-        reachable = model.kept(levels(limits)) / model.total
-        raise SensipruneError(
-            f"target_flops {target_flops} cannot be met: every measured family at its limit "
-            f"still keeps {reachable:.0%} of the FLOPs"
-        )
-    return gain, wanted
-
-
-def _predicted(table: SensitivityTable, counts: list[int]) -> float:
-    return sum(table.drop(i, k / n) for i, (k, n) in enumerate(zip(counts, table.sizes)))
-
-
-def _cheapest_step(
-    table: SensitivityTable, counts: list[int], limits: list[int], gain: Gain
-) -> tuple[int, int, float] | None:
-    """The layer whose next 1% costs the least predicted drop per unit of the target
-    (a weight, or a FLOP): (layer, units, drop)."""
-    best, best_cost = None, math.inf
-    for i, n in enumerate(table.sizes):
-        count = min(max(1, round(0.01 * n)), limits[i] - counts[i])
-        if count <= 0:
-            continue
-        extra = table.drop(i, (counts[i] + count) / n) - table.drop(i, counts[i] / n)
-        gained = gain(table, counts, i, count)
-        cost = extra / gained if gained > 0 else math.inf
-        if cost < best_cost:
-            best, best_cost = (i, count, extra), cost
-    return best
 
 
 def _check_sparsities(sparsities: Sequence[float]) -> tuple[float, ...]:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sensiprune.analysis.sensitivity import Budget, allocate, sensitivity
+from sensiprune.analysis.sensitivity import sensitivity
 from sensiprune.data import Batch, LossFn
 from sensiprune.errors import SensipruneError
 from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate
+from sensiprune.selection.allocation import Budget, allocate
 from sensiprune.targets import IgnoreSpec
 
 

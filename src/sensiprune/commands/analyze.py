@@ -14,14 +14,16 @@ from pathlib import Path
 
 from torch import nn
 
-from sensiprune.analysis.sensitivity import Budget, SensitivityTable, allocate, warn_if_clamped
+from sensiprune.analysis.sensitivity import SensitivityTable
 from sensiprune.analysis.validation import CrossValidation, cross_validate
 from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_write_bytes
+from sensiprune.report import plot_sensitivity
 from sensiprune.report.document import Document, Image, Table
 from sensiprune.runs import distributed
 from sensiprune.runs.recipe import Recipe, load_recipe
 from sensiprune.runs.runner import BUDGET_FILE, PruningRun
+from sensiprune.selection.allocation import Budget, allocate, warn_if_clamped
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def _analyze(recipe: Recipe, run: PruningRun) -> Path:
     if not distributed.is_main():  # the measuring is shared, the writing is rank 0's
         return run.out / "analysis.md"
     atomic_write_bytes(run.out / BUDGET_FILE, json.dumps(dict(budget), indent=1).encode())
-    table.plot(run.out / "sensitivity.png", budget)
+    plot_sensitivity(table, run.out / "sensitivity.png", budget)
     markdown, _ = _document(recipe, table, budget, checked).write(run.out, "analysis")
     return markdown
 

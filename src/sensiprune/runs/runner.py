@@ -46,7 +46,8 @@ from sensiprune.report.run import METRICS_FILE, RESULTS_FILE, write_run_report
 from sensiprune.io.saving import save
 from sensiprune.selection.schedule import sparsity_at
 from sensiprune.selection.unstructured import Sparsity
-from sensiprune.analysis.sensitivity import SensitivityTable, allocate, sensitivity, warn_if_clamped
+from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
+from sensiprune.selection.allocation import allocate, warn_if_clamped
 from sensiprune.targets import require_targets, resolve_layer_names
 from sensiprune.runs.train import correct_predictions, evaluate, finetune
 

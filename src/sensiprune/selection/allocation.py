@@ -1,0 +1,157 @@
+"""Per-layer budgets allocated from measured sensitivity curves: the sparsity of each layer
+that reaches a target (sparsity or FLOPs) for the smallest predicted drop, or the most
+sparsity within a largest drop."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sensiprune.errors import SensipruneError
+from sensiprune.selection import unstructured as selection
+
+if TYPE_CHECKING:
+    from sensiprune.analysis.sensitivity import SensitivityTable
+
+log = logging.getLogger(__name__)
+
+
+class Budget(dict):
+    """``{parameter name: sparsity}`` for ``prune``, with the drop the curves predict for it;
+    ``clamped`` is the highest measured sparsity where most weights sit at it (the curves
+    gave the allocation no room), else None."""
+
+    predicted_drop: float = 0.0
+    clamped: float | None = None
+
+
+def warn_if_clamped(budget: Budget) -> None:
+    if budget.clamped is not None:
+        log.warning(
+            "most weights sit in layers allocated the highest measured sparsity (%.1f%%): the "
+            "curves give the allocation no room; measure sparser points for a better budget",
+            100 * budget.clamped,
+        )
+
+
+def allocate(
+    table: SensitivityTable,
+    target_sparsity: float | None = None,
+    max_drop: float | None = None,
+    min_density: float = 0.01,
+    max_sparsity: float | None = None,
+    target_flops: float | None = None,
+) -> Budget:
+    """Per-layer sparsities from measured curves, minimising the summed predicted drop.
+
+    Give one target: ``target_sparsity`` (a fraction of all the table's weights or channels,
+    met exactly), ``target_flops`` (the fraction of the model's FLOPs to keep, for tables
+    measured with ``structured=True``), or ``max_drop`` (prune as much as the curves predict
+    costs at most this much of the metric). Greedy on the marginal predicted drop per unit
+    removed (per weight, or per FLOP), in 1% steps of a layer.
+    """
+    if sum(t is not None for t in (target_sparsity, max_drop, target_flops)) != 1:
+        raise SensipruneError(
+            "give allocate exactly one of target_sparsity, target_flops or max_drop"
+        )
+    ceiling = min(max(table.sparsities), 1.0 - min_density)
+    if max_sparsity is not None:
+        ceiling = min(ceiling, max_sparsity)
+    limits = [math.floor(ceiling * n) for n in table.sizes]
+    if target_flops is not None:
+        gain, wanted = _flop_target(table, target_flops, limits)
+    elif target_sparsity is not None:
+        selection.check_sparsity(target_sparsity)
+        wanted = round(target_sparsity * sum(table.sizes))
+        if wanted > sum(limits):
+            raise SensipruneError(
+                f"target_sparsity {target_sparsity} cannot be met with every layer at most "
+                f"{ceiling:.0%} sparse (measured up to {max(table.sparsities):.0%}): measure "
+                "higher sparsities or lower the target"
+            )
+        gain = _count_gain
+    elif not (isinstance(max_drop, (int, float)) and max_drop >= 0):
+        raise SensipruneError(f"max_drop must be a non-negative number, got {max_drop!r}")
+    else:
+        gain, wanted = _count_gain, sum(limits)
+    counts = [0] * len(table.layers)  # units pruned per layer: integers, no float drift
+    reached, predicted = 0.0, 0.0
+    while reached < wanted - 1e-9:
+        step = _cheapest_step(table, counts, limits, gain)
+        if step is None:
+            break
+        layer, count, extra = step
+        if max_drop is not None and predicted + extra > max_drop:
+            break
+        while count > 1 and reached + gain(table, counts, layer, count - 1) >= wanted - 1e-9:
+            count -= 1  # the last step stops where the target is met
+        reached += gain(table, counts, layer, count)
+        counts[layer] += count
+        predicted = _predicted(table, counts)
+    budget = Budget({name: k / n for name, k, n in zip(table.layers, counts, table.sizes) if k > 0})
+    budget.predicted_drop = _predicted(table, counts)
+    at_limit = sum(n for k, n, cap in zip(counts, table.sizes, limits) if k == cap)
+    budget.clamped = ceiling if at_limit > 0.5 * sum(table.sizes) else None
+    return budget
+
+
+def _count_gain(table: SensitivityTable, counts: list[int], layer: int, count: int) -> float:
+    return float(count)
+
+
+Gain = Callable[["SensitivityTable", list[int], int, int], float]
+
+
+def _flop_target(
+    table: SensitivityTable, target_flops: float, limits: list[int]
+) -> tuple[Gain, float]:
+    """The FLOPs a step saves, and how many must go, under the table's FLOP model."""
+    model = table.flop_model
+    if model is None:
+        raise SensipruneError(
+            "target_flops needs a FLOP model: measure with sensitivity(..., structured=True, "
+            "example_inputs=x)"
+        )
+    if isinstance(target_flops, bool) or not 0 < float(target_flops) <= 1:
+        raise SensipruneError(f"target_flops must be in (0, 1], got {target_flops!r}")
+
+    def levels(counts: list[int]) -> list[float]:
+        return [k / n for k, n in zip(counts, table.sizes)]
+
+    def gain(table: SensitivityTable, counts: list[int], layer: int, count: int) -> float:
+        after = list(counts)
+        after[layer] += count
+        return model.kept(levels(counts)) - model.kept(levels(after))
+
+    wanted = (1.0 - target_flops) * model.total
+    if model.total - model.kept(levels(limits)) < wanted:
+        reachable = model.kept(levels(limits)) / model.total
+        raise SensipruneError(
+            f"target_flops {target_flops} cannot be met: every measured family at its limit "
+            f"still keeps {reachable:.0%} of the FLOPs"
+        )
+    return gain, wanted
+
+
+def _predicted(table: SensitivityTable, counts: list[int]) -> float:
+    return sum(table.drop(i, k / n) for i, (k, n) in enumerate(zip(counts, table.sizes)))
+
+
+def _cheapest_step(
+    table: SensitivityTable, counts: list[int], limits: list[int], gain: Gain
+) -> tuple[int, int, float] | None:
+    """The layer whose next 1% costs the least predicted drop per unit of the target
+    (a weight, or a FLOP): (layer, units, drop)."""
+    best, best_cost = None, math.inf
+    for i, n in enumerate(table.sizes):
+        count = min(max(1, round(0.01 * n)), limits[i] - counts[i])
+        if count <= 0:
+            continue
+        extra = table.drop(i, (counts[i] + count) / n) - table.drop(i, counts[i] / n)
+        gained = gain(table, counts, i, count)
+        cost = extra / gained if gained > 0 else math.inf
+        if cost < best_cost:
+            best, best_cost = (i, count, extra), cost
+    return best
