@@ -14,13 +14,13 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import (
     FlopCounterMode,
-    conv_flop_count,
     flop_registry,
     shape_wrapper,
 )
 
 from sensiprune.apply.masks import get_masks
 from sensiprune.errors import SensipruneError, first_line
+from sensiprune.handlers.base import countable_by_shape, layer_flops
 from sensiprune.modes import eval_mode
 from sensiprune.structure.channels import tensor_shapes
 
@@ -78,49 +78,6 @@ def _formula_on_values(formula: Callable) -> Callable:
         return raw(*_shapes(args), out_shape=_shapes(out_val), **_shapes(kwargs))
 
     return on_values
-
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-# layers whose ops have no FLOP formula: FlopCounterMode counts 0 for them
-_NO_FLOPS = frozenset({
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Flatten,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-})  # fmt: skip
-
-
-def countable_by_shape(module: nn.Module, args: tuple) -> bool:
-    """Whether this call of ``module`` is one :func:`layer_flops` counts from shapes: a
-    layer of an exact known type (a subclass may change forward) on batched input."""
-    kind = type(module)
-    if kind in _NO_FLOPS:
-        return True
-    x = args[0] if args else None
-    if not isinstance(x, torch.Tensor):
-        return False
-    if kind is nn.Linear:
-        return x.dim() >= 2
-    return kind in _CONVS + _CONV_TRANSPOSES and x.dim() == module.weight.dim()
-
-
-def layer_flops(module: nn.Module, args: tuple, output: torch.Tensor) -> int:
-    """What FlopCounterMode counts for one countable call of ``module``, worked out from the
-    shapes instead of watching every op: a matrix product per Linear, flop_counter's
-    convolution formula per conv, nothing for norms, activations and pooling."""
-    kind = type(module)
-    if kind in _NO_FLOPS:
-        return 0
-    x = args[0]
-    if kind is nn.Linear:
-        return 2 * x.numel() * module.out_features
-    return conv_flop_count(
-        list(x.shape), list(module.weight.shape), list(output.shape), kind in _CONV_TRANSPOSES
-    )
 
 
 class TotalFlops(TorchDispatchMode):

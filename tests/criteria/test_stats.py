@@ -33,17 +33,3 @@ def test_input_covariance_of_a_conv_matches_unfold(cnn, cnn_batches):
     )
     cols = torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 18)
     torch.testing.assert_close(collected["conv1.weight"].input_cov, cols.T @ cols / len(cols))
-
-
-def test_input_matrix_of_conv1d_matches_a_manual_unfold():
-    from sensiprune.criteria.features import input_matrix
-
-    conv = torch.nn.Conv1d(3, 5, 3, padding=1, stride=2)
-    x = torch.randn(2, 3, 9)
-    rows = input_matrix(conv, x)
-    padded = torch.nn.functional.pad(x, (1, 1))
-    windows = padded.unfold(2, 3, 2)  # (2, 3, L_out, 3)
-    expected = windows.permute(0, 2, 1, 3).reshape(-1, 9)
-    torch.testing.assert_close(rows, expected)
-    out = rows @ conv.weight.detach().reshape(5, -1).T + conv.bias.detach()
-    torch.testing.assert_close(out, conv(x).transpose(1, 2).reshape(-1, 5))

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sensiprune.criteria import features
 from sensiprune.criteria.base import Criterion, register
 from sensiprune.criteria.sparsegpt import prune_blocked
 from sensiprune.criteria.stats import ParamStats, Stat
 from sensiprune.data import Batch, LossFn
+from sensiprune.handlers.base import input_matrix_of
 from sensiprune.modes import eval_mode
 from sensiprune.progress import progress
 from sensiprune.targets import Target
@@ -236,7 +236,8 @@ def _layer_moments(
 
     def grab(key: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            rows = features.input_matrix(module, args[0].detach()).double().cpu()
+            rows = input_matrix_of(module, "weight").matrix(module, args[0].detach())
+            rows = rows.double().cpu()
             if has_bias:
                 rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1)
             captured[key] = torch.cat([captured[key], rows]) if key in captured else rows

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sensiprune.criteria import features
 from sensiprune.data import Batch, LossFn, checked_loss
 from sensiprune.errors import SensipruneError
+from sensiprune.handlers.base import input_features, input_matrix_of
 from sensiprune.modes import eval_mode
 from sensiprune.progress import progress
 from sensiprune.runs import distributed
@@ -143,11 +143,10 @@ def _hutchinson(
 
 def can_collect(target: Target, needs: frozenset[Stat]) -> bool:
     """Whether the layer-input statistics in ``needs`` exist for this weight."""
-    if needs & {Stat.INPUT_RMS, Stat.OUTPUT_TAYLOR} and not features.has_input_features(
-        target.module, target.attr
-    ):
+    module, attr = target.module, target.attr
+    if needs & {Stat.INPUT_RMS, Stat.OUTPUT_TAYLOR} and input_features(module, attr) is None:
         return False
-    return Stat.INPUT_COV not in needs or features.has_input_matrix(target.module, target.attr)
+    return Stat.INPUT_COV not in needs or input_matrix_of(module, attr) is not None
 
 
 class _InputRecorder:
@@ -190,27 +189,32 @@ class _InputRecorder:
                 )
 
     def _hook_for(self, name: str, target: Target):
+        features = input_features(target.module, target.attr)
+
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0].detach()
             if self.want_rms:
-                sq, n = features.channel_sq_sum(module, x.double())
+                sq, n = features.sq_sum(module, x.double())
                 self.sq_sum[name] = self.sq_sum.get(name, 0) + sq
                 self.count[name] = self.count.get(name, 0) + n
             if self.want_cov:
-                rows = features.input_matrix(module, x).double()
+                rows = features.matrix(module, x).double()
                 self.cov[name] = self.cov.get(name, 0) + rows.T @ rows
                 self.rows[name] = self.rows.get(name, 0) + rows.shape[0]
 
         return hook
 
     def _output_hook_for(self, name: str):
+        target = self.targets[name]
+        features = input_features(target.module, target.attr)
+
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if not output.requires_grad:
                 return
             activation = output.detach()
 
             def on_grad(grad: torch.Tensor) -> None:
-                per_sample = features.channel_taylor(module, activation, grad)
+                per_sample = features.taylor(module, activation, grad)
                 self.taylor[name] = self.taylor.get(name, 0) + per_sample.abs().sum(0)
                 self.samples[name] = self.samples.get(name, 0) + per_sample.shape[0]
 
@@ -235,7 +239,8 @@ class _InputRecorder:
             param = target.param
             if self.want_rms and name in self.sq_sum:
                 rms = (self.sq_sum[name] / self.count[name]).sqrt().to(param.dtype)
-                stats[name].input_rms = features.per_weight_input(target.module, rms)
+                features = input_features(target.module, target.attr)
+                stats[name].input_rms = features.per_weight(target.module, rms)
             if self.want_taylor and name in self.taylor:
                 stats[name].output_taylor = (self.taylor[name] / self.samples[name]).to(param.dtype)
             if self.want_cov and name in self.cov:

@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from sensiprune.apply.surgery import param_role
+from sensiprune.handlers.base import param_role, rule_for
 from sensiprune.structure import split_flow
 from sensiprune.structure.channels import Flow, Split, node_shape
-from sensiprune.structure.layer_rules import rule_for
 from sensiprune.structure.param_flow import ParamFlow, Source
 
 if TYPE_CHECKING:
@@ -104,7 +103,7 @@ def _linear(t: ChannelTracer, node: fx.Node) -> Any:
     module = _owned(t, main, (nn.Linear,))
     if module is not None and main.dims[:2] == (0, 1):
         out = rule_for(module)(t, node, main.owner, module, flow)
-        if out is flow:  # over another dimension (see layer_rules): the bias is not per channel
+        if out is flow:  # over another dimension (handlers/linear.py): no bias per channel
             return out
         skip = (main, *(s for s in getattr(bias, "sources", ()) if s.owner == main.owner))
     else:
@@ -342,7 +341,7 @@ def _batch_norm(t: ChannelTracer, node: fx.Node) -> Any:
 
 
 def _layer_norm(t: ChannelTracer, node: fx.Node) -> Any:
-    """Over the last dimension: see layer_rules._norm_last; over several, pinned."""
+    """Over the last dimension: see handlers/norm.py; over several, pinned."""
     normalized = _arg(node, 1, "normalized_shape")
     count = len(normalized) if isinstance(normalized, (list, tuple)) else 1
     flow, shape = t.flows.get(node.args[0]), node_shape(node.args[0])

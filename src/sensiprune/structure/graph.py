@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from sensiprune.apply.surgery import param_role
 from sensiprune.errors import SensipruneError, first_line
-from sensiprune.measure import TotalFlops, countable_by_shape, layer_flops
+from sensiprune.handlers.base import countable_by_shape, handler_for, layer_flops, param_role
+from sensiprune.measure import TotalFlops
 from sensiprune.modes import eval_mode
 from sensiprune.structure import counts, param_flow, split_flow, split_rules, ties
 from sensiprune.structure.channels import (
@@ -47,7 +47,6 @@ from sensiprune.structure.channels import (
 )
 from sensiprune.structure.counts import Count
 from sensiprune.structure.function_rules import FUNCTION_RULES
-from sensiprune.structure.layer_rules import rule_for
 from sensiprune.structure.operators import (
     ELEMENTWISE,
     ELEMENTWISE_METHODS,
@@ -55,7 +54,6 @@ from sensiprune.structure.operators import (
     FLOP_FREE_METHODS,
     PASS_FUNCTIONS,
     PASS_METHODS,
-    PASS_MODULES,
     module_of,
     name_of,
     order_of,
@@ -440,17 +438,18 @@ class ChannelTracer:
 
     def visit_module(self, node: fx.Node, module: nn.Module) -> Any:
         flow = self.flows.get(node.args[0]) if node.args else None
-        if isinstance(module, PASS_MODULES):
+        handler = handler_for(module)
+        if handler is not None and handler.passes_channels:
             return flow
-        handler = rule_for(module)
+        rule = handler.flow if handler is not None else None
         shape = node_shape(node.args[0]) if node.args else None
         if flow is None and shape is not None and len(shape) > 1:
             # computed inside the model from no channels (a position encoding): its channels
             # are fixed, like an input's, and the layer's outputs are free
             flow = Flow(1, self.fresh(shape[1], pinned=True))
-        if handler is None or not isinstance(flow, Flow):
+        if rule is None or not isinstance(flow, Flow):
             return self.pinned_output(node, f"{type(module).__name__} is not understood")
-        return handler(self, node, str(node.target), module, flow)
+        return rule(self, node, str(node.target), module, flow)
 
     def untracked(self, node: fx.Node) -> bool:
         """Whether no argument carries channels or parameters: the result carries none."""
