@@ -345,6 +345,24 @@ class TransformerClassifier(nn.Module):
         return self.head(self.encoder(self.embed(x)).mean(1))
 
 
+class StyleNet(nn.Module):
+    """An image-to-image net as style transfer writes it: InstanceNorm, with and without
+    affine weights and running statistics, and a PReLU slope per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm1 = nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
+        self.act1 = nn.PReLU(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.norm2 = nn.InstanceNorm2d(8)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.norm1(self.conv1(x)))
+        return self.out(torch.relu(self.norm2(self.conv2(x))))
+
+
 IMAGE = (4, 3, 8, 8)
 SEQUENCE = (4, 6, 3)
 ZOO = {
@@ -353,6 +371,7 @@ ZOO = {
     "densenet": (DenseNet, IMAGE),
     "mobilenetv2": (MobileNetV2, IMAGE),
     "unet": (UNet, IMAGE),
+    "instance-norm-prelu": (StyleNet, IMAGE),
     "squeeze-excite": (SqueezeExcite, IMAGE),
     "channel-shuffle": (ChannelShuffle, IMAGE),
     "resnext-grouped": (ResNeXt, IMAGE),

@@ -44,7 +44,9 @@ def test_latency_is_a_positive_median(mlp):
     assert latency(mlp, torch.randn(4, 8), warmup=1, repeats=3) > 0
 
 
-@pytest.mark.parametrize("name", ["resnet", "lstm", "bigru-2-layer", "transformer"])
+@pytest.mark.parametrize(
+    "name", ["resnet", "lstm", "bigru-2-layer", "transformer", "instance-norm-prelu"]
+)
 def test_total_flops_agree_with_torchs_flop_counter(name):
     factory, shape = ZOO[name]
     torch.manual_seed(0)

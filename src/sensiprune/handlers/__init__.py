@@ -4,6 +4,7 @@ from sensiprune.handlers import (  # noqa: F401
     attention,
     conv,
     embedding,
+    instance_norm,
     linear,
     norm,
     passthrough,
