@@ -24,7 +24,7 @@ from common import finish, header, parser
 from structured import ResNet18Style
 
 import sensiprune as sp
-from sensiprune.runs import distributed
+from sensiprune import distributed
 
 REPEATS = 3
 

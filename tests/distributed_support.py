@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import sensiprune as sp
-from sensiprune.runs import distributed
+from sensiprune import distributed
 from sensiprune.zoo import LeNet300100, load_digits_splits
 
 

@@ -7,14 +7,13 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from sensiprune import criteria
+from sensiprune import criteria, distributed
 from sensiprune.apply import masks
 from sensiprune.criteria.scoring import score_targets
 from sensiprune.data import Batch, LossFn, as_batches, default_loss
 from sensiprune.errors import SensipruneError
 from sensiprune.options import PruneOptions, StructuredOptions
 from sensiprune.result import PruneResult, describe
-from sensiprune.runs import distributed
 from sensiprune.runs.train import FinetuneResult, finetune
 from sensiprune.selection import unstructured as selection
 from sensiprune.selection.schedule import geometric_sparsity, sparsity_at

@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from sensiprune import criteria
+from sensiprune import criteria, distributed
 from sensiprune.apply import config_sync, masks
 from sensiprune.apply.cut import remove_groups
 from sensiprune.criteria.scoring import score_groups
@@ -18,10 +18,10 @@ from sensiprune.data import Batch, LossFn, as_batches
 from sensiprune.errors import CutRefused
 from sensiprune.options import PruneOptions
 from sensiprune.result import PruneResult, describe
-from sensiprune.runs import distributed
 from sensiprune.selection.groups import candidate_groups, select_groups, vector_width
+from sensiprune.selection.ties import honor
 from sensiprune.selection.unstructured import Sparsity
-from sensiprune.structure import adapters, graph_kinds, ties
+from sensiprune.structure import adapters, graph_kinds
 from sensiprune.structure.build import build
 from sensiprune.structure.graph import DependencyGraph
 from sensiprune.targets import require_targets
@@ -101,7 +101,7 @@ def _cut(
     round_to = vector_width(model) if shape.round_to == "auto" else shape.round_to
     removed = select_groups(groups, values, budget, by_kind, options, round_to)
     numbers = [group.number for group in groups]
-    removed = ties.honor(numbers, values, removed, graph.ties, options.min_density)
+    removed = honor(numbers, values, removed, graph.ties, options.min_density)
     params_before = sum(p.numel() for p in model.parameters())
     before = {name: t.param.numel() for name, t in targets.items()}
     flops_after = remove_groups(

@@ -10,13 +10,15 @@ import torch
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.apply.cut import remove_groups, zeroed
-from sensiprune.apply.surgery import layout_for, positions
+from sensiprune.apply.cut import remove_groups
 from sensiprune.criteria.scoring import group_scores
+from sensiprune.handlers.base import positions
+from sensiprune.handlers.layouts import layout_for
 from sensiprune.measure import module_flops
 from sensiprune.selection.groups import choose_groups, vector_width
+from sensiprune.selection.ties import honor
 from sensiprune.structure.graph import build_graph
-from sensiprune.structure.ties import honor
+from sensiprune.structure.zeroing import zeroed
 from tests.architectures import VGG, ZOO, ChannelShuffle, ResNet
 
 
@@ -309,7 +311,7 @@ def test_pruned_heads_and_hidden_units_save_and_load(name, tmp_path):
 
 
 def test_head_pruned_attention_matches_multihead_attention_with_every_mask():
-    from sensiprune.apply.attention import become_head_pruned
+    from sensiprune.handlers.attention import become_head_pruned
 
     torch.manual_seed(0)
     reference = nn.MultiheadAttention(16, 4, batch_first=True).eval()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.apply.surgery import size_of
+from sensiprune.handlers.layouts import size_of
 from sensiprune.runs.distill import embedding_distillation, sentence_embeddings
 from sensiprune.structure.adapters import find_blocks, head_counts
 from tests.hf_models import (

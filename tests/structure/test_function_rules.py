@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import sensiprune as sp
-from sensiprune.apply.cut import remove_groups, zeroed
+from sensiprune.apply.cut import remove_groups
 from sensiprune.criteria.scoring import group_scores
 from sensiprune.selection.groups import choose_groups
 from sensiprune.structure.graph import build_graph
+from sensiprune.structure.zeroing import zeroed
 
 
 class BatchNormAct(nn.BatchNorm2d):

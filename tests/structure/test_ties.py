@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import sensiprune as sp
+from sensiprune.selection.ties import honor
 from sensiprune.structure.channels import Split
 from sensiprune.structure.graph import build_graph
-from sensiprune.structure.ties import Side, Tie, at_group_level, honor, settle, side_classes
+from sensiprune.structure.ties import Side, Tie, at_group_level, settle, side_classes
 from tests.architectures import ComputedHeadDim
 
 

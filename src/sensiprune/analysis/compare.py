@@ -11,12 +11,11 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from sensiprune import criteria
+from sensiprune import criteria, distributed
 from sensiprune.data import Batch, LossFn
 from sensiprune.measure import count_parameters
 from sensiprune.options import PruneOptions
 from sensiprune.pruning import prune_with, score
-from sensiprune.runs import distributed
 from sensiprune.runs.train import Metric, evaluate, finetune
 
 

@@ -19,20 +19,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sensiprune import criteria
-from sensiprune.apply import surgery
-from sensiprune.apply.cut import zeroed
+from sensiprune import criteria, distributed
 from sensiprune.criteria.scoring import score_groups, score_targets
 from sensiprune.data import Batch, LossFn, as_batches, default_loss
 from sensiprune.errors import SensipruneError
+from sensiprune.handlers.layouts import layout_for
 from sensiprune.io.partial_table import fingerprint, read_partial, write_partial
 from sensiprune.measure import module_flops
 from sensiprune.progress import progress
-from sensiprune.runs import distributed
 from sensiprune.selection import unstructured as selection
 from sensiprune.selection.groups import candidate_groups
 from sensiprune.structure.build import build
 from sensiprune.structure.channels import Group
+from sensiprune.structure.zeroing import zeroed
 from sensiprune.targets import IgnoreSpec, Target, require_targets
 
 Evaluate = Callable[[nn.Module], float]
@@ -275,7 +274,7 @@ def _shares(groups: Sequence[Group], modules: dict[str, nn.Module]) -> dict[tupl
         for member in group.members:
             counts[(member.layer, member.role)] = counts.get((member.layer, member.role), 0) + 1
     return {
-        (layer, role): n / surgery.layout_for(modules[layer], role).size(modules[layer])
+        (layer, role): n / layout_for(modules[layer], role).size(modules[layer])
         for (layer, role), n in counts.items()
     }
 

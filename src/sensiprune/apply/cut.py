@@ -3,8 +3,7 @@ zeroing them for a measurement without a cut."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -12,41 +11,12 @@ from torch import nn
 
 from sensiprune.apply import surgery
 from sensiprune.errors import CutRefused, SensipruneError
+from sensiprune.handlers.layouts import layout_for
 from sensiprune.measure import counted_forward
 from sensiprune.structure import counts
 from sensiprune.structure.build import paused_gc
-from sensiprune.structure.channels import indices_by_slice, role_kind
-from sensiprune.structure.graph import DependencyGraph, Group
-
-
-@contextlib.contextmanager
-def zeroed(groups: Sequence[Group], modules: dict[str, nn.Module]) -> Iterator[None]:
-    """Zero everything that produces the groups' channels (output rows and biases, BatchNorm
-    scale and shift, every gate block of a hidden unit), then restore it exactly.
-
-    Zeroed groups behave as removed ones (the equivalence tests hold the library to that),
-    so this measures a removal without doing surgery."""
-    saved = []
-    try:
-        with torch.no_grad():
-            for (layer, role), indices in indices_by_slice(groups).items():
-                if role_kind(role) == "in":  # consumers read zeros once the producers are zero
-                    continue
-                module = modules[layer]
-                layout = surgery.layout_for(module, role)
-                chosen = torch.from_numpy(indices)
-                for cut in layout.cuts(module):
-                    tensor = getattr(module, cut.attr, None)
-                    if tensor is None:
-                        continue
-                    where = surgery.positions(cut, chosen, layout.size(module)).to(tensor.device)
-                    saved.append((tensor, cut.dim, where, tensor.index_select(cut.dim, where)))
-                    tensor.index_fill_(cut.dim, where, 0.0)
-        yield
-    finally:
-        with torch.no_grad():
-            for tensor, dim, where, values in reversed(saved):
-                tensor.index_copy_(dim, where, values)
+from sensiprune.structure.channels import indices_by_slice
+from sensiprune.structure.graph import DependencyGraph
 
 
 @paused_gc()
@@ -75,7 +45,7 @@ def remove_groups(
     try:
         for (layer, role), indices in cut.items():
             module = modules[layer]
-            keep = np.ones(surgery.layout_for(module, role).size(module), dtype=bool)
+            keep = np.ones(layout_for(module, role).size(module), dtype=bool)
             keep[indices] = False
             surgery.shrink(module, role, torch.from_numpy(np.flatnonzero(keep)))
         surgery.retie(ties)

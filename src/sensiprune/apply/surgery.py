@@ -6,54 +6,13 @@ model library that has none is cut as a LayerNorm.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
-from sensiprune.apply.attention import become_head_pruned
-from sensiprune.handlers.base import Cut, Layout, fixed, handler_for
-from sensiprune.handlers.norm import NORM_LAYOUT, is_norm
+from sensiprune.handlers.base import handler_for, positions
+from sensiprune.handlers.layouts import layout_for
 
 _MASK_PREFIX = "_sensiprune_mask_"  # unstructured masks (masks.py) are sliced along
-
-
-@functools.cache
-def _param_layout(role: str) -> Layout:
-    attr, _, dim = role.partition("@")[2].rpartition(":")
-    return Layout(
-        fixed(Cut(attr, int(dim))), (), count=lambda module: getattr(module, attr).shape[int(dim)]
-    )
-
-
-def layout_for(module: nn.Module, role: str) -> Layout:
-    if "@" in role:
-        return _param_layout(role)
-    handler = handler_for(module)
-    if handler is not None and role in handler.layouts:
-        return handler.layouts[role]
-    if role == "channel" and is_norm(module):
-        return NORM_LAYOUT
-    raise TypeError(f"no surgery for the {role} indices of {type(module).__name__}")
-
-
-def size_of(module: nn.Module, role: str) -> int | None:
-    """How many indices ``module`` has in ``role`` (a projection's output rows for "out", its
-    input columns for "in"); None when surgery has no such layout for it."""
-    try:
-        return layout_for(module, role).size(module)
-    except TypeError:
-        return None
-
-
-def positions(cut: Cut, indices: torch.Tensor, n: int) -> torch.Tensor:
-    """Positions along ``cut.dim`` of the given role indices (each repeated per block), in
-    order when the indices are."""
-    if cut.width == 1 and cut.blocks == 1:
-        return indices
-    within = (indices.unsqueeze(1) * cut.width + torch.arange(cut.width)).reshape(-1)
-    offsets = n * cut.width * torch.arange(cut.blocks)
-    return (within.unsqueeze(0) + offsets.unsqueeze(1)).reshape(-1)
 
 
 def shrink(module: nn.Module, role: str, keep: torch.Tensor) -> None:
@@ -77,14 +36,13 @@ def shrink(module: nn.Module, role: str, keep: torch.Tensor) -> None:
 
 
 def refresh_loaded(module: nn.Module, kept_heads: list[int] | None) -> None:
-    """Run the fix-ups of ``module``'s type after its sizes were restored from a save."""
+    """Run the fix-ups of ``module``'s type after its sizes were restored from a save; a
+    head-pruned layer's with the heads it kept."""
     handler = handler_for(module)
-    for layout in handler.layouts.values() if handler is not None else ():
-        if layout.after is become_head_pruned:
-            if kept_heads is not None:
-                become_head_pruned(module, kept_heads)
-        elif layout.after is not None:
-            layout.after(module, [])
+    for role, layout in handler.layouts.items() if handler is not None else ():
+        keep = kept_heads if role == "head" else []
+        if layout.after is not None and keep is not None:
+            layout.after(module, keep)
 
 
 Place = tuple[nn.Module, str]

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from torch import nn
 
+from sensiprune import distributed
 from sensiprune.analysis.sensitivity import SensitivityTable
 from sensiprune.analysis.validation import CrossValidation, cross_validate
 from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_write_bytes
 from sensiprune.report import plot_sensitivity
 from sensiprune.report.document import Document, Image, Table
-from sensiprune.runs import distributed
 from sensiprune.runs.recipe import Recipe, load_recipe
 from sensiprune.runs.runner import BUDGET_FILE, PruningRun
 from sensiprune.selection.allocation import Budget, allocate, warn_if_clamped

@@ -8,9 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sensiprune import criteria
+from sensiprune import criteria, distributed
 from sensiprune.errors import SensipruneError
-from sensiprune.runs import distributed
 
 
 def _demo(args: argparse.Namespace) -> int:

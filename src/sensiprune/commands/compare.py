@@ -11,12 +11,12 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from sensiprune import distributed
 from sensiprune.analysis.compare import SweepSettings, sweep
 from sensiprune.io.atomic import atomic_write_bytes
 from sensiprune.report import plot_sweep
 from sensiprune.report.document import Document, Image
 from sensiprune.report.markdown import sweep_rows
-from sensiprune.runs import distributed
 from sensiprune.runs.recipe import Recipe, load_recipe
 from sensiprune.runs.runner import PruningRun
 from sensiprune.runs.train import evaluate

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sensiprune.apply.cut import zeroed
 from sensiprune.criteria.base import Criterion, ScoringContext, register
 from sensiprune.criteria.stats import Stat
 from sensiprune.data import Batch, LossFn, checked_loss
 from sensiprune.errors import SensipruneError
 from sensiprune.modes import eval_mode
 from sensiprune.structure.channels import Group
+from sensiprune.structure.zeroing import zeroed
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from sensiprune import distributed
 from sensiprune.criteria.base import Criterion, ScoringContext, register
 from sensiprune.data import checked_loss
 from sensiprune.errors import SensipruneError
 from sensiprune.modes import eval_mode
-from sensiprune.runs import distributed
 from sensiprune.structure import adapters
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sensiprune.apply import surgery
 from sensiprune.criteria import stats
 from sensiprune.criteria.base import Criterion, ScoringContext
 from sensiprune.data import Batch, LossFn, as_batches, default_loss
 from sensiprune.errors import SensipruneError
+from sensiprune.handlers.layouts import layout_for
 from sensiprune.structure.channels import flat_members
 from sensiprune.structure.graph import Group
 from sensiprune.targets import Target, find_targets
@@ -113,7 +113,7 @@ def _slice_reductions(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per index of ``role``: the sum (or max) of the weight scores it owns, and how many
     weights that is; None when no score covers the slice."""
-    layout = surgery.layout_for(module, role)
+    layout = layout_for(module, role)
     n = layout.size(module)
     whole = scores.get(f"{prefix[:-1]}::{role}")  # a criterion that scores channels directly
     if whole is not None:

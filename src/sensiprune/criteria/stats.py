@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sensiprune import distributed
 from sensiprune.data import Batch, LossFn, checked_loss
 from sensiprune.errors import SensipruneError
 from sensiprune.handlers.base import input_features, input_matrix_of
 from sensiprune.modes import eval_mode
 from sensiprune.progress import progress
-from sensiprune.runs import distributed
 from sensiprune.targets import Target
 
 

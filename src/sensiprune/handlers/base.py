@@ -48,6 +48,16 @@ class Cut:
     width: int = 1
 
 
+def positions(cut: Cut, indices: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions along ``cut.dim`` of the given role indices (each repeated per block), in
+    order when the indices are."""
+    if cut.width == 1 and cut.blocks == 1:
+        return indices
+    within = (indices.unsqueeze(1) * cut.width + torch.arange(cut.width)).reshape(-1)
+    offsets = n * cut.width * torch.arange(cut.blocks)
+    return (within.unsqueeze(0) + offsets.unsqueeze(1)).reshape(-1)
+
+
 @dataclass(frozen=True)
 class Layout:
     cuts: Callable[[nn.Module], list[Cut]]

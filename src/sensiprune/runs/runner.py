@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sensiprune.runs import distributed
+from sensiprune import distributed
 from sensiprune.structure.adapters import KINDS
 from sensiprune.io.atomic import atomic_write_bytes
 from sensiprune.runs.checkpoint import read_checkpoint, read_progress, restore_rng, write_checkpoint

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sensiprune.apply.surgery import size_of
 from sensiprune.errors import SensipruneError
+from sensiprune.handlers.layouts import size_of
 from sensiprune.measure import counted_forward
 from sensiprune.structure import hidden
 from sensiprune.structure.channels import DependencyGraph, Group, regular_groups

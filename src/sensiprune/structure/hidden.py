@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import nn
 
-from sensiprune.apply.surgery import size_of
 from sensiprune.errors import SensipruneError
+from sensiprune.handlers.layouts import size_of
 from sensiprune.handlers.norm import NORM_LAYOUT, is_norm
 from sensiprune.structure.channels import Group, regular_groups
 

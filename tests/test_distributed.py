@@ -111,7 +111,7 @@ def test_a_failing_rank_stops_the_run_the_checkpoint_survives_and_a_rerun_resume
 
 
 def test_a_shard_knows_its_length_without_reading_the_batches():
-    from sensiprune.runs.distributed import Shard
+    from sensiprune.distributed import Shard
 
     for rank in (0, 1):
         shard = Shard(list(range(5)))
