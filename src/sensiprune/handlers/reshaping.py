@@ -8,13 +8,14 @@ from torch import fx, nn
 
 from sensiprune.handlers.base import Handler, no_flops, register
 from sensiprune.structure.channels import Flow, node_shape
+from sensiprune.structure.tensor_rules import flatten
 
 if TYPE_CHECKING:
     from sensiprune.structure.graph import ChannelTracer
 
 
 def _flatten(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    return t.flatten(node, module.start_dim, module.end_dim)
+    return flatten(t, node, module.start_dim, module.end_dim)
 
 
 def _softmax(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:

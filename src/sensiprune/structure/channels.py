@@ -293,3 +293,10 @@ def index_keeps_dim(dim: int, ndim: int, index: Any) -> int | None:
         dim_in += 1
         dim_out += isinstance(item, slice)
     return dim_out + (dim - dim_in)
+
+
+def describe(node: fx.Node) -> str:
+    """A node as the list of what was left alone names it."""
+    if node.op == "call_module":
+        return str(node.target)
+    return f"{node.op}:{getattr(node.target, '__name__', node.target)}"

@@ -22,6 +22,7 @@ from sensiprune.structure.operators import (
     order_of,
 )
 from sensiprune.structure.param_flow import ParamFlow
+from sensiprune.structure.sizes import sized
 from sensiprune.structure.split_flow import (
     as_axes,
     broadcast_union,
@@ -52,7 +53,7 @@ def visit(t: ChannelTracer, node: fx.Node) -> Any:
     elif node.target in PASS_FUNCTIONS or node.target in PASS_METHODS:
         moved = value
     elif name in SPLIT_RESHAPES and after is not None:
-        moved = t.sized(node, reshaped(value, before, after))
+        moved = sized(t, node, reshaped(value, before, after))
     elif name in ("permute", "transpose"):
         moved = permuted(value, order_of(node, len(before)))
     elif name == "repeat_interleave":
