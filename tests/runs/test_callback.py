@@ -10,6 +10,7 @@ import sensiprune as sp
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
+from sensiprune.options import PruneOptions, StructuredOptions  # noqa: E402
 from sensiprune.runs.callback import PruningCallback  # noqa: E402
 
 
@@ -66,6 +67,6 @@ def test_gradual_pruning_inside_trainer_train_keeps_pruned_weights_at_zero(tmp_p
 
 def test_structured_pruning_inside_training_is_refused():
     with pytest.raises(sp.SensipruneError, match="before train"):
-        PruningCallback(0.5, structured=True)
+        PruningCallback(0.5, options=PruneOptions(structured=StructuredOptions()))
     with pytest.raises(sp.SensipruneError, match="start <= end"):
         PruningCallback(0.5, start=0.8, end=0.2)

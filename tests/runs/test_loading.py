@@ -12,7 +12,13 @@ from torch import nn
 
 import sensiprune as sp
 from sensiprune.errors import SensipruneError
-from sensiprune.runs.loading import build_model, call_factory, data_splits, import_object, model_inputs
+from sensiprune.runs.loading import (
+    build_model,
+    call_factory,
+    data_splits,
+    import_object,
+    model_inputs,
+)
 from sensiprune.zoo import LeNet300100
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -18,7 +19,8 @@ from transformers import TrainerCallback
 
 from sensiprune.data import Batch, LossFn
 from sensiprune.errors import SensipruneError
-from sensiprune.pruning import prune
+from sensiprune.options import PruneOptions
+from sensiprune.pruning import prune_with
 from sensiprune.selection.schedule import sparsity_at
 from sensiprune.selection.unstructured import Sparsity, check_sparsity
 
@@ -46,17 +48,19 @@ class PruningCallback(TrainerCallback):
         start: float = 0.0,
         end: float = 0.5,
         curve: str = "cubic",
-        scope: str = "global",
-        **prune_options: Any,
+        options: PruneOptions | None = None,
     ) -> None:
         """Prune to ``sparsity`` in ``steps`` events between fractions ``start`` and ``end`` of
         training; ``data`` (needed by gradient criteria) and ``loss_fn`` (default: the model's
-        own loss) score the weights; other options go to :func:`sensiprune.prune`."""
+        own loss) score the weights; ``options`` holds the other settings of every prune (its
+        criterion is ``criterion``)."""
         check_sparsity(sparsity)
         sparsity_at(sparsity, 1, steps, curve)  # validates steps and curve
         if not 0.0 <= start <= end <= 1.0:
             raise SensipruneError(f"need 0 <= start <= end <= 1, got start={start}, end={end}")
-        if prune_options.get("structured"):
+        options = replace(options or PruneOptions(), criterion=criterion)
+        options.check()
+        if options.structured is not None:
             raise SensipruneError(
                 "structured pruning inside Trainer.train() would change parameters under its "
                 "optimiser: prune with sp.prune(structured=True) before train()"
@@ -65,7 +69,7 @@ class PruningCallback(TrainerCallback):
         self.data = list(data) if data is not None else None
         self.loss_fn = loss_fn or model_loss
         self.window = (start, end)
-        self.options = {"scope": scope, **prune_options}
+        self.options = options
         self.events: dict[int, int] = {}
         self.history: list[tuple[int, float]] = []  # (global step, prunable sparsity)
 
@@ -84,6 +88,6 @@ class PruningCallback(TrainerCallback):
         if event is None or model is None:
             return
         target = sparsity_at(self.sparsity, event, self.steps, self.curve)
-        result = prune(model, target, criterion=self.criterion, data=self.data, loss_fn=self.loss_fn, **self.options)
+        result = prune_with(model, target, self.options, self.data, self.loss_fn)
         self.history.append((step, result.sparsity))
         log.info("step %d: pruned to %.1f%% (%s)", step, 100 * result.sparsity, self.criterion)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sensiprune.io.atomic import atomic_directory
 from sensiprune.errors import SensipruneError
+from sensiprune.io.atomic import atomic_directory
 from sensiprune.io.saving import load, save
 
 MODEL_DIR = "model"

@@ -28,28 +28,35 @@ import torch
 from torch import nn
 
 from sensiprune import distributed
-from sensiprune.structure.adapters import KINDS
-from sensiprune.io.atomic import atomic_write_bytes
-from sensiprune.runs.checkpoint import read_checkpoint, read_progress, restore_rng, write_checkpoint
-from sensiprune.data import checked_loss, default_loss
-from sensiprune.runs.distill import embedding_distillation, embedding_similarity, frozen_copy
-from sensiprune.errors import SensipruneError, first_line
-from sensiprune.runs.loading import build_model, call_factory, data_splits, import_object, limited, model_inputs
-from sensiprune.runs.lock import DirectoryLock
+from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.apply.masks import make_permanent
+from sensiprune.data import checked_loss, default_loss
+from sensiprune.errors import SensipruneError, first_line
+from sensiprune.io.atomic import atomic_write_bytes
+from sensiprune.io.saving import save
 from sensiprune.measure import count_flops, count_parameters, latency, weights_kept
 from sensiprune.progress import progress
 from sensiprune.pruning import prune_with
-from sensiprune.result import PruneResult
-from sensiprune.runs.recipe import RESUME_GROUPS, Recipe, load_recipe
 from sensiprune.report.run import METRICS_FILE, RESULTS_FILE, write_run_report
-from sensiprune.io.saving import save
+from sensiprune.result import PruneResult
+from sensiprune.runs.checkpoint import read_checkpoint, read_progress, restore_rng, write_checkpoint
+from sensiprune.runs.distill import embedding_distillation, embedding_similarity, frozen_copy
+from sensiprune.runs.loading import (
+    build_model,
+    call_factory,
+    data_splits,
+    import_object,
+    limited,
+    model_inputs,
+)
+from sensiprune.runs.lock import DirectoryLock
+from sensiprune.runs.recipe import RESUME_GROUPS, Recipe, load_recipe
+from sensiprune.runs.train import correct_predictions, evaluate, finetune
+from sensiprune.selection.allocation import allocate, warn_if_clamped
 from sensiprune.selection.schedule import sparsity_at
 from sensiprune.selection.unstructured import Sparsity
-from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
-from sensiprune.selection.allocation import allocate, warn_if_clamped
+from sensiprune.structure.adapters import KINDS
 from sensiprune.targets import require_targets, resolve_layer_names
-from sensiprune.runs.train import correct_predictions, evaluate, finetune
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"

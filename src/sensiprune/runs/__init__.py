@@ -1,0 +1,1 @@
+"""A pruning run end to end: recipe, runner, training, checkpoints."""
