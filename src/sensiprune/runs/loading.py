@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import inspect
 import itertools
+import json
 import pickle
 import re
 import site
@@ -219,3 +220,21 @@ def _prefix(order: list[str], present: list[str]) -> int:
 
 def limited(batches: Iterable[Batch], count: int | None) -> list[Batch]:
     return list(itertools.islice(batches, count))
+
+
+def read_budget(path: str | dict[str, float]) -> dict[str, float]:
+    if isinstance(path, dict):  # inline in the recipe, already checked there
+        return dict(path)
+    try:
+        budget = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SensipruneError(f"prune.target.budget: {path} does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SensipruneError(f"prune.target.budget: {path} is not JSON: {exc}") from exc
+    if not isinstance(budget, dict) or not all(
+        isinstance(v, (int, float)) and 0 <= v < 1 for v in budget.values()
+    ):
+        raise SensipruneError(
+            f"prune.target.budget: {path} must map layer names to sparsities in [0, 1)"
+        )
+    return {str(k): float(v) for k, v in budget.items()}

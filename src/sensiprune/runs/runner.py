@@ -8,16 +8,13 @@ the same machine, ends with exactly the weights an uninterrupted run ends with.
 
 from __future__ import annotations
 
-import copy
 import functools
-import importlib.util
 import json
 import logging
 import random
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +26,10 @@ from torch import nn
 
 from sensiprune import distributed
 from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
-from sensiprune.apply.masks import make_permanent
 from sensiprune.data import checked_loss, default_loss
-from sensiprune.errors import SensipruneError, first_line
+from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_write_bytes
+from sensiprune.io.onnx import deployable, export_onnx, require_exporter
 from sensiprune.io.saving import save
 from sensiprune.measure import count_flops, count_parameters, latency, weights_kept
 from sensiprune.progress import progress
@@ -48,6 +45,7 @@ from sensiprune.runs.loading import (
     import_object,
     limited,
     model_inputs,
+    read_budget,
 )
 from sensiprune.runs.lock import DirectoryLock
 from sensiprune.runs.recipe import RESUME_GROUPS, Recipe, load_recipe
@@ -139,13 +137,13 @@ class PruningRun:
         self.sample = tuple(t[:1] for t in self.inputs)  # FLOPs are reported per sample
         checked_loss(self.loss_fn, model, next(iter(self.data.train)))  # fails before writing
         budget_file = recipe.prune.target.budget
-        self.file_budget = _read_budget(budget_file) if budget_file is not None else None
+        self.file_budget = read_budget(budget_file) if budget_file is not None else None
         # names that match nothing are found now, before pretraining writes anything
         targets = require_targets(model, recipe.prune.ignore)
         if self.file_budget is not None:
             resolve_layer_names(targets, [k for k in self.file_budget if k not in KINDS])
         if recipe.report.onnx:
-            _require_onnx()
+            require_exporter()
         self.model = model
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -463,12 +461,12 @@ class PruningRun:
             "flops": flops.effective,
         }
         if self.recipe.report.latency:
-            final["latency_s"] = latency(_deployable(self.model), *self.inputs)
+            final["latency_s"] = latency(deployable(self.model), *self.inputs)
             final["latency_batch"] = len(self.inputs[0])
             self.progress["dense"]["latency_s"] = latency(dense_model, *self.inputs)
         save(self.model, self.out / MODEL_DIR)
         if self.recipe.report.onnx:
-            _export_onnx(self.model, self.inputs, self.out / "model.onnx")
+            export_onnx(self.model, self.inputs, self.out / "model.onnx")
         results = {
             "recipe": self.recipe.model_dump(mode="json"),
             "dense": self.progress["dense"],
@@ -497,61 +495,3 @@ def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _read_budget(path: str | dict[str, float]) -> dict[str, float]:
-    if isinstance(path, dict):  # inline in the recipe, already checked there
-        return dict(path)
-    try:
-        budget = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SensipruneError(f"prune.target.budget: {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SensipruneError(f"prune.target.budget: {path} is not JSON: {exc}") from exc
-    if not isinstance(budget, dict) or not all(
-        isinstance(v, (int, float)) and 0 <= v < 1 for v in budget.values()
-    ):
-        raise SensipruneError(
-            f"prune.target.budget: {path} must map layer names to sparsities in [0, 1)"
-        )
-    return {str(k): float(v) for k, v in budget.items()}
-
-
-def _require_onnx() -> None:
-    if importlib.util.find_spec("onnxscript") is None:
-        raise SensipruneError(
-            "report.onnx needs the ONNX exporter: pip install 'sensiprune[onnx]' "
-            "(or set report.onnx: false)"
-        )
-
-
-def _deployable(model: nn.Module) -> nn.Module:
-    """A copy without mask hooks, as it would be deployed: the masked zeros baked in."""
-    plain = copy.deepcopy(model)
-    make_permanent(plain)
-    return plain
-
-
-def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
-    """Export with a dynamic batch dimension, checked by ONNX Runtime against torch."""
-    plain = _deployable(model).eval()
-    batch = torch.export.Dim("batch")
-    with tempfile.TemporaryDirectory(dir=path.parent) as staging, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        staged = Path(staging) / path.name
-        try:
-            torch.onnx.export(
-                plain,
-                inputs,
-                str(staged),
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                dynamic_shapes=tuple({0: batch} for _ in inputs),
-            )
-        except Exception as exc:  # the exporter's many failure types all mean the same here
-            raise SensipruneError(
-                f"ONNX export failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
-                "the pruned model is saved in model/; set report.onnx: false to skip the export"
-            ) from exc
-        staged.replace(path)
