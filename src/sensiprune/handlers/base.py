@@ -92,6 +92,20 @@ class InputFeatures:
     has_matrix: Callable[[nn.Module], bool] = lambda module: True
 
 
+def per_channel(size_attr: str) -> Rule:
+    """The flow rule of a layer with one entry per channel along dimension 1, its count in
+    ``size_attr`` (BatchNorm, InstanceNorm, PReLU): each channel's entries go with it."""
+
+    def rule(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
+        along = t.along(flow, 1, getattr(module, size_attr))
+        if along is None:
+            return t.pinned_output(node, f"{type(module).__name__} over a moved channel dimension")
+        t.channelwise(layer, along.slots)
+        return along
+
+    return rule
+
+
 def no_flops(module: nn.Module, args: tuple, output: object) -> int:
     """Layers whose ops have no FLOP formula: FlopCounterMode counts 0 for them."""
     return 0

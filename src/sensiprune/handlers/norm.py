@@ -14,20 +14,13 @@ from sensiprune.handlers.base import (
     fixed,
     handler_for,
     no_flops,
+    per_channel,
     register,
 )
 from sensiprune.structure.channels import Flow, node_shape
 
 if TYPE_CHECKING:
     from sensiprune.structure.graph import ChannelTracer
-
-
-def _batchnorm(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
-    flow = t.along(flow, 1, module.num_features)
-    if flow is None:
-        return t.pinned_output(node, "BatchNorm over a moved channel dimension")
-    t.channelwise(layer, flow.slots)
-    return flow
 
 
 def _groupnorm(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
@@ -116,7 +109,7 @@ register(
     nn.BatchNorm2d,
     nn.BatchNorm3d,
     handler=Handler(
-        flow=_batchnorm,
+        flow=per_channel("num_features"),
         layouts={
             "channel": Layout(
                 fixed(*(Cut(a, 0) for a in ("weight", "bias", "running_mean", "running_var"))),

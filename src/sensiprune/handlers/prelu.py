@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
 
-from sensiprune.handlers.base import Cut, Handler, Layout, fixed, register
+from sensiprune.handlers.base import Cut, Handler, Layout, fixed, per_channel, register
 from sensiprune.structure.channels import Flow
 
 if TYPE_CHECKING:
@@ -16,13 +16,10 @@ if TYPE_CHECKING:
 def _prelu(t: ChannelTracer, node: fx.Node, layer: str, module: nn.Module, flow: Flow) -> Any:
     if module.num_parameters == 1:  # one slope for every channel
         return flow
-    along = t.along(flow, 1, module.num_parameters)
-    if along is None:
-        return t.pinned_output(node, "PReLU over a moved channel dimension")
-    t.channelwise(layer, along.slots)
-    return along
+    return _per_channel(t, node, layer, module, flow)
 
 
+_per_channel = per_channel("num_parameters")
 register(
     nn.PReLU,
     handler=Handler(_prelu, {"channel": Layout(fixed(Cut("weight", 0)), ("num_parameters",))}),
