@@ -1,4 +1,5 @@
-"""The verbs: score, prune, iterative_prune. Validation happens here, at the edge."""
+"""The verbs: score, prune (and prune_with, its settings in one object), iterative_prune.
+Validation happens here, at the edge."""
 
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ def _compensate(
 ) -> None:
     """Let a compensating criterion (OBS) pick the weights within the chosen per-row counts
     and move the rest."""
-    chosen_by_obs, new_weights = crit.compensate(
+    settled, new_weights = crit.compensate(
         model,
         targets,
         chosen,
@@ -175,7 +176,7 @@ def _compensate(
         loss_fn or default_loss,
         show_progress,
     )
-    chosen.update(chosen_by_obs)
+    chosen.update(settled)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in new_weights.items():

@@ -40,7 +40,8 @@ def test_criteria_lists_every_criterion(capsys):
         assert name in out
     lines = {line.split()[0]: line for line in out.splitlines() if line}
     assert "compensates" in lines["obs"] and "data" in lines["obs"]
-    assert "measures groups" in lines["group_loss"] and "channels only" in lines["group_loss"]
+    assert "scores groups" in lines["group_loss"] and "channels only" in lines["group_loss"]
+    assert "measures loss" in lines["perturbation"] and "measures loss" in lines["group_loss"]
     assert lines["magnitude"].split()[1] == "-"  # needs nothing
 
 

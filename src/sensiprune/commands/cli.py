@@ -28,8 +28,10 @@ def _criteria(args: argparse.Namespace) -> int:
     for name, crit in rows:
         print(f"{name:16} {said[name]:{width}} {crit.summary}")
     print(
-        "\ndata: needs batches to score; channels only: structured=True only; compensates: "
-        "moves the weights that stay, so single weights only (structured=False)."
+        "\ndata: needs batches to score; channels only: structured=True only; scores groups: "
+        "scores whole channel groups; compensates: moves the weights that stay, so single "
+        "weights only (structured=False); measures loss: runs the model once per candidate "
+        "(exact, slow on big models)."
     )
     return 0
 

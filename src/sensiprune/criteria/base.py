@@ -38,12 +38,14 @@ class Criterion:
     criteria that must look across layers or run the model override ``score``.
 
     What a criterion can do beyond scoring weights it declares, and the verbs ask rather than
-    check its type: ``scores_groups`` (it measures whole channel groups: ``score_groups``),
-    ``compensates`` (after choosing, it moves the weights that stay: ``compensate``).
+    check its type: ``scores_groups`` (it scores whole channel groups: ``score_groups``),
+    ``compensates`` (after choosing, it moves the weights that stay: ``compensate``),
+    ``measures_loss`` (it runs the model once per candidate: exact, and slow on big models).
     """
 
     scores_groups = False
     compensates = False
+    measures_loss = False
 
     def __init__(
         self,
@@ -70,8 +72,9 @@ class Criterion:
             for word, has in (
                 ("data", self.needs_data),
                 ("channels only", self.structured_only),
-                ("measures groups", self.scores_groups),
+                ("scores groups", self.scores_groups),
                 ("compensates", self.compensates),
+                ("measures loss", self.measures_loss),
             )
             if has
         )

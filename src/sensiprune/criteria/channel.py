@@ -75,6 +75,7 @@ class GroupLossChange(Criterion):
     """
 
     scores_groups = True
+    measures_loss = True
 
     def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         raise SensipruneError(

@@ -43,6 +43,8 @@ class PerturbationCriterion(Criterion):
     falling back to a plain loop for models vmap cannot run): for small models and validation.
     """
 
+    measures_loss = True
+
     def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         batches = list(ctx.batches or [])
         if not batches:
