@@ -12,6 +12,7 @@ from torch import nn
 
 from sensiprune import criteria, distributed
 from sensiprune.apply import config_sync, masks
+from sensiprune.apply.block_sync import after_surgery, bookkeepers
 from sensiprune.apply.cut import remove_groups
 from sensiprune.criteria.scoring import score_groups
 from sensiprune.data import Batch, LossFn, as_batches
@@ -149,9 +150,7 @@ def _bookkeeping(model: nn.Module, blocks: list[adapters.Block]) -> tuple:
     """What brings the attributes the model's code and config read in step with the new
     shapes, and the objects it may change."""
     if blocks:
-        return functools.partial(adapters.after_surgery, model, blocks), adapters.bookkeepers(
-            model, blocks
-        )
+        return functools.partial(after_surgery, model, blocks), bookkeepers(model, blocks)
     return config_sync.follower(model), config_sync.configs(model)
 
 

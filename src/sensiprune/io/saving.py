@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sensiprune.apply import masks
+from sensiprune.apply.block_sync import own_config
 from sensiprune.apply.surgery import refresh_loaded, retie, tied_parameters
 from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_directory
@@ -35,7 +36,7 @@ from sensiprune.io.manifest import (
     read_manifest,
     read_weights,
 )
-from sensiprune.structure.adapters import CONFIG_FIELDS, own_config
+from sensiprune.structure.adapters import CONFIG_FIELDS
 from sensiprune.structure.counts import SIZES
 from sensiprune.targets import Target
 
