@@ -133,8 +133,8 @@ def counted_forward(
 ) -> tuple[int, list[tuple[int, ...]]]:
     """FLOPs and output shapes of one forward pass; a failure is one error line after
     ``failure``. ``layers_only`` counts only layers of known types, from their shapes (see
-    :func:`layer_flops`): exact, and cheaper, when nothing else runs an op with FLOPs (the
-    dependency graph's pass found out)."""
+    :func:`sensiprune.handlers.base.layer_flops`): exact, and cheaper, when nothing else runs
+    an op with FLOPs (the dependency graph's pass found out)."""
     try:
         if layers_only:
             flops = [0]

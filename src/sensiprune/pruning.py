@@ -77,7 +77,7 @@ def prune(
     (``scope="layer"``) or overall (``"global"``), ``example_inputs`` is a batch the model
     accepts (for tracing), ``round_to`` keeps channel counts multiples of N (``"auto"``: of
     the channels one SIMD vector of the model's device holds, see
-    :func:`sensiprune.apply.structured.vector_width`), and
+    :func:`sensiprune.selection.groups.vector_width`), and
     ``group_reduction`` (mean / sum / max) turns the weight scores of a channel group into one.
     In a budget, ``"heads"``, ``"query_heads"`` (inside key/value groups), ``"ffn"`` and
     ``"hidden"`` (the model dimension) stand for every transformer block sensiprune knows.

@@ -11,7 +11,7 @@ removed takes 8 residual channels, the 8 that matter least.
 
 The walk records ties between slot lists (graph.py); :func:`settle` decides, once the
 classes are known, whether a tie is kept, holds by itself, or pins its channels, and
-:func:`honor` brings the selection in step.
+selection/ties.py brings the selection in step.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def settle(a: np.ndarray | None, b: np.ndarray | None) -> str:
 def at_group_level(a: np.ndarray, b: np.ndarray) -> Tie:
     """A "free" tie over group numbers (-1: a class that is not a removable group, such as
     one without a producer). Where one side has no group to remove, the other must keep all
-    of its own: a tie of that side with itself, of unit 0, which :func:`honor` keeps whole."""
+    of its own: a tie of that side with itself, of unit 0, which selection/ties.py keeps whole."""
     sides = []
     for side in (a, b):
         free = side[side >= 0]
