@@ -3,6 +3,7 @@
 from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.analysis.validation import CrossValidation, cross_validate
 from sensiprune.apply.masks import get_masks, make_permanent
+from sensiprune.compress import CompressResult, compress
 from sensiprune.criteria import available as available_criteria
 from sensiprune.errors import SensipruneError
 from sensiprune.io.saving import load, save
@@ -12,6 +13,7 @@ from sensiprune.selection.allocation import Budget, allocate
 
 __all__ = [
     "Budget",
+    "CompressResult",
     "CrossValidation",
     "FinetuneResult",
     "PruneResult",
@@ -19,6 +21,7 @@ __all__ = [
     "SensitivityTable",
     "allocate",
     "available_criteria",
+    "compress",
     "cross_validate",
     "evaluate",
     "finetune",

@@ -1,0 +1,92 @@
+"""sp.compress: a goal in, the per-layer thresholds found, validated, and met."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import sensiprune as sp
+from sensiprune.measure import count_flops
+
+
+def _batches(seed: int, n: int, shape: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n * 16, *shape, generator=generator)
+    y = (x.flatten(1)[:, 0] > 0).long() + (x.flatten(1)[:, 1] > 0.5).long()
+    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n * 16, 16)]
+
+
+def _trained(model: nn.Module, data) -> nn.Module:
+    torch.manual_seed(0)
+    sp.finetune(model, data, epochs=5, lr=1e-2, show_progress=False)
+    return model
+
+
+@pytest.fixture
+def mlp_and_data(mlp):
+    train, val, test = _batches(1, 6, (8,)), _batches(2, 4, (8,)), _batches(3, 4, (8,))
+    return _trained(mlp, train), train, val, test
+
+
+def test_a_params_goal_is_met_and_the_prediction_is_reported(mlp_and_data):
+    model, train, val, test = mlp_and_data
+    total = sum(p.numel() for p in model.parameters())
+    result = sp.compress(model, train, val, {"params": 0.3}, test_data=test, folds=2, steps=2)
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    assert result.params_kept == pytest.approx(nonzero / total)
+    assert result.params_kept == pytest.approx(0.3, abs=0.01)
+    assert result.method.startswith("unstructured") and result.criterion == "obs"
+    assert [s.step for s in result.steps] == [1, 2]
+    assert result.steps[0].params_kept > result.steps[1].params_kept  # the cubic path
+    assert set(result.budget) <= {"fc1.weight", "fc2.weight", "head.weight"}
+    assert result.cross_validated_std >= 0
+    assert result.measured_drop == pytest.approx(result.dense_metric - sp.evaluate(model, test))
+    assert "compress to params=0.3" in str(result) and "step 2" in str(result)
+
+
+def test_a_flops_goal_shrinks_layers(cnn_batches):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 3),
+    )  # fmt: skip
+    x = cnn_batches[0][0]
+    dense_flops = count_flops(model, x[:1]).effective
+    result = sp.compress(model, cnn_batches, cnn_batches, {"flops": 0.6}, folds=3, steps=2,
+                         criterion="magnitude", epochs_per_step=0)  # fmt: skip
+    assert result.method.startswith("structured")
+    assert model[0].out_channels < 8 or model[3].out_channels < 8
+    flops = count_flops(model, x[:1]).effective
+    assert result.flops_kept == pytest.approx(flops / dense_flops)
+    assert result.flops_kept <= 0.75  # the allocation aims at 0.6 in whole channels
+
+
+def test_a_drop_goal_prunes_as_far_as_the_curves_allow(mlp_and_data):
+    model, train, val, _ = mlp_and_data
+    result = sp.compress(model, train, val, {"max_drop": 0.05}, folds=2, steps=1,
+                         criterion="magnitude", epochs_per_step=0)  # fmt: skip
+    assert result.predicted_drop <= 0.05
+    assert result.params_kept < 1.0
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ({"speedup": 2.0}, "unknown goal 'speedup'"),
+        ({"params": 0.1, "flops": 0.5}, "one goal"),
+        (0.5, "one goal"),
+        ({"params": 1.5}, r"in \(0, 1\)"),
+        ({"params": True}, "must be a number"),
+        ({"max_drop": -0.1}, r"in \[0, 1\)"),
+        ({"params": 0.001}, "out of reach"),
+    ],
+)
+def test_bad_goals_are_refused_before_anything_changes(mlp_and_data, target, message):
+    model, train, val, _ = mlp_and_data
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(sp.SensipruneError, match=message):
+        sp.compress(model, train, val, target)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
