@@ -91,7 +91,7 @@ def compress(
     test_data: Iterable[Batch] | None = None,
     criterion: str | None = None,
     folds: int = 5,
-    sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98),
+    sparsities: Sequence[float] | None = None,
     steps: int = 3,
     epochs_per_step: int = 1,
     lr: float = 1e-3,
@@ -109,7 +109,9 @@ def compress(
       the metric (unstructured, OBS).
 
     ``data`` trains (fine-tuning between steps, and the scores), ``val_data`` measures the
-    curves and cross-validates the budget in ``folds`` folds, and ``test_data`` (never seen
+    curves (at ``sparsities``, by default points that reach past what the goal needs, so that
+    no layer's curve stops short of its threshold) and cross-validates the budget in ``folds``
+    folds, and ``test_data`` (never seen
     before the end) gives the measured drop. ``steps`` prune / fine-tune steps along the cubic
     schedule, ``epochs_per_step`` epochs of Adam (``lr``) after each. ``metric`` (default:
     accuracy) and ``loss_fn`` as for :func:`sensiprune.evaluate` and :func:`sensiprune.prune`.
@@ -136,6 +138,8 @@ def compress(
         "flops": lambda: {"target_flops": value},
         "max_drop": lambda: {"max_drop": value},
     }[goal]()
+    if sparsities is None:
+        sparsities = _curve_points(allocation.get("target_sparsity"))
     checked = cross_validate(
         model, validation, folds=folds, sparsities=sparsities, criterion=criterion,
         metric=metric, loss_fn=loss_fn, structured=structured, example_inputs=inputs,
@@ -180,6 +184,16 @@ def _check_goal(target: object) -> tuple[str, float]:
             f"target {goal} is the fraction of the dense model to keep, in (0, 1), got {value}"
         )
     return goal, float(value)
+
+
+def _curve_points(needed: float | None) -> tuple[float, ...]:
+    """Where to measure the curves: the usual points, and past the sparsity the goal needs on
+    average (some layers must go further than that), up to 99%, what every layer keeps at
+    least by default."""
+    points = {0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99}
+    if needed is not None:
+        points |= {needed, 1.0 - (1.0 - needed) / 2}
+    return tuple(sorted(p for p in points if p <= 0.99))
 
 
 def _weight_sparsity(model: nn.Module, kept: float, ignore: IgnoreSpec) -> float:
