@@ -92,8 +92,8 @@ def compress(
     criterion: str | None = None,
     folds: int = 5,
     sparsities: Sequence[float] | None = None,
-    steps: int = 3,
-    epochs_per_step: int = 1,
+    steps: int = 1,
+    epochs_per_step: int = 5,
     lr: float = 1e-3,
     metric: Metric | None = None,
     loss_fn: LossFn | None = None,
@@ -113,7 +113,9 @@ def compress(
     no layer's curve stops short of its threshold) and cross-validates the budget in ``folds``
     folds, and ``test_data`` (never seen
     before the end) gives the measured drop. ``steps`` prune / fine-tune steps along the cubic
-    schedule, ``epochs_per_step`` epochs of Adam (``lr``) after each. ``metric`` (default:
+    schedule, ``epochs_per_step`` epochs of Adam (``lr``) after each; one step is the default
+    because OBS on the dense weights, then fine-tuning, measured better than steps at the same
+    epochs (benchmarks/results/compress.md). ``metric`` (default:
     accuracy) and ``loss_fn`` as for :func:`sensiprune.evaluate` and :func:`sensiprune.prune`.
     """
     goal, value = _check_goal(target)
