@@ -118,7 +118,7 @@ def compress(
     epochs (benchmarks/results/compress.md). ``metric`` (default:
     accuracy) and ``loss_fn`` as for :func:`sensiprune.evaluate` and :func:`sensiprune.prune`.
     """
-    goal, value = _check_goal(target)
+    goal, value = check_goal(target)
     structured = goal == "flops"
     criterion = criterion or DEFAULT_CRITERION[goal]
     train = as_batches(data, "data")
@@ -165,7 +165,8 @@ def compress(
                    metric, history)  # fmt: skip
 
 
-def _check_goal(target: object) -> tuple[str, float]:
+def check_goal(target: object) -> tuple[str, float]:
+    """The one goal of ``target`` and its value, or one line saying what is wrong."""
     if not isinstance(target, Mapping) or len(target) != 1:
         raise SensipruneError(
             f"target must be a dict with one goal, one of {', '.join(GOALS)}, such as "

@@ -62,6 +62,14 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    from sensiprune.commands.compress import run_compression
+
+    path = run_compression(args.recipe, restart=args.restart, show_progress=not args.quiet)
+    _show(path, args.quiet, f"model:  {path.parent / 'model'}")
+    return 0
+
+
 def _show(report: Path, quiet: bool, extra: str) -> None:
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return
@@ -119,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Prune copies of the dense model with each of compare.criteria at each of "
         "compare.sparsities, with the same ranking and fine-tuning, and write comparison.md "
         "/ .html with one chart of the metric against sparsity.",
+    )
+    _recipe_command(
+        commands,
+        "compress",
+        _compress,
+        "compress the recipe's model to compress.target (params, flops or max_drop)",
+        "Measure per-layer sensitivity on the validation split, allocate the per-layer "
+        "thresholds for compress.target, cross-validate them, prune and fine-tune, and write "
+        "the model (model/), compress.json and compress.md / .html into the run directory.",
     )
     report = commands.add_parser("report", help="rewrite a finished run's report and plots")
     report.add_argument("run_dir", help="the run directory (the recipe's output)")

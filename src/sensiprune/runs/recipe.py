@@ -29,6 +29,7 @@ from pydantic import (
 from torch import nn
 
 from sensiprune import criteria
+from sensiprune.compress import check_goal
 from sensiprune.errors import SensipruneError
 from sensiprune.options import PruneOptions, StructuredOptions
 
@@ -169,6 +170,30 @@ class PruneSpec(Section):
         )
 
 
+def _one_goal(target: dict[str, float] | None) -> dict[str, float] | None:
+    if target is not None:
+        try:
+            check_goal(target)
+        except SensipruneError as exc:
+            raise ValueError(str(exc)) from None
+    return target
+
+
+class CompressSpec(Section):
+    target: Annotated[dict[str, float] | None, AfterValidator(_one_goal)] = Field(
+        default=None,
+        description="the goal of `sensiprune compress`, one of params (fraction of the "
+        "parameters kept), flops (fraction of the FLOPs kept) or max_drop (largest drop of "
+        "the metric), e.g. {params: 0.1}",
+    )
+    criterion: CriterionName | None = Field(
+        default=None, description="default: obs for params and max_drop, taylor for flops"
+    )
+    folds: int = Field(default=5, ge=2, description="k-fold cross-validation of the budget")
+    steps: int = Field(default=1, ge=1, description="prune / fine-tune steps (cubic schedule)")
+    epochs_per_step: int = Field(default=5, ge=0, description="fine-tuning after each step")
+
+
 class AnalysisSpec(Section):
     sparsities: list[Fraction] = Field(
         default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95],
@@ -263,6 +288,7 @@ class Recipe(Section):
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     compare: CompareSpec = Field(default_factory=CompareSpec)
+    compress: CompressSpec = Field(default_factory=CompressSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
 
     @model_validator(mode="after")

@@ -1,0 +1,48 @@
+"""`sensiprune compress`: a recipe's model compressed to its goal, saved and reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import sensiprune as sp
+from sensiprune.commands.cli import main
+from sensiprune.zoo import LeNet300100
+from tests.recipe_support import write_recipe
+
+DATA = {"factory": "tests.recipe_support:digits", "kwargs": {"batch_size": 64}}
+
+
+def test_compress_reaches_the_goal_and_saves_the_model(tmp_path, capsys):
+    goal = {"target": {"params": 0.2}, "criterion": "magnitude", "folds": 2,
+            "epochs_per_step": 1}  # fmt: skip
+    path = write_recipe(tmp_path, compress=goal, data=DATA)
+    assert main(["compress", "-q", str(path)]) == 0
+    run = tmp_path / "run"
+    result = json.loads((run / "compress.json").read_text())
+    assert result["goal"] == {"params": 0.2}
+    assert result["params_kept"] == pytest.approx(0.2, abs=0.01)
+    assert set(result["budget"]) <= {"fc1.weight", "fc2.weight", "fc3.weight"}
+    report = (run / "compress.md").read_text()
+    assert "compress to params=0.2" in report and "| fc1.weight |" in report
+    model = sp.load(run / "model", LeNet300100)
+    kept = sum(int((p != 0).sum()) for p in model.parameters())
+    assert kept / sum(p.numel() for p in model.parameters()) == pytest.approx(0.2, abs=0.01)
+    assert "model:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("compress", "message"),
+    [
+        (None, "needs a goal"),
+        ({"target": {"speedup": 2.0}}, "compress.target"),
+        ({"target": {"params": 0.1, "flops": 0.5}}, "compress.target"),
+    ],
+)
+def test_a_recipe_without_a_valid_goal_is_one_line(tmp_path, capsys, compress, message):
+    path = write_recipe(tmp_path, compress=compress, data=DATA)
+    assert main(["compress", "-q", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert not (tmp_path / "run" / "compress.json").exists()
