@@ -10,8 +10,7 @@ from __future__ import annotations
 import copy
 import time
 
-import torch
-from common import finish, header, parser
+from common import finish, header, parser, trained_on_digits
 
 import sensiprune as sp
 from sensiprune.zoo import LeNet5, LeNet300100, load_digits_splits
@@ -95,9 +94,7 @@ def main() -> None:
     )
     dense_models = {}
     for name, factory in MODELS.items():
-        torch.manual_seed(args.seed)
-        dense = factory()
-        sp.finetune(dense, data.train, epochs=40, show_progress=False)
+        dense = trained_on_digits(factory, data, args.seed)
         dense_models[name] = dense
         lines += compare(name, dense, data, targets, epochs)
     lines += [

@@ -18,7 +18,7 @@ import copy
 import time
 
 import torch
-from common import finish, header, parser
+from common import finish, header, parser, trained_on_digits
 
 import sensiprune as sp
 from sensiprune.measure import count_parameters
@@ -27,7 +27,6 @@ from sensiprune.zoo import LeNet5, LeNet300100, load_digits_splits
 
 # (model, its factory, fraction of the parameters kept, largest test-accuracy drop allowed)
 GOALS = (("LeNet-300-100", LeNet300100, 1 / 40, 0.003), ("LeNet-5", LeNet5, 1 / 20, 0.005))
-DENSE_EPOCHS = 40
 
 
 def weight_sparsity(model: torch.nn.Module, kept: float) -> float:
@@ -103,9 +102,7 @@ def main() -> None:
         "least the compression asked, within the accuracy bound."
     )
     for name, factory, kept, bound in GOALS[:1] if args.quick else GOALS:
-        torch.manual_seed(args.seed)
-        dense = factory()
-        sp.finetune(dense, data.train, epochs=DENSE_EPOCHS, show_progress=False)
+        dense = trained_on_digits(factory, data, args.seed)
         lines += rows(name, dense, data, kept, bound, args)
     finish(lines, args.out, started)
 

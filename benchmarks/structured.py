@@ -14,7 +14,7 @@ import time
 from importlib import metadata
 
 import torch
-from common import finish, header, parser
+from common import finish, header, parser, trained_on_digits
 from torch import nn
 
 import sensiprune as sp
@@ -237,9 +237,7 @@ def speed_table(rounds: int, passes: int, with_peer: bool, prunes: int) -> list[
 
 def accuracy_table(seed: int, epochs: int) -> list[str]:
     data = load_digits_splits(seed=seed)
-    torch.manual_seed(seed)
-    dense = LeNet5()
-    sp.finetune(dense, data.train, epochs=40, show_progress=False)
+    dense = trained_on_digits(LeNet5, data, seed)
     x = data.val[0][0]
     out = [
         "",
