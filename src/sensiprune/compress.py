@@ -108,14 +108,13 @@ def compress(
     - ``{"max_drop": d}``: prune as much as the cross-validated curves say costs at most d of
       the metric (unstructured, OBS).
 
-    ``data`` trains (fine-tuning between steps, and the scores), ``val_data`` measures the
-    curves (at ``sparsities``, by default points that reach past what the goal needs, so that
-    no layer's curve stops short of its threshold) and cross-validates the budget in ``folds``
-    folds, and ``test_data`` (never seen
-    before the end) gives the measured drop. ``steps`` prune / fine-tune steps along the cubic
-    schedule, ``epochs_per_step`` epochs of Adam (``lr``) after each; one step is the default
-    because OBS on the dense weights, then fine-tuning, measured better than steps at the same
-    epochs (benchmarks/results/compress.md). ``metric`` (default:
+    ``data`` trains (fine-tuning between steps, and the scores); ``val_data`` measures the
+    curves (at ``sparsities``; by default at points past what the goal needs, so that no
+    layer's curve stops short of its threshold) and cross-validates the budget in ``folds``
+    folds; ``test_data``, seen only at the end, gives the measured drop. ``steps`` prune /
+    fine-tune steps along the cubic schedule, ``epochs_per_step`` epochs of Adam (``lr``) after
+    each. One step is the default: OBS on the dense weights, then fine-tuning, measured better
+    than steps at the same epochs (benchmarks/results/compress.md). ``metric`` (default:
     accuracy) and ``loss_fn`` as for :func:`sensiprune.evaluate` and :func:`sensiprune.prune`.
     """
     goal, value = check_goal(target)
