@@ -42,6 +42,8 @@ def test_a_params_goal_is_met_and_the_prediction_is_reported(mlp_and_data):
     assert [s.step for s in result.steps] == [1, 2]
     assert result.steps[0].params_kept > result.steps[1].params_kept  # the cubic path
     assert set(result.budget) <= {"fc1.weight", "fc2.weight", "head.weight"}
+    assert set(result.budget) <= set(result.table.layers)  # allocated from these curves
+    assert max(result.table.sparsities) > 1 - 0.3  # measured past what the goal needs
     assert result.cross_validated_std >= 0
     assert result.measured_drop == pytest.approx(result.dense_metric - sp.evaluate(model, test))
     assert "compress to params=0.3" in str(result) and "step 2" in str(result)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sensiprune.analysis.sensitivity import SensitivityTable
 from sensiprune.analysis.validation import CrossValidation, cross_validate
 from sensiprune.data import Batch, LossFn, as_batches
 from sensiprune.errors import SensipruneError
@@ -58,6 +59,7 @@ class CompressResult:
     params_kept: float
     flops_kept: float
     steps: tuple[CompressStep, ...]
+    table: SensitivityTable  # the curves the budget was allocated from
 
     @property
     def measured_drop(self) -> float:
@@ -261,4 +263,5 @@ def _result(
         params_kept=history[-1].params_kept,
         flops_kept=history[-1].flops_kept,
         steps=tuple(history),
+        table=checked.table,
     )

@@ -26,6 +26,8 @@ def test_compress_reaches_the_goal_and_saves_the_model(tmp_path, capsys):
     assert set(result["budget"]) <= {"fc1.weight", "fc2.weight", "fc3.weight"}
     report = (run / "compress.md").read_text()
     assert "compress to params=0.2" in report and "| fc1.weight |" in report
+    html = (run / "compress.html").read_text()
+    assert html.count("data:image/png;base64,") == 1  # the curves, thresholds marked
     model = sp.load(run / "model", LeNet300100)
     kept = sum(int((p != 0).sum()) for p in model.parameters())
     assert kept / sum(p.numel() for p in model.parameters()) == pytest.approx(0.2, abs=0.01)

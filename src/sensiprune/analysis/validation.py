@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sensiprune.analysis.sensitivity import sensitivity
+from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.data import Batch, LossFn
 from sensiprune.errors import SensipruneError
 from sensiprune.pruning import prune
@@ -33,6 +33,7 @@ class CrossValidation:
     folds: tuple[tuple[int, ...], ...]  # batch indices of each held-out fold
     predicted: tuple[float, ...]  # per fold, from the curves of the other folds
     observed: tuple[float, ...]  # per fold, measured on the held-out fold
+    table: SensitivityTable | None = None  # the curves of all the data, the budget's source
 
     @property
     def observed_mean(self) -> float:
@@ -115,5 +116,6 @@ def cross_validate(
                   structured=structured, example_inputs=example_inputs)  # fmt: skip
         predicted.append(budget.predicted_drop)
         observed.append(evaluate(model, unseen, metric) - evaluate(pruned, unseen, metric))
-    final = allocate(curves(batches), **targets)
-    return CrossValidation(final, split, tuple(predicted), tuple(observed))
+    table = curves(batches)
+    final = allocate(table, **targets)
+    return CrossValidation(final, split, tuple(predicted), tuple(observed), table)

@@ -13,7 +13,8 @@ from sensiprune.compress import CompressResult, compress
 from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_write_bytes
 from sensiprune.io.saving import save
-from sensiprune.report.document import Document, Table
+from sensiprune.report import plot_sensitivity
+from sensiprune.report.document import Document, Image, Table
 from sensiprune.runs.recipe import Recipe, load_recipe
 from sensiprune.runs.runner import MODEL_DIR, PruningRun
 
@@ -45,12 +46,13 @@ def run_compression(
             run.out / "compress.json", json.dumps(_as_json(result), indent=1).encode()
         )
         held_out = "test" if run.data.test is not None else "validation"
+        plot_sensitivity(result.table, run.out / "sensitivity.png", result.budget)
         markdown, _ = _document(recipe, result, held_out).write(run.out, "compress")
         return markdown
 
 
 def _as_json(result: CompressResult) -> dict:
-    fields = {k: v for k, v in vars(result).items() if k != "steps"}
+    fields = {k: v for k, v in vars(result).items() if k not in ("steps", "table")}
     return {**fields, "steps": [vars(step) for step in result.steps]}
 
 
@@ -65,6 +67,7 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
             ["layer", "sparsity"],
             [[name, f"{value:.1%}"] for name, value in sorted(result.budget.items())],
         ),
+        Image("sensitivity.png", "metric with one layer pruned at a time, and the thresholds"),
     )
     doc.add(
         "Steps",
