@@ -21,19 +21,12 @@ import torch
 from common import finish, header, parser, trained_on_digits
 
 import sensiprune as sp
+from sensiprune.compress import weight_sparsity
 from sensiprune.measure import count_parameters
-from sensiprune.targets import find_targets
 from sensiprune.zoo import LeNet5, LeNet300100, load_digits_splits
 
 # (model, its factory, fraction of the parameters kept, largest test-accuracy drop allowed)
 GOALS = (("LeNet-300-100", LeNet300100, 1 / 40, 0.003), ("LeNet-5", LeNet5, 1 / 20, 0.005))
-
-
-def weight_sparsity(model: torch.nn.Module, kept: float) -> float:
-    """The sparsity of the prunable weights that leaves ``kept`` of all parameters."""
-    total = sum(p.numel() for p in model.parameters())
-    prunable = sum(t.param.numel() for t in find_targets(model).values())
-    return 1.0 - (kept * total - (total - prunable)) / prunable
 
 
 def rows(name, dense, data, kept, bound, args) -> list[str]:

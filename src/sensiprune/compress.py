@@ -24,7 +24,7 @@ from sensiprune.errors import SensipruneError
 from sensiprune.measure import count_flops, count_parameters
 from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate, finetune
-from sensiprune.selection.schedule import sparsity_at
+from sensiprune.selection.schedule import share_of_remaining, sparsity_at
 from sensiprune.selection.unstructured import check_sparsity
 from sensiprune.structure.inputs import example_arguments
 from sensiprune.targets import IgnoreSpec, require_targets
@@ -136,11 +136,10 @@ def compress(
     dense_params = count_parameters(model).total
     dense_flops = count_flops(model, *sample).effective
     dense_metric = evaluate(model, held_out, metric)
-    allocation = {
-        "params": lambda: {"target_sparsity": _weight_sparsity(model, value, ignore)},
-        "flops": lambda: {"target_flops": value},
-        "max_drop": lambda: {"max_drop": value},
-    }[goal]()
+    if goal == "params":
+        allocation = {"target_sparsity": weight_sparsity(model, value, ignore)}
+    else:
+        allocation = {"target_flops" if goal == "flops" else "max_drop": value}
     if sparsities is None:
         sparsities = _curve_points(allocation.get("target_sparsity"))
     checked = cross_validate(
@@ -200,7 +199,7 @@ def _curve_points(needed: float | None) -> tuple[float, ...]:
     return tuple(sorted(p for p in points if p <= 0.99))
 
 
-def _weight_sparsity(model: nn.Module, kept: float, ignore: IgnoreSpec) -> float:
+def weight_sparsity(model: nn.Module, kept: float, ignore: IgnoreSpec = ()) -> float:
     """The sparsity of the prunable weights that leaves ``kept`` of all parameters."""
     total = sum(p.numel() for p in model.parameters())
     prunable = sum(t.param.numel() for t in require_targets(model, ignore).values())
@@ -228,10 +227,9 @@ def _prune_step(
 ) -> None:
     """Step ``step`` of the cubic path to ``budget``: masks name the total sparsity of a
     layer; a structured step names the share of the channels still there."""
-    now = sparsity_at(budget, step, steps)
-    if structured:
-        before = sparsity_at(budget, step - 1, steps)
-        now = {k: 1.0 - (1.0 - v) / (1.0 - before[k]) for k, v in now.items()}
+    now = (
+        share_of_remaining(budget, step, steps) if structured else sparsity_at(budget, step, steps)
+    )
     now = {k: v for k, v in now.items() if v > 0}
     if now:
         prune(model, now, criterion=criterion, data=data, loss_fn=loss_fn, structured=structured,

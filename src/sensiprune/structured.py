@@ -91,7 +91,7 @@ def _cut(
     kinds = _kinds(sparsity)
     graph, inputs = build(model, shape.example_inputs, blocks, kinds, data, pin_fixed)
     budget, by_kind = _budget(model, sparsity, kinds, blocks, graph)
-    groups = candidate_groups(model, graph, options.ignore, budget)
+    groups = candidate_groups(model, graph, targets, budget)
     values = score_groups(
         model, crit, groups, data, loss_fn, options.seed, scores, shape.group_reduction,
         options.show_progress,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from sensiprune.errors import SensipruneError
-from sensiprune.selection.schedule import fraction_done, geometric_sparsity, sparsity_at
+from sensiprune.selection.schedule import (
+    fraction_done,
+    geometric_sparsity,
+    share_of_remaining,
+    sparsity_at,
+)
 
 
 def test_cubic_schedule_of_zhu_and_gupta():
@@ -23,3 +28,12 @@ def test_geometric_steps_remove_the_same_fraction_of_what_is_left():
 def test_bad_schedules_are_refused(steps, kind):
     with pytest.raises(SensipruneError):
         fraction_done(1, steps, kind)
+
+
+def test_shares_of_what_is_left_add_up_to_the_target():
+    left = {"a": 1.0, "b": 1.0}
+    for step in range(1, 5):
+        share = share_of_remaining({"a": 0.8, "b": 0.5}, step, 4)
+        left = {k: v * (1.0 - share[k]) for k, v in left.items()}
+    assert left == pytest.approx({"a": 0.2, "b": 0.5})
+    assert share_of_remaining(0.6, 1, 1) == pytest.approx(0.6)

@@ -231,7 +231,7 @@ def _structured(
         data = as_batches(data)
     graph, inputs = build(model, example_inputs, data=data)
     total_flops, per_module = module_flops(model, *inputs)
-    groups = candidate_groups(model, graph, ignore, {})
+    groups = candidate_groups(model, graph, require_targets(model, ignore), {})
     values = score_groups(model, crit, groups, data, loss_fn, 0, None, "mean", show_progress)
     distributed.broadcast_([values])
     families: dict[frozenset[str], list[int]] = {}

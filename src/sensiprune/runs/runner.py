@@ -15,7 +15,6 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from sensiprune.runs.lock import DirectoryLock
 from sensiprune.runs.recipe import RESUME_GROUPS, Recipe, load_recipe
 from sensiprune.runs.train import correct_predictions, evaluate, finetune
 from sensiprune.selection.allocation import allocate, warn_if_clamped
-from sensiprune.selection.schedule import sparsity_at
+from sensiprune.selection.schedule import share_of_remaining, sparsity_at
 from sensiprune.selection.unstructured import Sparsity
 from sensiprune.structure.adapters import KINDS
 from sensiprune.targets import require_targets, resolve_layer_names
@@ -397,13 +396,10 @@ class PruningRun:
 
     def _step_sparsity(self, step: int) -> Sparsity:
         """Unstructured steps name total sparsity; structured ones the share of what is left."""
-        now = self._target_at(step)
         if not self.recipe.prune.structured:
-            return now
-        before = self._target_at(step - 1)
-        if isinstance(now, Mapping):
-            return {k: 1.0 - (1.0 - v) / (1.0 - before[k]) for k, v in now.items()}
-        return 1.0 - (1.0 - now) / (1.0 - before)
+            return self._target_at(step)
+        schedule = self.recipe.schedule
+        return share_of_remaining(self._target(), step, schedule.steps, schedule.curve)
 
     def _allocated_budget(self) -> dict[str, float]:
         spec, target = self.recipe.prune, self.recipe.prune.target

@@ -15,7 +15,7 @@ from sensiprune.errors import SensipruneError
 from sensiprune.options import PruneOptions
 from sensiprune.selection.unstructured import Sparsity, min_kept, normalized
 from sensiprune.structure.graph import DependencyGraph, Group
-from sensiprune.targets import IgnoreSpec, find_targets, require_targets
+from sensiprune.targets import Target, find_targets
 
 
 def choose_groups(
@@ -119,13 +119,14 @@ def _global(families, scores, sparsity: float, normalize: str, min_density: floa
 
 
 def candidate_groups(
-    model: nn.Module, graph: DependencyGraph, ignore: IgnoreSpec, budget: Sparsity
+    model: nn.Module, graph: DependencyGraph, targets: Mapping[str, Target], budget: Sparsity
 ) -> list[Group]:
-    """The groups that may go: none produced by an ignored layer, and embedding widths only
-    when a budget names the embedding (they change what every token vector means). With a
-    budget, only the groups of the layers it names (measured criteria cost per group)."""
+    """The groups that may go: none produced by a layer outside ``targets`` (the prunable
+    weights once ``ignore`` is applied), and embedding widths only when a budget names the
+    embedding (they change what every token vector means). With a budget, only the groups of
+    the layers it names (measured criteria cost per group)."""
     named = set(budget) if isinstance(budget, Mapping) else set()
-    kept = {t.layer for t in require_targets(model, ignore).values()}
+    kept = {t.layer for t in targets.values()}
     ignored = {t.layer for t in find_targets(model).values()} - kept
     unasked = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)} - named
     excluded = ignored | unasked

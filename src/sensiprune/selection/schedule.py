@@ -32,6 +32,15 @@ def sparsity_at(target: Sparsity, step: int, steps: int, kind: str = "cubic") ->
     return target * done
 
 
+def share_of_remaining(target: Sparsity, step: int, steps: int, kind: str = "cubic") -> Sparsity:
+    """What step ``step`` removes of what the steps before it left. A structured step cuts
+    channels out, so it names a share of those still there, not the total of :func:`sparsity_at`."""
+    now, before = sparsity_at(target, step, steps, kind), sparsity_at(target, step - 1, steps, kind)
+    if isinstance(now, Mapping):
+        return {k: 1.0 - (1.0 - v) / (1.0 - before[k]) for k, v in now.items()}
+    return 1.0 - (1.0 - now) / (1.0 - before)
+
+
 def geometric_sparsity(target: Sparsity, step: int, steps: int) -> Sparsity:
     """Sparsity after ``step`` of ``steps`` equal *ratios* of density: 1 − (1 − s)^(t/n).
 
