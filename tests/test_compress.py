@@ -10,6 +10,7 @@ from torch import nn
 
 import sensiprune as sp
 from sensiprune.measure import count_flops
+from sensiprune.selection.groups import vector_width
 
 
 def _batches(seed: int, n: int, shape: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -66,6 +67,33 @@ def test_a_flops_goal_shrinks_layers(cnn_batches):
     assert result.flops_kept <= 0.75  # the allocation aims at 0.6 in whole channels
 
 
+def test_a_speed_goal_is_allocated_against_measured_latency(tmp_path):
+    """The model shrinks in whole vectors of channels, runs measurably faster, and says what
+    it was allocated against; timing itself is judged in benchmarks/compress.py."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 96, 3, padding=1), nn.BatchNorm2d(96), nn.ReLU(),
+        nn.Conv2d(96, 96, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, 3),
+    )  # fmt: skip
+    batches = _batches(4, 6, (3, 16, 16))
+    result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
+                         criterion="magnitude", epochs_per_step=0,
+                         latency_cache=tmp_path)  # fmt: skip
+    assert result.method.startswith("structured")
+    assert result.latency_table is not None
+    assert set(result.latency_table.saved) == set(result.table.layers)
+    assert list(tmp_path.glob("*.json"))  # the table is kept for the next run
+    widths = [m.out_channels for m in model if isinstance(m, nn.Conv2d)]
+    assert widths != [64, 96, 96]
+    multiple = vector_width(model)
+    assert all(w % multiple == 0 for w in widths)  # round_to "auto" for speed goals
+    assert result.speedup > 1.2 and result.latency < result.dense_latency
+    assert result.flops_kept < 0.8
+    assert "faster, measured" in str(result)
+
+
 def test_a_drop_goal_prunes_as_far_as_the_curves_allow(mlp_and_data):
     model, train, val, _ = mlp_and_data
     result = sp.compress(model, train, val, {"max_drop": 0.05}, folds=2, steps=1,
@@ -77,7 +105,9 @@ def test_a_drop_goal_prunes_as_far_as_the_curves_allow(mlp_and_data):
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ({"speedup": 2.0}, "unknown goal 'speedup'"),
+        ({"bytes": 0.1}, "unknown goal 'bytes'"),
+        ({"speedup": 0.5}, "above 1"),
+        ({"speedup": float("inf")}, "above 1"),
         ({"params": 0.1, "flops": 0.5}, "one goal"),
         (0.5, "one goal"),
         ({"params": 1.5}, r"in \(0, 1\)"),

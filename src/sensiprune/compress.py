@@ -4,33 +4,41 @@ steps until the goal is met.
 
 The goal picks the method: a size goal (``params``) prunes single weights with OBS, which
 moves the weights that stay to make up for the ones removed; a FLOP goal (``flops``) removes
-whole channels, so layers really shrink; an accuracy goal (``max_drop``) prunes single weights
-as far as the cross-validated curves allow. Every choice can be overridden.
+whole channels, so layers really shrink; a speed goal (``speedup``) removes channels too,
+allocated against latency measured on this device rather than FLOPs; an accuracy goal
+(``max_drop``) prunes single weights as far as the cross-validated curves allow. Every choice
+can be overridden.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from sensiprune.analysis.sensitivity import SensitivityTable
+from sensiprune.analysis.latency import LatencyModel, measure_latency
+from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.analysis.validation import CrossValidation, cross_validate
 from sensiprune.data import Batch, LossFn, as_batches
 from sensiprune.errors import SensipruneError
-from sensiprune.measure import count_flops, count_parameters
+from sensiprune.measure import count_flops, count_parameters, latency, speedup
 from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate, finetune
+from sensiprune.selection.allocation import allocate
 from sensiprune.selection.schedule import share_of_remaining, sparsity_at
 from sensiprune.selection.unstructured import check_sparsity
 from sensiprune.structure.inputs import example_arguments
 from sensiprune.targets import IgnoreSpec, require_targets
 
-GOALS = ("params", "flops", "max_drop")
-DEFAULT_CRITERION = {"params": "obs", "flops": "taylor", "max_drop": "obs"}
+GOALS = ("params", "flops", "speedup", "max_drop")
+DEFAULT_CRITERION = {"params": "obs", "flops": "taylor", "speedup": "taylor", "max_drop": "obs"}
+STRUCTURED_POINTS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)  # channels: a 2x model cuts ~30-50%
+SPEED_TOLERANCE = 0.02  # how close the calibrated prune must measure to the goal
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,12 @@ class CompressResult:
     metric: float
     params_kept: float
     flops_kept: float
+    dense_latency: float  # seconds of one forward pass on the example batch, median
+    latency: float
+    speedup: float  # measured in alternation with the dense model (see measure.speedup)
     steps: tuple[CompressStep, ...]
     table: SensitivityTable  # the curves the budget was allocated from
+    latency_table: LatencyModel | None = None  # what a speed goal was allocated against
 
     @property
     def measured_drop(self) -> float:
@@ -72,6 +84,8 @@ class CompressResult:
             f"  parameters kept {self.params_kept:.1%} ({1 / max(self.params_kept, 1e-12):.1f}x "
             f"fewer), FLOPs kept {self.flops_kept:.1%} "
             f"({1 / max(self.flops_kept, 1e-12):.2f}x fewer)",
+            f"  latency {1e3 * self.dense_latency:.2f} ms -> {1e3 * self.latency:.2f} ms a "
+            f"batch: {self.speedup:.2f}x faster, measured",
             f"  metric {self.dense_metric:.4f} -> {self.metric:.4f}: drop {self.measured_drop:+.4f}"
             f" measured; predicted {self.predicted_drop:+.4f}, cross-validated "
             f"{self.cross_validated_drop:+.4f} ± {self.cross_validated_std:.4f}",
@@ -102,11 +116,15 @@ def compress(
     example_inputs: object = None,
     ignore: IgnoreSpec = (),
     show_progress: bool = False,
+    round_to: int | str | None = None,
+    latency_cache: str | os.PathLike | None = None,
 ) -> CompressResult:
     """Compress ``model`` in place to ``target``, one of:
 
     - ``{"params": f}``: keep the fraction f of the parameters (unstructured, OBS);
     - ``{"flops": f}``: keep the fraction f of the FLOPs (structured: channels, heads, units);
+    - ``{"speedup": s}``: run s times faster on this device (structured), measured on the
+      example batch (by default the first batch of ``val_data``: its batch size counts);
     - ``{"max_drop": d}``: prune as much as the cross-validated curves say costs at most d of
       the metric (unstructured, OBS).
 
@@ -118,9 +136,17 @@ def compress(
     each. One step is the default: OBS on the dense weights, then fine-tuning, measured better
     than steps at the same epochs (benchmarks/results/compress.md). ``metric`` (default:
     accuracy) and ``loss_fn`` as for :func:`sensiprune.evaluate` and :func:`sensiprune.prune`.
+
+    A speed goal times each family of channels cut at a few sparsities against the dense
+    model (a latency table, reused from ``latency_cache`` when it was measured there before
+    for this architecture, device, dtype and batch), allocates against it, then prunes a copy
+    and measures it, correcting the target until the measured speed-up is within 2% of the
+    goal. ``round_to`` keeps channel counts multiples of N for structured goals (default
+    ``"auto"`` for speed: one SIMD vector of this device, which runs fastest; 1 for FLOPs).
     """
     goal, value = check_goal(target)
-    structured = goal == "flops"
+    structured = goal in ("flops", "speedup")
+    round_to = round_to or ("auto" if goal == "speedup" else 1)
     criterion = criterion or DEFAULT_CRITERION[goal]
     train = as_batches(data, "data")
     validation = list(as_batches(val_data, "val_data"))
@@ -136,21 +162,35 @@ def compress(
     dense_params = count_parameters(model).total
     dense_flops = count_flops(model, *sample).effective
     dense_metric = evaluate(model, held_out, metric)
+    dense = copy.deepcopy(model)  # to time the result against
+    table, lut = None, None
     if goal == "params":
         allocation = {"target_sparsity": weight_sparsity(model, value, ignore)}
+    elif goal == "speedup":
+        table = sensitivity(
+            model, lambda m: evaluate(m, validation, metric), sparsities or STRUCTURED_POINTS,
+            criterion, validation, loss_fn, ignore, False, structured=True,
+            example_inputs=inputs,
+        )  # fmt: skip
+        lut = measure_latency(model, table, inputs, round_to=round_to, cache_dir=latency_cache,
+                              show_progress=show_progress)  # fmt: skip
+        keep = _calibrated(model, table, lut, value, inputs, round_to)
+        allocation = {"target_latency": keep, "latency": lut}
     else:
         allocation = {"target_flops" if goal == "flops" else "max_drop": value}
     if sparsities is None:
-        sparsities = _curve_points(allocation.get("target_sparsity"))
+        needed = allocation.get("target_sparsity")
+        sparsities = STRUCTURED_POINTS if structured else _curve_points(needed)
     checked = cross_validate(
         model, validation, folds=folds, sparsities=sparsities, criterion=criterion,
         metric=metric, loss_fn=loss_fn, structured=structured, example_inputs=inputs,
-        ignore=ignore, **allocation,
+        ignore=ignore, round_to=round_to, table=table, **allocation,
     )  # fmt: skip
     budget = dict(checked.budget)
     history = []
     for step in range(1, steps + 1):
-        _prune_step(model, budget, step, steps, structured, criterion, train, loss_fn, inputs)
+        _prune_step(model, budget, step, steps, structured, criterion, train, loss_fn, inputs,
+                    round_to)  # fmt: skip
         if epochs_per_step:
             finetune(model, train, epochs_per_step, loss_fn, lr=lr, show_progress=show_progress)
         history.append(
@@ -161,8 +201,9 @@ def compress(
                 evaluate(model, validation, metric),
             )
         )
+    timing = (latency(dense, *inputs), latency(model, *inputs), speedup(dense, model, *inputs))
     return _result(goal, value, structured, criterion, checked, dense_metric, held_out, model,
-                   metric, history)  # fmt: skip
+                   metric, history, timing, lut)  # fmt: skip
 
 
 def check_goal(target: object) -> tuple[str, float]:
@@ -176,13 +217,19 @@ def check_goal(target: object) -> tuple[str, float]:
     if goal not in GOALS:
         raise SensipruneError(
             f"unknown goal {goal!r}: compress reaches one of {', '.join(GOALS)} "
-            "(measured speed-up and file-size goals are not implemented yet)"
+            "(file-size goals are not implemented yet)"
         )
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise SensipruneError(f"target {goal} must be a number, got {value!r}")
     if goal == "max_drop" and not 0.0 <= value < 1.0:
         raise SensipruneError(f"target max_drop must be in [0, 1), got {value}")
-    if goal != "max_drop" and not 0.0 < value < 1.0:
+    if goal == "speedup":
+        if not 1.0 < value < math.inf:
+            raise SensipruneError(
+                f"target speedup is how many times faster to run, above 1 (such as 2.0), "
+                f"got {value}"
+            )
+    elif goal != "max_drop" and not 0.0 < value < 1.0:
         raise SensipruneError(
             f"target {goal} is the fraction of the dense model to keep, in (0, 1), got {value}"
         )
@@ -224,6 +271,7 @@ def _prune_step(
     data: Iterable[Batch],
     loss_fn: LossFn | None,
     inputs: tuple[torch.Tensor, ...],
+    round_to: int | str,
 ) -> None:
     """Step ``step`` of the cubic path to ``budget``: masks name the total sparsity of a
     layer; a structured step names the share of the channels still there."""
@@ -233,7 +281,35 @@ def _prune_step(
     now = {k: v for k, v in now.items() if v > 0}
     if now:
         prune(model, now, criterion=criterion, data=data, loss_fn=loss_fn, structured=structured,
-              example_inputs=inputs if structured else None)  # fmt: skip
+              example_inputs=inputs if structured else None, round_to=round_to)  # fmt: skip
+
+
+def _calibrated(
+    model: nn.Module,
+    table: SensitivityTable,
+    lut: LatencyModel,
+    goal: float,
+    inputs: tuple[torch.Tensor, ...],
+    round_to: int | str,
+    tries: int = 4,
+) -> float:
+    """The fraction of the measured time to allocate for, so that the pruned model measures
+    ``goal`` times faster. The latency table adds up what each family saves alone; cutting
+    neighbouring families together saves less (a layer whose inputs and outputs both shrink)
+    or more (whole vectors freed), so each try prunes a copy to the allocated budget, times
+    it against the dense model, and scales the fraction by the miss."""
+    keep = 1.0 / goal
+    for _ in range(tries):
+        budget = allocate(table, target_latency=keep, latency=lut)
+        trial = copy.deepcopy(model)
+        if budget:
+            prune(trial, dict(budget), criterion="magnitude", structured=True,
+                  example_inputs=inputs, round_to=round_to)  # fmt: skip
+        reached = speedup(model, trial, *inputs)
+        if abs(reached / goal - 1.0) <= SPEED_TOLERANCE:
+            break
+        keep *= reached / goal
+    return keep
 
 
 def _result(
@@ -247,6 +323,8 @@ def _result(
     model: nn.Module,
     metric: Metric | None,
     history: list[CompressStep],
+    timing: tuple[float, float, float],
+    lut: LatencyModel | None,
 ) -> CompressResult:
     return CompressResult(
         goal={goal: value},
@@ -260,6 +338,10 @@ def _result(
         metric=evaluate(model, held_out, metric),
         params_kept=history[-1].params_kept,
         flops_kept=history[-1].flops_kept,
+        dense_latency=timing[0],
+        latency=timing[1],
+        speedup=timing[2],
         steps=tuple(history),
         table=checked.table,
+        latency_table=lut,
     )

@@ -27,18 +27,33 @@ def test_compress_reaches_the_goal_and_saves_the_model(tmp_path, capsys):
     report = (run / "compress.md").read_text()
     assert "compress to params=0.2" in report and "| fc1.weight |" in report
     html = (run / "compress.html").read_text()
-    assert html.count("data:image/png;base64,") == 1  # the curves, thresholds marked
+    assert html.count("data:image/png;base64,") == 2  # the curves with thresholds, the path
+    assert "## Before and after" in report and "x faster)" in report
+    assert "Latency table" not in report  # a size goal is not allocated against time
     model = sp.load(run / "model", LeNet300100)
     kept = sum(int((p != 0).sum()) for p in model.parameters())
     assert kept / sum(p.numel() for p in model.parameters()) == pytest.approx(0.2, abs=0.01)
     assert "model:" in capsys.readouterr().out
 
 
+def test_a_speed_goal_reports_its_latency_table(tmp_path):
+    goal = {"target": {"speedup": 1.5}, "criterion": "magnitude", "folds": 2,
+            "epochs_per_step": 0, "round_to": 1}  # fmt: skip
+    path = write_recipe(tmp_path, compress=goal, data=DATA)
+    assert main(["compress", "-q", str(path)]) == 0
+    result = json.loads((tmp_path / "run" / "compress.json").read_text())
+    assert result["goal"] == {"speedup": 1.5}
+    assert set(result["budget"]) <= set(result["latency_table"]["saved"]) == {"fc1", "fc2"}
+    report = (tmp_path / "run" / "compress.md").read_text()
+    assert "## Latency table" in report and "| fc1 |" in report
+
+
 @pytest.mark.parametrize(
     ("compress", "message"),
     [
         (None, "needs a goal"),
-        ({"target": {"speedup": 2.0}}, "compress.target"),
+        ({"target": {"speedup": 0.5}}, "compress.target"),
+        ({"target": {"bytes": 0.1}}, "compress.target"),
         ({"target": {"params": 0.1, "flops": 0.5}}, "compress.target"),
     ],
 )

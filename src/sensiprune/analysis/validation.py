@@ -21,7 +21,7 @@ from sensiprune.data import Batch, LossFn
 from sensiprune.errors import SensipruneError
 from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate
-from sensiprune.selection.allocation import Budget, allocate
+from sensiprune.selection.allocation import Budget, LatencyTable, allocate
 from sensiprune.targets import IgnoreSpec
 
 
@@ -84,11 +84,17 @@ def cross_validate(
     structured: bool = False,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     ignore: IgnoreSpec = (),
+    target_latency: float | None = None,
+    latency: LatencyTable | None = None,
+    round_to: int | str = 1,
+    table: SensitivityTable | None = None,
 ) -> CrossValidation:
     """k-fold cross-validated budget for ``model`` (left unchanged) on validation ``batches``.
 
-    ``structured``, ``example_inputs`` and ``ignore`` mean what they mean for
-    :func:`sensitivity` and :func:`prune`; ``target_flops`` needs ``structured=True``.
+    ``structured``, ``example_inputs``, ``ignore`` and ``round_to`` mean what they mean for
+    :func:`sensitivity` and :func:`prune`; ``target_flops`` and ``target_latency`` (with its
+    ``latency`` table) need ``structured=True``. ``table``: the curves of all of ``batches``,
+    when the caller has measured them already.
     """
     batches = list(batches)
     split = fold_indices(len(batches), folds)
@@ -96,6 +102,8 @@ def cross_validate(
         "target_sparsity": target_sparsity,
         "max_drop": max_drop,
         "target_flops": target_flops,
+        "target_latency": target_latency,
+        "latency": latency,
     }
 
     def curves(part: Sequence[Batch]):
@@ -113,9 +121,10 @@ def cross_validate(
         pruned = copy.deepcopy(model)
         if budget:
             prune(pruned, budget, criterion=criterion, data=fitting, loss_fn=loss_fn, ignore=ignore,
-                  structured=structured, example_inputs=example_inputs)  # fmt: skip
+                  structured=structured, example_inputs=example_inputs,
+                  round_to=round_to)  # fmt: skip
         predicted.append(budget.predicted_drop)
         observed.append(evaluate(model, unseen, metric) - evaluate(pruned, unseen, metric))
-    table = curves(batches)
+    table = table or curves(batches)
     final = allocate(table, **targets)
     return CrossValidation(final, split, tuple(predicted), tuple(observed), table)

@@ -1,6 +1,6 @@
 """`sensiprune compress RECIPE`: the recipe's model compressed to ``compress.target`` with
-:func:`sensiprune.compress`, saved, and reported (the budget, the prediction against the
-measured drop, the path of each step)."""
+:func:`sensiprune.compress`, saved, and reported (before and after, the budget on its curves,
+the prediction against the measured drop, the path of each step, the latency table)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sensiprune.compress import CompressResult, compress
 from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_write_bytes
 from sensiprune.io.saving import save
-from sensiprune.report import plot_sensitivity
+from sensiprune.report import plot_sensitivity, plot_trajectory
 from sensiprune.report.document import Document, Image, Table
 from sensiprune.runs.recipe import Recipe, load_recipe
 from sensiprune.runs.runner import MODEL_DIR, PruningRun
@@ -28,7 +28,7 @@ def run_compression(
     if spec.target is None:
         raise SensipruneError(
             f"{recipe_path}: sensiprune compress needs a goal: add "
-            "`compress: {target: {params: 0.1}}` (or flops, or max_drop)"
+            "`compress: {target: {params: 0.1}}` (or flops, speedup or max_drop)"
         )
     with PruningRun(recipe, Path(recipe_path), restart, show_progress) as run:
         model = copy.deepcopy(run.dense_model())
@@ -37,7 +37,8 @@ def run_compression(
             criterion=spec.criterion, folds=spec.folds, steps=spec.steps,
             epochs_per_step=spec.epochs_per_step, lr=recipe.finetune.optimizer.lr,
             metric=run.metric, loss_fn=run.loss_fn, example_inputs=run.inputs,
-            ignore=recipe.prune.ignore, show_progress=show_progress,
+            ignore=recipe.prune.ignore, show_progress=show_progress, round_to=spec.round_to,
+            latency_cache=spec.latency_cache,
         )  # fmt: skip
         if not distributed.is_main():
             return run.out / "compress.md"
@@ -47,18 +48,52 @@ def run_compression(
         )
         held_out = "test" if run.data.test is not None else "validation"
         plot_sensitivity(result.table, run.out / "sensitivity.png", result.budget)
+        path = [("dense", result.table.baseline, 1.0, 1.0)] + [
+            (str(s.step), s.metric, s.params_kept, s.flops_kept) for s in result.steps
+        ]
+        plot_trajectory(path, result.table.baseline, run.out / "trajectory.png")
         markdown, _ = _document(recipe, result, held_out).write(run.out, "compress")
         return markdown
 
 
 def _as_json(result: CompressResult) -> dict:
-    fields = {k: v for k, v in vars(result).items() if k not in ("steps", "table")}
-    return {**fields, "steps": [vars(step) for step in result.steps]}
+    skipped = ("steps", "table", "latency_table")
+    fields = {k: v for k, v in vars(result).items() if k not in skipped}
+    lut = result.latency_table
+    return {
+        **fields,
+        "steps": [vars(step) for step in result.steps],
+        "latency_table": json.loads(lut.to_json()) if lut is not None else None,
+    }
 
 
 def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document:
     doc = Document(f"sensiprune compress: {recipe.output}")
     doc.add("Result", f"```\n{result}\n```")
+    doc.add(
+        "Before and after",
+        f"Metric on the {held_out} split; latency: median seconds of one forward pass on the "
+        "example batch, and the speed-up measured with the two models timed in alternation.",
+        Table(
+            ["", "metric", "parameters", "FLOPs", "latency (ms)"],
+            [
+                [
+                    "dense",
+                    f"{result.dense_metric:.4f}",
+                    "100%",
+                    "100%",
+                    f"{1e3 * result.dense_latency:.2f}",
+                ],
+                [
+                    "compressed",
+                    f"{result.metric:.4f}",
+                    f"{result.params_kept:.1%}",
+                    f"{result.flops_kept:.1%}",
+                    f"{1e3 * result.latency:.2f} ({result.speedup:.2f}x faster)",
+                ],
+            ],
+        ),
+    )
     doc.add(
         "Budget",
         f"Per layer, allocated from the sensitivity curves of the validation split and "
@@ -71,6 +106,7 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
     )
     doc.add(
         "Steps",
+        Image("trajectory.png", "validation metric and what is kept, step by step"),
         Table(
             ["step", "parameters kept", "FLOPs kept", "validation metric"],
             [
@@ -79,4 +115,19 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
             ],
         ),
     )
+    if result.latency_table is not None:
+        lut = result.latency_table
+        doc.add(
+            "Latency table",
+            f"Seconds each family saves alone at each sparsity of its channels, measured on "
+            f"{lut.device} (dense: {1e3 * lut.total:.2f} ms); the budget was allocated against "
+            "it and corrected by timing the pruned model.",
+            Table(
+                ["family", *(f"{f:.0%}" for f in lut.fractions)],
+                [
+                    [name, *(f"{1e3 * v:.2f} ms" for v in values)]
+                    for name, values in lut.saved.items()
+                ],
+            ),
+        )
     return doc

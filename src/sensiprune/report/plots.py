@@ -1,4 +1,5 @@
-"""Plots: accuracy vs sparsity per criterion, and per-layer sensitivity with its budget."""
+"""Plots: accuracy vs sparsity per criterion, per-layer sensitivity with its budget, and the
+path of a prune / fine-tune run."""
 
 from __future__ import annotations
 
@@ -70,6 +71,31 @@ def plot_sensitivity(
         bars.set_xlabel("allocated sparsity (%)")
         bars.set_title("budget per layer")
         bars.grid(alpha=0.3, axis="x")
+    return save_figure(fig, path)
+
+
+def plot_trajectory(
+    steps: Sequence[tuple[str, float, float, float]], dense_metric: float, path: str | Path
+) -> Path:
+    """The metric after each step, against what is kept of the parameters and FLOPs: each
+    step is (label, metric, parameters kept, FLOPs kept), fractions of the dense model."""
+    fig, metric = plt.subplots(figsize=(7, 4))
+    x = range(len(steps))
+    labels = [label for label, *_ in steps]
+    metric.plot(x, [s[1] for s in steps], marker="o", color="black", label="validation metric")
+    metric.axhline(dense_metric, color="black", linestyle="--", linewidth=1, label="dense")
+    metric.set_xticks(list(x), labels)
+    metric.set_xlabel("step")
+    metric.set_ylabel("validation metric")
+    kept = metric.twinx()
+    kept.plot(x, [100 * s[2] for s in steps], marker="s", color="tab:blue", label="parameters")
+    kept.plot(x, [100 * s[3] for s in steps], marker="^", color="tab:red", label="FLOPs")
+    kept.set_ylabel("kept (% of dense)")
+    kept.set_ylim(0, 105)
+    lines = metric.get_legend_handles_labels()
+    more = kept.get_legend_handles_labels()
+    metric.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower left")
+    metric.grid(alpha=0.3)
     return save_figure(fig, path)
 
 

@@ -183,11 +183,23 @@ class CompressSpec(Section):
     target: Annotated[dict[str, float] | None, AfterValidator(_one_goal)] = Field(
         default=None,
         description="the goal of `sensiprune compress`, one of params (fraction of the "
-        "parameters kept), flops (fraction of the FLOPs kept) or max_drop (largest drop of "
-        "the metric), e.g. {params: 0.1}",
+        "parameters kept), flops (fraction of the FLOPs kept), speedup (times faster, "
+        "measured on this device at the validation batch size) or max_drop (largest drop of "
+        "the metric), e.g. {params: 0.1} or {speedup: 2.0}",
     )
     criterion: CriterionName | None = Field(
-        default=None, description="default: obs for params and max_drop, taylor for flops"
+        default=None,
+        description="default: obs for params and max_drop, taylor for flops and speedup",
+    )
+    round_to: ChannelMultiple | None = Field(
+        default=None,
+        description="channel counts kept multiples of N for flops and speedup goals; "
+        'default "auto" (one SIMD vector of this device) for speedup, 1 for flops',
+    )
+    latency_cache: str | None = Field(
+        default=None,
+        description="directory where latency tables measured for speedup goals are kept and "
+        "reused (per architecture, device, dtype and batch); default: measured afresh",
     )
     folds: int = Field(default=5, ge=2, description="k-fold cross-validation of the budget")
     steps: int = Field(default=1, ge=1, description="prune / fine-tune steps (cubic schedule)")

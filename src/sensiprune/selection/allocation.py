@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from sensiprune.errors import SensipruneError
 from sensiprune.selection import unstructured as selection
@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from sensiprune.analysis.sensitivity import SensitivityTable
 
 log = logging.getLogger(__name__)
+
+
+class LatencyTable(Protocol):
+    """Seconds of the model as each family's sparsity changes (see analysis.latency)."""
+
+    total: float
+
+    def kept(self, levels: Mapping[str, float]) -> float: ...
 
 
 class Budget(dict):
@@ -43,25 +51,30 @@ def allocate(
     min_density: float = 0.01,
     max_sparsity: float | None = None,
     target_flops: float | None = None,
+    target_latency: float | None = None,
+    latency: LatencyTable | None = None,
 ) -> Budget:
     """Per-layer sparsities from measured curves, minimising the summed predicted drop.
 
     Give one target: ``target_sparsity`` (a fraction of all the table's weights or channels,
     met exactly), ``target_flops`` (the fraction of the model's FLOPs to keep, for tables
-    measured with ``structured=True``), or ``max_drop`` (prune as much as the curves predict
-    costs at most this much of the metric). Greedy on the marginal predicted drop per unit
-    removed (per weight, or per FLOP), in 1% steps of a layer.
+    measured with ``structured=True``), ``target_latency`` (the fraction of the measured
+    ``latency`` to keep, see :func:`sensiprune.analysis.latency.measure_latency`), or
+    ``max_drop`` (prune as much as the curves predict costs at most this much of the metric).
+    Greedy on the marginal predicted drop per unit removed (per weight, FLOP or second), in
+    1% steps of a layer.
     """
-    if sum(t is not None for t in (target_sparsity, max_drop, target_flops)) != 1:
+    goals = (target_sparsity, max_drop, target_flops, target_latency)
+    if sum(t is not None for t in goals) != 1:
         raise SensipruneError(
-            "give allocate exactly one of target_sparsity, target_flops or max_drop"
+            "give allocate exactly one of target_sparsity, target_flops, target_latency or max_drop"
         )
     ceiling = min(max(table.sparsities), 1.0 - min_density)
     if max_sparsity is not None:
         ceiling = min(ceiling, max_sparsity)
     limits = [math.floor(ceiling * n) for n in table.sizes]
-    if target_flops is not None:
-        gain, wanted = _flop_target(table, target_flops, limits)
+    if target_flops is not None or target_latency is not None:
+        gain, wanted = _cost_target(table, limits, target_flops, target_latency, latency)
     elif target_sparsity is not None:
         selection.check_sparsity(target_sparsity)
         wanted = round(target_sparsity * sum(table.sizes))
@@ -104,33 +117,52 @@ def _count_gain(table: SensitivityTable, counts: list[int], layer: int, count: i
 Gain = Callable[["SensitivityTable", list[int], int, int], float]
 
 
-def _flop_target(
-    table: SensitivityTable, target_flops: float, limits: list[int]
+def _cost_target(
+    table: SensitivityTable,
+    limits: list[int],
+    flops: float | None,
+    seconds: float | None,
+    latency: LatencyTable | None,
 ) -> tuple[Gain, float]:
-    """The FLOPs a step saves, and how many must go, under the table's FLOP model."""
-    model = table.flop_model
-    if model is None:
-        raise SensipruneError(
-            "target_flops needs a FLOP model: measure with sensitivity(..., structured=True, "
-            "example_inputs=x)"
-        )
-    if isinstance(target_flops, bool) or not 0 < float(target_flops) <= 1:
-        raise SensipruneError(f"target_flops must be in (0, 1], got {target_flops!r}")
+    """What a step saves, and how much must go: FLOPs under the table's FLOP model, or
+    seconds under a measured latency table; the cost of the model as a function of the
+    sparsity of each of the table's families."""
+    if flops is not None:
+        name, target, unit = "target_flops", flops, "FLOPs"
+        if table.flop_model is None:
+            raise SensipruneError(
+                "target_flops needs a FLOP model: measure with sensitivity(..., "
+                "structured=True, example_inputs=x)"
+            )
+        total, kept = table.flop_model.total, table.flop_model.kept
+    else:
+        name, target, unit = "target_latency", seconds, "measured time"
+        if latency is None:
+            raise SensipruneError(
+                "target_latency needs a latency table: measure one with "
+                "sensiprune.analysis.latency.measure_latency(model, table, example_inputs)"
+            )
+        total = latency.total
 
-    def levels(counts: list[int]) -> list[float]:
-        return [k / n for k, n in zip(counts, table.sizes)]
+        def kept(levels: list[float]) -> float:
+            return latency.kept({n: v for n, v in zip(table.layers, levels) if v > 0})
+
+    if isinstance(target, bool) or not 0 < float(target) <= 1:
+        raise SensipruneError(f"{name} must be in (0, 1], got {target!r}")
+
+    def cost(counts: list[int]) -> float:
+        return kept([k / n for k, n in zip(counts, table.sizes)])
 
     def gain(table: SensitivityTable, counts: list[int], layer: int, count: int) -> float:
         after = list(counts)
         after[layer] += count
-        return model.kept(levels(counts)) - model.kept(levels(after))
+        return cost(counts) - cost(after)
 
-    wanted = (1.0 - target_flops) * model.total
-    if model.total - model.kept(levels(limits)) < wanted:
-        reachable = model.kept(levels(limits)) / model.total
+    wanted = (1.0 - target) * total
+    if total - cost(limits) < wanted:
         raise SensipruneError(
-            f"target_flops {target_flops} cannot be met: every measured family at its limit "
-            f"still keeps {reachable:.0%} of the FLOPs"
+            f"{name} {target} cannot be met: every measured family at its limit still keeps "
+            f"{cost(limits) / total:.0%} of the {unit}"
         )
     return gain, wanted
 
