@@ -291,14 +291,16 @@ def _calibrated(
     goal: float,
     inputs: tuple[torch.Tensor, ...],
     round_to: int | str,
-    tries: int = 4,
+    tries: int = 6,
 ) -> float:
     """The fraction of the measured time to allocate for, so that the pruned model measures
     ``goal`` times faster. The latency table adds up what each family saves alone; cutting
     neighbouring families together saves less (a layer whose inputs and outputs both shrink)
-    or more (whole vectors freed), so each try prunes a copy to the allocated budget, times
-    it against the dense model, and scales the fraction by the miss."""
-    keep = 1.0 / goal
+    or more (whole vectors freed), and channel counts move in whole vectors. So each try
+    prunes a copy to the allocated budget, times it against the dense model and scales the
+    fraction by the miss. Whole vectors may leave no width within the tolerance: then the
+    slowest model that still meets the goal wins (it keeps the most), else the fastest."""
+    keep, tried = 1.0 / goal, []
     for _ in range(tries):
         budget = allocate(table, target_latency=keep, latency=lut)
         trial = copy.deepcopy(model)
@@ -306,10 +308,12 @@ def _calibrated(
             prune(trial, dict(budget), criterion="magnitude", structured=True,
                   example_inputs=inputs, round_to=round_to)  # fmt: skip
         reached = speedup(model, trial, *inputs)
+        tried.append((reached, keep))
         if abs(reached / goal - 1.0) <= SPEED_TOLERANCE:
-            break
+            return keep
         keep *= reached / goal
-    return keep
+    meeting = [(reached, keep) for reached, keep in tried if reached >= goal]
+    return min(meeting)[1] if meeting else max(tried)[1]
 
 
 def _result(
