@@ -79,7 +79,7 @@ def test_a_speed_goal_is_allocated_against_measured_latency(tmp_path):
     )  # fmt: skip
     batches = _batches(4, 6, (3, 16, 16))
     result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
-                         criterion="magnitude", epochs_per_step=0,
+                         criterion="magnitude", epochs_per_step=0, round_to="auto",
                          latency_cache=tmp_path)  # fmt: skip
     assert result.method.startswith("structured")
     assert result.latency_table is not None
@@ -88,7 +88,7 @@ def test_a_speed_goal_is_allocated_against_measured_latency(tmp_path):
     widths = [m.out_channels for m in model if isinstance(m, nn.Conv2d)]
     assert widths != [64, 96, 96]
     multiple = vector_width(model)
-    assert all(w % multiple == 0 for w in widths)  # round_to "auto" for speed goals
+    assert all(w % multiple == 0 for w in widths)  # whole SIMD vectors
     assert result.speedup > 1.2 and result.latency < result.dense_latency
     assert result.flops_kept < 0.8
     assert "faster, measured" in str(result)
@@ -108,6 +108,7 @@ def test_a_drop_goal_prunes_as_far_as_the_curves_allow(mlp_and_data):
         ({"bytes": 0.1}, "unknown goal 'bytes'"),
         ({"speedup": 0.5}, "above 1"),
         ({"speedup": float("inf")}, "above 1"),
+        ({"speedup": 1000.0}, "out of reach on cpu"),
         ({"params": 0.1, "flops": 0.5}, "one goal"),
         (0.5, "one goal"),
         ({"params": 1.5}, r"in \(0, 1\)"),

@@ -15,6 +15,8 @@ def test_quick_demo_writes_a_report_and_a_plot(tmp_path, capsys):
     assert "| LeNet-5 | 19,754 → 5,226 |" in report  # half the channels removed for real
     assert "LeNet-300-100, `sp.compress(target={'params': 0.025})`**: 40.0x fewer" in report
     assert "| fc1.weight |" in report  # the thresholds compress chose per layer
+    assert "LeNet-5, `sp.compress(target={'speedup': 1.5})`**:" in report
+    assert "x faster measured at batch 1024" in report and "| family of channels |" in report
     assert (tmp_path / "demo" / "accuracy_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
     assert "report:" in capsys.readouterr().out
     # the dense models are cached and reused

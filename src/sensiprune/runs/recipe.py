@@ -193,8 +193,8 @@ class CompressSpec(Section):
     )
     round_to: ChannelMultiple | None = Field(
         default=None,
-        description="channel counts kept multiples of N for flops and speedup goals; "
-        'default "auto" (one SIMD vector of this device) for speedup, 1 for flops',
+        description="channel counts kept multiples of N for flops and speedup goals "
+        '("auto": one SIMD vector of this device); default 1',
     )
     latency_cache: str | None = Field(
         default=None,
