@@ -48,6 +48,7 @@ def test_a_params_goal_is_met_and_the_prediction_is_reported(mlp_and_data):
     assert result.cross_validated_std >= 0
     assert result.measured_drop == pytest.approx(result.dense_metric - sp.evaluate(model, test))
     assert "compress to params=0.3" in str(result) and "step 2" in str(result)
+    assert result.one_shot_metric is None  # two steps: no one-shot prune to compare with
 
 
 def test_a_flops_goal_shrinks_layers(cnn_batches):
@@ -100,6 +101,8 @@ def test_a_drop_goal_prunes_as_far_as_the_curves_allow(mlp_and_data):
                          criterion="magnitude", epochs_per_step=0)  # fmt: skip
     assert result.predicted_drop <= 0.05
     assert result.params_kept < 1.0
+    assert result.one_shot_metric is not None
+    assert f"measured {result.dense_metric - result.one_shot_metric:+.4f}" in str(result)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from torch import nn
 
 import sensiprune as sp
 from sensiprune.analysis import latency as latency_module
-from sensiprune.analysis.latency import LatencyModel, measure_latency
+from sensiprune.analysis.latency import LatencyModel, measure_latency, monotone
 from sensiprune.analysis.sensitivity import SensitivityTable
 
 
@@ -39,6 +39,12 @@ def test_saving_interpolates_between_points_and_extends_the_last_segment():
     assert LatencyModel.from_json(lut.to_json()) == lut
 
 
+def test_noisy_savings_are_pooled_not_maxed():
+    assert monotone([1.0, 3.0, 2.0, 4.0]) == (1.0, 2.5, 2.5, 4.0)
+    assert monotone([5.0, 4.0, 3.0, 2.0]) == (3.5, 3.5, 3.5, 3.5)  # a running max says 5
+    assert monotone([-1.0, 0.5, 0.2, 0.1]) == pytest.approx((0.0, 0.8 / 3, 0.8 / 3, 0.8 / 3))
+
+
 def test_a_family_cut_further_saves_more_and_the_table_is_cached(tmp_path, monkeypatch):
     model = _wide_cnn()
     x = torch.randn(16, 3, 16, 16)
@@ -60,16 +66,26 @@ def test_a_family_cut_further_saves_more_and_the_table_is_cached(tmp_path, monke
     assert measure_latency(model, table, (x,), fractions=(0.5, 0.9), cache_dir=tmp_path) == lut
     with pytest.raises(AssertionError, match="not timed again"):  # another batch: timed
         measure_latency(model, table, (x[:4],), fractions=(0.5, 0.9), cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.json")
+    cached.write_text("{damaged")
+    with pytest.raises(AssertionError, match="not timed again"):  # a damaged entry: timed
+        measure_latency(model, table, (x,), fractions=(0.5, 0.9), cache_dir=tmp_path)
 
 
-def test_bad_latency_input_is_one_line():
+def test_bad_latency_input_is_one_line(tmp_path):
     model = _wide_cnn()
     x = torch.randn(2, 3, 8, 8)
     unstructured = sp.sensitivity(model, lambda m: 0.0, [0.5], show_progress=False)
     with pytest.raises(sp.SensipruneError, match="structured=True"):
         measure_latency(model, unstructured, (x,))
+    table = _structured_table(model, x)
     with pytest.raises(sp.SensipruneError, match=r"in \(0, 1\)"):
-        measure_latency(model, _structured_table(model, x), (x,), fractions=(0.5, 1.0))
+        measure_latency(model, table, (x,), fractions=(0.5, 1.0))
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    with pytest.raises(sp.SensipruneError, match="not a directory"):
+        measure_latency(model, table, (x,), cache_dir=taken)
+    assert taken.read_text() == "keep me"
 
 
 def test_allocate_spends_sensitivity_where_the_seconds_are():
