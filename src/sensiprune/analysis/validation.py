@@ -125,6 +125,6 @@ def cross_validate(
                   round_to=round_to)  # fmt: skip
         predicted.append(budget.predicted_drop)
         observed.append(evaluate(model, unseen, metric) - evaluate(pruned, unseen, metric))
-    table = table or curves(batches)
+    table = table if table is not None else curves(batches)
     final = allocate(table, **targets)
     return CrossValidation(final, split, tuple(predicted), tuple(observed), table)
