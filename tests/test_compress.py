@@ -100,6 +100,7 @@ def test_a_drop_goal_prunes_as_far_as_the_curves_allow(mlp_and_data):
     result = sp.compress(model, train, val, {"max_drop": 0.05}, folds=2, steps=1,
                          criterion="magnitude", epochs_per_step=0)  # fmt: skip
     assert result.predicted_drop <= 0.05
+    assert result.cross_validated_drop <= 0.05  # held to the bound on the held-out folds
     assert result.params_kept < 1.0
     assert result.one_shot_metric is not None
     assert f"measured {result.dense_metric - result.one_shot_metric:+.4f}" in str(result)

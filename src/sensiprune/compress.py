@@ -13,10 +13,11 @@ can be overridden.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ GOALS = ("params", "flops", "speedup", "max_drop")
 DEFAULT_CRITERION = {"params": "obs", "flops": "taylor", "speedup": "taylor", "max_drop": "obs"}
 STRUCTURED_POINTS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)  # channels: a 2x model cuts ~30-50%
 SPEED_TOLERANCE = 0.02  # how close the calibrated prune must measure to the goal
+BOUND_TRIES = 4  # tightenings of a drop goal's budget against the held-out folds
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,8 @@ def compress(
     - ``{"flops": f}``: keep the fraction f of the FLOPs (structured: channels, heads, units);
     - ``{"speedup": s}``: run s times faster on this device (structured), measured on the
       example batch (by default the first batch of ``val_data``: its batch size counts);
-    - ``{"max_drop": d}``: prune as much as the cross-validated curves say costs at most d of
-      the metric (unstructured, OBS).
+    - ``{"max_drop": d}``: prune as much as costs at most d of the metric before fine-tuning,
+      on average over the held-out folds (unstructured, OBS).
 
     ``data`` trains (fine-tuning between steps, and the scores); ``val_data`` measures the
     curves (at ``sparsities``; by default, for weights, at points past what the goal needs, so
@@ -194,11 +196,14 @@ def compress(
     if sparsities is None:
         needed = allocation.get("target_sparsity")
         sparsities = STRUCTURED_POINTS if structured else _curve_points(needed)
-    checked = cross_validate(
-        model, validation, folds=folds, sparsities=sparsities, criterion=criterion,
-        metric=metric, loss_fn=loss_fn, structured=structured, example_inputs=inputs,
-        ignore=ignore, round_to=round_to, table=table, **allocation,
+    validate = functools.partial(
+        cross_validate, model, validation, folds=folds, sparsities=sparsities,
+        criterion=criterion, metric=metric, loss_fn=loss_fn, structured=structured,
+        example_inputs=inputs, ignore=ignore, round_to=round_to,
     )  # fmt: skip
+    checked = validate(table=table, **allocation)
+    if goal == "max_drop":
+        checked = _held_to_bound(checked, value, validate)
     budget = dict(checked.budget)
     history, one_shot = [], None
     for step in range(1, steps + 1):
@@ -344,6 +349,22 @@ def _calibrated(
         keep *= reached / goal
     meeting = [(reached, keep) for reached, keep in tried if reached >= goal]
     return min(meeting)[1] if meeting else max(tried)[1]
+
+
+def _held_to_bound(
+    checked: CrossValidation, bound: float, validate: Callable[..., CrossValidation]
+) -> CrossValidation:
+    """The budget for a drop goal, tightened until the held-out folds drop no more than
+    ``bound`` on average: the curves add up each layer's drop alone, and layers pruned
+    together lose more (the benchmark found the one-shot test drop over the bound in 7 of 12
+    cases without this). Each try reuses the folds' curves; only the prunes are redone."""
+    allowed = bound
+    for _ in range(BOUND_TRIES):
+        if checked.observed_mean <= bound or allowed <= 0:
+            break
+        allowed *= bound / checked.observed_mean if bound > 0 else 0.0
+        checked = validate(max_drop=allowed, table=checked.table, fold_tables=checked.fold_tables)
+    return checked
 
 
 def _speedup(dense: nn.Module, pruned: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:

@@ -34,6 +34,7 @@ class CrossValidation:
     predicted: tuple[float, ...]  # per fold, from the curves of the other folds
     observed: tuple[float, ...]  # per fold, measured on the held-out fold
     table: SensitivityTable | None = None  # the curves of all the data, the budget's source
+    fold_tables: tuple[SensitivityTable, ...] = ()  # the curves each fold's budget came from
 
     @property
     def observed_mean(self) -> float:
@@ -88,13 +89,15 @@ def cross_validate(
     latency: LatencyTable | None = None,
     round_to: int | str = 1,
     table: SensitivityTable | None = None,
+    fold_tables: Sequence[SensitivityTable] = (),
 ) -> CrossValidation:
     """k-fold cross-validated budget for ``model`` (left unchanged) on validation ``batches``.
 
     ``structured``, ``example_inputs``, ``ignore`` and ``round_to`` mean what they mean for
     :func:`sensitivity` and :func:`prune`; ``target_flops`` and ``target_latency`` (with its
-    ``latency`` table) need ``structured=True``. ``table``: the curves of all of ``batches``,
-    when the caller has measured them already.
+    ``latency`` table) need ``structured=True``. ``table`` and ``fold_tables``: the curves of
+    all of ``batches`` and of each fold's other batches, when an earlier call measured them
+    (another target is then validated at the cost of the prunes alone).
     """
     batches = list(batches)
     split = fold_indices(len(batches), folds)
@@ -113,11 +116,12 @@ def cross_validate(
             example_inputs=example_inputs,
         )  # fmt: skip
 
-    predicted, observed = [], []
-    for held_out in split:
+    predicted, observed, fitted = [], [], []
+    for f, held_out in enumerate(split):
         fitting = [b for i, b in enumerate(batches) if i not in held_out]
         unseen = [batches[i] for i in held_out]
-        budget = allocate(curves(fitting), **targets)
+        fitted.append(fold_tables[f] if fold_tables else curves(fitting))
+        budget = allocate(fitted[-1], **targets)
         pruned = copy.deepcopy(model)
         if budget:
             prune(pruned, budget, criterion=criterion, data=fitting, loss_fn=loss_fn, ignore=ignore,
@@ -127,4 +131,6 @@ def cross_validate(
         observed.append(evaluate(model, unseen, metric) - evaluate(pruned, unseen, metric))
     table = table if table is not None else curves(batches)
     final = allocate(table, **targets)
-    return CrossValidation(final, split, tuple(predicted), tuple(observed), table)
+    return CrossValidation(
+        final, split, tuple(predicted), tuple(observed), table, tuple(fitted)
+    )
