@@ -97,6 +97,13 @@ def test_obs_on_a_cnn_with_an_ungrouped_conv(cnn, cnn_batches):
         ({"sparsity": 0.5, "ignore": ["fc7"]}, "neither a module nor a parameter"),
         ({"sparsity": {"fc7": 0.5}}, "prunable layers are"),
         ({"sparsity": 0.5, "criterion": "activation", "data": 5}, "iterable of batches"),
+        ({"sparsity": 0.3, "pattern": "2:4"}, "pass sparsity 0.5"),
+        ({"sparsity": {"fc1": 0.5}, "pattern": "2:4"}, "pass sparsity 0.5"),
+        ({"sparsity": 0.5, "pattern": "2:2"}, 'pattern must be "N:M"'),
+        ({"sparsity": 0.5, "pattern": "half"}, 'pattern must be "N:M"'),
+        ({"sparsity": 0.5, "pattern": "2:4", "criterion": "obs"}, "not supported yet"),
+        ({"sparsity": 0.5, "pattern": "2:4", "steps": 2}, "steps=1"),
+        ({"sparsity": 0.5, "pattern": "4:8"}, "groups of 8"),  # the head reads 12 inputs
     ],
 )
 def test_bad_input_is_refused_and_the_model_is_untouched(mlp, kwargs, message):
@@ -203,3 +210,39 @@ def test_recurrent_and_attention_weights_are_pruned_and_stay_zero(make_model, ml
     for name, keep in sp.get_masks(model).items():
         assert (params[name][~keep] == 0).all(), name
     assert model(mlp_batches[0][0]).shape == (32, 3)
+
+
+def _groups(weight: torch.Tensor, size: int) -> torch.Tensor:
+    return weight.detach().reshape(weight.shape[0], -1, size)
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor", "activation"])
+@pytest.mark.parametrize(("pattern", "zeros", "size"), [("2:4", 2, 4), ("1:4", 1, 4)])
+def test_an_n_m_pattern_zeros_n_of_every_m_inputs_and_fine_tuning_keeps_it(
+    mlp, mlp_batches, criterion, pattern, zeros, size
+):
+    result = sp.prune(mlp, zeros / size, criterion=criterion, data=mlp_batches, pattern=pattern)
+    assert result.scope == f"{pattern} pattern"
+    sp.finetune(mlp, mlp_batches, epochs=2, show_progress=False)
+    for layer in (mlp.fc1, mlp.fc2, mlp.head):
+        assert ((_groups(layer.weight, size) == 0).sum(-1) == zeros).all()
+
+
+def test_magnitude_n_m_drops_the_smallest_of_each_group(cnn):
+    dense = copy.deepcopy(cnn)
+    sp.prune(cnn, 0.5, pattern="3:6", ignore=["fc"])  # conv rows: inputs x kernel, 18 each
+    for name in ("conv1", "conv2"):
+        before = _groups(getattr(dense, name).weight, 6).abs()
+        kept = _groups(getattr(cnn, name).weight, 6) != 0
+        assert (kept.sum(-1) == 3).all()
+        largest_dropped = before.masked_fill(kept, 0).amax(-1)
+        smallest_kept = before.masked_fill(~kept, torch.inf).amin(-1)
+        assert (largest_dropped <= smallest_kept).all()
+
+
+def test_a_pattern_keeps_what_was_pruned_before(mlp):
+    sp.prune(mlp, 0.9, scope="layer")  # 90% of fc1 zeroed first: many groups have 3 or 4
+    before = (mlp.fc1.weight == 0).clone()
+    sp.prune(mlp, 0.5, pattern="2:4")
+    zeros = (_groups(mlp.fc1.weight, 4) == 0).sum(-1)
+    assert (mlp.fc1.weight[before] == 0).all() and (zeros >= 2).all()

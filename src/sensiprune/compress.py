@@ -184,7 +184,7 @@ def compress(
     elif goal == "speedup":
         table = sensitivity(
             model, lambda m: evaluate(m, validation, metric), sparsities or STRUCTURED_POINTS,
-            criterion, validation, loss_fn, ignore, False, structured=True,
+            criterion, validation, loss_fn, ignore, show_progress=False, structured=True,
             example_inputs=inputs,
         )  # fmt: skip
         lut = measure_latency(model, table, inputs, round_to=round_to, cache_dir=latency_cache,
@@ -320,9 +320,9 @@ def _calibrated(
     """The fraction of the measured time to allocate for, so that the pruned model measures
     ``goal`` times faster. The latency table adds up what each family saves alone; cutting
     neighbouring families together saves less (a layer whose inputs and outputs both shrink)
-    or more (whole vectors freed), and channel counts move in whole vectors. So each try
+    or more (whole vectors freed), and channel counts move in whole steps. So each try
     prunes a copy to the allocated budget, times it against the dense model and scales the
-    fraction by the miss. Whole vectors may leave no width within the tolerance: then the
+    fraction by the miss. Whole steps may leave no width within the tolerance: then the
     slowest model that still meets the goal wins (it keeps the most), else the fastest."""
     keep, tried = 1.0 / goal, []
     for _ in range(tries):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sensiprune import criteria
 from sensiprune.criteria.scoring import REDUCTIONS
 from sensiprune.errors import SensipruneError
-from sensiprune.selection.unstructured import NORMALIZATIONS
+from sensiprune.selection.unstructured import NORMALIZATIONS, parse_pattern
 from sensiprune.targets import IgnoreSpec
 
 
@@ -49,11 +49,25 @@ class PruneOptions:
     seed: int = 0
     structured: StructuredOptions | None = None
     show_progress: bool = False
+    pattern: str | None = None
+
+    def nm(self) -> tuple[int, int] | None:
+        """The N:M pattern as (N, M), or None."""
+        return parse_pattern(self.pattern) if self.pattern is not None else None
 
     def check(self) -> None:
         """Refuse what no prune can use, before anything runs (the scope and normalization
         of unstructured ranking are checked where it ranks)."""
         crit = criteria.get(self.criterion)
+        if self.pattern is not None:
+            self.nm()
+            if self.structured is not None or crit.compensates or self.steps != 1:
+                raise SensipruneError(
+                    f"pattern {self.pattern!r} is filled in one step of masks by a criterion "
+                    "that does not move weights: pass structured=False, steps=1 and a criterion "
+                    "such as magnitude, taylor or activation (OBS within N:M groups is not "
+                    "supported yet)"
+                )
         if self.structured is None:
             if crit.structured_only:
                 raise SensipruneError(

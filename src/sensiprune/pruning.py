@@ -60,6 +60,7 @@ def prune(
     round_to: int | str = 1,
     group_reduction: str = "mean",
     show_progress: bool = False,
+    pattern: str | None = None,
 ) -> PruneResult:
     """Mask the least important weights in place so that ``sparsity`` of them are zero.
 
@@ -83,11 +84,16 @@ def prune(
     ``"hidden"`` (the model dimension) stand for every transformer block sensiprune knows.
     A module in ``ignore`` keeps its output channels; its inputs may still shrink. With
     ``steps > 1`` each step removes the same fraction of the channels still there, re-scored.
+
+    ``pattern="N:M"`` (such as ``"2:4"``, which GPUs run as semi-structured sparsity) prunes
+    the N lowest-scored of every M consecutive inputs of each row instead of ranking by
+    ``scope``; ``sparsity`` must then be N/M. Fine-tuning keeps the pattern (the masks hold).
     """
     shape = StructuredOptions(example_inputs, round_to, group_reduction) if structured else None
     options = PruneOptions(
-        criterion, scope, ignore, min_density, normalize, steps, seed, shape, show_progress
-    )
+        criterion, scope, ignore, min_density, normalize, steps, seed, shape, show_progress,
+        pattern,
+    )  # fmt: skip
     return prune_with(model, sparsity, options, data, loss_fn, scores)
 
 
@@ -105,6 +111,14 @@ def prune_with(
     if scores is not None and options.steps != 1:
         raise SensipruneError("scores= cannot be reused across re-scoring steps: pass steps=1")
     options.check()
+    pattern = options.nm()
+    if pattern is not None and (
+        isinstance(sparsity, Mapping) or abs(sparsity - pattern[0] / pattern[1]) > 1e-9
+    ):
+        raise SensipruneError(
+            f"pattern {options.pattern!r} prunes {pattern[0]} of every {pattern[1]} weights: "
+            f"pass sparsity {pattern[0] / pattern[1]:g}, got {sparsity!r}"
+        )
     if options.structured is not None:
         return prune_structured(model, sparsity, options, data, loss_fn, scores)
     return _prune_masks(model, sparsity, options, data, loss_fn, scores)
@@ -140,6 +154,7 @@ def _prune_masks(
             options.normalize,
             options.min_density,
             masks.get_masks(model),
+            options.nm(),
         )
         if crit.compensates:
             _compensate(model, crit, targets, chosen, data, loss_fn, options.show_progress)
@@ -147,9 +162,10 @@ def _prune_masks(
         distributed.broadcast_module(model)  # rank 0 decides: the ranks never disagree
     layers = masks.layer_sparsity(model, targets)
     pruned = sum(layer.numel - layer.kept for layer in layers)
+    how = describe(sparsity, options.scope)
     return PruneResult(
         crit.name,
-        describe(sparsity, options.scope),
+        how if options.pattern is None else f"{options.pattern} pattern",
         params_before,
         params_before - pruned,
         layers,

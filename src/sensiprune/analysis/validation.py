@@ -131,6 +131,4 @@ def cross_validate(
         observed.append(evaluate(model, unseen, metric) - evaluate(pruned, unseen, metric))
     table = table if table is not None else curves(batches)
     final = allocate(table, **targets)
-    return CrossValidation(
-        final, split, tuple(predicted), tuple(observed), table, tuple(fitted)
-    )
+    return CrossValidation(final, split, tuple(predicted), tuple(observed), table, tuple(fitted))

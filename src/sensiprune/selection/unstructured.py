@@ -51,8 +51,10 @@ def select(
     normalize: str = "lamp",
     min_density: float = 0.01,
     existing: Mapping[str, torch.Tensor] | None = None,
+    pattern: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Boolean keep-masks for every target (True = kept)."""
+    """Boolean keep-masks for every target (True = kept); with an N:M ``pattern``, the N
+    lowest-scored of every M consecutive inputs of each row."""
     if scope not in SCOPES:
         raise SensipruneError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     if normalize not in NORMALIZATIONS:
@@ -62,6 +64,8 @@ def select(
     if not 0.0 <= min_density <= 1.0:
         raise SensipruneError(f"min_density must be in [0, 1], got {min_density!r}")
     ranked = {name: _rankable(name, scores[name], existing) for name in targets}
+    if pattern is not None:
+        return {name: _prune_pattern(ranked[name], *pattern, name) for name in targets}
     if isinstance(sparsity, Mapping):
         chosen = resolve_layer_names(targets, sparsity)
         per_target = {t: float(sparsity[user]) for user, hits in chosen.items() for t in hits}
@@ -133,6 +137,36 @@ def _prune_lowest_per_row(
     keep = torch.ones_like(rows, dtype=torch.bool)
     keep.scatter_(1, order, ~prune)
     return keep.reshape(score.shape)
+
+
+def parse_pattern(pattern: object) -> tuple[int, int]:
+    """"N:M" as (N, M): N zeros in every M consecutive inputs, 0 < N < M."""
+    parts = pattern.split(":") if isinstance(pattern, str) else []
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        zeros, group = int(parts[0]), int(parts[1])
+        if 0 < zeros < group:
+            return zeros, group
+    raise SensipruneError(
+        f'pattern must be "N:M" with 0 < N < M (N zeros in every M consecutive inputs of a '
+        f'row, such as "2:4"), got {pattern!r}'
+    )
+
+
+def _prune_pattern(score: torch.Tensor, zeros: int, group: int, name: str) -> torch.Tensor:
+    """The ``zeros`` lowest of each ``group`` consecutive inputs of every output row (a
+    convolution's row: its inputs times its kernel, as the sparse kernels lay it out); weights
+    pruned before stay pruned."""
+    rows = score.reshape(score.shape[0], -1)
+    if rows.shape[1] % group:
+        raise SensipruneError(
+            f"{name}: rows of {rows.shape[1]} inputs do not split into groups of {group}; "
+            "ignore that layer or choose another N:M pattern"
+        )
+    groups = rows.reshape(rows.shape[0], -1, group)
+    order = torch.argsort(groups, dim=-1, stable=True)
+    keep = torch.ones_like(groups, dtype=torch.bool)
+    keep.scatter_(-1, order[..., :zeros], False)
+    return (keep & (groups != -torch.inf)).reshape(score.shape)
 
 
 def _prune_global(
