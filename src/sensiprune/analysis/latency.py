@@ -140,7 +140,7 @@ def _saving(
     prune(cut, {name: fraction}, criterion="magnitude", structured=True,
           example_inputs=inputs, round_to=round_to)  # fmt: skip
     ratio = speedup(model, cut, *inputs, warmup=1, rounds=5, repeats=3)
-    return max(0.0, total * (1.0 - 1.0 / ratio))
+    return total * (1.0 - 1.0 / ratio)  # noise both ways: monotone() pools, then clamps
 
 
 def _cache_file(cache_dir: str | os.PathLike | None, key: str) -> Path | None:
