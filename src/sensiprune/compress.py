@@ -6,8 +6,8 @@ The goal picks the method: a size goal (``params``) prunes single weights with O
 moves the weights that stay to make up for the ones removed; a FLOP goal (``flops``) removes
 whole channels, so layers really shrink; a speed goal (``speedup``) removes channels too,
 allocated against latency measured on this device rather than FLOPs; an accuracy goal
-(``max_drop``) prunes single weights as far as the cross-validated curves allow. Every choice
-can be overridden.
+(``max_drop``) prunes single weights as far as the held-out folds allow. Every choice can be
+overridden.
 """
 
 from __future__ import annotations
@@ -176,8 +176,10 @@ def compress(
     dense_params = count_parameters(model).total
     dense_flops = count_flops(model, *sample).effective
     dense_metric = evaluate(model, held_out, metric)
-    dense_latency = latency(model, *inputs)
-    dense = copy.deepcopy(model) if goal == "speedup" else None  # timed beside the result
+    # a speed goal times a dense copy beside the result at the end; other goals time the
+    # model now and again at the end, with no copy
+    dense = copy.deepcopy(model) if goal == "speedup" else None
+    dense_latency = latency(model, *inputs) if dense is None else 0.0
     table, lut = None, None
     if goal == "params":
         allocation = {"target_sparsity": weight_sparsity(model, value, ignore)}
@@ -331,11 +333,11 @@ def _calibrated(
         except SensipruneError as unreachable:
             if tried:
                 break  # the last correction asked for more than the table can give
-            floor = min(1.0, lut.kept(dict.fromkeys(table.layers, max(table.sparsities))))
+            floor = lut.kept(dict.fromkeys(table.layers, max(table.sparsities)))  # seconds
             raise SensipruneError(
                 f"target speedup {goal:g} is out of reach on {lut.device}: with every family "
                 f"of channels cut as far as its curve was measured, the latency table predicts "
-                f"at most {lut.total / max(floor, 1e-12):.2f}x at this batch size; lower the "
+                f"at most {lut.total / floor:.2f}x at this batch size; lower the "
                 "goal, or time a larger batch (example_inputs)"
             ) from unreachable
         trial = copy.deepcopy(model)

@@ -57,13 +57,11 @@ def run_compression(
 
 
 def _as_json(result: CompressResult) -> dict:
-    skipped = ("steps", "table", "latency_table")
-    fields = {k: v for k, v in vars(result).items() if k not in skipped}
     lut = result.latency_table
     return {
-        **fields,
+        **{k: v for k, v in vars(result).items() if k != "table"},
         "steps": [vars(step) for step in result.steps],
-        "latency_table": json.loads(lut.to_json()) if lut is not None else None,
+        "latency_table": vars(lut) if lut is not None else None,
     }
 
 
