@@ -3,6 +3,7 @@
 from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.analysis.validation import CrossValidation, cross_validate
 from sensiprune.apply.masks import get_masks, make_permanent
+from sensiprune.apply.sparse_export import SparseExport, export_sparse
 from sensiprune.compress import CompressResult, compress
 from sensiprune.criteria import available as available_criteria
 from sensiprune.errors import SensipruneError
@@ -19,11 +20,13 @@ __all__ = [
     "PruneResult",
     "SensipruneError",
     "SensitivityTable",
+    "SparseExport",
     "allocate",
     "available_criteria",
     "compress",
     "cross_validate",
     "evaluate",
+    "export_sparse",
     "finetune",
     "get_masks",
     "iterative_prune",

@@ -186,7 +186,10 @@ def latency(
     with eval_mode(model), torch.no_grad():
         for _ in range(warmup):
             model(*example_inputs)
-        return statistics.median(_timed(model, example_inputs) for _ in range(repeats))
+        devices = _devices(example_inputs)
+        return statistics.median(
+            _timed(lambda: model(*example_inputs), devices) for _ in range(repeats)
+        )
 
 
 def speedup(
@@ -198,32 +201,51 @@ def speedup(
     repeats: int = 10,
 ) -> float:
     """How many times faster ``candidate`` runs than ``baseline``: the median over ``rounds``
-    of the ratio of their median times, the two timed in alternation. Timing one model and
-    then the other lets a noisy machine's slow spell fall on one side only; alternating puts
-    both under the same conditions."""
-    ratios = []
+    of the ratio of their median times, the two timed in alternation."""
     with eval_mode(baseline), eval_mode(candidate), torch.no_grad():
-        for _ in range(warmup):
-            baseline(*example_inputs)
-            candidate(*example_inputs)
-        for _ in range(rounds):
-            pairs = [
-                (_timed(baseline, example_inputs), _timed(candidate, example_inputs))
-                for _ in range(repeats)
-            ]
-            slow, fast = zip(*pairs, strict=True)
-            ratios.append(statistics.median(slow) / statistics.median(fast))
-    return statistics.median(ratios)
+        per_round = timed_alternately(
+            [lambda: baseline(*example_inputs), lambda: candidate(*example_inputs)],
+            _devices(example_inputs),
+            warmup=warmup,
+            rounds=rounds,
+            repeats=repeats,
+        )
+    return statistics.median(slow / fast for slow, fast in per_round)
 
 
-def _timed(model: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
-    """Seconds of one forward pass; on a GPU, until its kernels have finished, not just been
-    queued."""
-    devices = {x.device for x in inputs if isinstance(x, torch.Tensor) and x.device.type == "cuda"}
+def timed_alternately(
+    calls: Sequence[Callable[[], object]],
+    devices: Sequence[torch.device] = (),
+    *,
+    warmup: int = 3,
+    rounds: int = 7,
+    repeats: int = 10,
+) -> list[list[float]]:
+    """Per round, the median seconds of each call. The calls are timed in turn, one run of
+    each at a time: timing one and then the other lets a noisy machine's slow spell fall on
+    one side only; alternating puts all of them under the same conditions."""
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    per_round = []
+    for _ in range(rounds):
+        runs = [[_timed(call, devices) for call in calls] for _ in range(repeats)]
+        per_round.append([statistics.median(times) for times in zip(*runs, strict=True)])
+    return per_round
+
+
+def _devices(inputs: Sequence[object]) -> list[torch.device]:
+    return list(
+        {x.device for x in inputs if isinstance(x, torch.Tensor) and x.device.type == "cuda"}
+    )
+
+
+def _timed(call: Callable[[], object], devices: Sequence[torch.device] = ()) -> float:
+    """Seconds of one call; on a GPU, until its kernels have finished, not just been queued."""
     for device in devices:
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    model(*inputs)
+    call()
     for device in devices:
         torch.cuda.synchronize(device)
     return time.perf_counter() - start

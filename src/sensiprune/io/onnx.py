@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sensiprune.apply.masks import make_permanent
+from sensiprune.apply.sparse_kernels import refuse_sparse_layers
 from sensiprune.errors import SensipruneError, first_line
 
 
@@ -33,6 +34,7 @@ def deployable(model: nn.Module) -> nn.Module:
 
 def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
     """Export with a dynamic batch dimension, checked by ONNX Runtime against torch."""
+    refuse_sparse_layers(model, "export to ONNX")
     plain = deployable(model).eval()
     batch = torch.export.Dim("batch")
     with tempfile.TemporaryDirectory(dir=path.parent) as staging, warnings.catch_warnings():

@@ -22,6 +22,7 @@ from torch import nn
 
 from sensiprune.apply import masks
 from sensiprune.apply.block_sync import own_config
+from sensiprune.apply.sparse_kernels import refuse_sparse_layers
 from sensiprune.apply.surgery import refresh_loaded, retie, tied_parameters
 from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_directory
@@ -43,6 +44,7 @@ from sensiprune.targets import Target
 
 def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write the model's state and masks to ``directory`` (replaced atomically)."""
+    refuse_sparse_layers(model, "save")
     state, aliases = _without_ties(model.state_dict())
     model_masks = {k: v.cpu() for k, v in masks.get_masks(model).items()}
     tensors: dict[str, torch.Tensor] = {}

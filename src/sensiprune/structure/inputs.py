@@ -23,23 +23,27 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 
 
 def example_arguments(
-    model: nn.Module, example_inputs: object, data: Iterable[Any] | None = None
+    model: nn.Module,
+    example_inputs: object,
+    data: Iterable[Any] | None = None,
+    needed_by: str = "structured=True",
 ) -> list[Any]:
     """The positional arguments of one forward call: ``example_inputs`` as given, else the
-    inputs of the first batch of ``data`` (its first element, or the whole dict)."""
+    inputs of the first batch of ``data`` (its first element, or the whole dict).
+    ``needed_by`` names what asked for them, in the error when there are none."""
     if example_inputs is None:
-        example_inputs = _first_batch_inputs(data)
+        example_inputs = _first_batch_inputs(data, needed_by)
     args, kwargs = _split(example_inputs)
     if not kwargs:
         return list(args)
     return _bound(model, args, kwargs)
 
 
-def _first_batch_inputs(data: Iterable[Any] | None) -> object:
+def _first_batch_inputs(data: Iterable[Any] | None, needed_by: str) -> object:
     batch = next(iter(data), None) if data is not None else None
     if batch is None:
         raise SensipruneError(
-            "structured=True needs example_inputs: a tensor, a tuple of tensors or a dict of "
+            f"{needed_by} needs example_inputs: a tensor, a tuple of tensors or a dict of "
             "keyword arguments the model accepts (e.g. one batch), or data to take it from"
         )
     if isinstance(batch, Mapping):
