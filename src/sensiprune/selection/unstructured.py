@@ -140,7 +140,7 @@ def _prune_lowest_per_row(
 
 
 def parse_pattern(pattern: object) -> tuple[int, int]:
-    """"N:M" as (N, M): N zeros in every M consecutive inputs, 0 < N < M."""
+    """ "N:M" as (N, M): N zeros in every M consecutive inputs, 0 < N < M."""
     parts = pattern.split(":") if isinstance(pattern, str) else []
     if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
         zeros, group = int(parts[0]), int(parts[1])
