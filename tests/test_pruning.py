@@ -101,7 +101,6 @@ def test_obs_on_a_cnn_with_an_ungrouped_conv(cnn, cnn_batches):
         ({"sparsity": {"fc1": 0.5}, "pattern": "2:4"}, "pass sparsity 0.5"),
         ({"sparsity": 0.5, "pattern": "2:2"}, 'pattern must be "N:M"'),
         ({"sparsity": 0.5, "pattern": "half"}, 'pattern must be "N:M"'),
-        ({"sparsity": 0.5, "pattern": "2:4", "criterion": "obs"}, "not supported yet"),
         ({"sparsity": 0.5, "pattern": "2:4", "steps": 2}, "steps=1"),
         ({"sparsity": 0.5, "pattern": "4:8"}, "groups of 8"),  # the head reads 12 inputs
     ],
@@ -226,6 +225,23 @@ def test_an_n_m_pattern_zeros_n_of_every_m_inputs_and_fine_tuning_keeps_it(
     sp.finetune(mlp, mlp_batches, epochs=2, show_progress=False)
     for layer in (mlp.fc1, mlp.fc2, mlp.head):
         assert ((_groups(layer.weight, size) == 0).sum(-1) == zeros).all()
+
+
+def test_obs_fills_an_n_m_pattern_with_less_output_error_than_magnitude(mlp, mlp_batches):
+    dense, by_magnitude = copy.deepcopy(mlp), copy.deepcopy(mlp)
+    sp.prune(by_magnitude, 0.5, pattern="2:4")
+    result = sp.prune(mlp, 0.5, criterion="obs", data=mlp_batches, pattern="2:4")
+    assert result.scope == "2:4 pattern"
+    x = torch.cat([x for x, _ in mlp_batches])
+    with torch.no_grad():
+        error = {
+            name: torch.nn.functional.mse_loss(model(x), dense(x)).item()
+            for name, model in (("obs", mlp), ("magnitude", by_magnitude))
+        }
+    assert error["obs"] < error["magnitude"]
+    sp.finetune(mlp, mlp_batches, epochs=1, show_progress=False)
+    for layer in (mlp.fc1, mlp.fc2, mlp.head):
+        assert ((_groups(layer.weight, 4) == 0).sum(-1) == 2).all()
 
 
 def test_magnitude_n_m_drops_the_smallest_of_each_group(cnn):

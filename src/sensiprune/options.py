@@ -50,6 +50,7 @@ class PruneOptions:
     structured: StructuredOptions | None = None
     show_progress: bool = False
     pattern: str | None = None
+    blockwise: bool | None = None
 
     def nm(self) -> tuple[int, int] | None:
         """The N:M pattern as (N, M), or None."""
@@ -61,12 +62,16 @@ class PruneOptions:
         crit = criteria.get(self.criterion)
         if self.pattern is not None:
             self.nm()
-            if self.structured is not None or crit.compensates or self.steps != 1:
+            if self.structured is not None or self.steps != 1:
                 raise SensipruneError(
-                    f"pattern {self.pattern!r} is filled in one step of masks by a criterion "
-                    "that does not move weights: pass structured=False, steps=1 and a criterion "
-                    "such as magnitude, taylor or activation (OBS within N:M groups is not "
-                    "supported yet)"
+                    f"pattern {self.pattern!r} is a pattern of single weights filled in one "
+                    "step: pass structured=False and steps=1"
+                )
+            if crit.compensates and not crit.fills_patterns:
+                raise SensipruneError(
+                    f"criterion {self.criterion!r} moves weights but cannot choose within N:M "
+                    "groups: use obs, or a criterion that does not move weights (magnitude, "
+                    "taylor, activation)"
                 )
         if self.structured is None:
             if crit.structured_only:

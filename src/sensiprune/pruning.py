@@ -3,12 +3,12 @@ Validation happens here, at the edge."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from sensiprune import criteria, distributed
+from sensiprune import blockwise, criteria, distributed
 from sensiprune.apply import masks
 from sensiprune.criteria.scoring import score_targets
 from sensiprune.data import Batch, LossFn, as_batches, default_loss
@@ -20,7 +20,7 @@ from sensiprune.selection import unstructured as selection
 from sensiprune.selection.schedule import geometric_sparsity, sparsity_at
 from sensiprune.selection.unstructured import Sparsity
 from sensiprune.structured import prune_structured
-from sensiprune.targets import IgnoreSpec, Target, require_targets
+from sensiprune.targets import IgnoreSpec, Target, require_targets, resolve_layer_names
 
 
 def score(
@@ -61,6 +61,7 @@ def prune(
     group_reduction: str = "mean",
     show_progress: bool = False,
     pattern: str | None = None,
+    blockwise: bool | None = None,
 ) -> PruneResult:
     """Mask the least important weights in place so that ``sparsity`` of them are zero.
 
@@ -88,11 +89,18 @@ def prune(
     ``pattern="N:M"`` (such as ``"2:4"``, which GPUs run as semi-structured sparsity) prunes
     the N lowest-scored of every M consecutive inputs of each row instead of ranking by
     ``scope``; ``sparsity`` must then be N/M. Fine-tuning keeps the pattern (the masks hold).
+
+    ``blockwise``: a model built on a stack of blocks (a transformer's layers) is pruned one
+    block at a time, each on the inputs the pruned blocks before it give, holding one block's
+    statistics at a time (see :mod:`sensiprune.blockwise`): SparseGPT's and Wanda's way with
+    language models. None (default) does so where it applies (a criterion that reads layer
+    inputs, such as obs or activation, and a share per layer: ``scope="layer"`` or ``"row"``,
+    a budget, or a pattern); True also says why where it does not; False never does.
     """
     shape = StructuredOptions(example_inputs, round_to, group_reduction) if structured else None
     options = PruneOptions(
         criterion, scope, ignore, min_density, normalize, steps, seed, shape, show_progress,
-        pattern,
+        pattern, blockwise,
     )  # fmt: skip
     return prune_with(model, sparsity, options, data, loss_fn, scores)
 
@@ -140,6 +148,39 @@ def _prune_masks(
     if crit.needs_data or crit.compensates:
         data = as_batches(data, f"data (criterion {crit.name!r} needs it)")
     params_before = sum(p.numel() for p in model.parameters())
+
+    def outside_blocks(subset: dict[str, Target]) -> None:
+        budget = _within(sparsity, subset)
+        _prune_targets(model, crit, subset, budget, options, data, loss_fn, None)
+
+    by_blocks = scores is None and _by_blocks(
+        model, targets, sparsity, options, data, loss_fn, outside_blocks
+    )
+    if not by_blocks:
+        _prune_targets(model, crit, targets, sparsity, options, data, loss_fn, scores)
+    layers = masks.layer_sparsity(model, targets)
+    pruned = sum(layer.numel - layer.kept for layer in layers)
+    how = describe(sparsity, options.scope)
+    return PruneResult(
+        crit.name,
+        how if options.pattern is None else f"{options.pattern} pattern",
+        params_before,
+        params_before - pruned,
+        layers,
+    )
+
+
+def _prune_targets(
+    model: nn.Module,
+    crit: criteria.Criterion,
+    targets: dict[str, Target],
+    sparsity: Sparsity,
+    options: PruneOptions,
+    data: Iterable[Batch] | None,
+    loss_fn: LossFn | None,
+    scores: Mapping[str, torch.Tensor] | None,
+) -> None:
+    """The usual way: score, select, (compensate), mask, in ``options.steps`` steps."""
     for step in range(1, options.steps + 1):
         step_scores = scores
         if step_scores is None:
@@ -157,19 +198,44 @@ def _prune_masks(
             options.nm(),
         )
         if crit.compensates:
-            _compensate(model, crit, targets, chosen, data, loss_fn, options.show_progress)
+            _compensate(model, crit, targets, chosen, data, loss_fn, options)
         masks.apply_masks(targets, chosen)
         distributed.broadcast_module(model)  # rank 0 decides: the ranks never disagree
-    layers = masks.layer_sparsity(model, targets)
-    pruned = sum(layer.numel - layer.kept for layer in layers)
-    how = describe(sparsity, options.scope)
-    return PruneResult(
-        crit.name,
-        how if options.pattern is None else f"{options.pattern} pattern",
-        params_before,
-        params_before - pruned,
-        layers,
+
+
+def _by_blocks(
+    model: nn.Module,
+    targets: dict[str, Target],
+    sparsity: Sparsity,
+    options: PruneOptions,
+    data: Iterable[Batch] | None,
+    loss_fn: LossFn | None,
+    prune_outside: Callable[[dict[str, Target]], None],
+) -> bool:
+    """Prune block by block where that applies (``blockwise`` None: where it can; True: or
+    say why not), the targets outside the stack through ``prune_outside``; returns whether
+    it did."""
+    if options.blockwise is False:
+        return False
+    reason = blockwise.why_not(model, targets, sparsity, options)
+    if reason is not None:
+        if options.blockwise:
+            raise SensipruneError(f"blockwise=True: {reason}")
+        return False
+    assert data is not None  # the criterion needs data: checked above
+    if isinstance(sparsity, Mapping):  # refused before any block changes
+        resolve_layer_names(targets, sparsity)
+    return blockwise.prune_blockwise(
+        model, targets, sparsity, options, list(data), loss_fn, prune_outside
     )
+
+
+def _within(sparsity: Sparsity, targets: dict[str, Target]) -> Sparsity:
+    """A per-layer budget without the layers pruned elsewhere (block by block)."""
+    if not isinstance(sparsity, Mapping):
+        return sparsity
+    names = {t.layer for t in targets.values()} | set(targets)
+    return {k: v for k, v in sparsity.items() if k in names}
 
 
 def _compensate(
@@ -179,10 +245,11 @@ def _compensate(
     chosen: dict[str, torch.Tensor],
     data: Iterable[Batch],
     loss_fn: LossFn | None,
-    show_progress: bool,
+    options: PruneOptions,
 ) -> None:
     """Let a compensating criterion (OBS) pick the weights within the chosen per-row counts
-    and move the rest."""
+    (or N:M groups) and move the rest."""
+    pattern = options.nm()
     settled, new_weights = crit.compensate(
         model,
         targets,
@@ -190,7 +257,8 @@ def _compensate(
         masks.get_masks(model),
         list(data),
         loss_fn or default_loss,
-        show_progress,
+        options.show_progress,
+        **({} if pattern is None else {"pattern": pattern}),
     )
     chosen.update(settled)
     params = dict(model.named_parameters())

@@ -55,6 +55,16 @@ def test_a_compensating_criterion_needs_data_and_refuses_structured(mlp, registe
         sp.prune(mlp, 0.5, criterion=name, structured=True, example_inputs=torch.randn(1, 8))
 
 
+def test_a_compensating_criterion_fills_n_m_patterns_only_if_it_says_so(
+    mlp, mlp_batches, registered
+):
+    name = registered(HalvingCompensation("halving", "test", per_param=lambda w, s: w.abs()))
+    with pytest.raises(sp.SensipruneError, match="cannot choose within N:M groups: use obs"):
+        sp.prune(mlp, 0.5, criterion=name, data=mlp_batches, pattern="2:4")
+    assert "fills N:M patterns" in base.get("obs").capabilities
+    assert "fills N:M patterns" not in base._REGISTRY[name].capabilities
+
+
 def test_a_new_group_criterion_decides_which_channels_go(mlp, mlp_batches, registered):
     name = registered(FirstGroupsFirst("first_groups", "test", structured_only=True))
     weight = mlp.fc1.weight.detach().clone()

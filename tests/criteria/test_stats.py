@@ -32,4 +32,5 @@ def test_input_covariance_of_a_conv_matches_unfold(cnn, cnn_batches):
         frozenset({Stat.INPUT_COV}),
     )
     cols = torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 18)
+    cols = cols.double()  # second moments are kept in float64 for a float32 model
     torch.testing.assert_close(collected["conv1.weight"].input_cov, cols.T @ cols / len(cols))

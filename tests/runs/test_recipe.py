@@ -72,11 +72,32 @@ def test_a_negative_step_count_is_named_with_its_line(tmp_path):
             GOOD + "schedule:\n  kind: gradual\n  steps: 4\nfinetune:\n  epochs: 0\n",
             "gradual pruning needs finetune.epochs",
         ),
+        (
+            GOOD.replace("prune:\n", "prune:\n  pattern: 2-4\n"),
+            ':7: prune.pattern: pattern must be "N:M" with 0 < N < M',
+        ),
+        (
+            GOOD.replace("prune:\n", "prune:\n  pattern: '2:4'\n").replace("0.5", "0.7"),
+            "prune.pattern '2:4' prunes 2 of every 4 weights: give prune.target.sparsity: 0.5",
+        ),
+        (
+            GOOD.replace("prune:\n", "prune:\n  pattern: '2:4'\n")
+            + "schedule:\n  kind: iterative\n  steps: 2\n",
+            "prune.pattern is filled in one step of masks: use schedule.kind one_shot",
+        ),
     ],
 )
 def test_each_mistake_gets_one_line_naming_the_field(tmp_path, text, expected):
     message = _error(tmp_path, text)
     assert expected in message and "\n" not in message
+
+
+def test_a_pattern_reaches_the_prune_options(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(GOOD.replace("prune:\n", "prune:\n  pattern: '2:4'\n  criterion: obs\n"))
+    options = load_recipe(path).prune.options(None, 0, False)
+    assert options.pattern == "2:4" and options.nm() == (2, 4)
+    options.check()
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

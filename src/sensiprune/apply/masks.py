@@ -85,6 +85,16 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return found
 
 
+def masks_of(targets: dict[str, Target]) -> dict[str, torch.Tensor]:
+    """The keep-masks attached to ``targets``, by their names there (a block's names)."""
+    found = {}
+    for name, target in targets.items():
+        mask = target.module._buffers.get(_PREFIX + target.attr)
+        if mask is not None:
+            found[name] = mask
+    return found
+
+
 def make_permanent(model: nn.Module) -> None:
     """Drop masks and hooks; pruned weights stay zero but may be trained again."""
     for module in model.modules():

@@ -40,11 +40,13 @@ class Criterion:
     What a criterion can do beyond scoring weights it declares, and the verbs ask rather than
     check its type: ``scores_groups`` (it scores whole channel groups: ``score_groups``),
     ``compensates`` (after choosing, it moves the weights that stay: ``compensate``),
+    ``fills_patterns`` (its ``compensate`` chooses within N:M groups, given ``pattern=``),
     ``measures_loss`` (it runs the model once per candidate: exact, and slow on big models).
     """
 
     scores_groups = False
     compensates = False
+    fills_patterns = False
     measures_loss = False
 
     def __init__(
@@ -74,6 +76,7 @@ class Criterion:
                 ("channels only", self.structured_only),
                 ("scores groups", self.scores_groups),
                 ("compensates", self.compensates),
+                ("fills N:M patterns", self.fills_patterns and self.compensates),
                 ("measures loss", self.measures_loss),
             )
             if has
@@ -105,7 +108,9 @@ class Criterion:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """For criteria with ``compensates``: the masks it settles on within the chosen
         per-row counts, and the new values of the weights that stay, by parameter name.
-        Works on a copy, so that a failure leaves the model untouched."""
+        Works on a copy, so that a failure leaves the model untouched. Criteria with
+        ``fills_patterns`` also take ``pattern=(N, M)``: N of every M consecutive inputs of a
+        row go, chosen as the weights move."""
         raise NotImplementedError(f"criterion {self.name} does not compensate")
 
     def __repr__(self) -> str:

@@ -24,7 +24,7 @@ from torch import nn
 
 from sensiprune.criteria.base import Criterion, register
 from sensiprune.criteria.sparsegpt import prune_blocked
-from sensiprune.criteria.stats import ParamStats, Stat
+from sensiprune.criteria.stats import ParamStats, Stat, precise
 from sensiprune.data import Batch, LossFn
 from sensiprune.handlers.base import input_matrix_of
 from sensiprune.modes import eval_mode
@@ -39,7 +39,9 @@ _MAX_BATCHED_ELEMENTS = 1 << 25  # rows x columns² held at once while pruning
 
 
 def damped_inverse(cov: torch.Tensor) -> torch.Tensor:
-    cov = cov.double().cpu()  # the OBS algebra runs in float64 on the CPU
+    """(H + λI)⁻¹ on the CPU, in H's dtype (stats.precise: float64, or float32 for 16-bit
+    models)."""
+    cov = cov.cpu()
     damp = DAMPING * cov.diagonal().mean().clamp_min(1e-12)
     eye = torch.eye(cov.shape[0], dtype=cov.dtype)
     return torch.linalg.inv(cov + damp * eye)
@@ -49,7 +51,7 @@ def obs_saliency(weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
     """w_q² / [H⁻¹]_qq: the output-error increase of removing each weight alone."""
     assert stats.input_cov is not None
     inverse_diag = damped_inverse(stats.input_cov).diagonal()
-    rows = weight.detach().double().cpu().reshape(weight.shape[0], -1)
+    rows = weight.detach().to(inverse_diag.dtype).cpu().reshape(weight.shape[0], -1)
     return (rows.pow(2) / inverse_diag).to(weight.dtype).reshape(weight.shape)
 
 
@@ -62,9 +64,10 @@ def prune_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy OBS per row: remove ``counts[r]`` weights of row r, updating the rest.
 
-    ``weight`` is (rows, columns) in float64; the last ``frozen`` columns (the bias) are updated
-    but never removed; weights marked in ``pruned_before`` are removed first, so a pruned
-    weight is never revived. Returns the new weights and the boolean mask of kept weights.
+    ``weight`` is (rows, columns) in the algebra's dtype (stats.precise); the last ``frozen``
+    columns (the bias) are updated but never removed; weights marked in ``pruned_before`` are
+    removed first, so a pruned weight is never revived. Returns the new weights and the
+    boolean mask of kept weights.
     """
     rows, cols = weight.shape
     if pruned_before is None:
@@ -127,6 +130,7 @@ class OptimalBrainSurgeon(Criterion):
     """Scores by w²/[H⁻¹]_qq; when pruning, also moves the remaining weights (see module doc)."""
 
     compensates = True
+    fills_patterns = True
 
     def __init__(self) -> None:
         super().__init__(
@@ -145,8 +149,10 @@ class OptimalBrainSurgeon(Criterion):
         batches: Sequence[Batch],
         loss_fn: LossFn,
         show_progress: bool = False,
+        pattern: tuple[int, int] | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Prune each layer to the per-row counts of ``masks`` with OBS, layer after layer.
+        """Prune each layer to the per-row counts of ``masks`` with OBS, layer after layer;
+        with an N:M ``pattern``, N of every M consecutive inputs, chosen as SparseGPT does.
 
         Weights pruned before (``existing`` masks) are removed first and stay removed.
 
@@ -157,64 +163,77 @@ class OptimalBrainSurgeon(Criterion):
         new_masks: dict[str, torch.Tensor] = {}
         new_tensors: dict[str, torch.Tensor] = {}
         modules = dict(pruned.named_modules())
+        counts = {n: (~m).reshape(m.shape[0], -1).sum(1) for n, m in masks.items() if n in targets}
+        exact = pattern is None and _exact_cost(targets, counts) <= EXACT_BUDGET
         with eval_mode(model) as dense:
-            order = _execution_order(dense, targets, batches[0], loss_fn)
-            for name in progress(order, "OBS layer by layer", show_progress):
-                target = targets[name]
-                counts = (~masks[name]).reshape(masks[name].shape[0], -1).sum(1)
-                if counts.sum() == 0:
+            groups = _execution_groups(dense, targets, batches[0], loss_fn)
+            for group in progress(groups, "OBS layer by layer", show_progress):
+                group = [name for name in group if counts[name].sum() > 0]
+                if not group:
                     continue
-                layer = modules[target.layer]
-                before = existing.get(name)
-                weight, bias, kept = _prune_layer(
-                    target.module,
-                    layer,
-                    dense,
-                    pruned,
-                    batches,
-                    loss_fn,
-                    counts,
-                    None if before is None else ~before.cpu().reshape(counts.shape[0], -1),
-                )
-                with torch.no_grad():
-                    layer.weight.copy_(weight)
+                layers = {name: modules[targets[name].layer] for name in group}
+                moments = _layer_moments(
+                    {name: targets[name].module for name in group},
+                    layers, dense, pruned, batches, loss_fn,
+                )  # fmt: skip
+                for name in group:
+                    before = existing.get(name)
+                    weight, bias, kept = _prune_layer(
+                        layers[name],
+                        moments[name],
+                        counts[name],
+                        None if before is None else ~before.cpu().reshape(before.shape[0], -1),
+                        pattern,
+                        exact,
+                    )
+                    layer = layers[name]
+                    with torch.no_grad():
+                        layer.weight.copy_(weight)
+                        if bias is not None:
+                            layer.bias.copy_(bias)
+                    new_masks[name] = kept
+                    new_tensors[name] = weight
                     if bias is not None:
-                        layer.bias.copy_(bias)
-                new_masks[name] = kept
-                new_tensors[name] = weight
-                if bias is not None:
-                    new_tensors[f"{target.layer}.bias" if target.layer else "bias"] = bias
+                        layer_name = targets[name].layer
+                        new_tensors[f"{layer_name}.bias" if layer_name else "bias"] = bias
         return new_masks, new_tensors
 
 
+def _exact_cost(targets: dict[str, Target], counts: dict[str, torch.Tensor]) -> float:
+    """rows x removed x columns² of exact greedy OBS over every layer it is given: the whole
+    model's cost decides, not one layer's (a decoder of small layers adds up to hours)."""
+    total = 0.0
+    for name, per_row in counts.items():
+        weight = targets[name].param
+        columns = weight[0].numel() + 1
+        total += weight.shape[0] * float(per_row.max()) * columns * columns
+    return total
+
+
 def _prune_layer(
-    dense_layer: nn.Module,
     layer: nn.Module,
-    dense: nn.Module,
-    pruned: nn.Module,
-    batches: Sequence[Batch],
-    loss_fn: LossFn,
+    moments: tuple[torch.Tensor, torch.Tensor, bool],
     counts: torch.Tensor,
     pruned_before: torch.Tensor | None,
+    pattern: tuple[int, int] | None,
+    exact: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    h, c, same_inputs = moments
     has_bias = getattr(layer, "bias", None) is not None
-    h, c, same_inputs = _layer_moments(
-        dense_layer, layer, dense, pruned, batches, loss_fn, has_bias
-    )
-    weight = layer.weight.detach().double().cpu().reshape(layer.weight.shape[0], -1)
+    algebra = precise(layer.weight.dtype)
+    weight = layer.weight.detach().to(algebra).cpu().reshape(layer.weight.shape[0], -1)
     if has_bias:
-        weight = torch.cat([weight, layer.bias.detach().double().cpu().unsqueeze(1)], dim=1)
+        weight = torch.cat([weight, layer.bias.detach().to(algebra).cpu().unsqueeze(1)], dim=1)
     hinv = damped_inverse(h)
     if not same_inputs:  # refit to the dense layer's output from the pruned inputs
         weight = weight @ c.T @ hinv.T
     if pruned_before is not None and has_bias:
         pruned_before = torch.cat([pruned_before, torch.zeros_like(pruned_before[:, :1])], 1)
     frozen = 1 if has_bias else 0
-    rows, cols = weight.shape
-    if rows * int(counts.max()) * cols * cols <= EXACT_BUDGET:
+    if exact:
         new, kept = prune_rows(weight, hinv, counts, frozen, pruned_before)
-    else:  # exact greedy OBS would take too long: blocked OBS with one shared factor
-        new, kept = prune_blocked(weight, hinv, int(counts.sum()), frozen, pruned_before)
+    else:  # too long for exact greedy OBS, or N:M groups: blocked, with one shared factor
+        new, kept = prune_blocked(weight, hinv, int(counts.sum()), frozen, pruned_before, pattern)
     dtype, shape = layer.weight.dtype, layer.weight.shape
     cols = weight.shape[1] - (1 if has_bias else 0)
     new_weight = new[:, :cols].to(dtype).reshape(shape)
@@ -223,63 +242,61 @@ def _prune_layer(
 
 
 def _layer_moments(
-    dense_layer: nn.Module,
-    layer: nn.Module,
+    dense_layers: dict[str, nn.Module],
+    layers: dict[str, nn.Module],
     dense: nn.Module,
     pruned: nn.Module,
     batches: Sequence[Batch],
     loss_fn: LossFn,
-    has_bias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """H̃ = X̃ᵀX̃ / n and C = X̃ᵀX / n over the data (X dense inputs, X̃ pruned inputs)."""
-    captured: dict[str, torch.Tensor] = {}
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, bool]]:
+    """Per layer, H̃ = X̃ᵀX̃ / n and C = X̃ᵀX / n over the data (X dense inputs, X̃ pruned
+    inputs), and whether X̃ = X: one pass of each model for layers that read one input."""
+    captured: dict[tuple[str, str], torch.Tensor] = {}
 
-    def grab(key: str):
+    def grab(key: tuple[str, str]):
         def hook(module: nn.Module, args: tuple) -> None:
             rows = input_matrix_of(module, "weight").matrix(module, args[0].detach())
-            rows = rows.double().cpu()
-            if has_bias:
+            rows = rows.to(precise(rows.dtype)).cpu()
+            if getattr(module, "bias", None) is not None:
                 rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1)
             captured[key] = torch.cat([captured[key], rows]) if key in captured else rows
 
         return hook
 
-    handles = [
-        dense_layer.register_forward_pre_hook(grab("dense")),
-        layer.register_forward_pre_hook(grab("pruned")),
-    ]
-    h = c = None
-    n = 0
-    same = True
+    handles = [dense_layers[n].register_forward_pre_hook(grab((n, "dense"))) for n in layers]
+    handles += [layers[n].register_forward_pre_hook(grab((n, "pruned"))) for n in layers]
+    sums: dict[str, list] = {name: [0, 0, 0, True] for name in layers}  # h, c, rows, same
     try:
         with torch.no_grad():
             for batch in batches:
                 captured.clear()
                 loss_fn(dense, batch)
                 loss_fn(pruned, batch)
-                x, xt = captured["dense"], captured["pruned"]
-                same = same and torch.equal(x, xt)
-                h = xt.T @ xt if h is None else h + xt.T @ xt
-                c = xt.T @ x if c is None else c + xt.T @ x
-                n += x.shape[0]
+                for name, total in sums.items():
+                    x, xt = captured[name, "dense"], captured[name, "pruned"]
+                    total[3] = total[3] and torch.equal(x, xt)
+                    total[0] = total[0] + xt.T @ xt
+                    total[1] = total[1] + xt.T @ x
+                    total[2] += x.shape[0]
     finally:
         for handle in handles:
             handle.remove()
-    assert h is not None and c is not None
-    return h / n, c / n, same
+    return {name: (h / n, c / n, same) for name, (h, c, n, same) in sums.items()}
 
 
-def _execution_order(
+def _execution_groups(
     model: nn.Module, targets: dict[str, Target], batch: Batch, loss_fn: LossFn
-) -> list[str]:
-    """Targets in the order the forward pass reaches them (registration order may differ)."""
-    order: list[str] = []
+) -> list[list[str]]:
+    """Targets in the order the forward pass reaches them (registration order may differ),
+    those that read one input tensor together (query, key and value): pruning one of them
+    cannot change what the others read, so one pass serves them all."""
+    order: list[tuple[str, object]] = []  # the input itself: held, so no id is reused
     handles = []
     for name, target in targets.items():
 
         def hook(module: nn.Module, args: tuple, name: str = name) -> None:
-            if name not in order:
-                order.append(name)
+            if all(name != seen for seen, _ in order):
+                order.append((name, args[0]))
 
         handles.append(target.module.register_forward_pre_hook(hook))
     try:
@@ -288,7 +305,11 @@ def _execution_order(
     finally:
         for handle in handles:
             handle.remove()
-    return order + [n for n in targets if n not in order]
+    groups: dict[int, list[str]] = {}
+    for name, source in order:
+        groups.setdefault(id(source), []).append(name)
+    reached = {name for name, _ in order}
+    return [*groups.values(), *([n] for n in targets if n not in reached)]
 
 
 register(OptimalBrainSurgeon())

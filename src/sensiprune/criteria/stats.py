@@ -47,8 +47,16 @@ class ParamStats:
     grad_sq: torch.Tensor | None = None
     hess_diag: torch.Tensor | None = None
     input_rms: torch.Tensor | None = None  # broadcast to the weight's shape
-    input_cov: torch.Tensor | None = None  # (columns, columns) of weight.flatten(1)
+    input_cov: torch.Tensor | None = None  # (columns, columns) of weight.flatten(1), precise
     output_taylor: torch.Tensor | None = None  # (output channels,)
+
+
+def precise(dtype: torch.dtype) -> torch.dtype:
+    """The dtype second moments and their algebra run in: float64 where the model is in
+    float32 or float64 (exact, and small enough), float32 where it is in 16 bits (a language
+    model: its Hessians in float64 would hold twice the memory, and float32 is what SparseGPT
+    and Wanda use)."""
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def collect(
@@ -198,7 +206,7 @@ class _InputRecorder:
                 self.sq_sum[name] = self.sq_sum.get(name, 0) + sq
                 self.count[name] = self.count.get(name, 0) + n
             if self.want_cov:
-                rows = features.matrix(module, x).double()
+                rows = features.matrix(module, x).to(precise(x.dtype))
                 self.cov[name] = self.cov.get(name, 0) + rows.T @ rows
                 self.rows[name] = self.rows.get(name, 0) + rows.shape[0]
 
@@ -244,7 +252,7 @@ class _InputRecorder:
             if self.want_taylor and name in self.taylor:
                 stats[name].output_taylor = (self.taylor[name] / self.samples[name]).to(param.dtype)
             if self.want_cov and name in self.cov:
-                stats[name].input_cov = (self.cov[name] / self.rows[name]).to(param.dtype)
+                stats[name].input_cov = self.cov[name] / self.rows[name]
         for name in self.targets:
             missing = (self.want_rms and name not in self.sq_sum) or (
                 self.want_cov and name not in self.cov

@@ -32,6 +32,7 @@ from sensiprune import criteria
 from sensiprune.compress import check_goal
 from sensiprune.errors import SensipruneError
 from sensiprune.options import PruneOptions, StructuredOptions
+from sensiprune.selection.unstructured import parse_pattern
 
 ImportPath = Annotated[
     str,
@@ -133,6 +134,15 @@ class TargetSpec(Section):
         return self.flops is not None or self.max_drop is not None
 
 
+def _pattern(pattern: str | None) -> str | None:
+    if pattern is not None:
+        try:
+            parse_pattern(pattern)
+        except SensipruneError as exc:
+            raise ValueError(str(exc)) from None
+    return pattern
+
+
 class PruneSpec(Section):
     criterion: CriterionName = Field(default="taylor", description="see `sensiprune criteria`")
     target: TargetSpec
@@ -154,6 +164,11 @@ class PruneSpec(Section):
     score_batches: int | None = Field(
         default=None, gt=0, description="training batches to score on (default: all)"
     )
+    pattern: Annotated[str | None, AfterValidator(_pattern)] = Field(
+        default=None,
+        description="'N:M' (such as '2:4'): N zeros in every M consecutive inputs of a row; "
+        "target.sparsity N/M, one_shot, not structured",
+    )
 
     def options(self, example_inputs: object, seed: int, show_progress: bool) -> PruneOptions:
         """The settings of every prune this recipe runs."""
@@ -167,6 +182,7 @@ class PruneSpec(Section):
             seed=seed,
             structured=shape,
             show_progress=show_progress,
+            pattern=self.pattern,
         )
 
 
@@ -325,6 +341,19 @@ class Recipe(Section):
             raise ValueError("analysis.folds must be 0 (no cross-validation) or at least 2")
         if self.prune.target.flops is not None and not self.prune.structured:
             raise ValueError("prune.target.flops needs prune.structured: true")
+        if self.prune.pattern is not None:
+            zeros, group = parse_pattern(self.prune.pattern)
+            if kind != "one_shot" or self.prune.structured:
+                raise ValueError("prune.pattern is filled in one step of masks: use "
+                                 "schedule.kind one_shot and prune.structured: false")  # fmt: skip
+            if (
+                self.prune.target.sparsity is None
+                or abs(self.prune.target.sparsity - zeros / group) > 1e-9
+            ):
+                raise ValueError(
+                    f"prune.pattern {self.prune.pattern!r} prunes {zeros} of every {group} "
+                    f"weights: give prune.target.sparsity: {zeros / group:g}"
+                )
         return self
 
     @property
