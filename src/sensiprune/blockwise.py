@@ -8,8 +8,8 @@ pruned, and turns them into the next block's inputs. Peak memory is the model pl
 inputs and statistics, and every block is fitted to the inputs the pruned blocks before it
 give, as it will see them when the model runs.
 
-It applies where a criterion reads only the inputs of the layers it prunes (OBS, activation,
-magnitude), every layer's share is its own (``scope="layer"`` or ``"row"``, a per-layer budget
+It applies where a criterion scores from the inputs of the layers it prunes alone (OBS,
+activation), every layer's share is its own (``scope="layer"`` or ``"row"``, a per-layer budget
 or an N:M pattern), and the blocks pass one stream from each to the next: that is checked on
 the first batch, where every block must get the previous block's output and the first block's
 other arguments.
@@ -186,19 +186,8 @@ def _prune_block(
     """Score, select and (for OBS) compensate the targets of one block on its inputs."""
     targets = {t.name: t for t in held}
     existing = masks.masks_of(targets)
-    stats = collect(block, targets, calls, _run_block, crit.needs, options.seed)
-    context = ScoringContext(block, targets, calls, _run_block, stats, options.seed)
     pattern = options.nm()
-    chosen = selection.select(
-        crit.score(context),
-        targets,
-        sparsity,
-        options.scope,
-        options.normalize,
-        options.min_density,
-        existing,
-        pattern,
-    )
+    chosen = _chosen(block, targets, sparsity, options, crit, calls, existing)
     if crit.compensates:
         settled, moved = crit.compensate(
             block, targets, chosen, existing, calls, _run_block, False,
@@ -208,6 +197,31 @@ def _prune_block(
         for name, value in moved.items():
             block.get_parameter(name).copy_(value)
     masks.apply_masks(targets, chosen)
+
+
+def _chosen(
+    block: nn.Module,
+    targets: dict[str, Target],
+    sparsity: object,
+    options: PruneOptions,
+    crit: criteria.Criterion,
+    calls: list[BlockCall],
+    existing: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The block's masks from the criterion's scores on the block's inputs (its statistics,
+    a Hessian per layer for OBS, are let go before compensation builds its own)."""
+    stats = collect(block, targets, calls, _run_block, crit.needs, options.seed)
+    context = ScoringContext(block, targets, calls, _run_block, stats, options.seed)
+    return selection.select(
+        crit.score(context),
+        targets,
+        sparsity,
+        options.scope,
+        options.normalize,
+        options.min_density,
+        existing,
+        options.nm(),
+    )
 
 
 def _share(sparsity: object, prefix: str) -> object:

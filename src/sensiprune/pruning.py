@@ -225,9 +225,12 @@ def _by_blocks(
     assert data is not None  # the criterion needs data: checked above
     if isinstance(sparsity, Mapping):  # refused before any block changes
         resolve_layer_names(targets, sparsity)
-    return blockwise.prune_blockwise(
+    done = blockwise.prune_blockwise(
         model, targets, sparsity, options, list(data), loss_fn, prune_outside
     )
+    if done:
+        distributed.broadcast_module(model)  # rank 0 decides: the ranks never disagree
+    return done
 
 
 def _within(sparsity: Sparsity, targets: dict[str, Target]) -> Sparsity:

@@ -265,7 +265,8 @@ def _layer_moments(
 
     handles = [dense_layers[n].register_forward_pre_hook(grab((n, "dense"))) for n in layers]
     handles += [layers[n].register_forward_pre_hook(grab((n, "pruned"))) for n in layers]
-    sums: dict[str, list] = {name: [0, 0, 0, True] for name in layers}  # h, c, rows, same
+    # h, c (None while the inputs are the same: then it is h), rows
+    sums: dict[str, list] = {name: [0, None, 0] for name in layers}
     try:
         with torch.no_grad():
             for batch in batches:
@@ -274,14 +275,18 @@ def _layer_moments(
                 loss_fn(pruned, batch)
                 for name, total in sums.items():
                     x, xt = captured[name, "dense"], captured[name, "pruned"]
-                    total[3] = total[3] and torch.equal(x, xt)
+                    if total[1] is None and not torch.equal(x, xt):
+                        total[1] = torch.zeros_like(xt.T @ xt) + total[0]
                     total[0] = total[0] + xt.T @ xt
-                    total[1] = total[1] + xt.T @ x
+                    if total[1] is not None:
+                        total[1] += xt.T @ x
                     total[2] += x.shape[0]
     finally:
         for handle in handles:
             handle.remove()
-    return {name: (h / n, c / n, same) for name, (h, c, n, same) in sums.items()}
+    return {
+        name: (h / n, h / n if c is None else c / n, c is None) for name, (h, c, n) in sums.items()
+    }
 
 
 def _execution_groups(
