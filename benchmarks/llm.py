@@ -10,8 +10,8 @@
 2. Side by side with llm-compressor 0.14 (its SparseGPT and Wanda modifiers) on one small
    Llama trained here for a few minutes on the same paragraphs (MiniLM's tokenizer), the same
    calibration and evaluation tokens: wall time, peak memory (each run in its own process)
-   and perplexity. llm-compressor runs in its own venv (``.venv-llmc``, see
-   ``benchmarks/llmc_side.py``); without it, its rows say so.
+   and perplexity. llm-compressor runs in its own venv (``make llmc`` builds ``.venv-llmc``,
+   see ``benchmarks/llmc_side.py``); without it, its rows say so.
 3. Scale: a Llama-shaped model of 1.1B parameters (TinyLlama's shape) built from its config in
    bfloat16 with random weights, pruned to 50% with OBS block by block on 8 sequences of 128
    tokens, in its own process: time, time per billion parameters, and peak RSS against the

@@ -5,7 +5,8 @@ It runs in its own virtual environment, not the project's: llmcompressor 0.14.0.
 torch>=2.10,<=2.14.0, transformers>=5.15,<=5.17 and compressed-tensors==0.19.0 (the main
 .venv has transformers 5.24), and a bare torch requirement would pull a CUDA build. Set it
 up with the CPU torch first, then llmcompressor without its dependencies (they include
-nvidia-ml-py, left out), then those dependencies with torch held where it is:
+nvidia-ml-py, left out), then those dependencies with torch held where it is (``make llmc``
+does this):
 
     python3.11 -m venv .venv-llmc
     .venv-llmc/bin/pip install torch==2.13.0

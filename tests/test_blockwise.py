@@ -61,7 +61,7 @@ def _model(**kwargs) -> Decoder:
     return Decoder(**kwargs).eval()
 
 
-def test_each_block_is_scored_alone_and_every_layer_gets_its_share(monkeypatch):
+def test_each_layer_of_each_block_is_scored_alone_and_gets_its_share(monkeypatch):
     model, seen = _model(), []
     collect = blockwise.collect
 
@@ -71,7 +71,7 @@ def test_each_block_is_scored_alone_and_every_layer_gets_its_share(monkeypatch):
 
     monkeypatch.setattr(blockwise, "collect", recording)
     sp.prune(model, 0.5, criterion="activation", data=_batches(), scope="layer", blockwise=True)
-    assert seen == [["down.weight", "out.weight", "qkv.weight", "up.weight"]] * 3
+    assert seen == [["qkv.weight"], ["out.weight"], ["up.weight"], ["down.weight"]] * 3
     for name, keep in sp.get_masks(model).items():  # the head and embedding too, as usual
         assert keep.float().mean() == pytest.approx(0.5, abs=0.01), name
 
@@ -101,7 +101,7 @@ def test_layers_before_the_stack_are_pruned_first_and_the_blocks_fit_their_outpu
 
     monkeypatch.setattr(blockwise, "collect", checking)
     sp.prune(model, 0.5, criterion="activation", data=_batches(), scope="layer", blockwise=True)
-    assert calls_seen == list(model.blocks)
+    assert calls_seen == [block for block in model.blocks for _ in range(4)]
 
 
 def test_blocks_that_are_not_one_stream_fall_back_or_are_refused():

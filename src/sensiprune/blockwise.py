@@ -17,6 +17,7 @@ other arguments.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -156,6 +157,7 @@ def prune_blockwise(
             name, block = blocks[index]
             if per_block[index]:
                 _prune_block(block, per_block[index], _share(sparsity, name), options, crit, calls)
+                _give_back_memory()
             calls = [call.fed(_stream_of(call.run(block))) for call in calls]
     if outside:
         prune_outside(outside)
@@ -208,20 +210,30 @@ def _chosen(
     calls: list[BlockCall],
     existing: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """The block's masks from the criterion's scores on the block's inputs (its statistics,
-    a Hessian per layer for OBS, are let go before compensation builds its own)."""
-    stats = collect(block, targets, calls, _run_block, crit.needs, options.seed)
-    context = ScoringContext(block, targets, calls, _run_block, stats, options.seed)
-    return selection.select(
-        crit.score(context),
-        targets,
-        sparsity,
-        options.scope,
-        options.normalize,
-        options.min_density,
-        existing,
-        options.nm(),
-    )
+    """The block's masks from the criterion's scores on the block's inputs, one layer at a
+    time: every layer's share is its own, and one layer's statistics (a Hessian for OBS) are
+    held at a time, let go before compensation builds its own."""
+    chosen: dict[str, torch.Tensor] = {}
+    for name, target in targets.items():
+        one = {name: target}
+        stats = collect(block, one, calls, _run_block, crit.needs, options.seed)
+        context = ScoringContext(block, one, calls, _run_block, stats, options.seed)
+        budget = sparsity if not isinstance(sparsity, Mapping) else _own(sparsity, target)
+        if budget is None:
+            continue
+        chosen.update(selection.select(
+            crit.score(context), one, budget, options.scope, options.normalize,
+            options.min_density, {k: v for k, v in existing.items() if k == name}, options.nm(),
+        ))  # fmt: skip
+    return chosen
+
+
+def _own(budget: Mapping[str, float], target: Target) -> dict[str, float] | None:
+    """A budget's entry for one layer (by layer or parameter name), or None."""
+    for key in (target.layer, target.name):
+        if key in budget:
+            return {key: budget[key]}
+    return None
 
 
 def _share(sparsity: object, prefix: str) -> object:
@@ -367,6 +379,14 @@ def _same_value(a: Any, b: Any) -> bool:
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
     return a is b or a == b
+
+
+def _give_back_memory() -> None:
+    """Return the heap memory a block's statistics freed to the system (glibc keeps freed
+    chunks for reuse, and the next block's come in other sizes): the peak resident memory
+    is then the model and one block's work, not the sum of their leftovers."""
+    with suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @contextmanager

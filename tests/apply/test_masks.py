@@ -95,3 +95,24 @@ def test_masked_training_under_torch_compile_keeps_pruned_weights_zero(digits):
     model.eval()
     x = digits.val[0][0]
     assert torch.equal(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (4, 3, 3, 3), (1, 1)])
+def test_masks_are_held_as_bits_and_unpack_to_what_was_packed(shape):
+    from sensiprune.apply.masks import pack, unpack
+
+    keep = torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    packed = pack(keep)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-keep.numel() // 8)
+    assert torch.equal(unpack(packed, keep.shape), keep)
+
+
+def test_a_masked_model_holds_one_bit_per_masked_weight(mlp):
+    sp.prune(mlp, 0.5, criterion="magnitude")
+    weights = sum(m.numel() for m in sp.get_masks(mlp).values())
+    buffers = sum(b.numel() for n, b in mlp.named_buffers() if "_sensiprune_mask_" in n)
+    assert buffers == sum(-(-m.numel() // 8) for m in sp.get_masks(mlp).values())
+    assert buffers * 8 < weights + 8 * len(sp.get_masks(mlp))
+    half = copy.deepcopy(mlp).to(torch.bfloat16)  # a dtype change leaves the bits alone
+    assert all(torch.equal(a, b) for a, b in zip(sp.get_masks(half).values(),
+                                                 sp.get_masks(mlp).values()))  # fmt: skip

@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sensiprune.apply import masks
 from sensiprune.handlers.base import handler_for, positions
 from sensiprune.handlers.layouts import layout_for
-
-_MASK_PREFIX = "_sensiprune_mask_"  # unstructured masks (masks.py) are sliced along
 
 
 def shrink(module: nn.Module, role: str, keep: torch.Tensor) -> None:
@@ -25,10 +24,10 @@ def shrink(module: nn.Module, role: str, keep: torch.Tensor) -> None:
         if tensor is None:
             continue
         index = positions(cut, keep, n).to(tensor.device)
+        mask = masks.mask_of(module, cut.attr)
         _replace(module, cut.attr, tensor.detach().index_select(cut.dim, index))
-        mask = module._buffers.get(_MASK_PREFIX + cut.attr)
         if mask is not None:
-            module._buffers[_MASK_PREFIX + cut.attr] = mask.index_select(cut.dim, index)
+            masks.set_mask(module, cut.attr, mask.index_select(cut.dim, index))
     for attr in layout.size_attrs:
         setattr(module, attr, len(keep))
     if layout.after is not None:

@@ -10,7 +10,7 @@ Two refinements make the difference on small networks:
   absorbs the mean error of the removed weights;
 - sequential reconstruction: each layer is fitted to the *dense* model's output of that layer
   given the inputs the already-pruned preceding layers produce. The least-squares refit
-  W' = W C H̃⁻¹ (C = X̃ᵀX) is exact, and ‖W X − Ŵ X̃‖² = const + ‖(W' − Ŵ) X̃‖², so OBS on
+  W' = W XᵀX̃ H̃⁻¹ is exact, and ‖W X − Ŵ X̃‖² = const + ‖(W' − Ŵ) X̃‖², so OBS on
   (W', H̃) minimises the true error.
 """
 
@@ -26,6 +26,7 @@ from sensiprune.criteria.base import Criterion, register
 from sensiprune.criteria.sparsegpt import prune_blocked
 from sensiprune.criteria.stats import ParamStats, Stat, precise
 from sensiprune.data import Batch, LossFn
+from sensiprune.errors import SensipruneError
 from sensiprune.handlers.base import input_matrix_of
 from sensiprune.modes import eval_mode
 from sensiprune.progress import progress
@@ -38,19 +39,33 @@ EXACT_BUDGET = 5e10
 _MAX_BATCHED_ELEMENTS = 1 << 25  # rows x columns² held at once while pruning
 
 
-def damped_inverse(cov: torch.Tensor) -> torch.Tensor:
+def damped_inverse(cov: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """(H + λI)⁻¹ on the CPU, in H's dtype (stats.precise: float64, or float32 for 16-bit
-    models)."""
-    cov = cov.cpu()
-    damp = DAMPING * cov.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(cov.shape[0], dtype=cov.dtype)
-    return torch.linalg.inv(cov + damp * eye)
+    models), through its Cholesky factor, computed in place: one matrix held beside H, where
+    ``inv`` holds three (an identity, an LU copy and the result). ``overwrite`` turns H
+    itself into the inverse: a language model's layer then holds one such matrix, not two."""
+    inverse = cov.detach() if overwrite and cov.device.type == "cpu" else cov.detach().cpu().clone()
+    inverse.diagonal().add_(DAMPING * inverse.diagonal().mean().clamp_min(1e-12))
+    info = torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(inverse, out=(inverse, info))
+    if int(info) != 0:
+        if overwrite:
+            raise SensipruneError(
+                "a layer's input second moments are not positive definite even damped: use "
+                "more calibration data, or criterion='activation'"
+            )
+        damped = cov.detach().cpu().clone()
+        damped.diagonal().add_(DAMPING * damped.diagonal().mean().clamp_min(1e-12))
+        return torch.linalg.inv(damped)
+    return torch.cholesky_inverse(inverse, out=inverse)
 
 
 def obs_saliency(weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
     """w_q² / [H⁻¹]_qq: the output-error increase of removing each weight alone."""
     assert stats.input_cov is not None
-    inverse_diag = damped_inverse(stats.input_cov).diagonal()
+    # the statistics are this scoring's own: the inverse takes their place (one matrix held)
+    inverse_diag = damped_inverse(stats.input_cov, overwrite=True).diagonal()
+    stats.input_cov = None
     rows = weight.detach().to(inverse_diag.dtype).cpu().reshape(weight.shape[0], -1)
     return (rows.pow(2) / inverse_diag).to(weight.dtype).reshape(weight.shape)
 
@@ -180,7 +195,8 @@ class OptimalBrainSurgeon(Criterion):
                     before = existing.get(name)
                     weight, bias, kept = _prune_layer(
                         layers[name],
-                        moments[name],
+                        moments,
+                        name,
                         counts[name],
                         None if before is None else ~before.cpu().reshape(before.shape[0], -1),
                         pattern,
@@ -212,28 +228,29 @@ def _exact_cost(targets: dict[str, Target], counts: dict[str, torch.Tensor]) -> 
 
 def _prune_layer(
     layer: nn.Module,
-    moments: tuple[torch.Tensor, torch.Tensor, bool],
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+    name: str,
     counts: torch.Tensor,
     pruned_before: torch.Tensor | None,
     pattern: tuple[int, int] | None,
     exact: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    h, c, same_inputs = moments
+    h, cross = moments.pop(name)  # held here only: let go as soon as used
     has_bias = getattr(layer, "bias", None) is not None
-    algebra = precise(layer.weight.dtype)
-    weight = layer.weight.detach().to(algebra).cpu().reshape(layer.weight.shape[0], -1)
-    if has_bias:
-        weight = torch.cat([weight, layer.bias.detach().to(algebra).cpu().unsqueeze(1)], dim=1)
-    hinv = damped_inverse(h)
-    if not same_inputs:  # refit to the dense layer's output from the pruned inputs
-        weight = weight @ c.T @ hinv.T
+    weight = augmented_weight(layer, precise(layer.weight.dtype))
+    hinv = damped_inverse(h, overwrite=True)
+    del h
+    if cross is not None:  # refit to the dense layer's output from the pruned inputs
+        weight = cross @ hinv
+    del cross
     if pruned_before is not None and has_bias:
         pruned_before = torch.cat([pruned_before, torch.zeros_like(pruned_before[:, :1])], 1)
     frozen = 1 if has_bias else 0
     if exact:
         new, kept = prune_rows(weight, hinv, counts, frozen, pruned_before)
     else:  # too long for exact greedy OBS, or N:M groups: blocked, with one shared factor
-        new, kept = prune_blocked(weight, hinv, int(counts.sum()), frozen, pruned_before, pattern)
+        count = int(counts.sum())
+        new, kept = prune_blocked(weight, hinv, count, frozen, pruned_before, pattern, True)
     dtype, shape = layer.weight.dtype, layer.weight.shape
     cols = weight.shape[1] - (1 if has_bias else 0)
     new_weight = new[:, :cols].to(dtype).reshape(shape)
@@ -248,9 +265,11 @@ def _layer_moments(
     pruned: nn.Module,
     batches: Sequence[Batch],
     loss_fn: LossFn,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, bool]]:
-    """Per layer, H̃ = X̃ᵀX̃ / n and C = X̃ᵀX / n over the data (X dense inputs, X̃ pruned
-    inputs), and whether X̃ = X: one pass of each model for layers that read one input."""
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per layer, H̃ = X̃ᵀX̃ / n and, where the pruned inputs X̃ differ from the dense X,
+    K = W XᵀX̃ / n = Σ (X Wᵀ)ᵀ X̃ / n, the dense layer's outputs against the pruned inputs
+    (the refit is W' = K H̃⁻¹; K is rows x columns, no larger than the weight, where XᵀX̃
+    would be columns²). One pass of each model for layers that read one input."""
     captured: dict[tuple[str, str], torch.Tensor] = {}
 
     def grab(key: tuple[str, str]):
@@ -265,8 +284,8 @@ def _layer_moments(
 
     handles = [dense_layers[n].register_forward_pre_hook(grab((n, "dense"))) for n in layers]
     handles += [layers[n].register_forward_pre_hook(grab((n, "pruned"))) for n in layers]
-    # h, c (None while the inputs are the same: then it is h), rows
-    sums: dict[str, list] = {name: [0, None, 0] for name in layers}
+    # H̃, K (None while X̃ = X), n, and W once K is needed
+    sums: dict[str, list] = {name: [0, None, 0, None] for name in layers}
     try:
         with torch.no_grad():
             for batch in batches:
@@ -275,18 +294,33 @@ def _layer_moments(
                 loss_fn(pruned, batch)
                 for name, total in sums.items():
                     x, xt = captured[name, "dense"], captured[name, "pruned"]
-                    if total[1] is None and not torch.equal(x, xt):
-                        total[1] = torch.zeros_like(xt.T @ xt) + total[0]
-                    total[0] = total[0] + xt.T @ xt
+                    if total[1] is None and not torch.equal(x, xt):  # K = W H̃ up to here
+                        total[3] = augmented_weight(dense_layers[name], x.dtype)
+                        total[1] = total[3] @ total[0] if torch.is_tensor(total[0]) else 0
+                    total[0] = _add_product(total[0], xt.T, xt)
                     if total[1] is not None:
-                        total[1] += xt.T @ x
+                        total[1] = _add_product(total[1], (x @ total[3].T).T, xt)
                     total[2] += x.shape[0]
     finally:
         for handle in handles:
             handle.remove()
     return {
-        name: (h / n, h / n if c is None else c / n, c is None) for name, (h, c, n) in sums.items()
+        name: (h.div_(n), None if k is None else k.div_(n)) for name, (h, k, n, _) in sums.items()
     }
+
+
+def augmented_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The layer's weight as (outputs, inputs) on the CPU in ``dtype``, its bias (if any) as
+    one more column: the matrix OBS works on."""
+    weight = layer.weight.detach().to(dtype).cpu().reshape(layer.weight.shape[0], -1)
+    if getattr(layer, "bias", None) is None:
+        return weight
+    return torch.cat([weight, layer.bias.detach().to(dtype).cpu().unsqueeze(1)], dim=1)
+
+
+def _add_product(total: torch.Tensor | int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``total + a @ b``, in place once ``total`` is a tensor (no second matrix held)."""
+    return total.addmm_(a, b) if torch.is_tensor(total) else a @ b
 
 
 def _execution_groups(

@@ -27,6 +27,7 @@ def prune_blocked(
     frozen: int = 0,
     pruned_before: torch.Tensor | None = None,
     pattern: tuple[int, int] | None = None,
+    overwrite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove ``count`` weights of the layer (rows x columns, in stats.precise's dtype),
     compensating; with an N:M ``pattern``, N of every M consecutive removable columns of each
@@ -34,10 +35,12 @@ def prune_blocked(
 
     The last ``frozen`` columns (the bias) absorb error but are never removed; weights in
     ``pruned_before`` are removed first. Returns the new weights and the kept mask.
+    ``overwrite`` works in ``weight`` and ``hessian_inverse`` themselves (one matrix of each
+    held, not two).
     """
-    w = weight.clone()
+    w = weight if overwrite else weight.clone()
     rows, cols = w.shape
-    upper = _upper_factor(hessian_inverse)
+    upper = _upper_factor(hessian_inverse, overwrite)
     removable = cols - frozen
     before = torch.zeros(rows, cols, dtype=torch.bool) if pruned_before is None else pruned_before
     pruned = torch.zeros(rows, cols, dtype=torch.bool)
@@ -65,18 +68,29 @@ def prune_blocked(
             block[:, i] = kept
             errors[:, i] = error
         w[:, start:stop] = block
-        w[:, stop:] -= errors @ upper[start:stop, stop:]
+        w[:, stop:].addmm_(errors, upper[start:stop, stop:], alpha=-1)  # no temporary
         pruned[:, start:stop] = chosen
     return w, ~pruned
 
 
-def _upper_factor(hessian_inverse: torch.Tensor) -> torch.Tensor:
-    """The upper Cholesky factor of H⁻¹; where float32 rounding left it not quite positive
-    definite, of H⁻¹ with a little more on its diagonal (tenfold, up to three times)."""
+def _upper_factor(hessian_inverse: torch.Tensor, overwrite: bool) -> torch.Tensor:
+    """The upper Cholesky factor of H⁻¹ (in place with ``overwrite``); where float32 rounding
+    left H⁻¹ not quite positive definite, of H⁻¹ with a little more on its diagonal."""
+    info = torch.empty((), dtype=torch.int32)
+    if overwrite:
+        torch.linalg.cholesky_ex(hessian_inverse, upper=True, out=(hessian_inverse, info))
+        if int(info) == 0:
+            return hessian_inverse
+        raise SensipruneError(
+            "a layer's inverse Hessian is not positive definite in float32: use more "
+            "calibration data, or criterion='activation'"
+        )
     damp = 1e-6 * hessian_inverse.diagonal().mean()
-    eye = torch.eye(hessian_inverse.shape[0], dtype=hessian_inverse.dtype)
     for attempt in range(4):
-        matrix = hessian_inverse if attempt == 0 else hessian_inverse + damp * 10**attempt * eye
+        matrix = hessian_inverse
+        if attempt:
+            matrix = hessian_inverse.clone()
+            matrix.diagonal().add_(damp * 10**attempt)
         upper, info = torch.linalg.cholesky_ex(matrix, upper=True)
         if int(info) == 0:
             return upper

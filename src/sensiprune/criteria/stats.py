@@ -207,7 +207,10 @@ class _InputRecorder:
                 self.count[name] = self.count.get(name, 0) + n
             if self.want_cov:
                 rows = features.matrix(module, x).to(precise(x.dtype))
-                self.cov[name] = self.cov.get(name, 0) + rows.T @ rows
+                if name in self.cov:  # in place: a layer's X Xᵀ is large, hold one
+                    self.cov[name].addmm_(rows.T, rows)
+                else:
+                    self.cov[name] = rows.T @ rows
                 self.rows[name] = self.rows.get(name, 0) + rows.shape[0]
 
         return hook
@@ -252,7 +255,7 @@ class _InputRecorder:
             if self.want_taylor and name in self.taylor:
                 stats[name].output_taylor = (self.taylor[name] / self.samples[name]).to(param.dtype)
             if self.want_cov and name in self.cov:
-                stats[name].input_cov = self.cov[name] / self.rows[name]
+                stats[name].input_cov = self.cov[name].div_(self.rows[name])
         for name in self.targets:
             missing = (self.want_rms and name not in self.sq_sum) or (
                 self.want_cov and name not in self.cov

@@ -85,7 +85,10 @@ def select(
 def _rankable(
     name: str, score: torch.Tensor, existing: Mapping[str, torch.Tensor] | None
 ) -> torch.Tensor:
-    score = score.detach().double().cpu()  # ranking happens on the CPU, masks move back
+    # ranking happens on the CPU, masks move back; in float32 unless the scores are float64
+    # (every lower precision converts exactly: the order is the same, at half the memory)
+    score = score.detach().cpu()
+    score = score.double() if score.dtype == torch.float64 else score.float()
     if torch.isnan(score).any():
         raise SensipruneError(
             f"the criterion gave NaN scores for {name}: check the data and the model"
@@ -184,7 +187,7 @@ def _prune_global(
         )
     flat = []
     for name in names:
-        score = ranked[name].reshape(-1).clone()
+        score = ranked[name].reshape(-1).double()  # normalised in float64: a copy
         alive = score != -torch.inf
         if alive.any():
             score[alive] = normalized(score[alive], normalize)
