@@ -59,3 +59,12 @@ def trained_on_digits(factory, data, seed: int, epochs: int = 40) -> torch.nn.Mo
     model = factory()
     sp.finetune(model, data.train, epochs=epochs, show_progress=False)
     return model
+
+
+def peak_rss_bytes() -> int:
+    """This process's resident-memory high-water mark (VmHWM). Not ``ru_maxrss``: a child
+    process started from a large one inherits its parent's mark across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")

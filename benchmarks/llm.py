@@ -29,7 +29,6 @@ import copy
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import finish, header, leave_benchmarks_folder, parser
+from common import finish, header, leave_benchmarks_folder, parser, peak_rss_bytes
 from torch import nn
 
 import sensiprune as sp
@@ -142,7 +141,7 @@ def llama_data(seed: int, quick: bool) -> tuple[torch.Tensor, torch.Tensor, torc
     """Paragraphs as one stream of MiniLM token ids, remapped to the ids that occur, cut into
     rows: training, calibration and evaluation rows, and the vocabulary size."""
     tokenizer = load_minilm().tokenizer
-    texts = pydoc_paragraphs(1500, seed=seed)
+    texts = pydoc_paragraphs(1400, seed=seed)
     ids = [i for text in texts for i in tokenizer(text)["input_ids"]]
     used = sorted(set(ids))
     remap = {token: index for index, token in enumerate(used)}
@@ -239,7 +238,7 @@ def side(args: list[str]) -> None:
         "method": opts.method,
         "scheme": opts.scheme,
         "seconds": seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_bytes() / 2**20,
         "perplexity": perplexity(model, data["evaluation"]),
         "sparsity": sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears),
     }
@@ -275,12 +274,12 @@ def scale(args: list[str]) -> None:
     batches = [
         {"input_ids": torch.randint(0, 32000, (2, 128), generator=generator)} for _ in range(4)
     ]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss_bytes()
     started = time.perf_counter()
     sp.prune(model, 0.5, criterion=criterion, scope="layer", data=batches, loss_fn=causal_loss,
              ignore=["lm_head"], blockwise=True, show_progress=True)  # fmt: skip
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     Path(out).write_text(json.dumps({
         "criterion": criterion, "params": params, "model_bytes": model_bytes,
@@ -296,7 +295,7 @@ def scale_rows() -> list[str]:
         "vocabulary 32000) built from its config in bfloat16 with random weights (time and "
         "memory do not depend on them); 50% of every Linear in the blocks, LM head kept; "
         "calibration 4 batches of 2 x 128 tokens. Each run in its own process; peak RSS is "
-        "the process's high-water mark (`ru_maxrss`), building the model included.",
+        "the process's high-water mark (VmHWM), building the model included.",
         "",
         "| criterion | parameters | model bytes | seconds | seconds per billion parameters "
         "| peak RSS | peak RSS / model bytes |",

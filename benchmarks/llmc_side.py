@@ -30,10 +30,9 @@ import argparse
 import json
 import math
 import os
-import resource
 import time
 
-from common import leave_benchmarks_folder
+from common import leave_benchmarks_folder, peak_rss_bytes
 
 leave_benchmarks_folder()  # benchmarks/transformers.py would stand in for the package
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
@@ -98,7 +97,7 @@ def main() -> None:
         sparsity=args.sparsity, mask_structure=MASKS[args.scheme], targets=TARGETS, ignore=IGNORE
     )
 
-    rss_before_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    rss_before_mib = peak_rss_bytes() / 2**20
     start = time.perf_counter()
     oneshot(
         model=model,
@@ -110,7 +109,7 @@ def main() -> None:
         shuffle_calibration_samples=False,
     )
     seconds = time.perf_counter() - start
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss_mib = peak_rss_bytes() / 2**20
 
     result = {
         "method": args.method,

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import (
     shape_wrapper,
 )
 
-from sensiprune.apply.masks import get_masks
+from sensiprune.apply.masks import lazy_masks
 from sensiprune.errors import SensipruneError, first_line
 from sensiprune.handlers.base import countable_by_shape, layer_flops
 from sensiprune.modes import eval_mode
@@ -37,7 +37,7 @@ class ParamCount:
 
 def count_parameters(model: nn.Module) -> ParamCount:
     total = sum(p.numel() for p in model.parameters())
-    pruned = sum(int((~m).sum()) for m in get_masks(model).values())
+    pruned = sum(int((~m).sum()) for m in lazy_masks(model).values())
     return ParamCount(total, total - pruned)
 
 
@@ -173,7 +173,7 @@ def count_flops(model: nn.Module, *example_inputs: torch.Tensor) -> FlopCount:
     """FLOPs of one forward pass; ``effective`` scales each masked layer by its density."""
     total, per_module = module_flops(model, *example_inputs)
     saved = 0.0
-    for name, keep in get_masks(model).items():
+    for name, keep in lazy_masks(model).items():
         layer = name.rpartition(".")[0]
         saved += per_module.get(layer, 0) * (1.0 - keep.float().mean().item())
     return FlopCount(total, round(total - saved))
@@ -255,7 +255,7 @@ def weights_kept(dense: nn.Module, pruned: nn.Module) -> list[dict[str, int | st
     """Per weight tensor (ndim >= 2): its size before, and the weights left after pruning,
     whether they were masked or physically removed."""
     after = dict(pruned.named_parameters())
-    pruned_masks = get_masks(pruned)
+    pruned_masks = lazy_masks(pruned)
     rows = []
     for name, weight in dense.named_parameters():
         if weight.ndim < 2:

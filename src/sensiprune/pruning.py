@@ -194,7 +194,7 @@ def _prune_targets(
             options.scope,
             options.normalize,
             options.min_density,
-            masks.get_masks(model),
+            masks.lazy_masks(model),
             options.nm(),
         )
         if crit.compensates:
@@ -257,7 +257,7 @@ def _compensate(
         model,
         targets,
         chosen,
-        masks.get_masks(model),
+        masks.lazy_masks(model),
         list(data),
         loss_fn or default_loss,
         options.show_progress,

@@ -125,18 +125,20 @@ class _Masks(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self._owners)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
 
-
-def get_masks(model: nn.Module) -> Mapping[str, torch.Tensor]:
-    """The keep-masks currently attached to the model, by parameter name (each unpacked to
-    booleans when read)."""
+def lazy_masks(model: nn.Module) -> Mapping[str, torch.Tensor]:
+    """The keep-masks attached to the model, by parameter name, each unpacked to booleans
+    when read: what the library reads, one layer at a time."""
     owners = {}
     for layer, module in model.named_modules():
         for attr in _masked_attrs(module):
             owners[f"{layer}.{attr}" if layer else attr] = (module, attr)
     return _Masks(owners)
+
+
+def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The keep-masks currently attached to the model, by parameter name (booleans)."""
+    return dict(lazy_masks(model).items())
 
 
 def masks_of(targets: dict[str, Target]) -> dict[str, torch.Tensor]:
