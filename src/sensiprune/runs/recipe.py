@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -134,13 +135,19 @@ class TargetSpec(Section):
         return self.flops is not None or self.max_drop is not None
 
 
-def _pattern(pattern: str | None) -> str | None:
-    if pattern is not None:
-        try:
-            parse_pattern(pattern)
-        except SensipruneError as exc:
-            raise ValueError(str(exc)) from None
-    return pattern
+def _checked_by(check: Callable[[Any], object]) -> Callable[[Any], Any]:
+    """A field validator from a check that raises SensipruneError: its one line becomes the
+    field's error (None passes: the field was left out)."""
+
+    def validate(value: Any) -> Any:
+        if value is not None:
+            try:
+                check(value)
+            except SensipruneError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    return validate
 
 
 class PruneSpec(Section):
@@ -164,7 +171,7 @@ class PruneSpec(Section):
     score_batches: int | None = Field(
         default=None, gt=0, description="training batches to score on (default: all)"
     )
-    pattern: Annotated[str | None, AfterValidator(_pattern)] = Field(
+    pattern: Annotated[str | None, AfterValidator(_checked_by(parse_pattern))] = Field(
         default=None,
         description="'N:M' (such as '2:4'): N zeros in every M consecutive inputs of a row; "
         "target.sparsity N/M, one_shot, not structured",
@@ -186,17 +193,8 @@ class PruneSpec(Section):
         )
 
 
-def _one_goal(target: dict[str, float] | None) -> dict[str, float] | None:
-    if target is not None:
-        try:
-            check_goal(target)
-        except SensipruneError as exc:
-            raise ValueError(str(exc)) from None
-    return target
-
-
 class CompressSpec(Section):
-    target: Annotated[dict[str, float] | None, AfterValidator(_one_goal)] = Field(
+    target: Annotated[dict[str, float] | None, AfterValidator(_checked_by(check_goal))] = Field(
         default=None,
         description="the goal of `sensiprune compress`, one of params (fraction of the "
         "parameters kept), flops (fraction of the FLOPs kept), speedup (times faster, "
