@@ -141,6 +141,13 @@ def test_a_budget_naming_an_unknown_layer_is_refused_before_any_block_changes():
     assert not sp.get_masks(model)
 
 
+def test_a_share_below_min_density_is_refused_before_the_layers_before_the_stack_change():
+    model = _model()
+    with pytest.raises(sp.SensipruneError, match="below min_density"):
+        sp.prune(model, 0.999, criterion="activation", data=_batches(), scope="layer")
+    assert not sp.get_masks(model)
+
+
 def _causal_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     return model(**batch, labels=batch["input_ids"]).loss
 

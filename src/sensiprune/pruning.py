@@ -20,7 +20,7 @@ from sensiprune.selection import unstructured as selection
 from sensiprune.selection.schedule import geometric_sparsity, sparsity_at
 from sensiprune.selection.unstructured import Sparsity
 from sensiprune.structured import prune_structured
-from sensiprune.targets import IgnoreSpec, Target, require_targets, resolve_layer_names
+from sensiprune.targets import IgnoreSpec, Target, require_targets
 
 
 def score(
@@ -223,8 +223,8 @@ def _by_blocks(
             raise SensipruneError(f"blockwise=True: {reason}")
         return False
     assert data is not None  # the criterion needs data: checked above
-    if isinstance(sparsity, Mapping):  # refused before any block changes
-        resolve_layer_names(targets, sparsity)
+    if options.pattern is None:  # refused before any block changes
+        selection.check_shares(targets, sparsity, options.min_density)
     done = blockwise.prune_blockwise(
         model, targets, sparsity, options, list(data), loss_fn, prune_outside
     )

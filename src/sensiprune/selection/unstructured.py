@@ -106,6 +106,18 @@ def min_kept(n: int, min_density: float) -> int:
     return 0 if min_density == 0 else max(1, math.ceil(min_density * n))
 
 
+def check_shares(targets: Mapping[str, Target], sparsity: Sparsity, min_density: float) -> None:
+    """Refuse, before any layer changes, a per-layer share that would leave a layer below
+    ``min_density`` (the check each layer's selection makes, made for all of them first)."""
+    if isinstance(sparsity, Mapping):
+        resolved = resolve_layer_names(targets, sparsity)
+        shares = {t: float(sparsity[user]) for user, hits in resolved.items() for t in hits}
+    else:
+        shares = dict.fromkeys(targets, float(sparsity))
+    for name, share in shares.items():
+        _count(targets[name].param.numel(), share, min_density, name)
+
+
 def _count(n: int, sparsity: float, min_density: float, name: str) -> int:
     k = round(sparsity * n)
     if n - k < min_kept(n, min_density):
