@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import sys
@@ -68,3 +69,18 @@ def peak_rss_bytes() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """exp of the mean token cross-entropy of a causal LM over rows of equal length (no
+    padding): the measure both libraries' rows of benchmarks/llm.py are scored with."""
+    losses = [model(row[None], labels=row[None]).loss.double().item() for row in ids]
+    return math.exp(sum(losses) / len(losses))
+
+
+def block_sparsity(model: torch.nn.Module) -> float:
+    """Fraction of exact zeros over the Linear weights inside a decoder's layers."""
+    weights = [m.weight for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return zeros / sum(w.numel() for w in weights)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -37,7 +36,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import finish, header, leave_benchmarks_folder, parser, peak_rss_bytes
+from common import (
+    block_sparsity,
+    finish,
+    header,
+    leave_benchmarks_folder,
+    parser,
+    peak_rss_bytes,
+    perplexity,
+)
 from torch import nn
 
 import sensiprune as sp
@@ -231,28 +238,19 @@ def side(args: list[str]) -> None:
             pattern=None if opts.scheme == "unstructured" else opts.scheme,
         )  # fmt: skip
     seconds = time.perf_counter() - started
-    linears = [
-        m.weight for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in n
-    ]
     result = {
         "method": opts.method,
         "scheme": opts.scheme,
         "seconds": seconds,
         "peak_rss_mib": peak_rss_bytes() / 2**20,
         "perplexity": perplexity(model, data["evaluation"]),
-        "sparsity": sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears),
+        "sparsity": block_sparsity(model),
     }
     Path(opts.out).write_text(json.dumps(result))
 
 
 def causal_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     return model(**batch, labels=batch["input_ids"]).loss
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, rows: torch.Tensor) -> float:
-    losses = [causal_loss(model, {"input_ids": row.unsqueeze(0)}).item() for row in rows]
-    return math.exp(statistics.mean(losses))
 
 
 def scale(args: list[str]) -> None:

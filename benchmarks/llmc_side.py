@@ -28,11 +28,10 @@ Fix the thread count (OMP_NUM_THREADS) to the one sensiprune's side runs with: o
 # ruff: noqa: E402  (the environment and import path are set before the libraries load)
 import argparse
 import json
-import math
 import os
 import time
 
-from common import leave_benchmarks_folder, peak_rss_bytes
+from common import block_sparsity, leave_benchmarks_folder, peak_rss_bytes, perplexity
 
 leave_benchmarks_folder()  # benchmarks/transformers.py would stand in for the package
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
@@ -60,20 +59,6 @@ def placeholder_tokenizer() -> PreTrainedTokenizerFast:
     llmcompressor/entrypoints/utils.py) but uses it only to tokenize text, and our data are
     token ids already, so a one-word tokenizer stands in for the model's."""
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<unk>": 0}, "<unk>")))
-
-
-@torch.no_grad()
-def perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
-    """exp of the mean token cross-entropy, rows of equal length, no padding."""
-    losses = [model(row[None], labels=row[None]).loss.double().item() for row in ids]
-    return math.exp(sum(losses) / len(losses))
-
-
-def layer_sparsity(model: torch.nn.Module) -> float:
-    """Fraction of exact zeros over the Linear weights inside the decoder layers."""
-    weights = [m.weight for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
-    zeros = sum(int((w == 0).sum()) for w in weights)
-    return zeros / sum(w.numel() for w in weights)
 
 
 def main() -> None:
@@ -119,7 +104,7 @@ def main() -> None:
         "rss_before_mib": rss_before_mib,  # imports and the loaded model, before oneshot
         "threads": torch.get_num_threads(),
         "perplexity": perplexity(model.eval(), evaluation),
-        "sparsity": layer_sparsity(model),
+        "sparsity": block_sparsity(model),
         "llmcompressor_version": llmcompressor.__version__,
         "compressed_tensors_version": compressed_tensors.__version__,
         "torch_version": torch.__version__,

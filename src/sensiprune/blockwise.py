@@ -188,16 +188,10 @@ def _prune_block(
     """Score, select and (for OBS) compensate the targets of one block on its inputs."""
     targets = {t.name: t for t in held}
     existing = masks.masks_of(targets)
-    pattern = options.nm()
     chosen = _chosen(block, targets, sparsity, options, crit, calls, existing)
     if crit.compensates:
-        settled, moved = crit.compensate(
-            block, targets, chosen, existing, calls, _run_block, False,
-            **({} if pattern is None else {"pattern": pattern}),
-        )  # fmt: skip
-        chosen.update(settled)
-        for name, value in moved.items():
-            block.get_parameter(name).copy_(value)
+        crit.compensate_into(block, targets, chosen, existing, calls, _run_block,
+                             pattern=options.nm())  # fmt: skip
     masks.apply_masks(targets, chosen)
 
 
@@ -223,7 +217,7 @@ def _chosen(
             continue
         chosen.update(selection.select(
             crit.score(context), one, budget, options.scope, options.normalize,
-            options.min_density, {k: v for k, v in existing.items() if k == name}, options.nm(),
+            options.min_density, existing, options.nm(),
         ))  # fmt: skip
     return chosen
 
@@ -294,16 +288,21 @@ def _chain(
             f"{len(seen)} block calls on the first batch for {len(blocks)} blocks: the blocks "
             "do not run once each, so they cannot be pruned one by one (pass blockwise=False)"
         )
-    stream = _stream_slot(seen[0], seen[0].run(blocks[0]))
-    for earlier, later, block in zip(seen, seen[1:], blocks):
-        expected = _stream_of(replace(earlier, stream=stream).run(block))
+    expected = _stream_of(seen[0].run(blocks[0]))
+    stream = _stream_slot(seen[0], expected)
+    for index, later in enumerate(seen[1:], start=1):
         check = replace(later, stream=stream)
-        if not _same(check.hidden, expected) or not _same_others(seen[0], check, stream):
+        close = check.hidden.shape == expected.shape and torch.allclose(
+            check.hidden.float(), expected.float(), atol=1e-5
+        )
+        if not close or not _same_others(seen[0], check, stream):
             raise _NotChained(
                 "the blocks do not form a chain (a block gets more than the previous block's "
                 "output and the first block's arguments), so they cannot be pruned one by one "
                 "(pass blockwise=False)"
             )
+        if index < len(blocks) - 1:
+            expected = _stream_of(check.run(blocks[index]))
     return stream, list(dict.fromkeys(ran))
 
 
@@ -344,10 +343,9 @@ def _run_model(model: nn.Module, batch: Batch, loss_fn: LossFn) -> None:
         loss_fn(model, batch)
 
 
-def _stream_slot(call: BlockCall, output: Any) -> int | str:
+def _stream_slot(call: BlockCall, hidden: torch.Tensor) -> int | str:
     """Which argument of the call the block's output replaces in the next block's call: the
     first tensor of the output's shape (the hidden states)."""
-    hidden = _stream_of(output)
     slots = [(i, a) for i, a in enumerate(call.args)] + list(call.kwargs.items())
     for slot, value in slots:
         if isinstance(value, torch.Tensor) and value.shape == hidden.shape:
@@ -356,12 +354,6 @@ def _stream_slot(call: BlockCall, output: Any) -> int | str:
         "no argument of the first block has the shape of its output, so the blocks cannot be "
         "pruned one by one (pass blockwise=False)"
     )
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), atol=1e-5))
-    return a is b or a == b
 
 
 def _same_others(first: BlockCall, call: BlockCall, stream: int | str) -> bool:

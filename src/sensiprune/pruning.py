@@ -197,8 +197,12 @@ def _prune_targets(
             masks.lazy_masks(model),
             options.nm(),
         )
-        if crit.compensates:
-            _compensate(model, crit, targets, chosen, data, loss_fn, options)
+        if crit.compensates:  # it picks the weights within the chosen counts, moves the rest
+            assert data is not None  # a compensating criterion needs data: checked above
+            crit.compensate_into(
+                model, targets, chosen, masks.lazy_masks(model), list(data),
+                loss_fn or default_loss, options.show_progress, options.nm(),
+            )  # fmt: skip
         masks.apply_masks(targets, chosen)
         distributed.broadcast_module(model)  # rank 0 decides: the ranks never disagree
 
@@ -239,35 +243,6 @@ def _within(sparsity: Sparsity, targets: dict[str, Target]) -> Sparsity:
         return sparsity
     names = {t.layer for t in targets.values()} | set(targets)
     return {k: v for k, v in sparsity.items() if k in names}
-
-
-def _compensate(
-    model: nn.Module,
-    crit: criteria.Criterion,
-    targets: dict[str, Target],
-    chosen: dict[str, torch.Tensor],
-    data: Iterable[Batch],
-    loss_fn: LossFn | None,
-    options: PruneOptions,
-) -> None:
-    """Let a compensating criterion (OBS) pick the weights within the chosen per-row counts
-    (or N:M groups) and move the rest."""
-    pattern = options.nm()
-    settled, new_weights = crit.compensate(
-        model,
-        targets,
-        chosen,
-        masks.lazy_masks(model),
-        list(data),
-        loss_fn or default_loss,
-        options.show_progress,
-        **({} if pattern is None else {"pattern": pattern}),
-    )
-    chosen.update(settled)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in new_weights.items():
-            params[name].copy_(value)
 
 
 def iterative_prune(

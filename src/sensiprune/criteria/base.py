@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,6 +112,30 @@ class Criterion:
         ``fills_patterns`` also take ``pattern=(N, M)``: N of every M consecutive inputs of a
         row go, chosen as the weights move."""
         raise NotImplementedError(f"criterion {self.name} does not compensate")
+
+    def compensate_into(
+        self,
+        module: nn.Module,
+        targets: dict[str, Target],
+        chosen: dict[str, torch.Tensor],
+        existing: Mapping[str, torch.Tensor],
+        batches: Sequence[Batch],
+        loss_fn: LossFn,
+        show_progress: bool = False,
+        pattern: tuple[int, int] | None = None,
+    ) -> None:
+        """:meth:`compensate`, written back: ``chosen`` takes the masks it settles on and
+        ``module`` the weights that stay (a failure inside ``compensate`` changes neither).
+        ``pattern`` is passed only when given, so criteria without ``fills_patterns`` need
+        not take it."""
+        settled, moved = self.compensate(
+            module, targets, chosen, existing, batches, loss_fn, show_progress,
+            **({} if pattern is None else {"pattern": pattern}),
+        )  # fmt: skip
+        chosen.update(settled)
+        with torch.no_grad():
+            for name, value in moved.items():
+                module.get_parameter(name).copy_(value)
 
     def __repr__(self) -> str:
         return f"Criterion({self.name!r})"
