@@ -13,6 +13,7 @@ from torch import nn
 
 import sensiprune as sp
 from sensiprune import blockwise
+from sensiprune.criteria import obs
 from tests.hf_models import tiny_llama
 
 
@@ -61,7 +62,16 @@ def _model(**kwargs) -> Decoder:
     return Decoder(**kwargs).eval()
 
 
-def test_each_layer_of_each_block_is_scored_alone_and_gets_its_share(monkeypatch):
+@pytest.mark.parametrize(
+    ("criterion", "passes"),
+    [
+        ("activation", [["down.weight", "out.weight", "qkv.weight", "up.weight"]]),
+        ("obs", [["qkv.weight"], ["out.weight"], ["up.weight"], ["down.weight"]]),
+    ],
+)
+def test_a_block_is_scored_in_one_pass_or_a_layer_at_a_time_where_each_needs_a_hessian(
+    monkeypatch, criterion, passes
+):
     model, seen = _model(), []
     collect = blockwise.collect
 
@@ -70,10 +80,25 @@ def test_each_layer_of_each_block_is_scored_alone_and_gets_its_share(monkeypatch
         return collect(module, targets, *args, **kwargs)
 
     monkeypatch.setattr(blockwise, "collect", recording)
-    sp.prune(model, 0.5, criterion="activation", data=_batches(), scope="layer", blockwise=True)
-    assert seen == [["qkv.weight"], ["out.weight"], ["up.weight"], ["down.weight"]] * 3
+    sp.prune(model, 0.5, criterion=criterion, data=_batches(), scope="layer", blockwise=True)
+    assert seen == passes * 3
     for name, keep in sp.get_masks(model).items():  # the head and embedding too, as usual
         assert keep.float().mean() == pytest.approx(0.5, abs=0.01), name
+
+
+def test_blocked_obs_picks_its_own_weights_so_no_block_is_scored(monkeypatch):
+    """Past the exact budget OBS chooses the weights as it walks the columns: only each
+    layer's count comes from the selection, and that needs no scores."""
+    model = _model()
+    monkeypatch.setattr(obs, "EXACT_BUDGET", 0)
+    monkeypatch.setattr(blockwise, "collect", _never)
+    sp.prune(model, 0.5, criterion="obs", data=_batches(), scope="layer", blockwise=True)
+    for name, keep in sp.get_masks(model).items():
+        assert keep.float().mean() == pytest.approx(0.5, abs=0.01), name
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("scored")
 
 
 def test_the_first_block_is_pruned_as_obs_layer_by_layer_prunes_it_and_later_ones_not():
@@ -101,7 +126,7 @@ def test_layers_before_the_stack_are_pruned_first_and_the_blocks_fit_their_outpu
 
     monkeypatch.setattr(blockwise, "collect", checking)
     sp.prune(model, 0.5, criterion="activation", data=_batches(), scope="layer", blockwise=True)
-    assert calls_seen == [block for block in model.blocks for _ in range(4)]
+    assert calls_seen == list(model.blocks)
 
 
 def test_blocks_that_are_not_one_stream_fall_back_or_are_refused():
@@ -131,6 +156,15 @@ def test_blockwise_true_says_why_it_cannot(model, settings, message):
     data = [(x, torch.zeros(2, dtype=torch.long))] if isinstance(model, nn.Sequential) else None
     with pytest.raises(sp.SensipruneError, match=f"blockwise=True: .*{message}"):
         sp.prune(model, 0.5, data=data or _batches(), blockwise=True, **options)
+
+
+def test_reused_scores_are_refused_block_by_block():
+    model = _model()
+    scores = sp.score(model, "activation", data=_batches())
+    with pytest.raises(sp.SensipruneError, match="scores= cannot be reused block by block"):
+        sp.prune(model, 0.5, criterion="activation", data=_batches(), scope="layer",
+                 scores=scores, blockwise=True)  # fmt: skip
+    assert not sp.get_masks(model)
 
 
 def test_a_budget_naming_an_unknown_layer_is_refused_before_any_block_changes():

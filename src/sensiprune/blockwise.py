@@ -35,7 +35,7 @@ from sensiprune.errors import SensipruneError
 from sensiprune.modes import eval_mode
 from sensiprune.options import PruneOptions
 from sensiprune.progress import progress
-from sensiprune.selection import unstructured as selection
+from sensiprune.selection.choice import choose
 from sensiprune.targets import Target
 
 INPUT_STATS = frozenset({Stat.INPUT_RMS, Stat.INPUT_COV})
@@ -89,12 +89,7 @@ def why_not(
             f"criterion {crit.name!r} does not score from the inputs of the layers it prunes "
             "alone (block by block takes obs or activation)"
         )
-    per_layer = (
-        options.pattern is not None
-        or isinstance(sparsity, Mapping)
-        or options.scope in ("layer", "row")
-    )
-    if not per_layer:
+    if not options.shares_per_layer(sparsity):
         return f"scope {options.scope!r} does not give every layer its own share: pass 'layer'"
     if block_stack(model, targets) is None:
         return "the model has no stack of blocks (a ModuleList of two or more alike modules)"
@@ -204,30 +199,31 @@ def _chosen(
     calls: list[BlockCall],
     existing: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """The block's masks from the criterion's scores on the block's inputs, one layer at a
-    time: every layer's share is its own, and one layer's statistics (a Hessian for OBS) are
-    held at a time, let go before compensation builds its own."""
-    chosen: dict[str, torch.Tensor] = {}
-    for name, target in targets.items():
-        one = {name: target}
-        stats = collect(block, one, calls, _run_block, crit.needs, options.seed)
-        context = ScoringContext(block, one, calls, _run_block, stats, options.seed)
-        budget = sparsity if not isinstance(sparsity, Mapping) else _own(sparsity, target)
-        if budget is None:
-            continue
-        chosen.update(selection.select(
-            crit.score(context), one, budget, options.scope, options.normalize,
-            options.min_density, existing, options.nm(),
-        ))  # fmt: skip
-    return chosen
+    """The block's masks from the criterion's scores on the block's inputs (every layer's
+    share is its own). A criterion that needs a Hessian per layer collects and scores one
+    layer at a time (one Hessian held, let go before compensation builds its own), others
+    all layers in one pass."""
+    if isinstance(sparsity, Mapping):  # only the layers the budget names
+        targets = {n: t for n, t in targets.items() if {t.layer, n} & set(sparsity)}
+        sparsity = {k: v for k, v in sparsity.items() if k in _names(targets)}
+    if not targets:
+        return {}
+
+    def scores() -> dict[str, torch.Tensor]:
+        one_at_a_time = Stat.INPUT_COV in crit.needs
+        found: dict[str, torch.Tensor] = {}
+        for group in [{n: t} for n, t in targets.items()] if one_at_a_time else [targets]:
+            stats = collect(block, group, calls, _run_block, crit.needs, options.seed)
+            context = ScoringContext(block, group, calls, _run_block, stats, options.seed)
+            found.update(crit.score(context))
+        return found
+
+    return choose(crit, targets, sparsity, options, existing, scores)
 
 
-def _own(budget: Mapping[str, float], target: Target) -> dict[str, float] | None:
-    """A budget's entry for one layer (by layer or parameter name), or None."""
-    for key in (target.layer, target.name):
-        if key in budget:
-            return {key: budget[key]}
-    return None
+def _names(targets: dict[str, Target]) -> set[str]:
+    """Every name a budget may give a target by: its layer's and its parameter's."""
+    return {key for name, t in targets.items() for key in (t.layer, name)}
 
 
 def _share(sparsity: object, prefix: str) -> object:

@@ -4,6 +4,7 @@ and the runner all build or carry it, so that a new setting is added in one plac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sensiprune import criteria
@@ -55,6 +56,15 @@ class PruneOptions:
     def nm(self) -> tuple[int, int] | None:
         """The N:M pattern as (N, M), or None."""
         return parse_pattern(self.pattern) if self.pattern is not None else None
+
+    def shares_per_layer(self, sparsity: object) -> bool:
+        """Whether every layer's count of pruned weights is its own, whatever the scores
+        (an N:M pattern, a per-layer budget, or ranking within a layer or row)."""
+        return (
+            self.pattern is not None
+            or isinstance(sparsity, Mapping)
+            or self.scope in ("layer", "row")
+        )
 
     def check(self) -> None:
         """Refuse what no prune can use, before anything runs (the scope and normalization

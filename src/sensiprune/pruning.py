@@ -17,6 +17,7 @@ from sensiprune.options import PruneOptions, StructuredOptions
 from sensiprune.result import PruneResult, describe
 from sensiprune.runs.train import FinetuneResult, finetune
 from sensiprune.selection import unstructured as selection
+from sensiprune.selection.choice import choose
 from sensiprune.selection.schedule import geometric_sparsity, sparsity_at
 from sensiprune.selection.unstructured import Sparsity
 from sensiprune.structured import prune_structured
@@ -118,6 +119,11 @@ def prune_with(
     geometric_sparsity(sparsity, 1, options.steps)  # validates steps
     if scores is not None and options.steps != 1:
         raise SensipruneError("scores= cannot be reused across re-scoring steps: pass steps=1")
+    if scores is not None and options.blockwise:
+        raise SensipruneError(
+            "scores= cannot be reused block by block (each block is scored on the outputs of "
+            "the pruned blocks before it): pass blockwise=None or False"
+        )
     options.check()
     pattern = options.nm()
     if pattern is not None and (
@@ -181,22 +187,17 @@ def _prune_targets(
     scores: Mapping[str, torch.Tensor] | None,
 ) -> None:
     """The usual way: score, select, (compensate), mask, in ``options.steps`` steps."""
-    for step in range(1, options.steps + 1):
-        step_scores = scores
-        if step_scores is None:
-            step_scores = score_targets(
-                model, crit, targets, data, loss_fn, options.seed, options.show_progress
-            )
-        chosen = selection.select(
-            step_scores,
-            targets,
-            geometric_sparsity(sparsity, step, options.steps),
-            options.scope,
-            options.normalize,
-            options.min_density,
-            masks.lazy_masks(model),
-            options.nm(),
+
+    def step_scores() -> Mapping[str, torch.Tensor]:  # each step scores the model anew
+        if scores is not None:
+            return scores
+        return score_targets(
+            model, crit, targets, data, loss_fn, options.seed, options.show_progress
         )
+
+    for step in range(1, options.steps + 1):
+        budget = geometric_sparsity(sparsity, step, options.steps)
+        chosen = choose(crit, targets, budget, options, masks.lazy_masks(model), step_scores)
         if crit.compensates:  # it picks the weights within the chosen counts, moves the rest
             assert data is not None  # a compensating criterion needs data: checked above
             crit.compensate_into(

@@ -244,3 +244,44 @@ def test_blocked_obs_reconstructs_nearly_as_well_as_exact_obs():
     # at 80% the blocked choice is coarser than the exact greedy one, but far ahead of magnitude
     assert error(blocked) < 2.5 * error(exact)
     assert error(blocked) < 0.5 * error(magnitude)
+
+
+def test_obs_passes_stop_once_the_layers_have_read_their_inputs_and_only_then(mlp, mlp_batches):
+    """Stopping each pass at the last layer it needs gives the moments of full passes; a
+    layer that runs twice a pass (shared weights) needs the whole pass."""
+    from sensiprune.criteria.obs import _execution_groups, _layer_moments
+    from sensiprune.data import default_loss
+
+    targets = sp.targets.find_targets(mlp)
+    groups, once = _execution_groups(mlp, targets, mlp_batches[0], default_loss)
+    assert groups == [["fc1.weight"], ["fc2.weight"], ["head.weight"]] and once
+    pruned = copy.deepcopy(mlp)
+    with torch.no_grad():
+        pruned.fc1.weight[:, :4] = 0  # fc2 then reads other inputs than in the dense model
+    layers = {"fc2.weight": pruned.fc2}
+    dense_layers = {"fc2.weight": mlp.fc2}
+    heads_ran = []
+    for model in (mlp, pruned):
+        model.head.register_forward_pre_hook(lambda *_: heads_ran.append(1))
+    moments = []
+    for stop in (False, True):
+        heads_ran.clear()
+        moments.append(
+            _layer_moments(dense_layers, layers, mlp, pruned, mlp_batches, default_loss, True, stop)
+        )
+        assert len(heads_ran) == (0 if stop else 2 * len(mlp_batches))
+    full, stopped = (m["fc2.weight"] for m in moments)
+    assert full[1] is not None and all(torch.equal(a, b) for a, b in zip(full, stopped))
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(torch.relu(self.layer(x)))
+
+    twice = Twice()
+    _, once = _execution_groups(twice, sp.targets.find_targets(twice), (torch.randn(2, 8), None),
+                                lambda model, batch: model(batch[0]).sum())  # fmt: skip
+    assert not once

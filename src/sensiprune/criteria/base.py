@@ -113,6 +113,17 @@ class Criterion:
         row go, chosen as the weights move."""
         raise NotImplementedError(f"criterion {self.name} does not compensate")
 
+    def picks_own_weights(
+        self,
+        targets: dict[str, Target],
+        masks: dict[str, torch.Tensor],
+        pattern: tuple[int, int] | None,
+    ) -> bool:
+        """For criteria with ``compensates``: whether :meth:`compensate`, handed ``masks``,
+        reads only how many weights each layer loses and picks which itself (the scores
+        that placed the masks then need not be computed)."""
+        return False
+
     def compensate_into(
         self,
         module: nn.Module,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from contextlib import suppress
 
 import torch
 from torch import nn
@@ -178,10 +179,10 @@ class OptimalBrainSurgeon(Criterion):
         new_masks: dict[str, torch.Tensor] = {}
         new_tensors: dict[str, torch.Tensor] = {}
         modules = dict(pruned.named_modules())
-        counts = {n: (~m).reshape(m.shape[0], -1).sum(1) for n, m in masks.items() if n in targets}
+        counts = _row_counts(targets, masks)
         exact = pattern is None and _exact_cost(targets, counts) <= EXACT_BUDGET
         with eval_mode(model) as dense:
-            groups = _execution_groups(dense, targets, batches[0], loss_fn)
+            groups, once = _execution_groups(dense, targets, batches[0], loss_fn)
             for group in progress(groups, "OBS layer by layer", show_progress):
                 group = [name for name in group if counts[name].sum() > 0]
                 if not group:
@@ -189,7 +190,7 @@ class OptimalBrainSurgeon(Criterion):
                 layers = {name: modules[targets[name].layer] for name in group}
                 moments = _layer_moments(
                     {name: targets[name].module for name in group},
-                    layers, dense, pruned, batches, loss_fn,
+                    layers, dense, pruned, batches, loss_fn, exact, stop_early=once,
                 )  # fmt: skip
                 for name in group:
                     before = existing.get(name)
@@ -214,15 +215,46 @@ class OptimalBrainSurgeon(Criterion):
                         new_tensors[f"{layer_name}.bias" if layer_name else "bias"] = bias
         return new_masks, new_tensors
 
+    def picks_own_weights(
+        self,
+        targets: dict[str, Target],
+        masks: dict[str, torch.Tensor],
+        pattern: tuple[int, int] | None,
+    ) -> bool:
+        """Blocked OBS (and any N:M pattern) picks the weights itself; exact OBS keeps each
+        row's count. Blocked is certain where even the cheapest spread of the counts over
+        the rows (as even as it gets) costs more than the exact budget."""
+        counts = _row_counts(targets, masks)
+        return pattern is not None or _exact_cost(targets, counts, spread=True) > EXACT_BUDGET
 
-def _exact_cost(targets: dict[str, Target], counts: dict[str, torch.Tensor]) -> float:
+
+def _algebra(dtype: torch.dtype, exact: bool) -> torch.dtype:
+    """The dtype of a layer's OBS algebra: blocked OBS runs in float32, as SparseGPT does
+    (half the time and memory of float64, and each column's error is pushed on once);
+    exact greedy OBS, which downdates its inverse hundreds of times, in stats.precise's."""
+    return precise(dtype) if exact else torch.float32
+
+
+def _row_counts(
+    targets: dict[str, Target], masks: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """How many weights each row of each target loses."""
+    return {n: (~m).reshape(m.shape[0], -1).sum(1) for n, m in masks.items() if n in targets}
+
+
+def _exact_cost(
+    targets: dict[str, Target], counts: dict[str, torch.Tensor], spread: bool = False
+) -> float:
     """rows x removed x columns² of exact greedy OBS over every layer it is given: the whole
-    model's cost decides, not one layer's (a decoder of small layers adds up to hours)."""
+    model's cost decides, not one layer's (a decoder of small layers adds up to hours).
+    The most a row loses sets a layer's steps; ``spread`` takes the mean instead (the
+    least the cost can be, wherever the counts fall)."""
     total = 0.0
     for name, per_row in counts.items():
         weight = targets[name].param
         columns = weight[0].numel() + 1
-        total += weight.shape[0] * float(per_row.max()) * columns * columns
+        steps = float(per_row.float().mean() if spread else per_row.max())
+        total += weight.shape[0] * steps * columns * columns
     return total
 
 
@@ -237,7 +269,7 @@ def _prune_layer(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     h, cross = moments.pop(name)  # held here only: let go as soon as used
     has_bias = getattr(layer, "bias", None) is not None
-    weight = augmented_weight(layer, precise(layer.weight.dtype))
+    weight = augmented_weight(layer, _algebra(layer.weight.dtype, exact))
     hinv = damped_inverse(h, overwrite=True)
     del h
     if cross is not None:  # refit to the dense layer's output from the pruned inputs
@@ -258,6 +290,10 @@ def _prune_layer(
     return new_weight, new_bias, kept[:, :cols].reshape(shape)
 
 
+class _Captured(Exception):
+    """Raised by the last hook a pass needs: the rest of the model need not run."""
+
+
 def _layer_moments(
     dense_layers: dict[str, nn.Module],
     layers: dict[str, nn.Module],
@@ -265,20 +301,26 @@ def _layer_moments(
     pruned: nn.Module,
     batches: Sequence[Batch],
     loss_fn: LossFn,
+    exact: bool,
+    stop_early: bool = False,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Per layer, H̃ = X̃ᵀX̃ / n and, where the pruned inputs X̃ differ from the dense X,
     K = W XᵀX̃ / n = Σ (X Wᵀ)ᵀ X̃ / n, the dense layer's outputs against the pruned inputs
     (the refit is W' = K H̃⁻¹; K is rows x columns, no larger than the weight, where XᵀX̃
-    would be columns²). One pass of each model for layers that read one input."""
+    would be columns²). One pass of each model for layers that read one input; with
+    ``stop_early`` (every layer runs once per pass), each pass stops as soon as the layers
+    have read their inputs: the first layers of a block cost next to nothing."""
     captured: dict[tuple[str, str], torch.Tensor] = {}
 
     def grab(key: tuple[str, str]):
         def hook(module: nn.Module, args: tuple) -> None:
             rows = input_matrix_of(module, "weight").matrix(module, args[0].detach())
-            rows = rows.to(precise(rows.dtype)).cpu()
+            rows = rows.to(_algebra(rows.dtype, exact)).cpu()
             if getattr(module, "bias", None) is not None:
                 rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1)
             captured[key] = torch.cat([captured[key], rows]) if key in captured else rows
+            if stop_early and all((name, key[1]) in captured for name in layers):
+                raise _Captured
 
         return hook
 
@@ -290,8 +332,9 @@ def _layer_moments(
         with torch.no_grad():
             for batch in batches:
                 captured.clear()
-                loss_fn(dense, batch)
-                loss_fn(pruned, batch)
+                for model in (dense, pruned):
+                    with suppress(_Captured):
+                        loss_fn(model, batch)
                 for name, total in sums.items():
                     x, xt = captured[name, "dense"], captured[name, "pruned"]
                     if total[1] is None and not torch.equal(x, xt):  # K = W H̃ up to here
@@ -325,16 +368,20 @@ def _add_product(total: torch.Tensor | int, a: torch.Tensor, b: torch.Tensor) ->
 
 def _execution_groups(
     model: nn.Module, targets: dict[str, Target], batch: Batch, loss_fn: LossFn
-) -> list[list[str]]:
+) -> tuple[list[list[str]], bool]:
     """Targets in the order the forward pass reaches them (registration order may differ),
     those that read one input tensor together (query, key and value): pruning one of them
-    cannot change what the others read, so one pass serves them all."""
+    cannot change what the others read, so one pass serves them all. Also whether every
+    target ran exactly once (none shared between calls): a pass may then stop as soon as
+    the targets it needs have run."""
     order: list[tuple[str, object]] = []  # the input itself: held, so no id is reused
+    calls = dict.fromkeys(targets, 0)
     handles = []
     for name, target in targets.items():
 
         def hook(module: nn.Module, args: tuple, name: str = name) -> None:
-            if all(name != seen for seen, _ in order):
+            calls[name] += 1
+            if calls[name] == 1:
                 order.append((name, args[0]))
 
         handles.append(target.module.register_forward_pre_hook(hook))
@@ -348,7 +395,8 @@ def _execution_groups(
     for name, source in order:
         groups.setdefault(id(source), []).append(name)
     reached = {name for name, _ in order}
-    return [*groups.values(), *([n] for n in targets if n not in reached)]
+    once = all(count == 1 for count in calls.values())
+    return [*groups.values(), *([n] for n in targets if n not in reached)], once
 
 
 register(OptimalBrainSurgeon())
