@@ -17,7 +17,6 @@ other arguments.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sensiprune import criteria
+from sensiprune import criteria, memory
 from sensiprune.apply import masks
 from sensiprune.criteria.base import ScoringContext
 from sensiprune.criteria.stats import Stat, collect
@@ -152,7 +151,7 @@ def prune_blockwise(
             name, block = blocks[index]
             if per_block[index]:
                 _prune_block(block, per_block[index], _share(sparsity, name), options, crit, calls)
-                _give_back_memory()
+                memory.give_back()
             calls = [call.fed(_stream_of(call.run(block))) for call in calls]
     if outside:
         prune_outside(outside)
@@ -184,6 +183,7 @@ def _prune_block(
     targets = {t.name: t for t in held}
     existing = masks.masks_of(targets)
     chosen = _chosen(block, targets, sparsity, options, crit, calls, existing)
+    memory.give_back()  # what scoring and ranking freed, before compensation builds its own
     if crit.compensates:
         crit.compensate_into(block, targets, chosen, existing, calls, _run_block,
                              pattern=options.nm())  # fmt: skip
@@ -367,14 +367,6 @@ def _same_value(a: Any, b: Any) -> bool:
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
     return a is b or a == b
-
-
-def _give_back_memory() -> None:
-    """Return the heap memory a block's statistics freed to the system (glibc keeps freed
-    chunks for reuse, and the next block's come in other sizes): the peak resident memory
-    is then the model and one block's work, not the sum of their leftovers."""
-    with suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @contextmanager

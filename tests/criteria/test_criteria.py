@@ -213,7 +213,7 @@ def test_every_registered_criterion_scores_every_target(cnn, cnn_batches):
 
 def test_blocked_obs_reconstructs_nearly_as_well_as_exact_obs():
     from sensiprune.criteria.obs import damped_inverse, prune_rows
-    from sensiprune.criteria.sparsegpt import prune_blocked
+    from sensiprune.criteria.sparsegpt import prune_blocked, upper_factor
 
     torch.manual_seed(0)
     rows, cols = 24, 300  # with a bias column: 3 blocks of the blocked algorithm
@@ -231,7 +231,7 @@ def test_blocked_obs_reconstructs_nearly_as_well_as_exact_obs():
     def error(v):
         return ((x @ (w - v).T) ** 2).mean().item()
 
-    blocked, kept = prune_blocked(w, hinv, count, frozen=1, pruned_before=before)
+    blocked, kept = prune_blocked(w, upper_factor(hinv), count, frozen=1, pruned_before=before)
     assert int((~kept).sum()) == count
     assert kept[:, -1].all() and not (kept & before).any()
     assert (blocked[~kept] == 0).all()
@@ -285,3 +285,33 @@ def test_obs_passes_stop_once_the_layers_have_read_their_inputs_and_only_then(ml
     _, once = _execution_groups(twice, sp.targets.find_targets(twice), (torch.randn(2, 8), None),
                                 lambda model, batch: model(batch[0]).sum())  # fmt: skip
     assert not once
+
+
+def test_layers_that_read_one_input_share_one_hessian_and_are_pruned_as_alone():
+    """Query, key and value read one tensor: one H̃ (one inverse) serves all three, and
+    each comes out as OBS prunes it on its own."""
+    from sensiprune.criteria.obs import _layer_moments
+    from sensiprune.data import default_loss
+
+    class Fork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 6), nn.Linear(8, 5), nn.Linear(8, 4, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.a(x), self.b(x), F.pad(self.c(x), (0, 2))], 1)
+
+    torch.manual_seed(0)
+    batches = [(torch.randn(16, 8), torch.randint(0, 6, (16,))) for _ in range(2)]
+    fork = Fork()
+    layers = {"a.weight": fork.a, "b.weight": fork.b, "c.weight": fork.c}
+    moments = _layer_moments(layers, layers, fork, fork, batches, default_loss, True)
+    assert moments["a.weight"][0] is moments["b.weight"][0]  # with a bias column each
+    assert moments["c.weight"][0] is not moments["a.weight"][0]  # no bias: another matrix
+    together = copy.deepcopy(fork)
+    sp.prune(together, 0.5, criterion="obs", data=batches, scope="layer")
+    for name in ("a", "b", "c"):
+        alone = copy.deepcopy(fork)
+        sp.prune(alone, 0.5, criterion="obs", data=batches, scope="layer",
+                 ignore=[other for other in ("a", "b", "c") if other != name])  # fmt: skip
+        assert torch.allclose(getattr(alone, name).weight, getattr(together, name).weight)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sensiprune.criteria.obs import damped_inverse
-from sensiprune.criteria.sparsegpt import prune_blocked
+from sensiprune.criteria.sparsegpt import prune_blocked, upper_factor
 
 
 @pytest.mark.parametrize(("zeros", "size"), [(2, 4), (1, 3), (4, 8)])
@@ -20,7 +20,9 @@ def test_a_pattern_is_filled_group_by_group_with_compensation(zeros, size):
     before = torch.zeros_like(w, dtype=torch.bool)
     before[0, :size] = True  # a whole group pruned before: it stays pruned
     w[before] = 0
-    new, kept = prune_blocked(w, damped_inverse(x.T @ x / len(x)), 0, 1, before, (zeros, size))
+    new, kept = prune_blocked(
+        w, upper_factor(damped_inverse(x.T @ x / len(x))), 0, 1, before, (zeros, size)
+    )
     groups = (~kept[:, :inputs]).reshape(rows, -1, size).sum(-1)
     assert (groups[0, 0] == size) and (groups.flatten()[1:] == zeros).all()
     assert kept[:, -1].all() and (new[~kept] == 0).all()

@@ -23,8 +23,9 @@ from contextlib import suppress
 import torch
 from torch import nn
 
+from sensiprune import memory
 from sensiprune.criteria.base import Criterion, register
-from sensiprune.criteria.sparsegpt import prune_blocked
+from sensiprune.criteria.sparsegpt import prune_blocked, upper_factor
 from sensiprune.criteria.stats import ParamStats, Stat, precise
 from sensiprune.data import Batch, LossFn
 from sensiprune.errors import SensipruneError
@@ -38,6 +39,7 @@ DAMPING = 0.01  # of the mean diagonal of H, as in SparseGPT; keeps H invertible
 # about a minute of exact OBS on 2 cores
 EXACT_BUDGET = 5e10
 _MAX_BATCHED_ELEMENTS = 1 << 25  # rows x columns² held at once while pruning
+_REFIT_ROWS = 256  # rows of a layer refitted at once
 
 
 def damped_inverse(cov: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
@@ -48,7 +50,10 @@ def damped_inverse(cov: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     inverse = cov.detach() if overwrite and cov.device.type == "cpu" else cov.detach().cpu().clone()
     inverse.diagonal().add_(DAMPING * inverse.diagonal().mean().clamp_min(1e-12))
     info = torch.empty((), dtype=torch.int32)
-    torch.linalg.cholesky_ex(inverse, out=(inverse, info))
+    # LAPACK works on column-major matrices, and torch copies a row-major ``out`` into one;
+    # H is symmetric, so its transpose is the same matrix, already column-major: no copy
+    columns = inverse.mT
+    torch.linalg.cholesky_ex(columns, out=(columns, info))
     if int(info) != 0:
         if overwrite:
             raise SensipruneError(
@@ -58,7 +63,8 @@ def damped_inverse(cov: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
         damped = cov.detach().cpu().clone()
         damped.diagonal().add_(DAMPING * damped.diagonal().mean().clamp_min(1e-12))
         return torch.linalg.inv(damped)
-    return torch.cholesky_inverse(inverse, out=inverse)
+    torch.cholesky_inverse(columns, out=columns)
+    return inverse
 
 
 def obs_saliency(weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
@@ -192,27 +198,28 @@ class OptimalBrainSurgeon(Criterion):
                     {name: targets[name].module for name in group},
                     layers, dense, pruned, batches, loss_fn, exact, stop_early=once,
                 )  # fmt: skip
-                for name in group:
-                    before = existing.get(name)
-                    weight, bias, kept = _prune_layer(
-                        layers[name],
-                        moments,
-                        name,
-                        counts[name],
-                        None if before is None else ~before.cpu().reshape(before.shape[0], -1),
-                        pattern,
-                        exact,
-                    )
-                    layer = layers[name]
-                    with torch.no_grad():
-                        layer.weight.copy_(weight)
-                        if bias is not None:
-                            layer.bias.copy_(bias)
-                    new_masks[name] = kept
-                    new_tensors[name] = weight
-                    if bias is not None:
-                        layer_name = targets[name].layer
-                        new_tensors[f"{layer_name}.bias" if layer_name else "bias"] = bias
+                for shared in _sharing(moments):
+                    solver, weights = _solve(layers, moments, shared, exact)
+                    for name in shared:
+                        before = existing.get(name)
+                        kept = _prune_layer(
+                            layers[name],
+                            weights.pop(name),
+                            solver,
+                            counts[name],
+                            None if before is None else ~before.cpu().reshape(before.shape[0], -1),
+                            pattern,
+                            exact,
+                        )
+                        new_masks[name] = kept
+                        # the copy's own parameters: no second copy of the block's weights
+                        new_tensors[name] = layers[name].weight.detach()
+                        if getattr(layers[name], "bias", None) is not None:
+                            layer_name = targets[name].layer
+                            bias_name = f"{layer_name}.bias" if layer_name else "bias"
+                            new_tensors[bias_name] = layers[name].bias.detach()
+                        memory.give_back()
+                    del solver, weights  # before the next layers' moments are collected
         return new_masks, new_tensors
 
     def picks_own_weights(
@@ -258,36 +265,68 @@ def _exact_cost(
     return total
 
 
+def _sharing(
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+) -> list[list[str]]:
+    """The layers of a group by the second moments they share (layers that read one input
+    and see it as one matrix share one H̃, so one inverse)."""
+    shared: dict[int, list[str]] = {}
+    for name, (h, _) in moments.items():
+        shared.setdefault(id(h), []).append(name)
+    return list(shared.values())
+
+
+def _solve(
+    layers: dict[str, nn.Module],
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+    names: list[str],
+    exact: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """For layers sharing one H̃: H̃⁻¹ (exact OBS) or its upper factor (blocked), computed
+    once, and each layer's weight to prune as (outputs, inputs + bias), refitted to the dense
+    layer's output where the inputs differ from the dense model's (W' = K H̃⁻¹). The moments
+    are let go as they are used, and H̃ becomes its inverse in place."""
+    hinv = damped_inverse(moments[names[0]][0], overwrite=True)
+    weights = {}
+    for name in names:
+        _, cross = moments.pop(name)
+        layer = layers[name]
+        if cross is None:
+            weights[name] = augmented_weight(layer, _algebra(layer.weight.dtype, exact))
+        else:  # K H̃⁻¹ in K's own memory, a slab of rows at a time: no second matrix held
+            for start in range(0, cross.shape[0], _REFIT_ROWS):
+                cross[start : start + _REFIT_ROWS] = cross[start : start + _REFIT_ROWS] @ hinv
+            weights[name] = cross
+        del cross
+    return (hinv if exact else upper_factor(hinv, overwrite=True)), weights
+
+
 def _prune_layer(
     layer: nn.Module,
-    moments: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
-    name: str,
+    weight: torch.Tensor,
+    solver: torch.Tensor,
     counts: torch.Tensor,
     pruned_before: torch.Tensor | None,
     pattern: tuple[int, int] | None,
     exact: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    h, cross = moments.pop(name)  # held here only: let go as soon as used
+) -> torch.Tensor:
+    """Prune one layer's augmented ``weight`` with ``solver`` (H̃⁻¹ for exact OBS, its
+    upper factor for blocked), write the result into ``layer``, and return its keep-mask."""
     has_bias = getattr(layer, "bias", None) is not None
-    weight = augmented_weight(layer, _algebra(layer.weight.dtype, exact))
-    hinv = damped_inverse(h, overwrite=True)
-    del h
-    if cross is not None:  # refit to the dense layer's output from the pruned inputs
-        weight = cross @ hinv
-    del cross
     if pruned_before is not None and has_bias:
         pruned_before = torch.cat([pruned_before, torch.zeros_like(pruned_before[:, :1])], 1)
     frozen = 1 if has_bias else 0
     if exact:
-        new, kept = prune_rows(weight, hinv, counts, frozen, pruned_before)
+        new, kept = prune_rows(weight, solver, counts, frozen, pruned_before)
     else:  # too long for exact greedy OBS, or N:M groups: blocked, with one shared factor
         count = int(counts.sum())
-        new, kept = prune_blocked(weight, hinv, count, frozen, pruned_before, pattern, True)
-    dtype, shape = layer.weight.dtype, layer.weight.shape
-    cols = weight.shape[1] - (1 if has_bias else 0)
-    new_weight = new[:, :cols].to(dtype).reshape(shape)
-    new_bias = new[:, cols].to(dtype) if has_bias else None
-    return new_weight, new_bias, kept[:, :cols].reshape(shape)
+        new, kept = prune_blocked(weight, solver, count, frozen, pruned_before, pattern, True)
+    cols = weight.shape[1] - frozen
+    with torch.no_grad():
+        layer.weight.copy_(new[:, :cols].reshape(layer.weight.shape))
+        if has_bias:
+            layer.bias.copy_(new[:, cols])
+    return kept[:, :cols].reshape(layer.weight.shape)
 
 
 class _Captured(Exception):
@@ -309,7 +348,8 @@ def _layer_moments(
     (the refit is W' = K H̃⁻¹; K is rows x columns, no larger than the weight, where XᵀX̃
     would be columns²). One pass of each model for layers that read one input; with
     ``stop_early`` (every layer runs once per pass), each pass stops as soon as the layers
-    have read their inputs: the first layers of a block cost next to nothing."""
+    have read their inputs: the first layers of a block cost next to nothing. Layers that
+    read one input as one matrix get the same H̃ tensor (see :func:`_sharing`)."""
     captured: dict[tuple[str, str], torch.Tensor] = {}
 
     def grab(key: tuple[str, str]):
@@ -326,8 +366,10 @@ def _layer_moments(
 
     handles = [dense_layers[n].register_forward_pre_hook(grab((n, "dense"))) for n in layers]
     handles += [layers[n].register_forward_pre_hook(grab((n, "pruned"))) for n in layers]
-    # H̃, K (None while X̃ = X), n, and W once K is needed
-    sums: dict[str, list] = {name: [0, None, 0, None] for name in layers}
+    owner: dict[str, str] = {}  # the layer whose H̃ each layer shares (its own, or an earlier)
+    hessians: dict[str, torch.Tensor | int] = {}
+    cross: dict[str, torch.Tensor | int | None] = dict.fromkeys(layers)  # None while X̃ = X
+    rows = 0
     try:
         with torch.no_grad():
             for batch in batches:
@@ -335,30 +377,71 @@ def _layer_moments(
                 for model in (dense, pruned):
                     with suppress(_Captured):
                         loss_fn(model, batch)
-                for name, total in sums.items():
+                owner = owner or _owners(layers, captured)
+                for name in layers:
                     x, xt = captured[name, "dense"], captured[name, "pruned"]
-                    if total[1] is None and not torch.equal(x, xt):  # K = W H̃ up to here
-                        total[3] = augmented_weight(dense_layers[name], x.dtype)
-                        total[1] = total[3] @ total[0] if torch.is_tensor(total[0]) else 0
-                    total[0] = _add_product(total[0], xt.T, xt)
-                    if total[1] is not None:
-                        total[1] = _add_product(total[1], (x @ total[3].T).T, xt)
-                    total[2] += x.shape[0]
+                    if cross[name] is None and not torch.equal(x, xt):  # K = W H̃ up to here
+                        so_far = hessians.get(owner[name])
+                        dense_layer = dense_layers[name]
+                        cross[name] = 0 if so_far is None else _times_weight(dense_layer, so_far)
+                    if cross[name] is not None:
+                        outputs = _times_weight(dense_layers[name], x.T)  # (X W̃ᵀ)ᵀ
+                        cross[name] = _add_product(cross[name], outputs, xt)
+                for name in dict.fromkeys(owner.values()):
+                    xt = captured[name, "pruned"]
+                    hessians[name] = _add_product(hessians.get(name, 0), xt.T, xt)
+                rows += captured[next(iter(layers)), "pruned"].shape[0]
     finally:
         for handle in handles:
             handle.remove()
+    for h in hessians.values():
+        h.div_(rows)
     return {
-        name: (h.div_(n), None if k is None else k.div_(n)) for name, (h, k, n, _) in sums.items()
+        name: (hessians[owner[name]], None if cross[name] is None else cross[name].div_(rows))
+        for name in layers
     }
 
 
-def augmented_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+def _owners(
+    layers: dict[str, nn.Module], captured: dict[tuple[str, str], torch.Tensor]
+) -> dict[str, str]:
+    """For each layer, the first layer whose pruned inputs (on this batch) are its own:
+    layers that read one tensor as one matrix (query, key and value) share one H̃."""
+    owner: dict[str, str] = {}
+    for name in layers:
+        xt = captured[name, "pruned"]
+        owner[name] = next(
+            (
+                first
+                for first in dict.fromkeys(owner.values())
+                if captured[first, "pruned"].shape == xt.shape
+                and torch.equal(captured[first, "pruned"], xt)
+            ),
+            name,
+        )
+    return owner
+
+
+def augmented_weight(
+    layer: nn.Module, dtype: torch.dtype, rows: slice = slice(None)
+) -> torch.Tensor:
     """The layer's weight as (outputs, inputs) on the CPU in ``dtype``, its bias (if any) as
-    one more column: the matrix OBS works on."""
-    weight = layer.weight.detach().to(dtype).cpu().reshape(layer.weight.shape[0], -1)
+    one more column: the matrix OBS works on (``rows`` of it)."""
+    weight = layer.weight.detach()[rows].to(dtype).cpu().reshape(-1, layer.weight[0].numel())
     if getattr(layer, "bias", None) is None:
         return weight
-    return torch.cat([weight, layer.bias.detach().to(dtype).cpu().unsqueeze(1)], dim=1)
+    return torch.cat([weight, layer.bias.detach()[rows].to(dtype).cpu().unsqueeze(1)], dim=1)
+
+
+def _times_weight(layer: nn.Module, right: torch.Tensor) -> torch.Tensor:
+    """W̃ @ ``right``, W̃ the layer's augmented weight converted to ``right``'s dtype a slab
+    of rows at a time: a language model's weight is never held whole in float32."""
+    outputs = layer.weight.shape[0]
+    product = torch.empty(outputs, right.shape[1], dtype=right.dtype)
+    for start in range(0, outputs, _REFIT_ROWS):
+        rows = slice(start, start + _REFIT_ROWS)
+        torch.mm(augmented_weight(layer, right.dtype, rows), right, out=product[rows])
+    return product
 
 
 def _add_product(total: torch.Tensor | int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -16,31 +16,30 @@ from __future__ import annotations
 import torch
 
 from sensiprune.errors import SensipruneError
+from sensiprune.smallest import smallest
 
 BLOCK = 128
 
 
 def prune_blocked(
     weight: torch.Tensor,
-    hessian_inverse: torch.Tensor,
+    upper: torch.Tensor,
     count: int,
     frozen: int = 0,
     pruned_before: torch.Tensor | None = None,
     pattern: tuple[int, int] | None = None,
     overwrite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Remove ``count`` weights of the layer (rows x columns, in stats.precise's dtype),
-    compensating; with an N:M ``pattern``, N of every M consecutive removable columns of each
-    row instead.
+    """Remove ``count`` weights of the layer (rows x columns), compensating; with an N:M
+    ``pattern``, N of every M consecutive removable columns of each row instead. ``upper``
+    is :func:`upper_factor` of the inverse Hessian (layers that read one input share it).
 
     The last ``frozen`` columns (the bias) absorb error but are never removed; weights in
     ``pruned_before`` are removed first. Returns the new weights and the kept mask.
-    ``overwrite`` works in ``weight`` and ``hessian_inverse`` themselves (one matrix of each
-    held, not two).
+    ``overwrite`` works in ``weight`` itself (one copy held, not two).
     """
     w = weight if overwrite else weight.clone()
     rows, cols = w.shape
-    upper = _upper_factor(hessian_inverse, overwrite)
     removable = cols - frozen
     before = torch.zeros(rows, cols, dtype=torch.bool) if pruned_before is None else pruned_before
     pruned = torch.zeros(rows, cols, dtype=torch.bool)
@@ -73,14 +72,15 @@ def prune_blocked(
     return w, ~pruned
 
 
-def _upper_factor(hessian_inverse: torch.Tensor, overwrite: bool) -> torch.Tensor:
+def upper_factor(hessian_inverse: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """The upper Cholesky factor of H⁻¹ (in place with ``overwrite``); where float32 rounding
     left H⁻¹ not quite positive definite, of H⁻¹ with a little more on its diagonal."""
     info = torch.empty((), dtype=torch.int32)
-    if overwrite:
-        torch.linalg.cholesky_ex(hessian_inverse, upper=True, out=(hessian_inverse, info))
+    if overwrite:  # in the symmetric H⁻¹'s column-major transpose: torch copies no matrix
+        columns = hessian_inverse.mT
+        torch.linalg.cholesky_ex(columns, upper=True, out=(columns, info))
         if int(info) == 0:
-            return hessian_inverse
+            return columns
         raise SensipruneError(
             "a layer's inverse Hessian is not positive definite in float32: use more "
             "calibration data, or criterion='activation'"
@@ -127,8 +127,4 @@ def _choose(
     saliency[:, columns >= removable] = torch.inf
     share = max(share, int(before.sum()))
     share = min(share, int(torch.isfinite(saliency).sum() + before.sum()))
-    chosen = torch.zeros_like(block, dtype=torch.bool)
-    if share:
-        order = torch.argsort(saliency.reshape(-1), stable=True)[:share]
-        chosen.view(-1)[order] = True
-    return chosen
+    return smallest(saliency, share)

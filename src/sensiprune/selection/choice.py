@@ -38,7 +38,10 @@ def choose(
         )  # fmt: skip
 
     if crit.compensates and options.shares_per_layer(sparsity):
-        counted = select({name: torch.zeros(t.param.shape) for name, t in targets.items()})
+        # one zero seen at every weight (no memory): the counts, placed in index order
+        counted = select(
+            {name: torch.zeros(()).expand(t.param.shape) for name, t in targets.items()}
+        )
         if crit.picks_own_weights(targets, counted, options.nm()):
             return counted
     return select(scores())

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from sensiprune.errors import SensipruneError
+from sensiprune.smallest import smallest
 from sensiprune.targets import Target, resolve_layer_names
 
 SCOPES = ("global", "layer", "row")
@@ -63,23 +64,26 @@ def select(
         )
     if not 0.0 <= min_density <= 1.0:
         raise SensipruneError(f"min_density must be in [0, 1], got {min_density!r}")
-    ranked = {name: _rankable(name, scores[name], existing) for name in targets}
+
+    def ranked(name: str) -> torch.Tensor:  # one layer's at a time, but for a global ranking
+        return _rankable(name, scores[name], existing)
+
     if pattern is not None:
-        return {name: _prune_pattern(ranked[name], *pattern, name) for name in targets}
+        return {name: _prune_pattern(ranked(name), *pattern, name) for name in targets}
     if isinstance(sparsity, Mapping):
         chosen = resolve_layer_names(targets, sparsity)
         per_target = {t: float(sparsity[user]) for user, hits in chosen.items() for t in hits}
         return {
-            name: _prune_lowest(ranked[name], per_target.get(name, 0.0), min_density, name)
+            name: _prune_lowest(ranked(name), per_target.get(name, 0.0), min_density, name)
             if name in per_target
-            else _keep_existing(ranked[name])
+            else _keep_existing(ranked(name))
             for name in targets
         }
     if scope == "layer":
-        return {n: _prune_lowest(s, sparsity, min_density, n) for n, s in ranked.items()}
+        return {n: _prune_lowest(ranked(n), sparsity, min_density, n) for n in targets}
     if scope == "row":
-        return {n: _prune_lowest_per_row(s, sparsity, min_density, n) for n, s in ranked.items()}
-    return _prune_global(ranked, sparsity, normalize, min_density)
+        return {n: _prune_lowest_per_row(ranked(n), sparsity, min_density, n) for n in targets}
+    return _prune_global({n: ranked(n) for n in targets}, sparsity, normalize, min_density)
 
 
 def _rankable(
@@ -131,11 +135,8 @@ def _count(n: int, sparsity: float, min_density: float, name: str) -> int:
 def _prune_lowest(
     score: torch.Tensor, sparsity: float, min_density: float, name: str
 ) -> torch.Tensor:
-    flat = score.reshape(-1)
-    k = max(_count(flat.numel(), sparsity, min_density, name), int((flat == -torch.inf).sum()))
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    keep[torch.argsort(flat, stable=True)[:k]] = False
-    return keep.reshape(score.shape)
+    k = max(_count(score.numel(), sparsity, min_density, name), int((score == -torch.inf).sum()))
+    return ~smallest(score, k)
 
 
 def _prune_lowest_per_row(
