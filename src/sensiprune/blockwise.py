@@ -28,7 +28,7 @@ from torch import nn
 from sensiprune import criteria, memory
 from sensiprune.apply import masks
 from sensiprune.criteria.base import ScoringContext
-from sensiprune.criteria.stats import Stat, collect
+from sensiprune.criteria.stats import ParamStats, Stat, collect
 from sensiprune.data import Batch, LossFn, default_loss
 from sensiprune.errors import SensipruneError
 from sensiprune.modes import eval_mode
@@ -199,24 +199,27 @@ def _chosen(
     calls: list[BlockCall],
     existing: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """The block's masks from the criterion's scores on the block's inputs (every layer's
-    share is its own). A criterion that needs a Hessian per layer collects and scores one
-    layer at a time (one Hessian held, let go before compensation builds its own), others
-    all layers in one pass."""
+    """The block's masks from the criterion's scores on the block's inputs, ranked one layer
+    at a time (every layer's share is its own). A criterion that needs a Hessian per layer
+    collects it for one layer at a time (one held, let go before compensation builds its
+    own); others collect every layer's statistics in one pass."""
     if isinstance(sparsity, Mapping):  # only the layers the budget names
         targets = {n: t for n, t in targets.items() if {t.layer, n} & set(sparsity)}
         sparsity = {k: v for k, v in sparsity.items() if k in _names(targets)}
     if not targets:
         return {}
 
-    def scores() -> dict[str, torch.Tensor]:
-        one_at_a_time = Stat.INPUT_COV in crit.needs
-        found: dict[str, torch.Tensor] = {}
-        for group in [{n: t} for n, t in targets.items()] if one_at_a_time else [targets]:
-            stats = collect(block, group, calls, _run_block, crit.needs, options.seed)
-            context = ScoringContext(block, group, calls, _run_block, stats, options.seed)
-            found.update(crit.score(context))
-        return found
+    one_at_a_time = Stat.INPUT_COV in crit.needs
+    shared: dict[str, ParamStats] = {}
+
+    def scores(subset: dict[str, Target]) -> dict[str, torch.Tensor]:
+        if one_at_a_time:
+            stats = collect(block, subset, calls, _run_block, crit.needs, options.seed)
+        else:  # small statistics (an RMS per input): every layer's from one pass
+            if not shared:
+                shared.update(collect(block, targets, calls, _run_block, crit.needs, options.seed))
+            stats = {name: shared[name] for name in subset}
+        return crit.score(ScoringContext(block, subset, calls, _run_block, stats, options.seed))
 
     return choose(crit, targets, sparsity, options, existing, scores)
 

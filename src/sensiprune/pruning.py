@@ -187,15 +187,18 @@ def _prune_targets(
     scores: Mapping[str, torch.Tensor] | None,
 ) -> None:
     """The usual way: score, select, (compensate), mask, in ``options.steps`` steps."""
-
-    def step_scores() -> Mapping[str, torch.Tensor]:  # each step scores the model anew
-        if scores is not None:
-            return scores
-        return score_targets(
-            model, crit, targets, data, loss_fn, options.seed, options.show_progress
-        )
-
     for step in range(1, options.steps + 1):
+        found: dict[str, torch.Tensor] = dict(scores or {})  # each step scores anew
+
+        def step_scores(
+            subset: dict[str, Target], found: dict[str, torch.Tensor] = found
+        ) -> Mapping[str, torch.Tensor]:
+            if not found:  # every target's at once: one pass of the data
+                found.update(score_targets(
+                    model, crit, targets, data, loss_fn, options.seed, options.show_progress
+                ))  # fmt: skip
+            return found
+
         budget = geometric_sparsity(sparsity, step, options.steps)
         chosen = choose(crit, targets, budget, options, masks.lazy_masks(model), step_scores)
         if crit.compensates:  # it picks the weights within the chosen counts, moves the rest

@@ -14,7 +14,7 @@ from sensiprune.selection.choice import choose
 from sensiprune.targets import find_targets
 
 
-def _never() -> dict[str, torch.Tensor]:
+def _never(subset) -> dict[str, torch.Tensor]:
     raise AssertionError("scored")
 
 
@@ -45,6 +45,14 @@ def test_scores_are_used_where_they_place_the_masks(mlp, monkeypatch, criterion,
     by score, and a criterion that does not compensate prunes where its scores say."""
     monkeypatch.setattr(obs, "EXACT_BUDGET", budget)
     scores = {name: p.detach().abs() for name, p in mlp.named_parameters() if "weight" in name}
-    chosen = _choose(mlp, criterion, scope, scores=lambda: scores)
+    asked = []
+
+    def scorer(subset):
+        asked.append(sorted(subset))
+        return scores
+
+    chosen = _choose(mlp, criterion, scope, scores=scorer)
+    # every layer's share its own: scored and ranked a layer at a time
+    assert asked == ([[name] for name in scores] if scope == "layer" else [sorted(scores)])
     ranked = unstructured.select(scores, find_targets(mlp), 0.5, scope, min_density=0.0)
     assert all(torch.equal(chosen[name], ranked[name]) for name in scores)
