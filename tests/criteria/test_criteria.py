@@ -315,3 +315,24 @@ def test_layers_that_read_one_input_share_one_hessian_and_are_pruned_as_alone():
         sp.prune(alone, 0.5, criterion="obs", data=batches, scope="layer",
                  ignore=[other for other in ("a", "b", "c") if other != name])  # fmt: skip
         assert torch.allclose(getattr(alone, name).weight, getattr(together, name).weight)
+
+
+def test_obs_catches_the_dense_inputs_once_where_they_fit_with_the_same_result(
+    mlp, mlp_batches, monkeypatch
+):
+    """The dense model's inputs never change while the copy is pruned: caught in one pass
+    where they fit, they give what running the dense model with every layer gives."""
+    from sensiprune.criteria import obs
+
+    runs = []
+    mlp.fc1.register_forward_pre_hook(lambda module, args: runs.append(module))
+    again = copy.deepcopy(mlp)
+    n = len(mlp_batches)
+    # the execution order, then one pass per batch; or a first batch found too large, and
+    # one pass per group and batch
+    for model, floor, dense_runs in ((mlp, obs._CACHE_FLOOR, 1 + n), (again, 0, 2 + 3 * n)):
+        runs.clear()
+        monkeypatch.setattr(obs, "_CACHE_FLOOR", floor)
+        sp.prune(model, 0.5, criterion="obs", data=mlp_batches, scope="layer")
+        assert sum(module is model.fc1 for module in runs) == n + dense_runs  # n: scoring
+    assert all(torch.equal(a, b) for a, b in zip(mlp.parameters(), again.parameters()))

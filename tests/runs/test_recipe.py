@@ -92,12 +92,15 @@ def test_each_mistake_gets_one_line_naming_the_field(tmp_path, text, expected):
     assert expected in message and "\n" not in message
 
 
-def test_a_pattern_reaches_the_prune_options(tmp_path):
+def test_a_pattern_and_block_by_block_reach_the_prune_options(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text(GOOD.replace("prune:\n", "prune:\n  pattern: '2:4'\n  criterion: obs\n"))
+    path.write_text(GOOD.replace("prune:\n", "prune:\n  pattern: '2:4'\n  criterion: obs\n"
+                                 "  blockwise: false\n"))  # fmt: skip
     options = load_recipe(path).prune.options(None, 0, False)
-    assert options.pattern == "2:4" and options.nm() == (2, 4)
+    assert options.pattern == "2:4" and options.nm() == (2, 4) and options.blockwise is False
     options.check()
+    path.write_text(GOOD)
+    assert load_recipe(path).prune.options(None, 0, False).blockwise is None
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

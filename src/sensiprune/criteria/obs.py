@@ -17,7 +17,7 @@ Two refinements make the difference on small networks:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 
 import torch
@@ -40,6 +40,9 @@ DAMPING = 0.01  # of the mean diagonal of H, as in SparseGPT; keeps H invertible
 EXACT_BUDGET = 5e10
 _MAX_BATCHED_ELEMENTS = 1 << 25  # rows x columns² held at once while pruning
 _REFIT_ROWS = 256  # rows of a layer refitted at once
+# dense inputs up to this size are kept for every group whatever the layers' size (a small
+# model's; a language model's are bounded by its largest second-moment matrix)
+_CACHE_FLOOR = 64 << 20
 
 
 def damped_inverse(cov: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
@@ -189,7 +192,11 @@ class OptimalBrainSurgeon(Criterion):
         exact = pattern is None and _exact_cost(targets, counts) <= EXACT_BUDGET
         with eval_mode(model) as dense:
             groups, once = _execution_groups(dense, targets, batches[0], loss_fn)
+            # the dense model's inputs never change: caught once where they fit (the groups
+            # then run only the pruned copy), else the dense model runs with every group
+            cached = _dense_inputs(dense, targets, batches, loss_fn, exact, once)
             for group in progress(groups, "OBS layer by layer", show_progress):
+                dense_inputs = None if cached is None else {n: cached.pop(n) for n in group}
                 group = [name for name in group if counts[name].sum() > 0]
                 if not group:
                     continue
@@ -197,6 +204,7 @@ class OptimalBrainSurgeon(Criterion):
                 moments = _layer_moments(
                     {name: targets[name].module for name in group},
                     layers, dense, pruned, batches, loss_fn, exact, stop_early=once,
+                    dense_inputs=dense_inputs,
                 )  # fmt: skip
                 for shared in _sharing(moments):
                     solver, weights = _solve(layers, moments, shared, exact)
@@ -333,6 +341,85 @@ class _Captured(Exception):
     """Raised by the last hook a pass needs: the rest of the model need not run."""
 
 
+class _Inputs:
+    """Pre-hooks on some layers that catch, in one pass, the matrix each layer multiplies
+    its weight by (rows in the OBS algebra's dtype, a column of ones for a bias); with
+    ``stop_early`` the pass stops once every layer has been reached."""
+
+    def __init__(self, layers: dict[str, nn.Module], exact: bool, stop_early: bool) -> None:
+        self.layers, self.exact, self.stop_early = layers, exact, stop_early
+        self.caught: dict[str, torch.Tensor] = {}
+        self.active = False  # only in its own runs (another may run the same modules)
+        self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in layers.items()]
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if not self.active:
+                return
+            rows = input_matrix_of(module, "weight").matrix(module, args[0].detach())
+            rows = rows.to(_algebra(rows.dtype, self.exact)).cpu()
+            if getattr(module, "bias", None) is not None:
+                rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1)
+            held = self.caught.get(name)
+            self.caught[name] = rows if held is None else torch.cat([held, rows])
+            if self.stop_early and len(self.caught) == len(self.layers):
+                raise _Captured
+
+        return hook
+
+    def run(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> dict[str, torch.Tensor]:
+        """Every layer's input matrix on ``batch``."""
+        self.caught, self.active = {}, True
+        try:
+            with torch.no_grad(), suppress(_Captured):
+                loss_fn(model, batch)
+        finally:
+            self.active = False
+        return self.caught
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _dense_inputs(
+    dense: nn.Module,
+    targets: dict[str, Target],
+    batches: Sequence[Batch],
+    loss_fn: LossFn,
+    exact: bool,
+    stop_early: bool,
+) -> dict[str, list[torch.Tensor | None]] | None:
+    """Every target's dense input matrix on every batch, from one pass of the dense model,
+    where they take no more memory than the largest layer's H̃ will, or than
+    ``_CACHE_FLOOR`` (None otherwise: each group's moments then run the dense model again).
+    Layers that read one input hold one matrix; each is let go once its moments used it."""
+    largest = max(
+        (t.param[0].numel() + 1) ** 2 * _algebra(t.param.dtype, exact).itemsize
+        for t in targets.values()
+    )
+    limit = max(largest, _CACHE_FLOOR)
+    inputs = _Inputs({name: t.module for name, t in targets.items()}, exact, stop_early)
+    held: dict[str, list[torch.Tensor | None]] = {name: [] for name in targets}
+    try:
+        for batch in batches:
+            caught = _deduplicated(inputs.run(dense, batch, loss_fn))
+            size = sum(x.numel() * x.itemsize for x in {id(x): x for x in caught.values()}.values())
+            if size * len(batches) > limit:
+                return None
+            for name, rows in caught.items():
+                held[name].append(rows)
+    finally:
+        inputs.remove()
+    return held
+
+
+def _deduplicated(caught: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same matrices, those equal to an earlier one replaced by it (held once)."""
+    owner = _owners(caught, caught)
+    return {name: caught[owner[name]] for name in caught}
+
+
 def _layer_moments(
     dense_layers: dict[str, nn.Module],
     layers: dict[str, nn.Module],
@@ -342,44 +429,35 @@ def _layer_moments(
     loss_fn: LossFn,
     exact: bool,
     stop_early: bool = False,
+    dense_inputs: dict[str, list[torch.Tensor | None]] | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Per layer, H̃ = X̃ᵀX̃ / n and, where the pruned inputs X̃ differ from the dense X,
     K = W XᵀX̃ / n = Σ (X Wᵀ)ᵀ X̃ / n, the dense layer's outputs against the pruned inputs
     (the refit is W' = K H̃⁻¹; K is rows x columns, no larger than the weight, where XᵀX̃
-    would be columns²). One pass of each model for layers that read one input; with
-    ``stop_early`` (every layer runs once per pass), each pass stops as soon as the layers
-    have read their inputs: the first layers of a block cost next to nothing. Layers that
-    read one input as one matrix get the same H̃ tensor (see :func:`_sharing`)."""
-    captured: dict[tuple[str, str], torch.Tensor] = {}
-
-    def grab(key: tuple[str, str]):
-        def hook(module: nn.Module, args: tuple) -> None:
-            rows = input_matrix_of(module, "weight").matrix(module, args[0].detach())
-            rows = rows.to(_algebra(rows.dtype, exact)).cpu()
-            if getattr(module, "bias", None) is not None:
-                rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1)
-            captured[key] = torch.cat([captured[key], rows]) if key in captured else rows
-            if stop_early and all((name, key[1]) in captured for name in layers):
-                raise _Captured
-
-        return hook
-
-    handles = [dense_layers[n].register_forward_pre_hook(grab((n, "dense"))) for n in layers]
-    handles += [layers[n].register_forward_pre_hook(grab((n, "pruned"))) for n in layers]
+    would be columns²). One pass of each model for layers that read one input (none of the
+    dense model where ``dense_inputs`` holds its inputs by batch); with ``stop_early``
+    (every layer runs once per pass), each pass stops as soon as the layers have read their
+    inputs: the first layers of a block cost next to nothing. Layers that read one input as
+    one matrix get the same H̃ tensor (see :func:`_sharing`)."""
+    pruned_inputs = _Inputs(layers, exact, stop_early)
+    dense_run = None if dense_inputs is not None else _Inputs(dense_layers, exact, stop_early)
     owner: dict[str, str] = {}  # the layer whose H̃ each layer shares (its own, or an earlier)
     hessians: dict[str, torch.Tensor | int] = {}
     cross: dict[str, torch.Tensor | int | None] = dict.fromkeys(layers)  # None while X̃ = X
     rows = 0
     try:
         with torch.no_grad():
-            for batch in batches:
-                captured.clear()
-                for model in (dense, pruned):
-                    with suppress(_Captured):
-                        loss_fn(model, batch)
-                owner = owner or _owners(layers, captured)
+            for index, batch in enumerate(batches):
+                xts = pruned_inputs.run(pruned, batch, loss_fn)
+                if dense_run is not None:
+                    xs = dense_run.run(dense, batch, loss_fn)
+                else:
+                    xs = {name: dense_inputs[name][index] for name in layers}
+                    for name in layers:  # used once: let go with this batch
+                        dense_inputs[name][index] = None
+                owner = owner or _owners(layers, xts)
                 for name in layers:
-                    x, xt = captured[name, "dense"], captured[name, "pruned"]
+                    x, xt = xs[name], xts[name]
                     if cross[name] is None and not torch.equal(x, xt):  # K = W H̃ up to here
                         so_far = hessians.get(owner[name])
                         dense_layer = dense_layers[name]
@@ -388,12 +466,12 @@ def _layer_moments(
                         outputs = _times_weight(dense_layers[name], x.T)  # (X W̃ᵀ)ᵀ
                         cross[name] = _add_product(cross[name], outputs, xt)
                 for name in dict.fromkeys(owner.values()):
-                    xt = captured[name, "pruned"]
-                    hessians[name] = _add_product(hessians.get(name, 0), xt.T, xt)
-                rows += captured[next(iter(layers)), "pruned"].shape[0]
+                    hessians[name] = _add_product(hessians.get(name, 0), xts[name].T, xts[name])
+                rows += xts[next(iter(layers))].shape[0]
     finally:
-        for handle in handles:
-            handle.remove()
+        pruned_inputs.remove()
+        if dense_run is not None:
+            dense_run.remove()
     for h in hessians.values():
         h.div_(rows)
     return {
@@ -402,20 +480,17 @@ def _layer_moments(
     }
 
 
-def _owners(
-    layers: dict[str, nn.Module], captured: dict[tuple[str, str], torch.Tensor]
-) -> dict[str, str]:
-    """For each layer, the first layer whose pruned inputs (on this batch) are its own:
-    layers that read one tensor as one matrix (query, key and value) share one H̃."""
+def _owners(names: Iterable[str], caught: dict[str, torch.Tensor]) -> dict[str, str]:
+    """For each name, the first whose caught matrix (on this batch) is its own: layers that
+    read one tensor as one matrix (query, key and value) share one H̃."""
     owner: dict[str, str] = {}
-    for name in layers:
-        xt = captured[name, "pruned"]
+    for name in names:
+        rows = caught[name]
         owner[name] = next(
             (
                 first
                 for first in dict.fromkeys(owner.values())
-                if captured[first, "pruned"].shape == xt.shape
-                and torch.equal(captured[first, "pruned"], xt)
+                if caught[first].shape == rows.shape and torch.equal(caught[first], rows)
             ),
             name,
         )

@@ -46,12 +46,12 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write the model's state and masks to ``directory`` (replaced atomically)."""
     refuse_sparse_layers(model, "save")
     state, aliases = _without_ties(model.state_dict())
-    model_masks = {k: v.cpu() for k, v in masks.get_masks(model).items()}
+    model_masks = masks.lazy_masks(model)  # each unpacked as it is encoded, not all at once
     tensors: dict[str, torch.Tensor] = {}
     encodings: dict[str, dict] = {}
     for key, value in state.items():
         if key in model_masks:
-            encodings[key] = _encode(key, value, model_masks[key], tensors)
+            encodings[key] = _encode(key, value, model_masks[key].cpu(), tensors)
         else:
             tensors[key] = value
     shapes = {

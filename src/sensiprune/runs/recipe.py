@@ -176,6 +176,11 @@ class PruneSpec(Section):
         description="'N:M' (such as '2:4'): N zeros in every M consecutive inputs of a row; "
         "target.sparsity N/M, one_shot, not structured",
     )
+    blockwise: bool | None = Field(
+        default=None,
+        description="one block at a time, as language models are pruned: where it applies "
+        "(default), always (true: or say why not), or never (false)",
+    )
 
     def options(self, example_inputs: object, seed: int, show_progress: bool) -> PruneOptions:
         """The settings of every prune this recipe runs."""
@@ -190,6 +195,7 @@ class PruneSpec(Section):
             structured=shape,
             show_progress=show_progress,
             pattern=self.pattern,
+            blockwise=self.blockwise,
         )
 
 
