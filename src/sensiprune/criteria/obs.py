@@ -405,8 +405,8 @@ def _dense_inputs(
         for batch in batches:
             caught = _deduplicated(inputs.run(dense, batch, loss_fn))
             size = sum(x.numel() * x.itemsize for x in {id(x): x for x in caught.values()}.values())
-            if size * len(batches) > limit:
-                return None
+            if size * len(batches) > limit or len(caught) < len(targets):
+                return None  # too large, or a layer this batch never reached: run it again
             for name, rows in caught.items():
                 held[name].append(rows)
     finally:
