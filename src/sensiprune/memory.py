@@ -8,10 +8,20 @@ to the sum of the steps' leftovers rather than the largest step.
 from __future__ import annotations
 
 import ctypes
-from contextlib import suppress
+import functools
+
+
+@functools.cache
+def _trim() -> ctypes._CFuncPtr | None:
+    """glibc's ``malloc_trim``, looked up once (None elsewhere)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def give_back() -> None:
     """Return the heap's free memory to the system (glibc only: elsewhere, nothing)."""
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim = _trim()
+    if trim is not None:
+        trim(0)
