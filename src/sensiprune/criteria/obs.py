@@ -194,7 +194,7 @@ class OptimalBrainSurgeon(Criterion):
             groups, once = _execution_groups(dense, targets, batches[0], loss_fn)
             # the dense model's inputs never change: caught once where they fit (the groups
             # then run only the pruned copy), else the dense model runs with every group
-            cached = _dense_inputs(dense, targets, batches, loss_fn, exact, once)
+            cached = _dense_inputs(dense, targets, groups, batches, loss_fn, exact, once)
             for group in progress(groups, "OBS layer by layer", show_progress):
                 dense_inputs = None if cached is None else {n: cached.pop(n) for n in group}
                 group = [name for name in group if counts[name].sum() > 0]
@@ -385,6 +385,7 @@ class _Inputs:
 def _dense_inputs(
     dense: nn.Module,
     targets: dict[str, Target],
+    groups: list[list[str]],
     batches: Sequence[Batch],
     loss_fn: LossFn,
     exact: bool,
@@ -393,7 +394,8 @@ def _dense_inputs(
     """Every target's dense input matrix on every batch, from one pass of the dense model,
     where they take no more memory than the largest layer's H̃ will, or than
     ``_CACHE_FLOOR`` (None otherwise: each group's moments then run the dense model again).
-    Layers that read one input hold one matrix; each is let go once its moments used it."""
+    Layers of one execution group that read their input as one matrix hold one matrix; each
+    is let go once its moments used it."""
     largest = max(
         (t.param[0].numel() + 1) ** 2 * _algebra(t.param.dtype, exact).itemsize
         for t in targets.values()
@@ -403,10 +405,13 @@ def _dense_inputs(
     held: dict[str, list[torch.Tensor | None]] = {name: [] for name in targets}
     try:
         for batch in batches:
-            caught = _deduplicated(inputs.run(dense, batch, loss_fn))
+            caught = inputs.run(dense, batch, loss_fn)
+            if len(caught) < len(targets):
+                return None  # a layer this batch never reached: the groups run it again
+            caught = _deduplicated(caught, groups)
             size = sum(x.numel() * x.itemsize for x in {id(x): x for x in caught.values()}.values())
-            if size * len(batches) > limit or len(caught) < len(targets):
-                return None  # too large, or a layer this batch never reached: run it again
+            if size * len(batches) > limit:
+                return None
             for name, rows in caught.items():
                 held[name].append(rows)
     finally:
@@ -414,9 +419,12 @@ def _dense_inputs(
     return held
 
 
-def _deduplicated(caught: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same matrices, those equal to an earlier one replaced by it (held once)."""
-    owner = _owners(caught, caught)
+def _deduplicated(
+    caught: dict[str, torch.Tensor], groups: list[list[str]]
+) -> dict[str, torch.Tensor]:
+    """The same matrices, each equal to an earlier one of its group replaced by it (held
+    once); only layers of one group read one tensor, so only they are compared."""
+    owner = {name: first for group in groups for name, first in _owners(group, caught).items()}
     return {name: caught[owner[name]] for name in caught}
 
 
