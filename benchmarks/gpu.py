@@ -6,9 +6,10 @@ Writes benchmarks/results/gpu.md. On a machine with a GPU:
 
 Everything the library does is run with the model and data on the GPU: scoring from gradients,
 channel surgery, head / query-head / hidden-size pruning of a decoder, heads and FFN neurons of
-models no adapter knows found on their traced graph, sp.save / sp.load, masks through optimiser
-steps; and the pruned CNNs are timed on the GPU (CUDA-synchronised, the
-pruned and the dense model in alternation). ``--device cpu`` runs the same checks on the CPU.
+models no adapter knows found on their traced graph, sp.save / sp.load, one-shot OBS and Wanda
+of a decoder block by block (50% and 2:4), masks through optimiser steps; and the pruned CNNs
+are timed on the GPU (CUDA-synchronised, the pruned and the dense model in alternation).
+``--device cpu`` runs the same checks on the CPU.
 """
 
 from __future__ import annotations
@@ -90,25 +91,31 @@ def cnn_table(device: str, rounds: int) -> list[str]:
     return out
 
 
-def decoder_table(device: str) -> list[str]:
-    """A tiny Llama on the device: every transformer budget, generate, save and load."""
+def tiny_llama() -> nn.Module:
+    """A tiny Llama (8 query / 2 key-value heads, width 64), the same weights every call."""
     import transformers
 
-    def factory() -> nn.Module:
-        torch.manual_seed(0)
-        config = transformers.LlamaConfig(
-            vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
-            num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64,
-        )  # fmt: skip
-        return transformers.LlamaForCausalLM(config).eval()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
 
+
+def token_ids(device: str) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    ids = [torch.randint(0, 100, (4, 16), generator=generator).to(device) for _ in range(3)]
+    return [torch.randint(0, 100, (4, 16), generator=generator).to(device) for _ in range(3)]
 
-    def lm_loss(model: nn.Module, batch: tuple[torch.Tensor]) -> torch.Tensor:
-        logits = model(batch[0]).logits[:, :-1]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[0][:, 1:].reshape(-1))
 
+def lm_loss(model: nn.Module, batch: tuple[torch.Tensor]) -> torch.Tensor:
+    logits = model(batch[0]).logits[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[0][:, 1:].reshape(-1))
+
+
+def decoder_table(device: str) -> list[str]:
+    """A tiny Llama on the device: every transformer budget, generate, save and load."""
+    factory, ids = tiny_llama, token_ids(device)
     out = [
         "",
         "## Transformer budgets on the device (tiny Llama, 8 query / 2 key-value heads, width 64)",
@@ -282,6 +289,41 @@ def tied_table(device: str) -> list[str]:
     ]
 
 
+def oneshot_table(device: str) -> list[str]:
+    """One-shot pruning of the tiny Llama on the device, block by block: OBS and Wanda at
+    50% and 2:4, the weights staying on the device."""
+    ids = token_ids(device)
+    batches = [(x,) for x in ids]
+    out = [
+        "",
+        "## One-shot language-model pruning on the device (tiny Llama, block by block)",
+        "",
+        'Every Linear of the blocks (`scope="layer"`, `blockwise=True`, the LM head kept), '
+        "calibrated on 3 batches of token ids; the loss on the first batch before and after.",
+        "",
+        "| criterion | scheme | sparsity of the blocks | loss dense → pruned | weights on |",
+        "|---|---|---:|---|---|",
+    ]
+    for criterion in ("obs", "activation"):
+        for pattern in (None, "2:4"):
+            model = tiny_llama().to(device)
+            with torch.no_grad():
+                dense = lm_loss(model, batches[0]).item()
+            sp.prune(model, 0.5, criterion=criterion, scope="layer", data=batches,
+                     loss_fn=lm_loss, ignore=["lm_head"], pattern=pattern,
+                     blockwise=True)  # fmt: skip
+            masks = sp.get_masks(model).values()
+            kept = sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+            with torch.no_grad():
+                pruned = lm_loss(model, batches[0]).item()
+            where = ", ".join(sorted({p.device.type for p in model.parameters()}))
+            out.append(
+                f"| {criterion} | {pattern or '50%'} | {1 - kept:.3f} | {dense:.3f} → "
+                f"{pruned:.3f} | {where} |"
+            )
+    return out
+
+
 def masks_table(device: str) -> list[str]:
     """Unstructured masks on the device stay zero through fused AdamW steps."""
     torch.manual_seed(0)
@@ -321,6 +363,7 @@ def main() -> None:
     lines += decoder_table(args.device)
     lines += graph_table(args.device)
     lines += tied_table(args.device)
+    lines += oneshot_table(args.device)
     lines += masks_table(args.device)
     finish(lines, args.out, started)
 
