@@ -203,9 +203,9 @@ def _chosen(
     at a time (every layer's share is its own). A criterion that needs a Hessian per layer
     collects it for one layer at a time (one held, let go before compensation builds its
     own); others collect every layer's statistics in one pass."""
-    if isinstance(sparsity, Mapping):  # only the layers the budget names
+    if isinstance(sparsity, Mapping):  # only the layers the budget names (it names no other:
+        # every name was checked against the model's targets before any block)
         targets = {n: t for n, t in targets.items() if {t.layer, n} & set(sparsity)}
-        sparsity = {k: v for k, v in sparsity.items() if k in _names(targets)}
     if not targets:
         return {}
 
@@ -222,11 +222,6 @@ def _chosen(
         return crit.score(ScoringContext(block, subset, calls, _run_block, stats, options.seed))
 
     return choose(crit, targets, sparsity, options, existing, scores)
-
-
-def _names(targets: dict[str, Target]) -> set[str]:
-    """Every name a budget may give a target by: its layer's and its parameter's."""
-    return {key for name, t in targets.items() for key in (t.layer, name)}
 
 
 def _share(sparsity: object, prefix: str) -> object:
