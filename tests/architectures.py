@@ -310,6 +310,53 @@ class ComputedHeadDim(nn.Module):
         return self.head((x + self.mlp(x)).mean(1))
 
 
+class _AlibiAttention(nn.Module):
+    """One block's attention with a bias per head that it is handed: heads folded into the
+    batch and ``bias.baddbmm(q, k)`` (BLOOM), or the bias cut to the tokens and added to the
+    scores (MPT)."""
+
+    def __init__(self, dim: int, heads: int, folded: bool) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.folded = heads, dim // heads, folded
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if self.folded:
+            q, k, v = (t.reshape(B * self.heads, N, -1) for t in (q, k, v))
+            scores = bias.baddbmm(q, k.transpose(1, 2), alpha=0.5)
+            out = scores.softmax(-1).bmm(v).view(B, self.heads, N, -1)
+        else:
+            scores = q @ k.transpose(-1, -2) + bias[:, -N:, -N:]
+            out = scores.softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(B, N, -1))
+
+
+class AlibiTransformer(nn.Module):
+    """Attention biased per head by ALiBi slopes the model makes once from its head count and
+    hands to every block (BLOOM, MPT), written from standard ops only."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(3, dim)
+        self.blocks = nn.ModuleList(_AlibiAttention(dim, heads, folded) for folded in (1, 0))
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        B, N, _ = x.shape
+        slopes = 2.0 ** -torch.arange(1, self.heads + 1, dtype=x.dtype)
+        distance = torch.arange(N, dtype=x.dtype)
+        per_head = slopes[:, None, None] * (distance[None, :] - distance[:, None])  # (H, N, N)
+        folded = per_head[None].expand(B, -1, -1, -1).reshape(B * self.heads, N, N)
+        for block, bias in zip(self.blocks, (folded, per_head)):
+            x = x + block(x, bias)
+        return self.head(x.mean(1))
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -380,6 +427,7 @@ ZOO = {
     "channel-attention": (ChannelAttention, IMAGE),
     "gated-slices": (GatedSlices, IMAGE),
     "computed-head-dim": (ComputedHeadDim, SEQUENCE),
+    "alibi-transformer": (AlibiTransformer, SEQUENCE),
     "lstm": (LSTMClassifier, SEQUENCE),
     "bigru-2-layer": (BiGRUClassifier, SEQUENCE),
     "transformer": (TransformerClassifier, SEQUENCE),

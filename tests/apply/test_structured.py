@@ -299,7 +299,7 @@ def test_group_loss_prunes_structured():
         sp.prune(model, 0.5, criterion="group_loss", data=[], structured=True, example_inputs=x)
 
 
-@pytest.mark.parametrize("name", ["transformer", "lstm", "bigru-2-layer"])
+@pytest.mark.parametrize("name", ["transformer", "alibi-transformer", "lstm", "bigru-2-layer"])
 def test_pruned_heads_and_hidden_units_save_and_load(name, tmp_path):
     model, x = _make(name)
     sp.prune(model, 0.5, criterion="magnitude", structured=True, example_inputs=x, scope="layer")

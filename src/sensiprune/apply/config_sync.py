@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from sensiprune.handlers import input_slices
 from sensiprune.structure.counts import size_attributes
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,13 @@ def _follow(model: nn.Module, shapes: dict[str, tuple], counts: dict[tuple[str, 
         if isinstance(value, int) and not isinstance(value, bool) and value in uniform
     ]
     if not fields:
+        return
+    if input_slices.sliced(model):
+        log.warning(
+            "the model's config cannot describe the pruned model: a block reads only the kept "
+            "heads of a tensor the model makes from its head count (ALiBi); save with sp.save "
+            "and load with sp.load, not save_pretrained"
+        )
         return
     saved = [(config, dict(vars(config))) for config in configs(model)]
     pruned = _shapes(model)

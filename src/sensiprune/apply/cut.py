@@ -99,9 +99,9 @@ def _restore(saved: Sequence[tuple[object, dict]]) -> None:
 
 def _snapshot(thing: object) -> dict:
     """Enough of ``thing``'s state to put it back: its attributes, and a module's own
-    parameter and buffer tables."""
+    parameter, buffer and pre-hook tables (a cut may slice an input with a hook)."""
     state = dict(thing.__dict__)
-    for key in ("_parameters", "_buffers"):
+    for key in ("_parameters", "_buffers", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs"):
         if key in state:
             state[key] = dict(state[key])
     return state

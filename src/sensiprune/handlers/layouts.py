@@ -7,6 +7,7 @@ import functools
 
 from torch import nn
 
+from sensiprune.handlers import input_slices
 from sensiprune.handlers.base import Cut, Layout, fixed, handler_for
 from sensiprune.handlers.norm import NORM_LAYOUT, is_norm
 
@@ -14,6 +15,8 @@ from sensiprune.handlers.norm import NORM_LAYOUT, is_norm
 @functools.cache
 def _param_layout(role: str) -> Layout:
     attr, _, dim = role.partition("@")[2].rpartition(":")
+    if input_slices.is_slice(attr):
+        return input_slices.layout(attr)
     return Layout(
         fixed(Cut(attr, int(dim))), (), count=lambda module: getattr(module, attr).shape[int(dim)]
     )

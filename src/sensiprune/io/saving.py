@@ -25,6 +25,7 @@ from sensiprune.apply.block_sync import own_config
 from sensiprune.apply.sparse_kernels import refuse_sparse_layers
 from sensiprune.apply.surgery import refresh_loaded, retie, tied_parameters
 from sensiprune.errors import SensipruneError
+from sensiprune.handlers import input_slices
 from sensiprune.io.atomic import atomic_directory
 from sensiprune.io.manifest import (
     FORMAT,
@@ -94,6 +95,7 @@ def load(directory: str | os.PathLike, factory: Callable[[], nn.Module]) -> nn.M
             f"got {type(factory if model is None else model).__name__}"
         )
     check_sizes(model, manifest, manifest_path)
+    input_slices.reinstall(model, stored)  # the hooks that read a block's kept heads only
     shapes = {k: tuple(v.shape) for k, v in stored.items() if "::" not in k}
     shapes.update({k: tuple(e["shape"]) for k, e in manifest.get("masked", {}).items()})
     check_tensors(model, shapes, weights_path)

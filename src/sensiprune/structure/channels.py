@@ -259,6 +259,16 @@ def node_args(node: fx.Node) -> list[fx.Node]:
     return found
 
 
+def folded_period(slots: list[int]) -> int | None:
+    """How many channels ``slots`` hold, repeated in order as heads folded into the batch
+    (B·H) are; None where they are not such a repetition."""
+    n = len(slots)
+    for period in range(1, n + 1):
+        if n % period == 0 and slots == slots[:period] * (n // period):
+            return period if len(set(slots[:period])) == period else None
+    return None
+
+
 def flows_in(value: Any) -> list[Flow | Split]:
     if isinstance(value, (Flow, Split)):
         return [value]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from sensiprune.handlers.base import param_role, rule_for
-from sensiprune.structure import split_flow
+from sensiprune.structure import split_flow, tensor_rules
 from sensiprune.structure.channels import Flow, Split, node_shape
 from sensiprune.structure.param_flow import ParamFlow, Source
 
@@ -169,11 +169,13 @@ def _attended(
     values: np.ndarray,
     repeat: int,
     width: int = -1,
+    query: Any = None,
 ) -> Flow | Split:
     """The output (…, heads, …, tokens, width) reads its value operand head by head, its
-    heads where the query's are; where one value head serves every query head, output head i
-    is query head i's. ``values`` are the slots of the output's dimension ``width``."""
-    out, query = node_shape(node), _arg(node, 0, "query")
+    heads where the query's are (``query``, else ``node``'s first argument); where one value
+    head serves every query head, output head i is query head i's. ``values`` are the slots
+    of the output's dimension ``width``."""
+    out, query = node_shape(node), _arg(node, 0, "query") if query is None else query
     head = _head_dim(t.flows.get(query), node_shape(query))
     if len(values) == 1 < len(queries):
         values = np.array([t.fresh(values.shape[1]) for _ in range(len(queries))])
@@ -256,19 +258,21 @@ def _mask_follows(t: ChannelTracer, node: fx.Node, mask: Any, q: np.ndarray) -> 
     return True
 
 
-def _matmul(t: ChannelTracer, node: fx.Node) -> Any:
+def _matmul(t: ChannelTracer, node: fx.Node, left: Any = None, right: Any = None) -> Any:
     """``x @ W`` with a parameter ``W`` of two dimensions is a linear layer read (in, out);
-    ``q @ k.transpose(-2, -1)`` and ``weights @ v`` with heads tracked are attention."""
-    flow, shape = t.flows.get(node.args[0]), node_shape(node.args[0])
-    other, other_shape = t.flows.get(node.args[1]), node_shape(node.args[1])
+    ``q @ k.transpose(-2, -1)`` and ``weights @ v`` with heads tracked are attention. The
+    operands are ``node``'s first two arguments unless given."""
+    left, right = (node.args[0], node.args[1]) if left is None else (left, right)
+    flow, shape = t.flows.get(left), node_shape(left)
+    other, other_shape = t.flows.get(right), node_shape(right)
     a, b = _heads(flow, shape, (-2, -1)), _heads(other, other_shape, (-2, -1))
     if a is not None and b is not None:
         repeat = _whole_heads(t, node, a, b)
         if repeat is None:
             return t.pinned_output(node, "attention with head counts that do not divide")
         if len(other_shape) - 1 in split_flow.as_axes(other)[0]:  # weights @ v
-            return _attended(t, node, a, b, repeat)
-        return _attended(t, node, a, a[:, :1], 1)  # q @ k.T: the scores of each query head
+            return _attended(t, node, a, b, repeat, query=left)
+        return _attended(t, node, a, a[:, :1], 1, query=left)  # q @ k.T: each query head's scores
     main = _matrix(other, 0, 1)
     if main is None and not isinstance(other, ParamFlow):
         return _product(t, node, (flow, shape), (other, other_shape))
@@ -278,6 +282,15 @@ def _matmul(t: ChannelTracer, node: fx.Node) -> Any:
     if last is None:  # over another dimension: every channel alike, they pass
         return flow
     return _produce(t, main, last, 0, 1, last.dim)
+
+
+def _baddbmm(t: ChannelTracer, node: fx.Node) -> Any:
+    """``input + batch1 @ batch2`` (BLOOM's scores with their ALiBi bias): the product as
+    :func:`_matmul` has it, added to the input element-wise."""
+    bias = _arg(node, 0, "input")
+    product = _matmul(t, node, _arg(node, 1, "batch1"), _arg(node, 2, "batch2"))
+    operands = [(bias, t.flows.get(bias), node_shape(bias)), (None, product, node_shape(node))]
+    return tensor_rules.combined(t, node, operands)
 
 
 def _product(t: ChannelTracer, node: fx.Node, left: tuple, right: tuple) -> Any:
@@ -388,6 +401,7 @@ FUNCTION_RULES: dict[Any, Callable[[ChannelTracer, fx.Node], Any]] = {
     **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), _conv),
     F.linear: _linear,
     **dict.fromkeys((torch.matmul, operator.matmul, "matmul", torch.bmm, "bmm"), _matmul),
+    **dict.fromkeys((torch.baddbmm, "baddbmm"), _baddbmm),
     F.scaled_dot_product_attention: _attention,
     F.batch_norm: _batch_norm,
     F.layer_norm: _layer_norm,

@@ -7,12 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from torch import fx
 
 from sensiprune.structure.channels import (
     Flow,
     Split,
     describe,
+    folded_period,
     node_args,
     node_shape,
 )
@@ -56,9 +58,15 @@ def sized(t: ChannelTracer, node: fx.Node, result: Any) -> Any:
     for at, size in enumerate(sizes):
         if isinstance(size, int) and size >= 0:  # a constant: an attribute may hold it
             if isinstance(result, Flow) and result.dim == at:
-                t.fix(node, (size,), [result.slots])
+                # heads folded into the batch (B·H): the code counts the heads
+                heads = folded_period(result.slots) or size
+                t.fix(node, (heads,), [result.slots[:heads]])
             elif isinstance(result, Split) and at in result.dims:
-                t.fix(node, (size,), [(result, result.dims.index(at))])
+                axis = result.dims.index(at)
+                planes = np.moveaxis(result.slots, axis, 0).reshape(size, -1)
+                heads = folded_period([tuple(p) for p in planes.tolist()]) or size
+                first = np.take(result.slots, np.arange(heads), axis=axis)
+                t.fix(node, (heads,), [(Split(result.dims, first), axis)])
             continue
         if not isinstance(size, SizeOf) or size.slots == source_slots:
             continue  # a size computed from the reshaped tensor's own channels follows them

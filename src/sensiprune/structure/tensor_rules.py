@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from sensiprune.structure import counts, param_flow, split_flow, split_rules
+from sensiprune.structure import counts, entries, param_flow, split_flow, split_rules
 from sensiprune.structure.channels import (
     Flow,
     SameForEveryPart,
@@ -42,10 +42,17 @@ Rule = Callable[["ChannelTracer", fx.Node], Any]
 
 def elementwise(t: ChannelTracer, node: fx.Node) -> Any:
     """Tensors combined element-wise share channels where their tracked dims line up."""
+    operands = [(a, t.flows.get(a), node_shape(a)) for a in node.args if isinstance(a, fx.Node)]
+    return combined(t, node, operands)
+
+
+def combined(t: ChannelTracer, node: fx.Node, operands: list[tuple[Any, Any, Any]]) -> Any:
+    """The flow of ``node``'s output from operands met element-wise: (node or None, flow,
+    shape) each. An operand with an entry per head that is no layer's (ALiBi) goes with the
+    heads where the module it entered can slice it (entries.py)."""
     out_shape = node_shape(node)
-    tensors = [(a, node_shape(a)) for a in node.args if isinstance(a, fx.Node)]
-    tensors = [(a, shape) for a, shape in tensors if shape is not None]
-    flows = [(t.flows.get(a), len(out_shape) - len(shape)) for a, shape in tensors]
+    tensors = [(a, f, shape) for a, f, shape in operands if shape is not None]
+    flows = [(f, len(out_shape) - len(shape)) for _, f, shape in tensors]
     flows = [
         (f.dim + offset, f.slots, t.all_pinned(f)) for f, offset in flows if isinstance(f, Flow)
     ]
@@ -69,14 +76,15 @@ def elementwise(t: ChannelTracer, node: fx.Node) -> Any:
             return t.pinned_output(node, "element-wise across different channels")
         for a, b in zip(slots, other):
             t.uf.union(a, b)
-    for arg, shape in tensors:
+    for arg, value, shape in tensors:
         aligned = dim - (len(out_shape) - len(shape))
-        value = t.flows.get(arg)
         constant = not isinstance(value, Flow) or id(value.slots) in constants
         if not constant or aligned < 0 or shape[aligned] == 1:
             continue
         if isinstance(value, param_flow.ParamFlow) and value.along(aligned):
             t.param_entries(value, aligned, Flow(dim, slots))  # a per-channel scale
+            continue
+        if isinstance(arg, fx.Node) and entries.sliced_on_entry(t, node, arg, aligned, slots):
             continue
         # a tensor that cannot be sliced along the channels
         return t.pinned_output(node, "element-wise with an untracked tensor")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import itertools
 import operator
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -63,6 +64,10 @@ class _LeafTracer(fx.Tracer):
         stateless = next(m.parameters(), None) is None and next(m.buffers(), None) is None
         if not installed and stateless:
             return forward(*args, **kwargs)
+        if installed and self.submodule_paths is not None:
+            path = self.submodule_paths[m]
+            if not self.is_leaf_module(m, path):
+                _note_arguments(m, path, args, kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
@@ -91,6 +96,19 @@ class _LeafTracer(fx.Tracer):
         return lambda: root_fn(*args, **kwargs), []
 
 
+def _note_arguments(module: nn.Module, path: str, args: tuple, kwargs: dict) -> None:
+    """Note on each traced value that enters ``module`` which argument of its forward it is
+    (``meta["enters"]``): a tensor made outside a block and handed to it (ALiBi biases) can
+    then be sliced where it enters (structure/entries.py)."""
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return
+    for name, value in bound.arguments.items():
+        if isinstance(value, fx.Proxy):
+            value.node.meta.setdefault("enters", []).append((path, name))
+
+
 # attributes of a traced value that are the same for any input of this dtype and device
 _METADATA = frozenset({"dtype", "device", "layout", "is_cuda", "is_sparse"})
 
@@ -104,7 +122,7 @@ class _ConcreteProxy(fx.Proxy):
     def __getattr__(self, name: str) -> Any:
         if name in _METADATA:  # a constant for these inputs, never a channel
             return getattr(self._value(), name)
-        return super().__getattr__(name)
+        return _ConcreteAttribute(self, name)
 
     def __len__(self) -> int:
         return len(self._value())
@@ -119,6 +137,10 @@ class _ConcreteProxy(fx.Proxy):
         return float(self._value())
 
 
+class _ConcreteAttribute(fx.proxy.Attribute, _ConcreteProxy):
+    """``x.shape`` or a method of a traced value, answering as it does: ``len(x.shape)``."""
+
+
 class _ConcreteTracer(_LeafTracer):
     """Records the forward as fx does, and runs every recorded operation on real values."""
 
@@ -127,9 +149,31 @@ class _ConcreteTracer(_LeafTracer):
         self.inputs = list(inputs)
         self.values: dict[fx.Node, Any] = {}
         self.placeholders = 0
+        self.own_tensors: set[int] = set()  # the parameters and buffers of the model
+
+    def trace(self, root, concrete_args=None) -> fx.Graph:
+        own = itertools.chain(root.parameters(), root.buffers())
+        self.own_tensors = {id(t) for t in own}
+        return super().trace(root, concrete_args)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
+
+    def call_module(self, m, forward, args, kwargs):
+        """A tensor the model made from constants alone (MPT's ALiBi table) and hands to a
+        block enters it as a traced value, not a constant folded into what the block does
+        with it: what the block reads of it can then be followed to that argument."""
+        if self.submodule_paths and not self.is_leaf_module(m, self.submodule_paths.get(m, "")):
+            args = tuple(self._traced(a) for a in args)
+            kwargs = {k: self._traced(v) for k, v in kwargs.items()}
+        return super().call_module(m, forward, args, kwargs)
+
+    def _traced(self, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or id(value) in self.own_tensors:
+            return value  # a traced value already, or a parameter or buffer
+        node = self.create_arg(value)  # fx keeps it as a constant of the root
+        self.values[node] = value
+        return self.proxy(node)
 
     def create_proxy(
         self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None
