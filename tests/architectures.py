@@ -357,6 +357,31 @@ class AlibiTransformer(nn.Module):
         return self.head(x.mean(1))
 
 
+class HeadSplitBias(nn.Module):
+    """DeBERTa's attention: a bias vector added to the queries after they were split into
+    heads, itself viewed as (1, 1, heads, head_dim) and permuted as they were."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.embed = nn.Linear(3, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.randn(dim))
+        self.proj, self.head = nn.Linear(dim, dim), nn.Linear(dim, 5)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], self.heads, -1).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        B, N, _ = x.shape
+        q, k, v = self.split(self.qkv(x)).chunk(3, dim=-1)  # each head's q, k, v side by side
+        q = q + self.split(self.q_bias[None, None, :])
+        attended = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+        x = x + self.proj(attended.transpose(1, 2).reshape(B, N, -1))
+        return self.head(x.mean(1))
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -428,6 +453,7 @@ ZOO = {
     "gated-slices": (GatedSlices, IMAGE),
     "computed-head-dim": (ComputedHeadDim, SEQUENCE),
     "alibi-transformer": (AlibiTransformer, SEQUENCE),
+    "head-split-bias": (HeadSplitBias, SEQUENCE),
     "lstm": (LSTMClassifier, SEQUENCE),
     "bigru-2-layer": (BiGRUClassifier, SEQUENCE),
     "transformer": (TransformerClassifier, SEQUENCE),

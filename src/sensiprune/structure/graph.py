@@ -465,6 +465,8 @@ class ChannelTracer:
         if not inputs or out is None or any(shape is None for _, shape in inputs):
             return None
         derived = param_flow.derive(name_of(node), node.args, inputs, out)
+        if derived is None and len(inputs) == 1 and name_of(node) in ("view", "reshape"):
+            return self.split_parameter(node, *inputs[0])
         sizes = size_args(node)
         if (
             derived is not None
@@ -526,6 +528,23 @@ class ChannelTracer:
                 for node, sizes, at in self.param_shapes.get((source.owner, source.attr, pdim), []):
                     parts = [flow.slots if i == at else None for i in range(len(sizes))]
                     self.fix(node, sizes, parts)
+
+    def split_parameter(self, node: fx.Node, value: param_flow.ParamFlow, shape: tuple) -> Any:
+        """A parameter with one dimension of entries reshaped into several (DeBERTa's
+        ``q_bias`` into (heads, head_dim)): each entry becomes a channel of its own, which the
+        activations it meets take as split channels; None for any other reshape."""
+        spread = [(source, d) for source in value.sources for d, p in enumerate(source.dims)
+                  if p is not None and shape[d] > 1]  # fmt: skip
+        if len(spread) != 1 or len(value.sources) != 1:
+            return None
+        source, d = spread[0]
+        slots = self.fresh(shape[d])
+        split = split_flow.split_by_reshape(Flow(d, slots), shape, node_shape(node))
+        if not isinstance(split, Split):
+            return None
+        self.channelwise(source.owner, slots, param_role("channel", source.attr, source.dims[d]))
+        self.splits.append((node, split, None))
+        return sizes.sized(self, node, split)
 
     def whole_groups(self, layer: str, blocks: list[list[int]]) -> None:
         """The channels of each block are one unit: group k of a grouped conv or GroupNorm."""
