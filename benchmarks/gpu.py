@@ -6,9 +6,10 @@ Writes benchmarks/results/gpu.md. On a machine with a GPU:
 
 Everything the library does is run with the model and data on the GPU: scoring from gradients,
 channel surgery, head / query-head / hidden-size pruning of a decoder, heads and FFN neurons of
-models no adapter knows found on their traced graph, sp.save / sp.load, one-shot OBS and Wanda
-of a decoder block by block (50% and 2:4), masks through optimiser steps; and the pruned CNNs
-are timed on the GPU (CUDA-synchronised, the pruned and the dense model in alternation).
+models no adapter knows found on their traced graph (BLOOM's ALiBi biases sliced per block
+included), sp.save / sp.load, one-shot OBS and Wanda of a decoder block by block (50% and 2:4),
+masks through optimiser steps; and the pruned CNNs are timed on the GPU (CUDA-synchronised, the
+pruned and the dense model in alternation).
 ``--device cpu`` runs the same checks on the CPU.
 """
 
@@ -179,11 +180,17 @@ def graph_table(device: str) -> list[str]:
         )  # fmt: skip
         return transformers.T5ForConditionalGeneration(config).eval()
 
+    def bloom() -> nn.Module:  # ALiBi: each block reads its kept heads' biases (a hook)
+        torch.manual_seed(0)
+        config = transformers.BloomConfig(vocab_size=100, hidden_size=64, n_layer=2, n_head=4)
+        return transformers.BloomForCausalLM(config).eval()
+
     generator = torch.Generator().manual_seed(2)
     ids = torch.randint(1, 100, (4, 16), generator=generator)
     inputs = {
         "DistilBERT": (distilbert, {"input_ids": ids}),
         "T5": (t5, {"input_ids": ids, "decoder_input_ids": ids[:, :8]}),
+        "BLOOM": (bloom, {"input_ids": ids}),
     }
     out = [
         "",

@@ -70,3 +70,11 @@ def test_a_refused_cut_takes_the_slices_back(monkeypatch):
     assert dict(model.named_buffers()) == {}
     assert all(not m._forward_pre_hooks for m in model.modules())
     assert isinstance(model.blocks[0].qkv, nn.Linear) and model.blocks[0].qkv.out_features == 48
+
+
+def test_heads_folded_into_the_batch_are_counted_once():
+    torch.manual_seed(0)  # batch x heads = 2 x 4 = head_dim: only num_heads counts the heads
+    model, x = AlibiTransformer(dim=32, heads=4).eval(), torch.randn(2, 6, 3)
+    sp.prune(model, {"heads": 0.5}, criterion="magnitude", structured=True, example_inputs=x,
+             scope="layer")  # fmt: skip
+    assert [(b.heads, b.head_dim) for b in model.blocks] == [(2, 8), (2, 8)]

@@ -44,6 +44,7 @@ from sensiprune.structure.channels import (
     UnionFind,
     describe,
     flows_in,
+    folded_period,
     is_producing,
     node_args,
     node_shape,
@@ -345,7 +346,9 @@ class ChannelTracer:
         """Attention heads (a slot of each) that ``node`` reads: they are reported as heads,
         and a head count the module running it keeps (``num_heads``) follows the cut. That
         count fixes nothing: code that does not read it still runs, so with ``pin_fixed``
-        (where following counts went wrong) it is left as it is."""
+        (where following counts went wrong) it is left as it is. Heads folded into the batch
+        (B·H) are counted once."""
+        firsts = firsts[: folded_period(firsts) or len(firsts)]
         self.head_slots += firsts
         module = module_of(node)
         if not self.pin_fixed and counts.held(self.modules[module], (len(firsts),)):
