@@ -15,10 +15,10 @@ from sensiprune.handlers.layouts import layout_for
 
 
 def shrink(module: nn.Module, role: str, keep: torch.Tensor) -> None:
-    """Keep only the ``keep`` indices of ``module`` in ``role``; dtype, device, grad kept."""
+    """Keep only the ``keep`` indices (ascending, int64) of ``module`` in ``role``; dtype,
+    device and grad kept."""
     layout = layout_for(module, role)
     n = layout.size(module)
-    keep = torch.as_tensor(keep, dtype=torch.long).sort().values
     for cut in layout.cuts(module):
         tensor = getattr(module, cut.attr, None)
         if tensor is None:

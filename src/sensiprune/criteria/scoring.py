@@ -81,7 +81,7 @@ def group_scores(
     modules = dict(model.named_modules())
     offset = np.full(len(keys), -1, dtype=np.int64)  # where a slice's values start, if scored
     values: list[torch.Tensor] = []
-    sizes: list[torch.Tensor] = []
+    sizes: list[float] = []  # weights behind each value of a slice
     length = 0
     for k, (layer, role) in enumerate(keys):
         prefix = f"{layer}." if layer else ""
@@ -93,16 +93,17 @@ def group_scores(
             length += len(reduced[0])
     scored = offset[key] >= 0
     owners = torch.from_numpy(owner[scored])
-    positions = torch.from_numpy(offset[key[scored]] + index[scored])
+    positions = offset[key[scored]] + index[scored]
     result = torch.zeros(len(groups), dtype=torch.float64)
     count = torch.zeros(len(groups), dtype=torch.float64)
     if len(owners):
-        picked = torch.cat(values)[positions]
+        picked = torch.cat(values)[torch.from_numpy(positions)]
         if reduce == "max":
             result.scatter_reduce_(0, owners, picked, "amax")
         else:
             result.index_add_(0, owners, picked)
-        count.index_add_(0, owners, torch.cat(sizes)[positions])
+        weights = np.repeat(sizes, [len(v) for v in values])[positions]
+        count.index_add_(0, owners, torch.from_numpy(weights))
     if reduce == "mean":
         result = result / count.clamp_min(1)
     return result.masked_fill(count == 0, torch.nan)  # nothing scored: not a candidate
@@ -110,15 +111,16 @@ def group_scores(
 
 def _slice_reductions(
     module: nn.Module, role: str, scores: Mapping[str, torch.Tensor], prefix: str, reduce: str
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per index of ``role``: the sum (or max) of the weight scores it owns, and how many
-    weights that is; None when no score covers the slice."""
+) -> tuple[torch.Tensor, float] | None:
+    """Per index of ``role``: the sum (or max) of the weight scores it owns (float64, on the
+    CPU), and how many weights each index owns; None when no score covers the slice. Few
+    torch calls per slice: a model has hundreds of slices."""
     layout = layout_for(module, role)
     n = layout.size(module)
     whole = scores.get(f"{prefix[:-1]}::{role}")  # a criterion that scores channels directly
     if whole is not None:
-        return whole.detach().double().cpu(), torch.ones(n, dtype=torch.float64)
-    value = torch.zeros(n, dtype=torch.float64)
+        return whole.detach().double().cpu(), 1.0
+    value = None
     size = 0
     for cut in layout.cuts(module):
         score = scores.get(prefix + cut.attr)
@@ -129,9 +131,11 @@ def _slice_reductions(
         split = score.detach().reshape(*shape[: cut.dim], cut.blocks, n, -1, *shape[cut.dim + 1 :])
         others = [d for d in range(split.ndim) if d != cut.dim + 1]
         if reduce == "max":
-            value = torch.maximum(value, split.amax(others).double().cpu())
+            part = split.amax(others).double().cpu()
+            value = part if value is None else torch.maximum(value, part)
         else:
             at_least_single = torch.promote_types(split.dtype, torch.float32)
-            value += split.sum(others, dtype=at_least_single).double().cpu()
+            part = split.sum(others, dtype=at_least_single).double().cpu()
+            value = part if value is None else value + part
         size += split.numel() // n
-    return (value, torch.full((n,), float(size), dtype=torch.float64)) if size else None
+    return (value, float(size)) if size else None

@@ -183,9 +183,12 @@ def indices_by_slice(groups: Sequence[Group]) -> dict[tuple[str, str], np.ndarra
     keys, _, key, index = flat_members(groups)
     order = np.lexsort((index, key))
     key, index = key[order], index[order]
+    first = np.ones(len(key), dtype=bool)  # the first of each run of equal (key, index)
+    first[1:] = (key[1:] != key[:-1]) | (index[1:] != index[:-1])
+    key, index = key[first], index[first]
     bounds = np.searchsorted(key, np.arange(len(keys) + 1))
     return {
-        k: np.unique(index[bounds[i] : bounds[i + 1]])
+        k: index[bounds[i] : bounds[i + 1]]
         for i, k in enumerate(keys)
         if bounds[i + 1] > bounds[i]  # a table lists the keys of every group, not only these
     }

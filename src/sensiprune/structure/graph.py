@@ -13,6 +13,7 @@ per-channel layer (BatchNorm, depthwise conv) in it, and nothing else changes me
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -357,19 +358,22 @@ class ChannelTracer:
     def groups(self) -> list[Group]:
         """One group per class of merged slots that is not pinned and has a producer, in the
         order their first members were recorded; computed column-wise, as a table."""
+        if not self.blocks:
+            return []
         roots = self.uf.roots()
         pinned = np.zeros(len(roots), dtype=bool)
         pinned[roots[list(self.pinned)]] = True
-        root_of, key_of, index_of = [], [], []
-        for key, (_, _, slots) in enumerate(self.blocks):
-            slot_roots = roots[slots]
-            free = np.flatnonzero(~pinned[slot_roots])
-            root_of.append(slot_roots[free])
-            key_of.append(np.full(len(free), key))
-            index_of.append(free)
-        if not self.blocks:
-            return []
-        root, key, index = np.concatenate(root_of), np.concatenate(key_of), np.concatenate(index_of)
+        lengths = np.fromiter((len(slots) for _, _, slots in self.blocks), np.int64)
+        slots = np.fromiter(
+            itertools.chain.from_iterable(slots for _, _, slots in self.blocks),
+            np.int64,
+            int(lengths.sum()),
+        )
+        key = np.repeat(np.arange(len(self.blocks)), lengths)
+        index = np.arange(len(slots)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        root = roots[slots]
+        free = ~pinned[root]
+        root, key, index = root[free], key[free], index[free]
         classes, first, group = np.unique(root, return_index=True, return_inverse=True)
         rank = np.empty(len(classes), dtype=np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(len(classes))

@@ -62,8 +62,7 @@ class _LeafTracer(fx.Tracer):
         """A module made inside forward (``nn.ReLU()(x)``) is not in the model's tree: with
         nothing to own, its operations are recorded inline."""
         installed = self.submodule_paths is None or m in self.submodule_paths
-        stateless = next(m.parameters(), None) is None and next(m.buffers(), None) is None
-        if not installed and stateless:
+        if not installed and next(itertools.chain(m.parameters(), m.buffers()), None) is None:
             return forward(*args, **kwargs)
         if installed and self.submodule_paths is not None:
             path = self.submodule_paths[m]
@@ -317,7 +316,7 @@ def _caches_kept(model: nn.Module) -> Iterator[None]:
         state = vars(module)
         saved.append((state, dict(state), {
             attr: copy.copy(value) for attr, value in state.items()
-            if isinstance(value, (dict, list)) and not attr.startswith("_")
+            if attr[0] != "_" and isinstance(value, (dict, list))
         }))  # fmt: skip
     try:
         yield
