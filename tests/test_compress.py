@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -101,9 +102,46 @@ def test_a_drop_goal_prunes_as_far_as_the_curves_allow(mlp_and_data):
                          criterion="magnitude", epochs_per_step=0)  # fmt: skip
     assert result.predicted_drop <= 0.05
     assert result.cross_validated_drop <= 0.05  # held to the bound on the held-out folds
+    assert result.one_shot_metric is not None
     assert result.params_kept < 1.0
     assert result.one_shot_metric is not None
     assert f"measured {result.dense_metric - result.one_shot_metric:+.4f}" in str(result)
+
+
+def test_a_drop_goal_judges_on_the_folds_the_sparsity_the_final_budget_prunes(
+    mlp_and_data, monkeypatch
+):
+    import sensiprune.analysis.validation as validation
+
+    calls = []
+    real = validation.allocate
+
+    def allocate(table, **target):
+        budget = real(table, **target)
+        target = {k: v for k, v in target.items() if v is not None}
+        calls.append((target, sum(budget.get(n, 0.0) * k for n, k in
+                                  zip(table.layers, table.sizes)) / sum(table.sizes)))  # fmt: skip
+        return budget
+
+    monkeypatch.setattr(validation, "allocate", allocate)
+    model, train, val, _ = mlp_and_data
+    result = sp.compress(model, train, val, {"max_drop": 0.05}, folds=2, steps=1,
+                         criterion="magnitude", epochs_per_step=0)  # fmt: skip
+    allowed = calls[-1][1]  # the final budget of the first call: what the curves allow
+    assert [t for t, _ in calls[:3]] == [{"max_drop": 0.05}] * 3
+    judged = calls[3:]
+    assert judged and len(judged) % 3 == 0  # each try: two folds, then the final budget
+    last = judged[-3:]
+    sparsity = last[0][0]["target_sparsity"]
+    assert all(t == {"target_sparsity": sparsity} for t, _ in last)
+    assert all(abs(s - sparsity) < 0.01 for _, s in last)  # the sparsity the folds judged
+    assert sparsity <= calls[2][1] + 1e-9
+    compress_module = sys.modules["sensiprune.compress"]
+    margin = compress_module.BOUND_ERRORS * result.cross_validated_std / 2**0.5
+    assert result.cross_validated_drop + margin <= 0.05 or len(judged) == 3 * (
+        compress_module.BOUND_TRIES
+    )
+    assert result.params_kept == pytest.approx(1 - allowed, abs=0.05) or sparsity < allowed
 
 
 @pytest.mark.parametrize(

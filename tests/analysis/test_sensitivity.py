@@ -146,6 +146,27 @@ def test_cross_validation_uses_disjoint_folds_and_only_the_validation_data(digit
     assert fold_indices(7, 3) == ((0, 3, 6), (1, 4), (2, 5))
 
 
+def test_fold_drops_are_pooled_by_the_samples_each_fold_held_out():
+    from sensiprune.analysis.validation import CrossValidation
+    from sensiprune.selection.allocation import Budget
+
+    # a short last batch is a fold of its own: its drop weighs as its 8 samples, not as 64
+    checked = CrossValidation(Budget(), ((0,), (1,)), (0.0, 0.0), (0.01, 0.5), samples=(64, 8))
+    assert checked.observed_mean == pytest.approx((64 * 0.01 + 8 * 0.5) / 72)
+    spread = 64 * (0.01 - checked.observed_mean) ** 2 + 8 * (0.5 - checked.observed_mean) ** 2
+    assert checked.observed_std == pytest.approx((spread / 72 * 2) ** 0.5)
+    assert checked.observed_error == pytest.approx(checked.observed_std / 2**0.5)
+    alike = CrossValidation(Budget(), ((0,), (1,)), (0.0, 0.0), (0.01, 0.5))
+    assert alike.observed_mean == pytest.approx(0.255)
+
+
+def test_cross_validation_counts_the_samples_of_each_fold(mlp, mlp_batches):
+    result = sp.cross_validate(mlp, mlp_batches, target_sparsity=0.5, folds=2,
+                               sparsities=(0.5, 0.9))  # fmt: skip
+    sizes = [sum(len(mlp_batches[i][1]) for i in fold) for fold in result.folds]
+    assert list(result.samples) == sizes
+
+
 def test_cross_validation_bad_input(mlp, mlp_batches):
     with pytest.raises(sp.SensipruneError, match="folds must be"):
         sp.cross_validate(mlp, mlp_batches, target_sparsity=0.5, folds=1)

@@ -20,7 +20,7 @@ from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.data import Batch, LossFn
 from sensiprune.errors import SensipruneError
 from sensiprune.pruning import prune
-from sensiprune.runs.train import Metric, evaluate
+from sensiprune.runs.train import Metric, evaluate, evaluate_counted
 from sensiprune.selection.allocation import Budget, LatencyTable, allocate
 from sensiprune.targets import IgnoreSpec
 
@@ -35,14 +35,31 @@ class CrossValidation:
     observed: tuple[float, ...]  # per fold, measured on the held-out fold
     table: SensitivityTable | None = None  # the curves of all the data, the budget's source
     fold_tables: tuple[SensitivityTable, ...] = ()  # the curves each fold's budget came from
+    samples: tuple[int, ...] = ()  # per fold, how many samples it held out (else all alike)
 
     @property
     def observed_mean(self) -> float:
-        return statistics.fmean(self.observed)
+        """The drop over every held-out sample: folds are pooled by their sizes (folds of
+        whole batches differ in size; a last short batch is one fold's worth)."""
+        return statistics.fmean(self.observed, self._weights())
 
     @property
     def observed_std(self) -> float:
-        return statistics.stdev(self.observed) if len(self.observed) > 1 else 0.0
+        """The spread of the fold drops around that mean, weighted as the mean is."""
+        if len(self.observed) < 2:
+            return 0.0
+        weights, mean = self._weights(), self.observed_mean
+        spread = statistics.fmean([(o - mean) ** 2 for o in self.observed], weights)
+        return (spread * len(self.observed) / (len(self.observed) - 1)) ** 0.5
+
+    @property
+    def observed_error(self) -> float:
+        """The standard error of :attr:`observed_mean`: how far it may sit from the drop on
+        unseen data of the same kind."""
+        return self.observed_std / len(self.observed) ** 0.5 if self.observed else 0.0
+
+    def _weights(self) -> list[float]:
+        return [float(n) for n in self.samples] if self.samples else [1.0] * len(self.observed)
 
     def __str__(self) -> str:
         rows = [
@@ -116,7 +133,7 @@ def cross_validate(
             example_inputs=example_inputs,
         )  # fmt: skip
 
-    predicted, observed, fitted = [], [], []
+    predicted, observed, fitted, samples = [], [], [], []
     for f, held_out in enumerate(split):
         fitting = [b for i, b in enumerate(batches) if i not in held_out]
         unseen = [batches[i] for i in held_out]
@@ -128,7 +145,11 @@ def cross_validate(
                   structured=structured, example_inputs=example_inputs,
                   round_to=round_to)  # fmt: skip
         predicted.append(budget.predicted_drop)
-        observed.append(evaluate(model, unseen, metric) - evaluate(pruned, unseen, metric))
+        dense, count = evaluate_counted(model, unseen, metric)
+        observed.append(dense - evaluate(pruned, unseen, metric))
+        samples.append(count)
     table = table if table is not None else curves(batches)
     final = allocate(table, **targets)
-    return CrossValidation(final, split, tuple(predicted), tuple(observed), table, tuple(fitted))
+    return CrossValidation(
+        final, split, tuple(predicted), tuple(observed), table, tuple(fitted), tuple(samples)
+    )

@@ -116,6 +116,14 @@ def correct_predictions(model: nn.Module, batch: Batch) -> tuple[float, int]:
 
 def evaluate(model: nn.Module, data: Iterable[Batch], metric: Metric | None = None) -> float:
     """Weighted mean of ``metric`` (default: accuracy) over the data, in eval mode."""
+    return evaluate_counted(model, data, metric)[0]
+
+
+def evaluate_counted(
+    model: nn.Module, data: Iterable[Batch], metric: Metric | None = None
+) -> tuple[float, int]:
+    """:func:`evaluate`'s mean and how many samples it covers: means of parts of the data
+    (held-out folds) are pooled by it."""
     metric = metric or correct_predictions
     batches = as_batches(data, "evaluation data")
     total, count = 0.0, 0
@@ -126,4 +134,4 @@ def evaluate(model: nn.Module, data: Iterable[Batch], metric: Metric | None = No
             count += n
     if count == 0:
         raise SensipruneError("evaluation data yielded no samples")
-    return total / count
+    return total / count, count
