@@ -67,12 +67,33 @@ def test_a_gradient_that_is_not_finite_stops_before_the_step(mlp, mlp_batches):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"epochs": -1}, "epochs"), ({"lr": 0}, "lr must be positive"), ({"data": []}, "no batches")],
+    [
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0}, "lr must be positive"),
+        ({"data": []}, "no batches"),
+        ({"lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine"),
+    ],
 )
 def test_finetune_bad_input(mlp, mlp_batches, kwargs, message):
     args = {"data": mlp_batches, **kwargs}
     with pytest.raises(sp.SensipruneError, match=message):
         sp.finetune(mlp, show_progress=False, **args)
+
+
+def test_a_cosine_schedule_lowers_the_rate_each_epoch_and_puts_it_back(mlp, mlp_batches):
+    optimizer = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    result = sp.finetune(mlp, mlp_batches, epochs=4, optimizer=optimizer, loss_fn=loss_fn,
+                         lr_schedule="cosine", show_progress=False)  # fmt: skip
+    per_epoch = seen[:: len(mlp_batches)]
+    assert per_epoch == pytest.approx([0.1, 0.1 * (1 + 2**-0.5) / 2, 0.05, 0.1 * (1 - 2**-0.5) / 2])
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    assert optimizer.param_groups[0]["lr"] == 0.1
 
 
 def test_evaluate_is_accuracy_by_default(mlp, mlp_batches):

@@ -37,6 +37,25 @@ def is_slice(attr: str) -> bool:
     return _NAME.fullmatch(attr) is not None
 
 
+def positional_arguments(module: nn.Module) -> tuple[str, ...] | None:
+    """The names ``module``'s forward binds its positional arguments to, in order; None
+    where they are unknown (a ``*args`` forward, or a forward set on the instance)."""
+    forward = getattr(module.forward, "__func__", None)
+    return _positional_names(forward) if forward is not None else None
+
+
+@functools.cache
+def _positional_names(forward: object) -> tuple[str, ...] | None:
+    """Read once per forward function: the tracer asks on every module call."""
+    try:
+        params = list(inspect.signature(forward).parameters.values())[1:]  # after self
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
 @functools.cache
 def layout(attr: str) -> Layout:
     """Index j is the j-th head the argument still holds; cutting it installs the slice."""
@@ -93,9 +112,7 @@ class _Slice:
     def __init__(self, module: nn.Module, attr: str) -> None:
         self.attr = attr
         self.argument, self.dim, self.heads = _parse(attr)
-        params = list(inspect.signature(module.forward).parameters.values())
-        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY,
-                                                           p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+        positional = positional_arguments(module) or ()
         self.position = positional.index(self.argument) if self.argument in positional else None
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:

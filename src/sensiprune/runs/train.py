@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from sensiprune.progress import progress
 
 log = logging.getLogger(__name__)
 Metric = Callable[[nn.Module, Batch], tuple[float, int]]
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ def finetune(
     lr: float = 1e-3,
     show_progress: bool = True,
     before_step: Callable[[int], None] | None = None,
+    lr_schedule: str = "constant",
 ) -> FinetuneResult:
     """Train in place; masked weights stay exactly zero (see masks.py), whatever the optimiser.
 
@@ -46,12 +49,18 @@ def finetune(
     training with an error before the bad step is applied, and the buffers its forward pass
     changed (BatchNorm's running statistics) are put back, so the model is that of the last
     good step. ``before_step(i)`` runs before the i-th batch (from 0) of every epoch: gradual
-    pruning.
+    pruning. ``lr_schedule="cosine"`` lowers every learning rate along a half cosine, epoch by
+    epoch, towards zero, so that the last epochs settle instead of jumping about at full
+    rate; the optimiser's rates are put back at the end.
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise SensipruneError(f"epochs must be a non-negative integer, got {epochs!r}")
     if not lr > 0:
         raise SensipruneError(f"lr must be positive, got {lr!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise SensipruneError(
+            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}"
+        )
     batches = as_batches(data, "train data")
     loss_fn = loss_fn or default_loss
     optimizer = optimizer or torch.optim.Adam(
@@ -62,37 +71,49 @@ def finetune(
     kept = [b.detach().clone() for b in buffers]
     epoch_losses: list[float] = []
     steps = 0
-    for epoch in range(epochs):
-        total, count = 0.0, 0
-        for batch in progress(batches, f"fine-tuning epoch {epoch + 1}/{epochs}", show_progress):
-            if before_step is not None:
-                before_step(count)
-            for copy, buffer in zip(kept, buffers):
-                copy.copy_(buffer)
-            loss = loss_fn(model, batch)
-            bad = None if torch.isfinite(loss) else f"training loss became {loss.item()}"
-            if bad is None:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if not _finite(_with_grads(optimizer)):
-                    bad = "gradient stopped being finite"
-            if bad is not None:
+    rates = [group["lr"] for group in optimizer.param_groups]
+    try:
+        for epoch in range(epochs):
+            if lr_schedule == "cosine":
+                _set_rates(optimizer, rates, 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)))
+            total, count = 0.0, 0
+            label = f"fine-tuning epoch {epoch + 1}/{epochs}"
+            for batch in progress(batches, label, show_progress):
+                if before_step is not None:
+                    before_step(count)
                 for copy, buffer in zip(kept, buffers):
-                    buffer.copy_(copy)
-                raise SensipruneError(
-                    f"the {bad} at epoch {epoch + 1}, step {count + 1}; the model is that of "
-                    "the last good step: lower the lr"
-                )
-            optimizer.step()
-            total += loss.item()
-            count += 1
-            steps += 1
-        if count == 0:
-            raise SensipruneError("train data yielded no batches: pass a non-empty iterable")
-        epoch_losses.append(total / count)
-        log.info("epoch %d: mean loss %.4f", epoch + 1, epoch_losses[-1])
+                    copy.copy_(buffer)
+                loss = loss_fn(model, batch)
+                bad = None if torch.isfinite(loss) else f"training loss became {loss.item()}"
+                if bad is None:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if not _finite(_with_grads(optimizer)):
+                        bad = "gradient stopped being finite"
+                if bad is not None:
+                    for copy, buffer in zip(kept, buffers):
+                        buffer.copy_(copy)
+                    raise SensipruneError(
+                        f"the {bad} at epoch {epoch + 1}, step {count + 1}; the model is that of "
+                        "the last good step: lower the lr"
+                    )
+                optimizer.step()
+                total += loss.item()
+                count += 1
+                steps += 1
+            if count == 0:
+                raise SensipruneError("train data yielded no batches: pass a non-empty iterable")
+            epoch_losses.append(total / count)
+            log.info("epoch %d: mean loss %.4f", epoch + 1, epoch_losses[-1])
+    finally:
+        _set_rates(optimizer, rates, 1.0)
     model.eval()
     return FinetuneResult(tuple(epoch_losses), steps)
+
+
+def _set_rates(optimizer: torch.optim.Optimizer, rates: list[float], scale: float) -> None:
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate * scale
 
 
 def _with_grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import inspect
 import itertools
 import operator
@@ -31,6 +30,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from sensiprune.errors import SensipruneError, first_line
+from sensiprune.handlers.input_slices import positional_arguments
 
 
 class _LeafTracer(fx.Tracer):
@@ -100,26 +100,12 @@ def _note_arguments(module: nn.Module, path: str, args: tuple, kwargs: dict) -> 
     """Note on each traced value that enters ``module`` which argument of its forward it is
     (``meta["enters"]``): a tensor made outside a block and handed to it (ALiBi biases) can
     then be sliced where it enters (structure/entries.py)."""
-    forward = getattr(module.forward, "__func__", None)
-    names = _parameter_names(forward) if forward is not None else None
+    names = positional_arguments(module)
     if names is None or len(args) > len(names):
         return
     for name, value in itertools.chain(zip(names, args), kwargs.items()):
         if isinstance(value, fx.Proxy):
             value.node.meta.setdefault("enters", []).append((path, name))
-
-
-@functools.cache
-def _parameter_names(forward: Any) -> tuple[str, ...] | None:
-    """The names a forward's positional arguments bind to (after ``self``); None for one
-    that takes ``*args``, whose names are unknown."""
-    try:
-        params = list(inspect.signature(forward).parameters.values())[1:]
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind == p.VAR_POSITIONAL for p in params):
-        return None
-    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 # attributes of a traced value that are the same for any input of this dtype and device
