@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import sensiprune as sp
+from sensiprune.analysis.latency import LatencyModel
 from sensiprune.measure import count_flops
 from sensiprune.selection.groups import vector_width
 
@@ -94,6 +95,52 @@ def test_a_speed_goal_is_allocated_against_measured_latency(tmp_path):
     assert result.speedup > 1.2 and result.latency < result.dense_latency
     assert result.flops_kept < 0.8
     assert "faster, measured" in str(result)
+
+
+def test_a_speed_goal_falls_back_to_flops_where_the_latency_table_promises_too_much(
+    monkeypatch,
+):
+    """A table that credits one family with 90% of the time reaches no budget near the goal
+    when the time really follows the FLOPs; the FLOP search then meets it (timing stubbed as
+    the FLOP ratio, so that the test is exact)."""
+    compress_module = sys.modules["sensiprune.compress"]
+
+    def flop_ratio(dense, pruned, inputs):
+        sample = tuple(t[:1] for t in inputs)
+        return count_flops(dense, *sample).effective / count_flops(pruned, *sample).effective
+
+    def lying_table(model, table, inputs, **_):
+        saved = {name: (0.0,) * 4 for name in table.layers}
+        saved[table.layers[0]] = (0.9,) * 4
+        return LatencyModel(1.0, (0.25, 0.5, 0.75, 0.9), saved, "cpu (a test's table)")
+
+    monkeypatch.setattr(compress_module, "_speedup", flop_ratio)
+    monkeypatch.setattr(compress_module, "measure_latency", lying_table)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24 * 64, 3),
+    )  # fmt: skip
+    batches = _batches(5, 6, (3, 8, 8))
+    result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
+                         criterion="magnitude", epochs_per_step=0)  # fmt: skip
+    assert result.method.endswith("allocated to FLOPs (no budget of the latency table "
+                                  "measured within 2% of the goal)")  # fmt: skip
+    assert result.speedup == pytest.approx(2.0, rel=0.05)
+    assert result.flops_kept == pytest.approx(0.5, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("tried", "expected"),
+    [
+        ([(0.5, 1.0)], 0.25),  # one try: scaled by the miss
+        ([(0.5, 1.0), (0.25, 4.0)], 2**-1.5),  # bracketing: a power law through both
+        ([(0.5, 1.0), (0.4, 1.25)], 0.25),  # both slow: the line through the two, extended
+        ([(0.5, 1.0), (0.4, 1.0)], 0.2),  # no slope to follow: scaled by the last miss
+    ],
+)
+def test_the_next_fraction_follows_a_power_law_through_the_nearest_tries(tried, expected):
+    assert sys.modules["sensiprune.compress"]._next_keep(tried, 2.0) == pytest.approx(expected)
 
 
 def test_a_drop_goal_prunes_as_far_as_the_curves_allow(mlp_and_data):

@@ -17,7 +17,7 @@ import functools
 import math
 import os
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +41,8 @@ GOALS = ("params", "flops", "speedup", "max_drop")
 DEFAULT_CRITERION = {"params": "obs", "flops": "taylor", "speedup": "taylor", "max_drop": "obs"}
 STRUCTURED_POINTS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)  # channels: a 2x model cuts ~30-50%
 SPEED_TOLERANCE = 0.02  # how close the calibrated prune must measure to the goal
+CALIBRATION_TRIES = 6  # pruned copies timed per cost model (latency table, then FLOPs)
+FLOOR_MARGIN = 1.02  # above the deepest cut's predicted cost: allocation moves in 1% steps
 BOUND_TRIES = 10  # tightenings of a drop goal's budget against the held-out folds
 BOUND_STEP = 1.2  # each tightening keeps this many times the weights of the last
 # a drop goal holds when the pooled held-out drop plus this many standard errors stays under
@@ -197,8 +199,7 @@ def compress(
         )  # fmt: skip
         lut = measure_latency(model, table, inputs, round_to=round_to, cache_dir=latency_cache,
                               show_progress=show_progress)  # fmt: skip
-        keep = _calibrated(model, table, lut, value, inputs, round_to)
-        allocation = {"target_latency": keep, "latency": lut}
+        allocation = _calibrated(model, table, lut, value, inputs, round_to)
     else:
         allocation = {"target_flops" if goal == "flops" else "max_drop": value}
     if sparsities is None:
@@ -234,7 +235,14 @@ def compress(
     after = latency(model, *inputs)
     faster = _speedup(dense, model, inputs) if dense is not None else dense_latency / after
     timing = (dense_latency, after, faster)
-    return _result(goal, value, structured, criterion, checked, dense_metric, held_out, model,
+    method = "structured (channels, heads, units)" if structured else "unstructured (masks)"
+    if goal == "speedup":
+        method += ", allocated to " + (
+            "measured latency"
+            if "latency" in allocation
+            else "FLOPs (no budget of the latency table measured within 2% of the goal)"
+        )
+    return _result(goal, value, method, criterion, checked, dense_metric, held_out, model,
                    metric, history, timing, lut, one_shot)  # fmt: skip
 
 
@@ -323,40 +331,109 @@ def _calibrated(
     goal: float,
     inputs: tuple[torch.Tensor, ...],
     round_to: int | str,
-    tries: int = 6,
-) -> float:
-    """The fraction of the measured time to allocate for, so that the pruned model measures
-    ``goal`` times faster. The latency table adds up what each family saves alone; cutting
-    neighbouring families together saves less (a layer whose inputs and outputs both shrink)
-    or more (whole vectors freed), and channel counts move in whole steps. So each try
-    prunes a copy to the allocated budget, times it against the dense model and scales the
-    fraction by the miss. Whole steps may leave no width within the tolerance: then the
-    slowest model that still meets the goal wins (it keeps the most), else the fastest."""
-    keep, tried = 1.0 / goal, []
-    for _ in range(tries):
+) -> dict[str, object]:
+    """``allocate``'s target for a pruned model that measures ``goal`` times faster: the
+    fraction of the latency table's time to keep, else the fraction of the FLOPs.
+
+    The latency table adds up what each family saves alone, timed on the whole model against
+    noise of a few percent; cutting neighbouring families together saves less (a layer whose
+    inputs and outputs both shrink), and channel counts move in whole steps. So each try
+    prunes a copy to the allocated budget, times it against the dense model and corrects the
+    fraction. On a model of many small families the table can promise a speed-up that none
+    of its budgets reaches; the FLOP model multiplies those shrinking dimensions exactly, so
+    FLOP budgets are searched next, from where the latency ones left off. Where no try lands
+    within the tolerance, the slowest that meets the goal wins (it keeps the most), else the
+    fastest."""
+    deepest = [max(table.sparsities)] * len(table.layers)
+    floor = lut.kept(dict(zip(table.layers, deepest)))
+    if floor > 0 and lut.total / floor < goal:  # savings added up past the total: no limit
+        raise SensipruneError(
+            f"target speedup {goal:g} is out of reach on {lut.device}: with every family "
+            f"of channels cut as far as its curve was measured, the latency table predicts "
+            f"at most {lut.total / floor:.2f}x at this batch size; lower the "
+            "goal, or time a larger batch (example_inputs)"
+        )
+    flops = table.flop_model
+    costs = (
+        ("target_latency", {"latency": lut}, floor / lut.total),
+        ("target_flops", {}, flops.kept(deepest) / flops.total),
+    )
+    tried: list[tuple[float, dict[str, object]]] = []
+    start = 1.0 / goal
+    for name, extra, lowest in costs:
+        target = functools.partial(_target, name, extra)
+        searched = _search(model, table, goal, inputs, round_to, start, lowest, target)
+        nearest = None
+        for keep, reached, budget in searched:
+            tried.append((reached, target(keep)))
+            if abs(reached / goal - 1.0) <= SPEED_TOLERANCE:
+                return tried[-1][1]
+            if nearest is None or abs(math.log(reached / goal)) < abs(math.log(nearest[0] / goal)):
+                nearest = (reached, budget)
+        if nearest is not None:  # the FLOPs of the nearest budget, scaled by its miss
+            levels = [nearest[1].get(layer, 0.0) for layer in table.layers]
+            start = flops.kept(levels) / flops.total * nearest[0] / goal
+    if not tried:
+        raise SensipruneError(
+            f"target speedup {goal:g}: neither the latency table nor the FLOP model could "
+            "allocate a budget for it from the curves; lower the goal, or measure the curves "
+            "deeper (sparsities=...)"
+        )
+    meeting = [t for t in tried if t[0] >= goal]
+    return min(meeting, key=lambda t: t[0])[1] if meeting else max(tried, key=lambda t: t[0])[1]
+
+
+def _target(name: str, extra: dict[str, object], keep: float) -> dict[str, object]:
+    return {name: keep, **extra}
+
+
+def _search(
+    model: nn.Module,
+    table: SensitivityTable,
+    goal: float,
+    inputs: tuple[torch.Tensor, ...],
+    round_to: int | str,
+    start: float,
+    lowest: float,
+    target: Callable[[float], dict[str, object]],
+) -> Iterator[tuple[float, float, Mapping[str, float]]]:
+    """(fraction kept, measured speed-up, budget) of each try, from ``start``, never below
+    ``lowest`` (every family as deep as measured); the next fraction from the two tries that
+    bracket the goal, else the two nearest it (a line in log-log), else scaled by the miss."""
+    tried: list[tuple[float, float]] = []  # (keep, reached)
+    keep = min(1.0, max(start, lowest * FLOOR_MARGIN))
+    for _ in range(CALIBRATION_TRIES):
         try:
-            budget = allocate(table, target_latency=keep, latency=lut)
-        except SensipruneError as unreachable:
-            if tried:
-                break  # the last correction asked for more than the table can give
-            floor = lut.kept(dict.fromkeys(table.layers, max(table.sparsities)))  # seconds
-            raise SensipruneError(
-                f"target speedup {goal:g} is out of reach on {lut.device}: with every family "
-                f"of channels cut as far as its curve was measured, the latency table predicts "
-                f"at most {lut.total / floor:.2f}x at this batch size; lower the "
-                "goal, or time a larger batch (example_inputs)"
-            ) from unreachable
+            budget = allocate(table, **target(keep))
+        except SensipruneError:
+            return  # the correction asked for more than the table can give
         trial = copy.deepcopy(model)
         if budget:
             prune(trial, dict(budget), criterion="magnitude", structured=True,
                   example_inputs=inputs, round_to=round_to)  # fmt: skip
         reached = _speedup(model, trial, inputs)
-        tried.append((reached, keep))
-        if abs(reached / goal - 1.0) <= SPEED_TOLERANCE:
-            return keep
-        keep *= reached / goal
-    meeting = [(reached, keep) for reached, keep in tried if reached >= goal]
-    return min(meeting)[1] if meeting else max(tried)[1]
+        yield keep, reached, budget
+        tried.append((keep, reached))
+        if reached < goal and keep <= lowest * FLOOR_MARGIN:
+            return  # as deep as the table goes, and still too slow
+        keep = min(1.0, max(_next_keep(tried, goal), lowest * FLOOR_MARGIN))
+
+
+def _next_keep(tried: list[tuple[float, float]], goal: float) -> float:
+    """Speed-up against the fraction kept is close to a power law over a short range."""
+    slow = [t for t in tried if t[1] < goal]
+    fast = [t for t in tried if t[1] >= goal]
+    if slow and fast:
+        pair = [max(slow, key=lambda t: t[1]), min(fast, key=lambda t: t[1])]
+    else:
+        pair = sorted(tried, key=lambda t: abs(math.log(t[1] / goal)))[:2]
+    if len(pair) == 2 and pair[0][0] != pair[1][0] and pair[0][1] != pair[1][1]:
+        (k0, r0), (k1, r1) = pair
+        slope = math.log(r1 / r0) / math.log(k1 / k0)
+        if slope < 0:  # keeping less runs faster, as it should
+            return k0 * math.exp(math.log(goal / r0) / slope)
+    keep, reached = tried[-1]
+    return keep * reached / goal
 
 
 def _sparsest_within_bound(
@@ -391,7 +468,7 @@ def _speedup(dense: nn.Module, pruned: nn.Module, inputs: tuple[torch.Tensor, ..
 def _result(
     goal: str,
     value: float,
-    structured: bool,
+    method: str,
     criterion: str,
     checked: CrossValidation,
     dense_metric: float,
@@ -405,7 +482,7 @@ def _result(
 ) -> CompressResult:
     return CompressResult(
         goal={goal: value},
-        method="structured (channels, heads, units)" if structured else "unstructured (masks)",
+        method=method,
         criterion=criterion,
         budget=dict(checked.budget),
         predicted_drop=checked.budget.predicted_drop,
