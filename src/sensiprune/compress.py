@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import math
 import os
 import statistics
@@ -37,6 +38,7 @@ from sensiprune.selection.unstructured import check_sparsity
 from sensiprune.structure.inputs import example_arguments
 from sensiprune.targets import IgnoreSpec, require_targets
 
+log = logging.getLogger(__name__)
 GOALS = ("params", "flops", "speedup", "max_drop")
 DEFAULT_CRITERION = {"params": "obs", "flops": "taylor", "speedup": "taylor", "max_drop": "obs"}
 STRUCTURED_POINTS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)  # channels: a 2x model cuts ~30-50%
@@ -412,6 +414,8 @@ def _search(
             prune(trial, dict(budget), criterion="magnitude", structured=True,
                   example_inputs=inputs, round_to=round_to)  # fmt: skip
         reached = _speedup(model, trial, inputs)
+        name = next(iter(target(keep)))
+        log.info("speed goal %gx, %s %.4f: measured %.2fx", goal, name, keep, reached)
         yield keep, reached, budget
         tried.append((keep, reached))
         if reached < goal and keep <= lowest * FLOOR_MARGIN:
