@@ -164,9 +164,10 @@ def compress(
     model (a latency table, reused from ``latency_cache`` when it was measured there before
     for this architecture, device, dtype and batch), allocates against it, then prunes a copy
     and measures it, correcting the target until the measured speed-up is within 2% of the
-    goal. ``round_to`` keeps channel counts multiples of N for structured goals (``"auto"``:
-    one SIMD vector of this device; it runs wide layers faster, but a layer only a vector or
-    two wide can then hardly be cut, so the default is 1).
+    goal (where no budget of the table does, FLOP budgets are searched alike). ``round_to``
+    keeps channel counts multiples of N for structured goals (``"auto"``: one SIMD vector of
+    this device; it runs wide layers faster, but a layer only a vector or two wide can then
+    hardly be cut, so the default is 1).
     """
     goal, value = check_goal(target)
     structured = goal in ("flops", "speedup")
@@ -367,6 +368,7 @@ def _calibrated(
         searched = _search(model, table, goal, inputs, round_to, start, lowest, target)
         nearest = None
         for keep, reached, budget in searched:
+            log.info("speed goal %gx, %s %.4f: measured %.2fx", goal, name, keep, reached)
             tried.append((reached, target(keep)))
             if abs(reached / goal - 1.0) <= SPEED_TOLERANCE:
                 return tried[-1][1]
@@ -414,8 +416,6 @@ def _search(
             prune(trial, dict(budget), criterion="magnitude", structured=True,
                   example_inputs=inputs, round_to=round_to)  # fmt: skip
         reached = _speedup(model, trial, inputs)
-        name = next(iter(target(keep)))
-        log.info("speed goal %gx, %s %.4f: measured %.2fx", goal, name, keep, reached)
         yield keep, reached, budget
         tried.append((keep, reached))
         if reached < goal and keep <= lowest * FLOOR_MARGIN:
