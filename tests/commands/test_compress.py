@@ -46,6 +46,9 @@ def test_a_speed_goal_reports_its_latency_table(tmp_path):
     assert set(result["budget"]) <= set(result["latency_table"]["saved"]) == {"fc1", "fc2"}
     report = (tmp_path / "run" / "compress.md").read_text()
     assert "## Latency table" in report and "| fc1 |" in report
+    # the report says what the budget was allocated to, as the result's method does
+    latency_used = "allocated to measured latency" in result["method"]
+    assert ("allocated against it" if latency_used else "allocated to FLOPs") in report
 
 
 @pytest.mark.parametrize(
