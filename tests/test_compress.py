@@ -97,6 +97,19 @@ def test_a_speed_goal_is_allocated_against_measured_latency(tmp_path):
     assert "faster, measured" in str(result)
 
 
+def _flop_ratio(dense, pruned, inputs):
+    """A stand-in for timing: exact, where a test asserts what a speed goal reached."""
+    sample = tuple(t[:1] for t in inputs)
+    return count_flops(dense, *sample).effective / count_flops(pruned, *sample).effective
+
+
+def _lying_table(model, table, inputs, **_):
+    """A latency table that credits the first family with 90% of the time."""
+    saved = {name: (0.0,) * 4 for name in table.layers}
+    saved[table.layers[0]] = (0.9,) * 4
+    return LatencyModel(1.0, (0.25, 0.5, 0.75, 0.9), saved, "cpu (a test's table)")
+
+
 def test_a_speed_goal_falls_back_to_flops_where_the_latency_table_promises_too_much(
     monkeypatch,
 ):
@@ -104,18 +117,8 @@ def test_a_speed_goal_falls_back_to_flops_where_the_latency_table_promises_too_m
     when the time really follows the FLOPs; the FLOP search then meets it (timing stubbed as
     the FLOP ratio, so that the test is exact)."""
     compress_module = sys.modules["sensiprune.compress"]
-
-    def flop_ratio(dense, pruned, inputs):
-        sample = tuple(t[:1] for t in inputs)
-        return count_flops(dense, *sample).effective / count_flops(pruned, *sample).effective
-
-    def lying_table(model, table, inputs, **_):
-        saved = {name: (0.0,) * 4 for name in table.layers}
-        saved[table.layers[0]] = (0.9,) * 4
-        return LatencyModel(1.0, (0.25, 0.5, 0.75, 0.9), saved, "cpu (a test's table)")
-
-    monkeypatch.setattr(compress_module, "_speedup", flop_ratio)
-    monkeypatch.setattr(compress_module, "measure_latency", lying_table)
+    monkeypatch.setattr(compress_module, "_speedup", _flop_ratio)
+    monkeypatch.setattr(compress_module, "measure_latency", _lying_table)
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
@@ -128,6 +131,33 @@ def test_a_speed_goal_falls_back_to_flops_where_the_latency_table_promises_too_m
                                   "measured within 2% of the goal)")  # fmt: skip
     assert result.speedup == pytest.approx(2.0, rel=0.05)
     assert result.flops_kept == pytest.approx(0.5, rel=0.05)
+
+
+def test_a_speed_goal_cuts_every_family_alike_where_no_allocation_can_be_made(monkeypatch):
+    """The last search: one sparsity in every family (timing stubbed as the FLOP ratio, and
+    the latency table's and the FLOP model's allocations refused, so that only it is left)."""
+    compress_module = sys.modules["sensiprune.compress"]
+    allocate = compress_module.allocate
+
+    def uniform_only(table, **target):
+        if "uniform" not in target:
+            raise sp.SensipruneError("refused by the test")
+        return allocate(table, **target)
+
+    monkeypatch.setattr(compress_module, "_speedup", _flop_ratio)
+    monkeypatch.setattr(compress_module, "measure_latency", _lying_table)
+    monkeypatch.setattr(compress_module, "allocate", uniform_only)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3),
+    )  # fmt: skip
+    batches = _batches(6, 6, (3, 8, 8))
+    result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
+                         criterion="magnitude", epochs_per_step=0)  # fmt: skip
+    assert ", uniform cuts (no budget" in result.method
+    assert len(set(result.budget.values())) == 1 and len(result.budget) == 2
+    assert result.speedup == pytest.approx(2.0, rel=0.05)
 
 
 @pytest.mark.parametrize(

@@ -164,10 +164,10 @@ def compress(
     model (a latency table, reused from ``latency_cache`` when it was measured there before
     for this architecture, device, dtype and batch), allocates against it, then prunes a copy
     and measures it, correcting the target until the measured speed-up is within 2% of the
-    goal (where no budget of the table does, FLOP budgets are searched alike). ``round_to``
-    keeps channel counts multiples of N for structured goals (``"auto"``: one SIMD vector of
-    this device; it runs wide layers faster, but a layer only a vector or two wide can then
-    hardly be cut, so the default is 1).
+    goal (where no budget of the table does, FLOP budgets, then uniform cuts are searched
+    alike). ``round_to`` keeps channel counts multiples of N for structured goals
+    (``"auto"``: one SIMD vector of this device; it runs wide layers faster, but a layer only
+    a vector or two wide can then hardly be cut, so the default is 1).
     """
     goal, value = check_goal(target)
     structured = goal in ("flops", "speedup")
@@ -240,11 +240,7 @@ def compress(
     timing = (dense_latency, after, faster)
     method = "structured (channels, heads, units)" if structured else "unstructured (masks)"
     if goal == "speedup":
-        method += ", allocated to " + (
-            "measured latency"
-            if "latency" in allocation
-            else "FLOPs (no budget of the latency table measured within 2% of the goal)"
-        )
+        method += ", " + _allocated_to(allocation)
     return _result(goal, value, method, criterion, checked, dense_metric, held_out, model,
                    metric, history, timing, lut, one_shot)  # fmt: skip
 
@@ -336,7 +332,8 @@ def _calibrated(
     round_to: int | str,
 ) -> dict[str, object]:
     """``allocate``'s target for a pruned model that measures ``goal`` times faster: the
-    fraction of the latency table's time to keep, else the fraction of the FLOPs.
+    fraction of the latency table's time to keep, else of the FLOPs, else of every family's
+    channels alike.
 
     The latency table adds up what each family saves alone, timed on the whole model against
     noise of a few percent; cutting neighbouring families together saves less (a layer whose
@@ -344,9 +341,10 @@ def _calibrated(
     prunes a copy to the allocated budget, times it against the dense model and corrects the
     fraction. On a model of many small families the table can promise a speed-up that none
     of its budgets reaches; the FLOP model multiplies those shrinking dimensions exactly, so
-    FLOP budgets are searched next, from where the latency ones left off. Where no try lands
-    within the tolerance, the slowest that meets the goal wins (it keeps the most), else the
-    fastest."""
+    FLOP budgets are searched next, from where the latency ones left off. Both leave alone the
+    families whose cuts save little alone, where every operator's fixed time still counts;
+    so last comes one sparsity in every family. Where no try lands within the tolerance, the
+    slowest that meets the goal wins (it keeps the most), else the fastest."""
     deepest = [max(table.sparsities)] * len(table.layers)
     floor = lut.kept(dict(zip(table.layers, deepest)))
     if floor > 0 and lut.total / floor < goal:  # savings added up past the total: no limit
@@ -357,38 +355,55 @@ def _calibrated(
             "goal, or time a larger batch (example_inputs)"
         )
     flops = table.flop_model
+    deepest_flops = flops.kept(deepest) / flops.total
+    # (what the budget is allocated to, allocate's target for a fraction kept, the least
+    # fraction it can allocate, that fraction for a fraction of the FLOPs)
     costs = (
-        ("target_latency", {"latency": lut}, floor / lut.total),
-        ("target_flops", {}, flops.kept(deepest) / flops.total),
-    )
+        ("measured latency", functools.partial(_target, "target_latency", {"latency": lut}),
+         floor / lut.total, None),
+        ("FLOPs", functools.partial(_target, "target_flops", {}), deepest_flops, float),
+        ("uniform cuts", _uniform_target, 1.0 - max(table.sparsities), math.sqrt),
+    )  # fmt: skip
     tried: list[tuple[float, dict[str, object]]] = []
-    start = 1.0 / goal
-    for name, extra, lowest in costs:
-        target = functools.partial(_target, name, extra)
-        searched = _search(model, table, goal, inputs, round_to, start, lowest, target)
-        nearest = None
-        for keep, reached, budget in searched:
-            log.info("speed goal %gx, %s %.4f: measured %.2fx", goal, name, keep, reached)
+    start, nearest = 1.0 / goal, None  # nearest: (speed-up, budget) closest to the goal
+    for name, target, lowest, from_flops in costs:
+        if nearest is not None:  # the FLOPs of the nearest budget so far, scaled by its miss
+            levels = [nearest[1].get(layer, 0.0) for layer in table.layers]
+            start = from_flops(flops.kept(levels) / flops.total * nearest[0] / goal)
+        for keep, reached, budget in _search(model, table, goal, inputs, round_to, start,
+                                             lowest, target):  # fmt: skip
+            log.info("speed goal %gx, %s keeping %.4f: measured %.2fx", goal, name, keep, reached)
             tried.append((reached, target(keep)))
             if abs(reached / goal - 1.0) <= SPEED_TOLERANCE:
                 return tried[-1][1]
             if nearest is None or abs(math.log(reached / goal)) < abs(math.log(nearest[0] / goal)):
                 nearest = (reached, budget)
-        if nearest is not None:  # the FLOPs of the nearest budget, scaled by its miss
-            levels = [nearest[1].get(layer, 0.0) for layer in table.layers]
-            start = flops.kept(levels) / flops.total * nearest[0] / goal
     if not tried:
         raise SensipruneError(
-            f"target speedup {goal:g}: neither the latency table nor the FLOP model could "
-            "allocate a budget for it from the curves; lower the goal, or measure the curves "
+            f"target speedup {goal:g}: no budget could be allocated for it from the curves "
+            "(latency table, FLOPs or uniform cuts); lower the goal, or measure the curves "
             "deeper (sparsities=...)"
         )
     meeting = [t for t in tried if t[0] >= goal]
     return min(meeting, key=lambda t: t[0])[1] if meeting else max(tried, key=lambda t: t[0])[1]
 
 
+def _allocated_to(allocation: Mapping[str, object]) -> str:
+    if "latency" in allocation:
+        return "allocated to measured latency"
+    if "target_flops" in allocation:
+        return "allocated to FLOPs (no budget of the latency table measured within 2% of the goal)"
+    return (
+        "uniform cuts (no budget of the latency table or the FLOPs measured within 2% of the goal)"
+    )
+
+
 def _target(name: str, extra: dict[str, object], keep: float) -> dict[str, object]:
     return {name: keep, **extra}
+
+
+def _uniform_target(keep: float) -> dict[str, object]:
+    return {"uniform": 1.0 - keep}
 
 
 def _search(

@@ -85,6 +85,16 @@ def test_allocation_respects_bounds_and_refuses_the_impossible():
         sp.allocate(table, 0.8, max_sparsity=0.7)
 
 
+def test_a_uniform_budget_is_one_sparsity_everywhere_with_its_predicted_drop():
+    table = _table({"a": [0.0, 0.1, 0.3, 0.6], "b": [0.0, 0.0, 0.1, 0.2]}, {"a": 100, "b": 300})
+    budget = sp.allocate(table, uniform=0.5)
+    assert budget == {"a": 0.5, "b": 0.5}
+    assert budget.predicted_drop == pytest.approx(0.1)
+    assert sp.allocate(table, uniform=0.95) == {"a": 0.9, "b": 0.9}  # as far as measured
+    with pytest.raises(sp.SensipruneError, match="exactly one of"):
+        sp.allocate(table, 0.5, uniform=0.5)
+
+
 def test_the_budget_drives_prune(mlp, mlp_batches):
     table = sp.sensitivity(
         mlp, lambda m: sp.evaluate(m, mlp_batches), [0.3, 0.6, 0.9], show_progress=False

@@ -107,12 +107,14 @@ def cross_validate(
     round_to: int | str = 1,
     table: SensitivityTable | None = None,
     fold_tables: Sequence[SensitivityTable] = (),
+    uniform: float | None = None,
 ) -> CrossValidation:
     """k-fold cross-validated budget for ``model`` (left unchanged) on validation ``batches``.
 
     ``structured``, ``example_inputs``, ``ignore`` and ``round_to`` mean what they mean for
     :func:`sensitivity` and :func:`prune`; ``target_flops`` and ``target_latency`` (with its
-    ``latency`` table) need ``structured=True``. ``table`` and ``fold_tables``: the curves of
+    ``latency`` table) need ``structured=True``; ``uniform`` validates one sparsity in every
+    layer (see :func:`sensiprune.allocate`). ``table`` and ``fold_tables``: the curves of
     all of ``batches`` and of each fold's other batches, when an earlier call measured them
     (another target is then validated at the cost of the prunes alone).
     """
@@ -124,6 +126,7 @@ def cross_validate(
         "target_flops": target_flops,
         "target_latency": target_latency,
         "latency": latency,
+        "uniform": uniform,
     }
 
     def curves(part: Sequence[Batch]):

@@ -118,13 +118,13 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
         used = (
             "the budget was allocated against it"
             if "measured latency" in result.method
-            else "no budget of it measured within 2% of the goal, so the budget was allocated "
-            "to FLOPs"
+            else "no budget of it measured within 2% of the goal, so the budget was "
+            + ("allocated to FLOPs" if "to FLOPs" in result.method else "one sparsity for all")
         )
         doc.add(
             "Latency table",
             f"Seconds each family saves alone at each sparsity of its channels, measured on "
-            f"{lut.device} (dense: {1e3 * lut.total:.2f} ms); {used} and corrected by timing "
+            f"{lut.device} (dense: {1e3 * lut.total:.2f} ms); {used}, corrected by timing "
             "the pruned model.",
             Table(
                 ["family", *(f"{f:.0%}" for f in lut.fractions)],

@@ -53,6 +53,7 @@ def allocate(
     target_flops: float | None = None,
     target_latency: float | None = None,
     latency: LatencyTable | None = None,
+    uniform: float | None = None,
 ) -> Budget:
     """Per-layer sparsities from measured curves, minimising the summed predicted drop.
 
@@ -62,17 +63,24 @@ def allocate(
     ``latency`` to keep, see :func:`sensiprune.analysis.latency.measure_latency`), or
     ``max_drop`` (prune as much as the curves predict costs at most this much of the metric).
     Greedy on the marginal predicted drop per unit removed (per weight, FLOP or second), in
-    1% steps of a layer.
+    1% steps of a layer. ``uniform`` is no allocation: this sparsity in every layer, with the
+    drop the curves predict for it (where every layer's fixed cost counts, as a CPU's time
+    per operator does, cutting every layer is what runs fastest).
     """
-    goals = (target_sparsity, max_drop, target_flops, target_latency)
+    goals = (target_sparsity, max_drop, target_flops, target_latency, uniform)
     if sum(t is not None for t in goals) != 1:
         raise SensipruneError(
-            "give allocate exactly one of target_sparsity, target_flops, target_latency or max_drop"
+            "give allocate exactly one of target_sparsity, target_flops, target_latency, "
+            "max_drop or uniform"
         )
     ceiling = min(max(table.sparsities), 1.0 - min_density)
     if max_sparsity is not None:
         ceiling = min(ceiling, max_sparsity)
     limits = [math.floor(ceiling * n) for n in table.sizes]
+    if uniform is not None:
+        selection.check_sparsity(uniform)
+        counts = [min(round(uniform * n), cap) for n, cap in zip(table.sizes, limits)]
+        return _budget(table, counts, limits, ceiling)
     if target_flops is not None or target_latency is not None:
         gain, wanted = _cost_target(table, limits, target_flops, target_latency, latency)
     elif target_sparsity is not None:
@@ -103,6 +111,12 @@ def allocate(
         reached += gain(table, counts, layer, count)
         counts[layer] += count
         predicted = _predicted(table, counts)
+    return _budget(table, counts, limits, ceiling)
+
+
+def _budget(
+    table: SensitivityTable, counts: list[int], limits: list[int], ceiling: float
+) -> Budget:
     budget = Budget({name: k / n for name, k, n in zip(table.layers, counts, table.sizes) if k > 0})
     budget.predicted_drop = _predicted(table, counts)
     at_limit = sum(n for k, n, cap in zip(counts, table.sizes, limits) if k == cap)
