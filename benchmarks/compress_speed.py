@@ -174,14 +174,8 @@ def rows(name, factory, shape, epochs, goals, args) -> list[str]:
         model = copy.deepcopy(dense)
         result = sp.compress(model, train, val, {"speedup": goal}, folds=3,
                              epochs_per_step=FINETUNE_EPOCHS)  # fmt: skip
-        allocated = next(
-            text
-            for key, text in (("measured latency", "allocated to latency table"),
-                              ("to FLOPs", "allocated to FLOPs"), ("", "uniform cuts"))
-            if key in result.method
-        )  # fmt: skip
-        label = (f"sp.compress ({allocated}, cross-validated; it measured "
-                 f"{result.speedup:.2f}x at its end)")  # fmt: skip
+        label = (f"sp.compress (allocated to {result.allocated_to}, cross-validated; it "
+                 f"measured {result.speedup:.2f}x at its end)")  # fmt: skip
         made.append((label, model, time.perf_counter() - started))
         for label, (prune, slow, fast) in methods(dense, result, train, x).items():
             started = time.perf_counter()

@@ -86,6 +86,7 @@ def test_a_speed_goal_is_allocated_against_measured_latency(tmp_path):
                          latency_cache=tmp_path)  # fmt: skip
     assert result.method.startswith("structured")
     assert result.latency_table is not None
+    assert result.allocated_to in ("measured latency", "FLOPs", "uniform cuts")
     assert set(result.latency_table.saved) == set(result.table.layers)
     assert list(tmp_path.glob("*.json"))  # the table is kept for the next run
     widths = [m.out_channels for m in model if isinstance(m, nn.Conv2d)]
@@ -127,6 +128,7 @@ def test_a_speed_goal_falls_back_to_flops_where_the_latency_table_promises_too_m
     batches = _batches(5, 6, (3, 8, 8))
     result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
                          criterion="magnitude", epochs_per_step=0)  # fmt: skip
+    assert result.allocated_to == "FLOPs"
     assert result.method.endswith("allocated to FLOPs (no budget of the latency table "
                                   "measured within 2% of the goal)")  # fmt: skip
     assert result.speedup == pytest.approx(2.0, rel=0.05)
@@ -155,7 +157,7 @@ def test_a_speed_goal_cuts_every_family_alike_where_no_allocation_can_be_made(mo
     batches = _batches(6, 6, (3, 8, 8))
     result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
                          criterion="magnitude", epochs_per_step=0)  # fmt: skip
-    assert ", uniform cuts (no budget" in result.method
+    assert result.allocated_to == "uniform cuts" and "to uniform cuts (no budget" in result.method
     assert len(set(result.budget.values())) == 1 and len(result.budget) == 2
     assert result.speedup == pytest.approx(2.0, rel=0.05)
 

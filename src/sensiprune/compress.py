@@ -45,6 +45,12 @@ STRUCTURED_POINTS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)  # channels: a 2x mo
 SPEED_TOLERANCE = 0.02  # how close the calibrated prune must measure to the goal
 CALIBRATION_TRIES = 6  # pruned copies timed per cost model (latency table, then FLOPs)
 FLOOR_MARGIN = 1.02  # above the deepest cut's predicted cost: allocation moves in 1% steps
+# a speed goal's allocate target -> what its budget was allocated to, in search order
+ALLOCATED_TO = {"latency": "measured latency", "target_flops": "FLOPs", "uniform": "uniform cuts"}
+FALLBACK_REASON = {
+    "FLOPs": " (no budget of the latency table measured within 2% of the goal)",
+    "uniform cuts": " (no budget of the latency table or the FLOPs measured within 2% of the goal)",
+}
 BOUND_TRIES = 10  # tightenings of a drop goal's budget against the held-out folds
 BOUND_STEP = 1.2  # each tightening keeps this many times the weights of the last
 # a drop goal holds when the pooled held-out drop plus this many standard errors stays under
@@ -87,6 +93,8 @@ class CompressResult:
     # on the held-out data right after the budget was pruned in one step, before fine-tuning:
     # the drop the cross-validation predicts (None with several steps)
     one_shot_metric: float | None = None
+    # speed goals: what the budget was allocated to, one of ALLOCATED_TO's values
+    allocated_to: str | None = None
 
     @property
     def measured_drop(self) -> float:
@@ -239,10 +247,12 @@ def compress(
     faster = _speedup(dense, model, inputs) if dense is not None else dense_latency / after
     timing = (dense_latency, after, faster)
     method = "structured (channels, heads, units)" if structured else "unstructured (masks)"
+    allocated_to = None
     if goal == "speedup":
-        method += ", " + _allocated_to(allocation)
+        allocated_to = next(text for key, text in ALLOCATED_TO.items() if key in allocation)
+        method += f", allocated to {allocated_to}" + FALLBACK_REASON.get(allocated_to, "")
     return _result(goal, value, method, criterion, checked, dense_metric, held_out, model,
-                   metric, history, timing, lut, one_shot)  # fmt: skip
+                   metric, history, timing, lut, one_shot, allocated_to)  # fmt: skip
 
 
 def check_goal(target: object) -> tuple[str, float]:
@@ -388,16 +398,6 @@ def _calibrated(
     return min(meeting, key=lambda t: t[0])[1] if meeting else max(tried, key=lambda t: t[0])[1]
 
 
-def _allocated_to(allocation: Mapping[str, object]) -> str:
-    if "latency" in allocation:
-        return "allocated to measured latency"
-    if "target_flops" in allocation:
-        return "allocated to FLOPs (no budget of the latency table measured within 2% of the goal)"
-    return (
-        "uniform cuts (no budget of the latency table or the FLOPs measured within 2% of the goal)"
-    )
-
-
 def _target(name: str, extra: dict[str, object], keep: float) -> dict[str, object]:
     return {name: keep, **extra}
 
@@ -498,6 +498,7 @@ def _result(
     timing: tuple[float, float, float],
     lut: LatencyModel | None,
     one_shot: float | None,
+    allocated_to: str | None,
 ) -> CompressResult:
     return CompressResult(
         goal={goal: value},
@@ -518,4 +519,5 @@ def _result(
         table=checked.table,
         latency_table=lut,
         one_shot_metric=one_shot,
+        allocated_to=allocated_to,
     )

@@ -117,9 +117,9 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
         lut = result.latency_table
         used = (
             "the budget was allocated against it"
-            if "measured latency" in result.method
-            else "no budget of it measured within 2% of the goal, so the budget was "
-            + ("allocated to FLOPs" if "to FLOPs" in result.method else "one sparsity for all")
+            if result.allocated_to == "measured latency"
+            else "no budget of it measured within 2% of the goal, so the budget was allocated "
+            f"to {result.allocated_to}"
         )
         doc.add(
             "Latency table",
