@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -30,6 +32,23 @@ def test_the_argument_is_sliced_by_position_and_by_keyword():
     assert torch.equal(module(None, bias), expected)
     assert torch.equal(module(None, bias=bias), expected)
     assert torch.equal(module(bias=bias, x=None), expected)
+
+
+def test_a_forward_wrapped_on_the_instance_is_read_through_to_the_one_it_wraps():
+    module = _Reads()
+    original = module.forward
+
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):  # as accelerate's hooks replace a module's forward
+        return original(*args, **kwargs)
+
+    module.forward = wrapped
+    assert input_slices.positional_arguments(module) == ("x", "bias")
+    assert input_slices.positional_arguments(_Reads()) == ("x", "bias")
+    name = input_slices.buffer_name("bias", 1, 4)
+    _cut(module, name, [1, 3])
+    bias = torch.arange(12.0).reshape(3, 4)
+    assert torch.equal(module(None, bias), bias[:, [1, 3]])  # sliced by position too
 
 
 def test_heads_folded_into_the_batch_are_sliced_in_every_batch_element():

@@ -39,16 +39,24 @@ def is_slice(attr: str) -> bool:
 
 def positional_arguments(module: nn.Module) -> tuple[str, ...] | None:
     """The names ``module``'s forward binds its positional arguments to, in order; None
-    where they are unknown (a ``*args`` forward, or a forward set on the instance)."""
+    where they are unknown (a ``*args`` forward). A forward set on the instance (a wrapper
+    such as accelerate's hooks, made with ``functools.wraps``) is read through to the one it
+    wraps."""
     forward = getattr(module.forward, "__func__", None)
-    return _positional_names(forward) if forward is not None else None
+    if forward is None:  # no method to cache by: read the instance's forward each time
+        return _positional_names(module.forward, skip=0)
+    return _method_positional_names(forward)
 
 
 @functools.cache
-def _positional_names(forward: object) -> tuple[str, ...] | None:
+def _method_positional_names(forward: object) -> tuple[str, ...] | None:
     """Read once per forward function: the tracer asks on every module call."""
+    return _positional_names(forward, skip=1)  # after self
+
+
+def _positional_names(forward: object, skip: int) -> tuple[str, ...] | None:
     try:
-        params = list(inspect.signature(forward).parameters.values())[1:]  # after self
+        params = list(inspect.signature(forward).parameters.values())[skip:]
     except (TypeError, ValueError):
         return None
     if any(p.kind == p.VAR_POSITIONAL for p in params):
