@@ -47,9 +47,10 @@ CALIBRATION_TRIES = 6  # pruned copies timed per cost model (latency table, then
 FLOOR_MARGIN = 1.02  # above the deepest cut's predicted cost: allocation moves in 1% steps
 # a speed goal's allocate target -> what its budget was allocated to, in search order
 ALLOCATED_TO = {"latency": "measured latency", "target_flops": "FLOPs", "uniform": "uniform cuts"}
+_WITHIN = f"measured within {SPEED_TOLERANCE:.0%} of the goal"
 FALLBACK_REASON = {
-    "FLOPs": " (no budget of the latency table measured within 2% of the goal)",
-    "uniform cuts": " (no budget of the latency table or the FLOPs measured within 2% of the goal)",
+    "FLOPs": f" (no budget of the latency table {_WITHIN})",
+    "uniform cuts": f" (no budget of the latency table or the FLOPs {_WITHIN})",
 }
 BOUND_TRIES = 10  # tightenings of a drop goal's budget against the held-out folds
 BOUND_STEP = 1.2  # each tightening keeps this many times the weights of the last

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from sensiprune import distributed
-from sensiprune.compress import CompressResult, compress
+from sensiprune.compress import SPEED_TOLERANCE, CompressResult, compress
 from sensiprune.errors import SensipruneError
 from sensiprune.io.atomic import atomic_write_bytes
 from sensiprune.io.saving import save
@@ -118,8 +118,8 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
         used = (
             "the budget was allocated against it"
             if result.allocated_to == "measured latency"
-            else "no budget of it measured within 2% of the goal, so the budget was allocated "
-            f"to {result.allocated_to}"
+            else f"no budget of it measured within {SPEED_TOLERANCE:.0%} of the goal, so the "
+            f"budget was allocated to {result.allocated_to}"
         )
         doc.add(
             "Latency table",
