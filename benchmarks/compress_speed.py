@@ -174,8 +174,12 @@ def rows(name, factory, shape, epochs, goals, args) -> list[str]:
         model = copy.deepcopy(dense)
         result = sp.compress(model, train, val, {"speedup": goal}, folds=3,
                              epochs_per_step=FINETUNE_EPOCHS)  # fmt: skip
-        label = (f"sp.compress (allocated to {result.allocated_to}, cross-validated; it "
-                 f"measured {result.speedup:.2f}x at its end)")  # fmt: skip
+        tried = ", ".join(
+            f"{c.allocated_to} {c.speedup:.2f}x" + (f" {c.metric:.3f}" if c.metric else "")
+            for c in result.speed_candidates
+        )
+        label = (f"sp.compress (allocated to {result.allocated_to}, of: {tried}; it measured "
+                 f"{result.speedup:.2f}x at its end)")  # fmt: skip
         made.append((label, model, time.perf_counter() - started))
         for label, (prune, slow, fast) in methods(dense, result, train, x).items():
             started = time.perf_counter()

@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 import sensiprune as sp
+from sensiprune import speed_goal
 from sensiprune.analysis.latency import LatencyModel
 from sensiprune.measure import count_flops
 from sensiprune.selection.groups import vector_width
+from sensiprune.speed_goal import SpeedCandidate
 
 
 def _batches(seed: int, n: int, shape: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -111,15 +113,18 @@ def _lying_table(model, table, inputs, **_):
     return LatencyModel(1.0, (0.25, 0.5, 0.75, 0.9), saved, "cpu (a test's table)")
 
 
-def test_a_speed_goal_falls_back_to_flops_where_the_latency_table_promises_too_much(
-    monkeypatch,
-):
+def _timed_as_flops(monkeypatch):
+    """Timing stubbed as the FLOP ratio, so that a test can assert what a speed goal reached."""
+    monkeypatch.setattr(speed_goal, "measured_speedup", _flop_ratio)
+    monkeypatch.setattr(sys.modules["sensiprune.compress"], "measured_speedup", _flop_ratio)
+
+
+def test_a_speed_goal_keeps_the_most_accurate_budget_that_measures_the_goal(monkeypatch):
     """A table that credits one family with 90% of the time reaches no budget near the goal
-    when the time really follows the FLOPs; the FLOP search then meets it (timing stubbed as
-    the FLOP ratio, so that the test is exact)."""
-    compress_module = sys.modules["sensiprune.compress"]
-    monkeypatch.setattr(compress_module, "_speedup", _flop_ratio)
-    monkeypatch.setattr(compress_module, "measure_latency", _lying_table)
+    when the time really follows the FLOPs, so it is no candidate; the FLOPs' and the uniform
+    cuts' budgets measure the goal, and the one more accurate after a trial is kept."""
+    _timed_as_flops(monkeypatch)
+    monkeypatch.setattr(sys.modules["sensiprune.compress"], "measure_latency", _lying_table)
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
@@ -127,28 +132,47 @@ def test_a_speed_goal_falls_back_to_flops_where_the_latency_table_promises_too_m
     )  # fmt: skip
     batches = _batches(5, 6, (3, 8, 8))
     result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
-                         criterion="magnitude", epochs_per_step=0)  # fmt: skip
-    assert result.allocated_to == "FLOPs"
-    assert result.method.endswith("allocated to FLOPs (no budget of the latency table "
-                                  "measured within 2% of the goal)")  # fmt: skip
+                         criterion="magnitude", epochs_per_step=1)  # fmt: skip
+    candidates = result.speed_candidates
+    assert {c.allocated_to for c in candidates} == {"FLOPs", "uniform cuts"}
+    assert all(c.within and c.speedup == pytest.approx(2.0, rel=0.02) for c in candidates)
+    assert candidates[0].metric == max(c.metric for c in candidates)
+    assert result.allocated_to == candidates[0].allocated_to
+    assert result.method.endswith(
+        "(the most accurate on the validation data, pruned and fine-tuned 1 epoch, of the 2 "
+        "allocations measured within 2% of the goal)"
+    )
+    assert result.budget == pytest.approx(candidates[0].budget)
     assert result.speedup == pytest.approx(2.0, rel=0.05)
-    assert result.flops_kept == pytest.approx(0.5, rel=0.05)
+
+
+def test_the_speed_candidates_are_ranked_by_their_trial_and_a_single_one_is_not_tried():
+    candidates = [
+        SpeedCandidate(name, {}, {"a": sparsity}, 2.0, True)
+        for name, sparsity in (("measured latency", 0.5), ("FLOPs", 0.3), ("uniform cuts", 0.3))
+    ]
+    trial = lambda budget: 1.0 - budget["a"]  # noqa: E731
+    ranked = sys.modules["sensiprune.compress"]._most_accurate(candidates, trial)
+    assert [c.allocated_to for c in ranked] == ["FLOPs", "measured latency", "uniform cuts"]
+    assert [c.metric for c in ranked] == [0.7, 0.5, 0.7]  # a tie goes to the earlier
+    alone = sys.modules["sensiprune.compress"]._most_accurate(candidates[:1], trial)
+    assert alone == candidates[:1] and alone[0].metric is None
 
 
 def test_a_speed_goal_cuts_every_family_alike_where_no_allocation_can_be_made(monkeypatch):
     """The last search: one sparsity in every family (timing stubbed as the FLOP ratio, and
     the latency table's and the FLOP model's allocations refused, so that only it is left)."""
     compress_module = sys.modules["sensiprune.compress"]
-    allocate = compress_module.allocate
+    allocate = speed_goal.allocate
 
     def uniform_only(table, **target):
         if "uniform" not in target:
             raise sp.SensipruneError("refused by the test")
         return allocate(table, **target)
 
-    monkeypatch.setattr(compress_module, "_speedup", _flop_ratio)
+    _timed_as_flops(monkeypatch)
     monkeypatch.setattr(compress_module, "measure_latency", _lying_table)
-    monkeypatch.setattr(compress_module, "allocate", uniform_only)
+    monkeypatch.setattr(speed_goal, "allocate", uniform_only)
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
@@ -157,22 +181,11 @@ def test_a_speed_goal_cuts_every_family_alike_where_no_allocation_can_be_made(mo
     batches = _batches(6, 6, (3, 8, 8))
     result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
                          criterion="magnitude", epochs_per_step=0)  # fmt: skip
-    assert result.allocated_to == "uniform cuts" and "to uniform cuts (no budget" in result.method
+    assert result.allocated_to == "uniform cuts"
+    assert result.method.endswith("to uniform cuts (the only allocation measured within 2% of "
+                                  "the goal)")  # fmt: skip
     assert len(set(result.budget.values())) == 1 and len(result.budget) == 2
     assert result.speedup == pytest.approx(2.0, rel=0.05)
-
-
-@pytest.mark.parametrize(
-    ("tried", "expected"),
-    [
-        ([(0.5, 1.0)], 0.25),  # one try: scaled by the miss
-        ([(0.5, 1.0), (0.25, 4.0)], 2**-1.5),  # bracketing: a power law through both
-        ([(0.5, 1.0), (0.4, 1.25)], 0.25),  # both slow: the line through the two, extended
-        ([(0.5, 1.0), (0.4, 1.0)], 0.2),  # no slope to follow: scaled by the last miss
-    ],
-)
-def test_the_next_fraction_follows_a_power_law_through_the_nearest_tries(tried, expected):
-    assert sys.modules["sensiprune.compress"]._next_keep(tried, 2.0) == pytest.approx(expected)
 
 
 def test_a_drop_goal_prunes_as_far_as_the_curves_allow(mlp_and_data):

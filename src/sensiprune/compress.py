@@ -17,9 +17,8 @@ import functools
 import logging
 import math
 import os
-import statistics
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -29,12 +28,17 @@ from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.analysis.validation import CrossValidation, cross_validate
 from sensiprune.data import Batch, LossFn, as_batches
 from sensiprune.errors import SensipruneError
-from sensiprune.measure import count_flops, count_parameters, latency, speedup
+from sensiprune.measure import count_flops, count_parameters, latency
 from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate, finetune
-from sensiprune.selection.allocation import allocate
 from sensiprune.selection.schedule import share_of_remaining, sparsity_at
 from sensiprune.selection.unstructured import check_sparsity
+from sensiprune.speed_goal import (
+    SPEED_TOLERANCE,
+    SpeedCandidate,
+    measured_speedup,
+    speed_candidates,
+)
 from sensiprune.structure.inputs import example_arguments
 from sensiprune.targets import IgnoreSpec, require_targets
 
@@ -42,16 +46,8 @@ log = logging.getLogger(__name__)
 GOALS = ("params", "flops", "speedup", "max_drop")
 DEFAULT_CRITERION = {"params": "obs", "flops": "taylor", "speedup": "taylor", "max_drop": "obs"}
 STRUCTURED_POINTS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)  # channels: a 2x model cuts ~30-50%
-SPEED_TOLERANCE = 0.02  # how close the calibrated prune must measure to the goal
-CALIBRATION_TRIES = 6  # pruned copies timed per cost model (latency table, then FLOPs)
-FLOOR_MARGIN = 1.02  # above the deepest cut's predicted cost: allocation moves in 1% steps
-# a speed goal's allocate target -> what its budget was allocated to, in search order
-ALLOCATED_TO = {"latency": "measured latency", "target_flops": "FLOPs", "uniform": "uniform cuts"}
+SELECTION_EPOCHS = 1  # fine-tuning of each speed candidate before the validation data judges
 _WITHIN = f"measured within {SPEED_TOLERANCE:.0%} of the goal"
-FALLBACK_REASON = {
-    "FLOPs": f" (no budget of the latency table {_WITHIN})",
-    "uniform cuts": f" (no budget of the latency table or the FLOPs {_WITHIN})",
-}
 BOUND_TRIES = 10  # tightenings of a drop goal's budget against the held-out folds
 BOUND_STEP = 1.2  # each tightening keeps this many times the weights of the last
 # a drop goal holds when the pooled held-out drop plus this many standard errors stays under
@@ -96,6 +92,8 @@ class CompressResult:
     one_shot_metric: float | None = None
     # speed goals: what the budget was allocated to, one of ALLOCATED_TO's values
     allocated_to: str | None = None
+    # speed goals: every budget calibrated to the goal, the chosen one first
+    speed_candidates: tuple[SpeedCandidate, ...] = ()
 
     @property
     def measured_drop(self) -> float:
@@ -173,8 +171,9 @@ def compress(
     model (a latency table, reused from ``latency_cache`` when it was measured there before
     for this architecture, device, dtype and batch), allocates against it, then prunes a copy
     and measures it, correcting the target until the measured speed-up is within 2% of the
-    goal (where no budget of the table does, FLOP budgets, then uniform cuts are searched
-    alike). ``round_to`` keeps channel counts multiples of N for structured goals
+    goal; FLOP budgets and uniform cuts are calibrated alike. Of the budgets that measure the
+    goal, the one most accurate on ``val_data`` after a trial prune and one epoch of
+    fine-tuning is kept: which cut recovers best, no cost model says. ``round_to`` keeps channel counts multiples of N for structured goals
     (``"auto"``: one SIMD vector of this device; it runs wide layers faster, but a layer only
     a vector or two wide can then hardly be cut, so the default is 1).
     """
@@ -200,7 +199,7 @@ def compress(
     # model now and again at the end, with no copy
     dense = copy.deepcopy(model) if goal == "speedup" else None
     dense_latency = latency(model, *inputs) if dense is None else 0.0
-    table, lut = None, None
+    table, lut, candidates = None, None, []
     if goal == "params":
         allocation = {"target_sparsity": weight_sparsity(model, value, ignore)}
     elif goal == "speedup":
@@ -211,7 +210,15 @@ def compress(
         )  # fmt: skip
         lut = measure_latency(model, table, inputs, round_to=round_to, cache_dir=latency_cache,
                               show_progress=show_progress)  # fmt: skip
-        allocation = _calibrated(model, table, lut, value, inputs, round_to)
+        trial_epochs = min(SELECTION_EPOCHS, epochs_per_step)
+        trial = functools.partial(
+            _trial_metric, model, train, validation, criterion=criterion, loss_fn=loss_fn,
+            metric=metric, inputs=inputs, round_to=round_to,
+            epochs=trial_epochs, lr=lr,
+        )  # fmt: skip
+        candidates = _most_accurate(speed_candidates(model, table, lut, value, inputs, round_to),
+                                    trial)  # fmt: skip
+        allocation = candidates[0].target
     else:
         allocation = {"target_flops" if goal == "flops" else "max_drop": value}
     if sparsities is None:
@@ -245,15 +252,14 @@ def compress(
     if dense is not None:  # side by side: a shared machine drifts between start and end
         dense_latency = latency(dense, *inputs)
     after = latency(model, *inputs)
-    faster = _speedup(dense, model, inputs) if dense is not None else dense_latency / after
+    faster = measured_speedup(dense, model, inputs) if dense is not None else dense_latency / after
     timing = (dense_latency, after, faster)
     method = "structured (channels, heads, units)" if structured else "unstructured (masks)"
-    allocated_to = None
-    if goal == "speedup":
-        allocated_to = next(text for key, text in ALLOCATED_TO.items() if key in allocation)
-        method += f", allocated to {allocated_to}" + FALLBACK_REASON.get(allocated_to, "")
+    if candidates:
+        chosen = candidates[0].allocated_to
+        method += f", allocated to {chosen} ({_why_chosen(candidates, trial_epochs)})"
     return _result(goal, value, method, criterion, checked, dense_metric, held_out, model,
-                   metric, history, timing, lut, one_shot, allocated_to)  # fmt: skip
+                   metric, history, timing, lut, one_shot, candidates)  # fmt: skip
 
 
 def check_goal(target: object) -> tuple[str, float]:
@@ -334,126 +340,51 @@ def _prune_step(
               example_inputs=inputs if structured else None, round_to=round_to)  # fmt: skip
 
 
-def _calibrated(
+def _trial_metric(
     model: nn.Module,
-    table: SensitivityTable,
-    lut: LatencyModel,
-    goal: float,
+    train: Iterable[Batch],
+    validation: list[Batch],
+    budget: Mapping[str, float],
+    *,
+    criterion: str,
+    loss_fn: LossFn | None,
+    metric: Metric | None,
     inputs: tuple[torch.Tensor, ...],
     round_to: int | str,
-) -> dict[str, object]:
-    """``allocate``'s target for a pruned model that measures ``goal`` times faster: the
-    fraction of the latency table's time to keep, else of the FLOPs, else of every family's
-    channels alike.
-
-    The latency table adds up what each family saves alone, timed on the whole model against
-    noise of a few percent; cutting neighbouring families together saves less (a layer whose
-    inputs and outputs both shrink), and channel counts move in whole steps. So each try
-    prunes a copy to the allocated budget, times it against the dense model and corrects the
-    fraction. On a model of many small families the table can promise a speed-up that none
-    of its budgets reaches; the FLOP model multiplies those shrinking dimensions exactly, so
-    FLOP budgets are searched next, from where the latency ones left off. Both leave alone the
-    families whose cuts save little alone, where every operator's fixed time still counts;
-    so last comes one sparsity in every family. Where no try lands within the tolerance, the
-    slowest that meets the goal wins (it keeps the most), else the fastest."""
-    deepest = [max(table.sparsities)] * len(table.layers)
-    floor = lut.kept(dict(zip(table.layers, deepest)))
-    if floor > 0 and lut.total / floor < goal:  # savings added up past the total: no limit
-        raise SensipruneError(
-            f"target speedup {goal:g} is out of reach on {lut.device}: with every family "
-            f"of channels cut as far as its curve was measured, the latency table predicts "
-            f"at most {lut.total / floor:.2f}x at this batch size; lower the "
-            "goal, or time a larger batch (example_inputs)"
-        )
-    flops = table.flop_model
-    deepest_flops = flops.kept(deepest) / flops.total
-    # (what the budget is allocated to, allocate's target for a fraction kept, the least
-    # fraction it can allocate, that fraction for a fraction of the FLOPs)
-    costs = (
-        ("measured latency", functools.partial(_target, "target_latency", {"latency": lut}),
-         floor / lut.total, None),
-        ("FLOPs", functools.partial(_target, "target_flops", {}), deepest_flops, float),
-        ("uniform cuts", _uniform_target, 1.0 - max(table.sparsities), math.sqrt),
-    )  # fmt: skip
-    tried: list[tuple[float, dict[str, object]]] = []
-    start, nearest = 1.0 / goal, None  # nearest: (speed-up, budget) closest to the goal
-    for name, target, lowest, from_flops in costs:
-        if nearest is not None:  # the FLOPs of the nearest budget so far, scaled by its miss
-            levels = [nearest[1].get(layer, 0.0) for layer in table.layers]
-            start = from_flops(flops.kept(levels) / flops.total * nearest[0] / goal)
-        for keep, reached, budget in _search(model, table, goal, inputs, round_to, start,
-                                             lowest, target):  # fmt: skip
-            log.info("speed goal %gx, %s keeping %.4f: measured %.2fx", goal, name, keep, reached)
-            tried.append((reached, target(keep)))
-            if abs(reached / goal - 1.0) <= SPEED_TOLERANCE:
-                return tried[-1][1]
-            if nearest is None or abs(math.log(reached / goal)) < abs(math.log(nearest[0] / goal)):
-                nearest = (reached, budget)
-    if not tried:
-        raise SensipruneError(
-            f"target speedup {goal:g}: no budget could be allocated for it from the curves "
-            "(latency table, FLOPs or uniform cuts); lower the goal, or measure the curves "
-            "deeper (sparsities=...)"
-        )
-    meeting = [t for t in tried if t[0] >= goal]
-    return min(meeting, key=lambda t: t[0])[1] if meeting else max(tried, key=lambda t: t[0])[1]
+    epochs: int,
+    lr: float,
+) -> float:
+    """The validation metric of a copy pruned to ``budget`` as compress prunes, after
+    ``epochs`` of fine-tuning: how well the budget recovers, which the one-shot drop of a
+    deep cut (near chance for every budget) does not tell."""
+    trial = copy.deepcopy(model)
+    _prune_step(trial, dict(budget), 1, 1, True, criterion, train, loss_fn, inputs, round_to)
+    if epochs:
+        finetune(trial, train, epochs, loss_fn, lr=lr, show_progress=False)
+    return evaluate(trial, validation, metric)
 
 
-def _target(name: str, extra: dict[str, object], keep: float) -> dict[str, object]:
-    return {name: keep, **extra}
+def _most_accurate(
+    candidates: list[SpeedCandidate], trial: Callable[[Mapping[str, float]], float]
+) -> list[SpeedCandidate]:
+    """The candidates with their trial metric, the best first (the earlier of a tie: the
+    latency table's, then the FLOPs'); a single candidate is not tried."""
+    if len(candidates) == 1:
+        return candidates
+    tried = [replace(c, metric=trial(c.budget)) for c in candidates]
+    best = max(tried, key=lambda c: c.metric)
+    return [best, *(c for c in tried if c is not best)]
 
 
-def _uniform_target(keep: float) -> dict[str, object]:
-    return {"uniform": 1.0 - keep}
-
-
-def _search(
-    model: nn.Module,
-    table: SensitivityTable,
-    goal: float,
-    inputs: tuple[torch.Tensor, ...],
-    round_to: int | str,
-    start: float,
-    lowest: float,
-    target: Callable[[float], dict[str, object]],
-) -> Iterator[tuple[float, float, Mapping[str, float]]]:
-    """(fraction kept, measured speed-up, budget) of each try, from ``start``, never below
-    ``lowest`` (every family as deep as measured); the next fraction from the two tries that
-    bracket the goal, else the two nearest it (a line in log-log), else scaled by the miss."""
-    tried: list[tuple[float, float]] = []  # (keep, reached)
-    keep = min(1.0, max(start, lowest * FLOOR_MARGIN))
-    for _ in range(CALIBRATION_TRIES):
-        try:
-            budget = allocate(table, **target(keep))
-        except SensipruneError:
-            return  # the correction asked for more than the table can give
-        trial = copy.deepcopy(model)
-        if budget:
-            prune(trial, dict(budget), criterion="magnitude", structured=True,
-                  example_inputs=inputs, round_to=round_to)  # fmt: skip
-        reached = _speedup(model, trial, inputs)
-        yield keep, reached, budget
-        tried.append((keep, reached))
-        if reached < goal and keep <= lowest * FLOOR_MARGIN:
-            return  # as deep as the table goes, and still too slow
-        keep = min(1.0, max(_next_keep(tried, goal), lowest * FLOOR_MARGIN))
-
-
-def _next_keep(tried: list[tuple[float, float]], goal: float) -> float:
-    """Speed-up against the fraction kept is close to a power law over a short range."""
-    slow = [t for t in tried if t[1] < goal]
-    fast = [t for t in tried if t[1] >= goal]
-    if slow and fast:
-        pair = [max(slow, key=lambda t: t[1]), min(fast, key=lambda t: t[1])]
-    else:
-        pair = sorted(tried, key=lambda t: abs(math.log(t[1] / goal)))[:2]
-    if len(pair) == 2 and pair[0][0] != pair[1][0] and pair[0][1] != pair[1][1]:
-        (k0, r0), (k1, r1) = pair
-        slope = math.log(r1 / r0) / math.log(k1 / k0)
-        if slope < 0:  # keeping less runs faster, as it should
-            return k0 * math.exp(math.log(goal / r0) / slope)
-    keep, reached = tried[-1]
-    return keep * reached / goal
+def _why_chosen(candidates: list[SpeedCandidate], epochs: int) -> str:
+    if not candidates[0].within:
+        return f"no allocation {_WITHIN}: the nearest"
+    if len(candidates) == 1:
+        return f"the only allocation {_WITHIN}"
+    return (
+        f"the most accurate on the validation data, pruned and fine-tuned {epochs} "
+        f"epoch{'s' * (epochs != 1)}, of the {len(candidates)} allocations {_WITHIN}"
+    )
 
 
 def _sparsest_within_bound(
@@ -479,12 +410,6 @@ def _sparsest_within_bound(
     return checked
 
 
-def _speedup(dense: nn.Module, pruned: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
-    """The median of three alternated measurements: on a shared machine the same pair of
-    models can move by tens of percent from one measurement to the next."""
-    return statistics.median(speedup(dense, pruned, *inputs) for _ in range(3))
-
-
 def _result(
     goal: str,
     value: float,
@@ -499,7 +424,7 @@ def _result(
     timing: tuple[float, float, float],
     lut: LatencyModel | None,
     one_shot: float | None,
-    allocated_to: str | None,
+    candidates: list[SpeedCandidate],
 ) -> CompressResult:
     return CompressResult(
         goal={goal: value},
@@ -520,5 +445,6 @@ def _result(
         table=checked.table,
         latency_table=lut,
         one_shot_metric=one_shot,
-        allocated_to=allocated_to,
+        allocated_to=candidates[0].allocated_to if candidates else None,
+        speed_candidates=tuple(candidates),
     )

@@ -1,0 +1,185 @@
+"""A speed goal in measured time: the channel budgets that, once pruned, measure the goal on
+this device, one for each way of allocating them (``sp.compress`` keeps the one the validation
+data prefers).
+
+Three cost models allocate the channels from the sensitivity curves: the latency table (what
+each family saves alone, timed on the whole model), the FLOPs (which multiply the dimensions
+of neighbouring layers that shrink together exactly) and one sparsity in every family. None
+predicts time exactly: cutting neighbouring families together saves less than the table adds
+up, channel counts move in whole steps, and every operator's fixed time stays. So each cost
+model is calibrated: a copy is pruned to its budget, timed against the dense model, and the
+fraction corrected until the measured speed-up is within ``SPEED_TOLERANCE`` of the goal.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import math
+import statistics
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sensiprune.analysis.latency import LatencyModel
+from sensiprune.analysis.sensitivity import SensitivityTable
+from sensiprune.errors import SensipruneError
+from sensiprune.measure import speedup
+from sensiprune.pruning import prune
+from sensiprune.selection.allocation import allocate
+
+log = logging.getLogger(__name__)
+SPEED_TOLERANCE = 0.02  # how close a calibrated prune must measure to the goal
+CALIBRATION_TRIES = 6  # pruned copies timed per cost model
+FLOOR_MARGIN = 1.02  # above the deepest cut's predicted cost: allocation moves in 1% steps
+# allocate's target of each cost model -> what a budget of it is allocated to, in search order
+ALLOCATED_TO = {"latency": "measured latency", "target_flops": "FLOPs", "uniform": "uniform cuts"}
+
+
+@dataclass(frozen=True)
+class SpeedCandidate:
+    """A budget calibrated to a speed goal, and how it measured."""
+
+    allocated_to: str  # one of ALLOCATED_TO's values
+    target: dict[str, object]  # allocate's keyword arguments, the table aside
+    budget: dict[str, float]  # what allocate gave for it: sparsity per family
+    speedup: float  # the pruned copy against the dense model, timed in alternation
+    within: bool  # within SPEED_TOLERANCE of the goal
+    metric: float | None = None  # on the validation data after a trial prune, where compared
+
+
+def speed_candidates(
+    model: nn.Module,
+    table: SensitivityTable,
+    lut: LatencyModel,
+    goal: float,
+    inputs: tuple[torch.Tensor, ...],
+    round_to: int | str,
+) -> list[SpeedCandidate]:
+    """One budget per cost model that measured within the tolerance of ``goal``, in search
+    order (latency table, FLOPs, uniform cuts); where none did, the one nearest: the slowest
+    that meets the goal (it keeps the most), else the fastest.
+
+    Each search starts from the FLOPs of the nearest budget so far, scaled by its miss. On a
+    model of many small families the latency table can promise a speed-up none of its budgets
+    reaches; the FLOP and the latency budgets both leave alone the families whose cuts save
+    little alone, where uniform cuts do not."""
+    deepest = [max(table.sparsities)] * len(table.layers)
+    floor = lut.kept(dict(zip(table.layers, deepest)))
+    if floor > 0 and lut.total / floor < goal:  # savings added up past the total: no limit
+        raise SensipruneError(
+            f"target speedup {goal:g} is out of reach on {lut.device}: with every family "
+            f"of channels cut as far as its curve was measured, the latency table predicts "
+            f"at most {lut.total / floor:.2f}x at this batch size; lower the "
+            "goal, or time a larger batch (example_inputs)"
+        )
+    flops = table.flop_model
+    # (allocate's target for a fraction kept, the least fraction it can allocate, that
+    # fraction for a fraction of the FLOPs)
+    costs = {
+        "latency": (functools.partial(_target, "target_latency", {"latency": lut}),
+                    floor / lut.total, None),
+        "target_flops": (functools.partial(_target, "target_flops", {}),
+                         flops.kept(deepest) / flops.total, float),
+        "uniform": (_uniform_target, 1.0 - max(table.sparsities), math.sqrt),
+    }  # fmt: skip
+    tried: list[SpeedCandidate] = []
+    start, nearest = 1.0 / goal, None  # nearest: (speed-up, budget) closest to the goal
+    for key, (target, lowest, from_flops) in costs.items():
+        if nearest is not None:
+            levels = [nearest[1].get(layer, 0.0) for layer in table.layers]
+            start = from_flops(flops.kept(levels) / flops.total * nearest[0] / goal)
+        for keep, reached, budget in _search(model, table, goal, inputs, round_to, start,
+                                             lowest, target):  # fmt: skip
+            log.info("speed goal %gx, %s keeping %.4f: measured %.2fx", goal, ALLOCATED_TO[key],
+                     keep, reached)  # fmt: skip
+            within = abs(reached / goal - 1.0) <= SPEED_TOLERANCE
+            tried.append(
+                SpeedCandidate(ALLOCATED_TO[key], target(keep), dict(budget), reached, within)
+            )
+            if nearest is None or abs(math.log(reached / goal)) < abs(math.log(nearest[0] / goal)):
+                nearest = (reached, budget)
+            if within:
+                break
+    if not tried:
+        raise SensipruneError(
+            f"target speedup {goal:g}: no budget could be allocated for it from the curves "
+            "(latency table, FLOPs or uniform cuts); lower the goal, or measure the curves "
+            "deeper (sparsities=...)"
+        )
+    within = [t for t in tried if t.within]
+    if within:
+        return within
+    meeting = [t for t in tried if t.speedup >= goal]
+    nearest_one = (
+        min(meeting, key=lambda t: t.speedup) if meeting else max(tried, key=lambda t: t.speedup)
+    )
+    return [nearest_one]
+
+
+def _target(name: str, extra: dict[str, object], keep: float) -> dict[str, object]:
+    return {name: keep, **extra}
+
+
+def _uniform_target(keep: float) -> dict[str, object]:
+    return {"uniform": 1.0 - keep}
+
+
+def _search(
+    model: nn.Module,
+    table: SensitivityTable,
+    goal: float,
+    inputs: tuple[torch.Tensor, ...],
+    round_to: int | str,
+    start: float,
+    lowest: float,
+    target: Callable[[float], dict[str, object]],
+) -> Iterator[tuple[float, float, Mapping[str, float]]]:
+    """(fraction kept, measured speed-up, budget) of each try, from ``start``, never below
+    ``lowest`` (every family as deep as measured); the next fraction from the two tries that
+    bracket the goal, else the two nearest it (a line in log-log), else scaled by the miss."""
+    tried: list[tuple[float, float]] = []  # (keep, reached)
+    keep = min(1.0, max(start, lowest * FLOOR_MARGIN))
+    for _ in range(CALIBRATION_TRIES):
+        try:
+            budget = allocate(table, **target(keep))
+        except SensipruneError:
+            return  # the correction asked for more than the table can give
+        trial = copy.deepcopy(model)
+        if budget:
+            prune(trial, dict(budget), criterion="magnitude", structured=True,
+                  example_inputs=inputs, round_to=round_to)  # fmt: skip
+        reached = measured_speedup(model, trial, inputs)
+        yield keep, reached, budget
+        tried.append((keep, reached))
+        if reached < goal and keep <= lowest * FLOOR_MARGIN:
+            return  # as deep as the table goes, and still too slow
+        keep = min(1.0, max(next_keep(tried, goal), lowest * FLOOR_MARGIN))
+
+
+def next_keep(tried: list[tuple[float, float]], goal: float) -> float:
+    """Speed-up against the fraction kept is close to a power law over a short range."""
+    slow = [t for t in tried if t[1] < goal]
+    fast = [t for t in tried if t[1] >= goal]
+    if slow and fast:
+        pair = [max(slow, key=lambda t: t[1]), min(fast, key=lambda t: t[1])]
+    else:
+        pair = sorted(tried, key=lambda t: abs(math.log(t[1] / goal)))[:2]
+    if len(pair) == 2 and pair[0][0] != pair[1][0] and pair[0][1] != pair[1][1]:
+        (k0, r0), (k1, r1) = pair
+        slope = math.log(r1 / r0) / math.log(k1 / k0)
+        if slope < 0:  # keeping less runs faster, as it should
+            return k0 * math.exp(math.log(goal / r0) / slope)
+    keep, reached = tried[-1]
+    return keep * reached / goal
+
+
+def measured_speedup(
+    dense: nn.Module, pruned: nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> float:
+    """The median of three alternated measurements: on a shared machine the same pair of
+    models can move by tens of percent from one measurement to the next."""
+    return statistics.median(speedup(dense, pruned, *inputs) for _ in range(3))
