@@ -7,11 +7,13 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 import sensiprune as sp
 from sensiprune import speed_goal
 from sensiprune.analysis.latency import LatencyModel
+from sensiprune.io.saving import saved_bytes
 from sensiprune.measure import count_flops
 from sensiprune.selection.groups import vector_width
 from sensiprune.speed_goal import SpeedCandidate
@@ -53,6 +55,22 @@ def test_a_params_goal_is_met_and_the_prediction_is_reported(mlp_and_data):
     assert result.measured_drop == pytest.approx(result.dense_metric - sp.evaluate(model, test))
     assert "compress to params=0.3" in str(result) and "step 2" in str(result)
     assert result.one_shot_metric is None  # two steps: no one-shot prune to compare with
+
+
+def test_a_bytes_goal_keeps_that_share_of_the_saved_file(mlp_and_data, tmp_path):
+    model, train, val, test = mlp_and_data
+    dense_bytes = saved_bytes(model)
+    result = sp.compress(model, train, val, {"bytes": 0.3}, test_data=test, folds=2,
+                         epochs_per_step=1)  # fmt: skip
+    assert result.method.startswith("unstructured") and result.criterion == "obs"
+    assert result.bytes_kept == pytest.approx(saved_bytes(model) / dense_bytes)
+    assert 0.25 <= result.bytes_kept <= 0.3
+    assert result.params_kept < result.bytes_kept  # indices or a bitmask cost bytes too
+    assert "file bytes kept" in str(result)
+    sp.save(model, tmp_path / "small")
+    with safe_open(tmp_path / "small" / "weights.safetensors", "pt") as stored:
+        written = sum(stored.get_tensor(k).nbytes for k in stored.keys())  # noqa: SIM118
+    assert written == saved_bytes(model)
 
 
 def test_a_flops_goal_shrinks_layers(cnn_batches):
@@ -239,7 +257,8 @@ def test_a_drop_goal_judges_on_the_folds_the_sparsity_the_final_budget_prunes(
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ({"bytes": 0.1}, "unknown goal 'bytes'"),
+        ({"size": 0.1}, "unknown goal 'size'"),
+        ({"bytes": 0.02}, "file is out of reach"),
         ({"speedup": 0.5}, "above 1"),
         ({"speedup": float("inf")}, "above 1"),
         ({"speedup": 1000.0}, "out of reach on cpu"),

@@ -28,11 +28,13 @@ from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.analysis.validation import CrossValidation, cross_validate
 from sensiprune.data import Batch, LossFn, as_batches
 from sensiprune.errors import SensipruneError
+from sensiprune.io.saving import saved_bytes
 from sensiprune.measure import count_flops, count_parameters, latency
 from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate, finetune
 from sensiprune.selection.schedule import share_of_remaining, sparsity_at
 from sensiprune.selection.unstructured import check_sparsity
+from sensiprune.size_goal import file_sparsity, within_file_size
 from sensiprune.speed_goal import (
     SPEED_TOLERANCE,
     SpeedCandidate,
@@ -43,8 +45,10 @@ from sensiprune.structure.inputs import example_arguments
 from sensiprune.targets import IgnoreSpec, require_targets
 
 log = logging.getLogger(__name__)
-GOALS = ("params", "flops", "speedup", "max_drop")
-DEFAULT_CRITERION = {"params": "obs", "flops": "taylor", "speedup": "taylor", "max_drop": "obs"}
+GOALS = ("params", "bytes", "flops", "speedup", "max_drop")
+DEFAULT_CRITERION = {
+    "params": "obs", "bytes": "obs", "flops": "taylor", "speedup": "taylor", "max_drop": "obs",
+}  # fmt: skip
 STRUCTURED_POINTS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)  # channels: a 2x model cuts ~30-50%
 SELECTION_EPOCHS = 1  # fine-tuning of each speed candidate before the validation data judges
 _WITHIN = f"measured within {SPEED_TOLERANCE:.0%} of the goal"
@@ -81,6 +85,7 @@ class CompressResult:
     metric: float
     params_kept: float
     flops_kept: float
+    bytes_kept: float  # of the tensors sp.save writes (the file less its headers)
     dense_latency: float  # seconds of one forward pass on the example batch, median
     latency: float
     speedup: float  # speed goals: timed in alternation with the dense model; else the ratio
@@ -105,7 +110,8 @@ class CompressResult:
             f"compress to {goal}: {self.method} with {self.criterion}",
             f"  parameters kept {self.params_kept:.1%} ({1 / max(self.params_kept, 1e-12):.1f}x "
             f"fewer), FLOPs kept {self.flops_kept:.1%} "
-            f"({1 / max(self.flops_kept, 1e-12):.2f}x fewer)",
+            f"({1 / max(self.flops_kept, 1e-12):.2f}x fewer), file bytes kept "
+            f"{self.bytes_kept:.1%} ({1 / max(self.bytes_kept, 1e-12):.1f}x smaller)",
             f"  latency {1e3 * self.dense_latency:.2f} ms -> {1e3 * self.latency:.2f} ms a "
             f"batch: {self.speedup:.2f}x faster, measured",
             f"  metric {self.dense_metric:.4f} -> {self.metric:.4f}: drop {self.measured_drop:+.4f}"
@@ -150,6 +156,8 @@ def compress(
     """Compress ``model`` in place to ``target``, one of:
 
     - ``{"params": f}``: keep the fraction f of the parameters (unstructured, OBS);
+    - ``{"bytes": f}``: keep the fraction f of the bytes :func:`sensiprune.save` writes (kept
+      values plus their indices or a bitmask; unstructured, OBS);
     - ``{"flops": f}``: keep the fraction f of the FLOPs (structured: channels, heads, units);
     - ``{"speedup": s}``: run s times faster on this device (structured), measured on the
       example batch (by default the first batch of ``val_data``: its batch size counts);
@@ -173,9 +181,10 @@ def compress(
     and measures it, correcting the target until the measured speed-up is within 2% of the
     goal; FLOP budgets and uniform cuts are calibrated alike. Of the budgets that measure the
     goal, the one most accurate on ``val_data`` after a trial prune and one epoch of
-    fine-tuning is kept: which cut recovers best, no cost model says. ``round_to`` keeps channel counts multiples of N for structured goals
-    (``"auto"``: one SIMD vector of this device; it runs wide layers faster, but a layer only
-    a vector or two wide can then hardly be cut, so the default is 1).
+    fine-tuning is kept: which cut recovers best, no cost model says. ``round_to`` keeps
+    channel counts multiples of N for structured goals (``"auto"``: one SIMD vector of this
+    device; it runs wide layers faster, but a layer only a vector or two wide can then hardly
+    be cut, so the default is 1).
     """
     goal, value = check_goal(target)
     structured = goal in ("flops", "speedup")
@@ -194,6 +203,7 @@ def compress(
     sample = tuple(t[:1] for t in inputs)
     dense_params = count_parameters(model).total
     dense_flops = count_flops(model, *sample).effective
+    dense_bytes = saved_bytes(model)
     dense_metric = evaluate(model, held_out, metric)
     # a speed goal times a dense copy beside the result at the end; other goals time the
     # model now and again at the end, with no copy
@@ -202,6 +212,8 @@ def compress(
     table, lut, candidates = None, None, []
     if goal == "params":
         allocation = {"target_sparsity": weight_sparsity(model, value, ignore)}
+    elif goal == "bytes":
+        allocation = {"target_sparsity": file_sparsity(model, value, ignore)}
     elif goal == "speedup":
         table = sensitivity(
             model, lambda m: evaluate(m, validation, metric), sparsities or STRUCTURED_POINTS,
@@ -232,6 +244,8 @@ def compress(
     checked = validate(table=table, **allocation)
     if goal == "max_drop":
         checked = _sparsest_within_bound(checked, value, validate)
+    elif goal == "bytes":
+        checked = within_file_size(checked, model, value * dense_bytes, validate)
     budget = dict(checked.budget)
     history, one_shot = [], None
     for step in range(1, steps + 1):
@@ -259,7 +273,8 @@ def compress(
         chosen = candidates[0].allocated_to
         method += f", allocated to {chosen} ({_why_chosen(candidates, trial_epochs)})"
     return _result(goal, value, method, criterion, checked, dense_metric, held_out, model,
-                   metric, history, timing, lut, one_shot, candidates)  # fmt: skip
+                   metric, history, timing, lut, one_shot, candidates,
+                   saved_bytes(model) / dense_bytes)  # fmt: skip
 
 
 def check_goal(target: object) -> tuple[str, float]:
@@ -271,10 +286,7 @@ def check_goal(target: object) -> tuple[str, float]:
         )
     ((goal, value),) = target.items()
     if goal not in GOALS:
-        raise SensipruneError(
-            f"unknown goal {goal!r}: compress reaches one of {', '.join(GOALS)} "
-            "(file-size goals are not implemented yet)"
-        )
+        raise SensipruneError(f"unknown goal {goal!r}: compress reaches one of {', '.join(GOALS)}")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise SensipruneError(f"target {goal} must be a number, got {value!r}")
     if goal == "max_drop" and not 0.0 <= value < 1.0:
@@ -398,8 +410,7 @@ def _sparsest_within_bound(
     sparsity than the final one; the benchmark found the test drop over the bound in 7 of 12
     cases so). Each try reuses the folds' curves; only the prunes are redone."""
     table = checked.table
-    sparsity = sum(checked.budget.get(name, 0.0) * size for name, size in
-                   zip(table.layers, table.sizes)) / sum(table.sizes)  # fmt: skip
+    sparsity = table.overall_sparsity(checked.budget)
     for _ in range(BOUND_TRIES):
         if sparsity <= 0:
             break
@@ -425,6 +436,7 @@ def _result(
     lut: LatencyModel | None,
     one_shot: float | None,
     candidates: list[SpeedCandidate],
+    bytes_kept: float,
 ) -> CompressResult:
     return CompressResult(
         goal={goal: value},
@@ -438,6 +450,7 @@ def _result(
         metric=evaluate(model, held_out, metric),
         params_kept=history[-1].params_kept,
         flops_kept=history[-1].flops_kept,
+        bytes_kept=bytes_kept,
         dense_latency=timing[0],
         latency=timing[1],
         speedup=timing[2],

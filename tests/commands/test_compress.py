@@ -8,6 +8,7 @@ import pytest
 
 import sensiprune as sp
 from sensiprune.commands.cli import main
+from sensiprune.io.saving import saved_bytes
 from sensiprune.zoo import LeNet300100
 from tests.recipe_support import write_recipe
 
@@ -33,6 +34,9 @@ def test_compress_reaches_the_goal_and_saves_the_model(tmp_path, capsys):
     model = sp.load(run / "model", LeNet300100)
     kept = sum(int((p != 0).sum()) for p in model.parameters())
     assert kept / sum(p.numel() for p in model.parameters()) == pytest.approx(0.2, abs=0.01)
+    # the file the run saved, in the bytes the report gives
+    assert result["bytes_kept"] == pytest.approx(saved_bytes(model) / saved_bytes(LeNet300100()))
+    assert "file bytes" in report and f"{result['bytes_kept']:.1%}" in report
     assert "model:" in capsys.readouterr().out
 
 
@@ -59,7 +63,8 @@ def test_a_speed_goal_reports_its_latency_table(tmp_path):
     [
         (None, "needs a goal"),
         ({"target": {"speedup": 0.5}}, "compress.target"),
-        ({"target": {"bytes": 0.1}}, "compress.target"),
+        ({"target": {"bytes": 1.5}}, "compress.target"),
+        ({"target": {"size": 0.1}}, "compress.target"),
         ({"target": {"params": 0.1, "flops": 0.5}}, "compress.target"),
     ],
 )

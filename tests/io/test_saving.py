@@ -6,9 +6,11 @@ import os
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 import sensiprune as sp
+from sensiprune.io.saving import saved_bytes
 from tests.conftest import TinyMLP
 
 
@@ -109,3 +111,22 @@ def test_tied_weights_are_stored_once_and_come_back_tied(tmp_path):
     assert torch.equal(loaded.embed.weight, model.embed.weight)
     stored = (tmp_path / "tied" / "weights.safetensors").stat().st_size
     assert stored < 1.5 * model.embed.weight.numel() * 4  # one copy, not two
+
+
+@pytest.mark.parametrize(("rows", "sparsity"), [(512, 0.5), (512, 0.98), (64, 0.9)])
+def test_saved_bytes_counts_the_tensors_save_writes_before_and_after_pruning(
+    tmp_path, rows, sparsity
+):
+    """Predicted for a sparsity before pruning, and read from the model's masks after, the
+    bytes are those of the tensors in the file (indices int16 or int32, or a bitmask; a
+    pruned model masks every weight, those it keeps whole too)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(rows, rows), nn.Linear(rows, 4))
+    predicted = saved_bytes(model, {"0.weight": sparsity, "1.weight": 0.0})
+    sp.prune(model, {"0.weight": sparsity}, criterion="magnitude")
+    assert saved_bytes(model) == predicted
+    sp.save(model, tmp_path / "pruned")
+    with safe_open(tmp_path / "pruned" / "weights.safetensors", "pt") as stored:
+        written = sum(stored.get_tensor(k).nbytes for k in stored.keys())  # noqa: SIM118
+    assert predicted == written
+    assert predicted < saved_bytes(nn.Sequential(nn.Linear(rows, rows), nn.Linear(rows, 4)))

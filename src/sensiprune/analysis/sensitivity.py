@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +83,11 @@ class SensitivityTable:
             if sparsity <= s1:
                 return d0 + (d1 - d0) * (sparsity - s0) / (s1 - s0) if s1 > s0 else d1
         return points[-1][1]
+
+    def overall_sparsity(self, budget: Mapping[str, float]) -> float:
+        """The share of all the table's weights (or channels) that ``budget`` removes."""
+        pruned = sum(budget.get(name, 0.0) * size for name, size in zip(self.layers, self.sizes))
+        return pruned / sum(self.sizes)
 
     def to_markdown(self) -> str:
         header = "| layer | weights | " + " | ".join(f"{s:.0%}" for s in self.sparsities) + " |"

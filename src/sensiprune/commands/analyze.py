@@ -107,13 +107,12 @@ def _document(
     recipe: Recipe, table: SensitivityTable, budget: Budget, checked: CrossValidation | None
 ) -> Document:
     doc = Document(f"sensiprune analysis: {recipe.output}")
-    pruned = sum(budget.get(name, 0.0) * size for name, size in zip(table.layers, table.sizes))
     units = "channels" if recipe.prune.structured else "weights"
     doc.add(
         "Budget",
         f"Criterion `{table.criterion}`, {units} ranked within each layer; validation metric "
         f"unpruned {table.baseline:.4f}. The allocated budget removes "
-        f"{pruned / sum(table.sizes):.1%} of the analysed {units} and the curves predict a "
+        f"{table.overall_sparsity(budget):.1%} of the analysed {units} and the curves predict a "
         f"one-shot drop (before fine-tuning) of {budget.predicted_drop:+.4f}. "
         f"Prune with it: `prune: {{target: {{budget: "
         f"{Path(recipe.output) / BUDGET_FILE}}}}}`.",

@@ -83,11 +83,12 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
         f"Metric on the {held_out} split; latency: median seconds of one forward pass on the "
         "example batch, and the speed-up measured with the two models timed in alternation.",
         Table(
-            ["", "metric", "parameters", "FLOPs", "latency (ms)"],
+            ["", "metric", "parameters", "FLOPs", "file bytes", "latency (ms)"],
             [
                 [
                     "dense",
                     f"{result.dense_metric:.4f}",
+                    "100%",
                     "100%",
                     "100%",
                     f"{1e3 * result.dense_latency:.2f}",
@@ -97,6 +98,7 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
                     f"{result.metric:.4f}",
                     f"{result.params_kept:.1%}",
                     f"{result.flops_kept:.1%}",
+                    f"{result.bytes_kept:.1%}",
                     f"{1e3 * result.latency:.2f} ({result.speedup:.2f}x faster)",
                 ],
             ],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ from sensiprune.io.manifest import (
 from sensiprune.structure.adapters import CONFIG_FIELDS
 from sensiprune.structure.counts import SIZES
 from sensiprune.targets import Target
+
+INT16_INDICES = 32767  # tensors of at most this many weights store their indices as int16
 
 
 def save(model: nn.Module, directory: str | os.PathLike) -> Path:
@@ -212,13 +214,41 @@ def _resize(model: nn.Module, recorded: dict, state: dict[str, torch.Tensor]) ->
     retie(ties)
 
 
+def saved_bytes(model: nn.Module, sparsities: Mapping[str, float] | None = None) -> int:
+    """Bytes of the tensors ``save`` writes for ``model`` (the file, less its small headers),
+    with the weights named in ``sparsities`` pruned that far and the rest masked as they are:
+    what a file-size goal counts, known before anything is pruned."""
+    sparsities = sparsities or {}
+    state, _ = _without_ties(model.state_dict())
+    model_masks = masks.lazy_masks(model)
+    total = 0
+    for key, value in state.items():
+        numel, itemsize = value.numel(), value.element_size()
+        if key in sparsities:
+            total += masked_bytes(numel, numel - round(sparsities[key] * numel), itemsize)
+        elif key in model_masks:
+            total += masked_bytes(numel, int(model_masks[key].sum()), itemsize)
+        else:
+            total += numel * itemsize
+    return total
+
+
+def masked_bytes(numel: int, kept: int, itemsize: int) -> int:
+    """Bytes ``save`` writes for a masked tensor of ``numel`` weights, ``kept`` of them kept:
+    the kept values, plus their flat indices or a bitmask, whichever is smaller."""
+    return kept * itemsize + min(_index_bytes(numel, kept), math.ceil(numel / 8))
+
+
+def _index_bytes(numel: int, kept: int) -> int:
+    return kept * (2 if numel <= INT16_INDICES else 4)
+
+
 def _encode(key: str, value: torch.Tensor, keep: torch.Tensor, out: dict) -> dict:
     flat_keep = keep.reshape(-1)
     out[f"{key}::values"] = value.reshape(-1)[flat_keep].clone()
     n, kept = flat_keep.numel(), int(flat_keep.sum())
-    index_dtype = torch.int16 if n <= 32767 else torch.int32
-    index_bytes = kept * (2 if index_dtype == torch.int16 else 4)
-    if index_bytes < math.ceil(n / 8):
+    if _index_bytes(n, kept) < math.ceil(n / 8):
+        index_dtype = torch.int16 if n <= INT16_INDICES else torch.int32
         out[f"{key}::index"] = flat_keep.nonzero().reshape(-1).to(index_dtype)
         kind = "index"
     else:
