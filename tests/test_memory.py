@@ -29,3 +29,44 @@ def test_freed_heap_memory_is_given_back():
     memory.give_back()
     assert before - _resident() > 100 << 20
     del last
+
+
+class _RecordingLibc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append((parameter, value))
+        return 1
+
+
+@pytest.fixture
+def fake_glibc(monkeypatch):
+    library = _RecordingLibc()
+    monkeypatch.setattr(memory, "_glibc", lambda: library)
+    monkeypatch.delenv("SENSIPRUNE_MALLOC", raising=False)
+    memory.steady_allocator.cache_clear()
+    yield library
+    memory.steady_allocator.cache_clear()
+
+
+def test_malloc_is_set_to_keep_freed_memory_once_a_process(fake_glibc):
+    assert memory.steady_allocator() is True
+    assert memory.steady_allocator() is True
+    assert fake_glibc.calls == [
+        (memory.M_TRIM_THRESHOLD, memory.KEEP_FREED),
+        (memory.M_MMAP_THRESHOLD, memory.HEAP_BLOCKS_UP_TO),
+    ]
+
+
+def test_the_user_can_keep_malloc_as_it_is(fake_glibc, monkeypatch):
+    monkeypatch.setenv("SENSIPRUNE_MALLOC", "default")
+    assert memory.steady_allocator() is False and not fake_glibc.calls
+
+
+@pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
+def test_glibc_takes_the_settings(monkeypatch):
+    """The real call, as timing makes it: glibc accepts both values."""
+    monkeypatch.delenv("SENSIPRUNE_MALLOC", raising=False)
+    memory.steady_allocator.cache_clear()
+    assert memory.steady_allocator() is True

@@ -18,10 +18,10 @@ from torch.utils.flop_counter import (
     shape_wrapper,
 )
 
-from sensiprune.allocator import steady_allocator
 from sensiprune.apply.masks import lazy_masks
 from sensiprune.errors import SensipruneError, first_line
 from sensiprune.handlers.base import countable_by_shape, layer_flops
+from sensiprune.memory import steady_allocator
 from sensiprune.modes import eval_mode
 from sensiprune.structure.channels import tensor_shapes
 
@@ -184,7 +184,7 @@ def latency(
     model: nn.Module, *example_inputs: torch.Tensor, warmup: int = 5, repeats: int = 30
 ) -> float:
     """Median seconds of one forward pass after ``warmup`` untimed runs (with malloc kept
-    steady: see :mod:`sensiprune.allocator`)."""
+    steady: see :mod:`sensiprune.memory`)."""
     steady_allocator()
     with eval_mode(model), torch.no_grad():
         for _ in range(warmup):
@@ -227,7 +227,7 @@ def timed_alternately(
     """Per round, the median seconds of each call. The calls are timed in turn, one run of
     each at a time: timing one and then the other lets a noisy machine's slow spell fall on
     one side only; alternating puts all of them under the same conditions. Host memory is
-    kept steady first (:mod:`sensiprune.allocator`): with malloc's defaults the ratio of the
+    kept steady first (:mod:`sensiprune.memory`): with malloc's defaults the ratio of the
     same two models moved from 1.16x to 2.08x with the process's history."""
     steady_allocator()
     for _ in range(warmup):
