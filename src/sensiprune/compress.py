@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,7 +43,6 @@ from sensiprune.speed_goal import (
 from sensiprune.structure.inputs import example_arguments
 from sensiprune.targets import IgnoreSpec, require_targets
 
-log = logging.getLogger(__name__)
 GOALS = ("params", "bytes", "flops", "speedup", "max_drop")
 DEFAULT_CRITERION = {
     "params": "obs", "bytes": "obs", "flops": "taylor", "speedup": "taylor", "max_drop": "obs",
@@ -95,7 +93,7 @@ class CompressResult:
     # on the held-out data right after the budget was pruned in one step, before fine-tuning:
     # the drop the cross-validation predicts (None with several steps)
     one_shot_metric: float | None = None
-    # speed goals: what the budget was allocated to, one of ALLOCATED_TO's values
+    # speed goals: what the budget was allocated to, one of speed_goal.ALLOCATED_TO's values
     allocated_to: str | None = None
     # speed goals: every budget calibrated to the goal, the chosen one first
     speed_candidates: tuple[SpeedCandidate, ...] = ()

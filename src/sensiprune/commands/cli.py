@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "compress",
         _compress,
-        "compress the recipe's model to compress.target (params, flops, speedup or max_drop)",
+        "compress the recipe's model to compress.target (params, bytes, flops, speedup, max_drop)",
         "Measure per-layer sensitivity on the validation split, allocate the per-layer "
         "thresholds for compress.target, cross-validate them, prune and fine-tune, and write "
         "the model (model/), compress.json and compress.md / .html into the run directory.",

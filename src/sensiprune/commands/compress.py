@@ -29,7 +29,7 @@ def run_compression(
     if spec.target is None:
         raise SensipruneError(
             f"{recipe_path}: sensiprune compress needs a goal: add "
-            "`compress: {target: {params: 0.1}}` (or flops, speedup or max_drop)"
+            "`compress: {target: {params: 0.1}}` (or bytes, flops, speedup or max_drop)"
         )
     with PruningRun(recipe, Path(recipe_path), restart, show_progress) as run:
         model = copy.deepcopy(run.dense_model())

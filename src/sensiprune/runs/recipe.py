@@ -203,13 +203,14 @@ class CompressSpec(Section):
     target: Annotated[dict[str, float] | None, AfterValidator(_checked_by(check_goal))] = Field(
         default=None,
         description="the goal of `sensiprune compress`, one of params (fraction of the "
-        "parameters kept), flops (fraction of the FLOPs kept), speedup (times faster, "
+        "parameters kept), bytes (fraction of the saved file kept), flops (fraction of the "
+        "FLOPs kept), speedup (times faster, "
         "measured on this device at the validation batch size) or max_drop (largest drop of "
         "the metric), e.g. {params: 0.1} or {speedup: 2.0}",
     )
     criterion: CriterionName | None = Field(
         default=None,
-        description="default: obs for params and max_drop, taylor for flops and speedup",
+        description="default: obs for params, bytes and max_drop, taylor for flops and speedup",
     )
     round_to: ChannelMultiple | None = Field(
         default=None,
