@@ -172,8 +172,12 @@ def rows(name, factory, shape, epochs, goals, args) -> list[str]:
         made = []
         started = time.perf_counter()
         model = copy.deepcopy(dense)
-        result = sp.compress(model, train, val, {"speedup": goal}, folds=3,
-                             epochs_per_step=FINETUNE_EPOCHS)  # fmt: skip
+        try:
+            result = sp.compress(model, train, val, {"speedup": goal}, folds=3,
+                                 epochs_per_step=FINETUNE_EPOCHS)  # fmt: skip
+        except sp.SensipruneError as error:  # a refused goal is a row, not the end of the run
+            lines.append(f"| {goal:g}x | sp.compress | refused: {error} | | | | | | | |")
+            continue
         tried = ", ".join(
             f"{c.allocated_to} {c.speedup:.2f}x" + (f" {c.metric:.3f}" if c.metric else "")
             for c in result.speed_candidates

@@ -164,6 +164,30 @@ def test_a_speed_goal_keeps_the_most_accurate_budget_that_measures_the_goal(monk
     assert result.speedup == pytest.approx(2.0, rel=0.05)
 
 
+def test_a_goal_a_little_past_the_latency_tables_reach_is_searched_not_refused(monkeypatch):
+    """The table adds each family's saving alone, so its limit is approximate: a goal past it
+    (here 3x against a table that predicts at most 2.5x) is searched with the FLOPs and
+    uniform cuts; only one far past it is refused (the bad-goal cases below)."""
+
+    def short_table(model, table, inputs, **_):
+        saved = {name: (0.0,) * 4 for name in table.layers}
+        saved[table.layers[0]] = (0.6,) * 4
+        return LatencyModel(1.0, (0.25, 0.5, 0.75, 0.9), saved, "cpu (a test's table)")
+
+    _timed_as_flops(monkeypatch)
+    monkeypatch.setattr(sys.modules["sensiprune.compress"], "measure_latency", short_table)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24 * 64, 3),
+    )  # fmt: skip
+    batches = _batches(5, 6, (3, 8, 8))
+    result = sp.compress(model, batches[:4], batches[4:], {"speedup": 3.0}, folds=2,
+                         criterion="magnitude", epochs_per_step=0)  # fmt: skip
+    assert result.allocated_to in ("FLOPs", "uniform cuts")
+    assert result.speedup == pytest.approx(3.0, rel=0.05)
+
+
 def test_the_speed_candidates_are_ranked_by_their_trial_and_a_single_one_is_not_tried():
     candidates = [
         SpeedCandidate(name, {}, {"a": sparsity}, 2.0, True)
