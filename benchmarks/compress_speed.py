@@ -18,7 +18,7 @@ speed-up, its speed-up within 5% of the goal.
 Writes benchmarks/results/compress_speed.md. Nothing is cached (no latency tables on disk).
 Needs torch-pruning in the venv (``pip install torch-pruning==1.6.1``). Reproduce with:
 
-    .venv/bin/python benchmarks/compress_speed.py            # about 30 minutes on 2 cores
+    .venv/bin/python benchmarks/compress_speed.py            # about 15 minutes on 2 cores
     .venv/bin/python benchmarks/compress_speed.py --quick    # the LSTM, 2x only
 """
 
@@ -230,10 +230,9 @@ def main() -> None:
         "Speed-up: `sensiprune.measure.speedup` (the pruned and the dense model timed in "
         "alternation, median of 7 rounds of 10), eval mode, no_grad, batch 32, measured again "
         f"for every method after fine-tuning in {PASSES} passes over the models of a goal: the "
-        "median pass, and the range (on this shared machine the same pair of models moves by "
-        "tens of percent from one minute to the next). Every baseline's knob was bisected to "
-        "the goal "
-        "before fine-tuning. FLOPs: `torch.utils.flop_counter` (it does not count the LSTM's "
+        "median pass, and the range (malloc kept steady while timing, see sensiprune.memory). "
+        "Every baseline's knob was bisected to the goal before fine-tuning. FLOPs: "
+        "`torch.utils.flop_counter` (it does not count the LSTM's "
         "own kernel, so the LSTM's FLOPs are its classifier's). *seconds*: compress from the "
         "dense model to the fine-tuned result (curves, latency table, folds, fine-tuning); a "
         "baseline's bisection and fine-tuning.",
