@@ -42,3 +42,20 @@ def test_a_budget_that_saves_too_little_is_validated_again_deeper(mlp, mlp_batch
     assert len(calls) >= 2 and calls[-1][0] > 0.5
     assert all(folds == ("curves",) for _, folds in calls)
     assert within_file_size(checked, mlp, goal, validate) is checked  # met: left alone
+
+
+def test_a_budget_that_saves_more_than_asked_gives_weights_back(mlp, mlp_batches):
+    """Under the goal by more than the slack, the budget is validated again at a lower
+    sparsity, and the largest file still under the goal is kept."""
+    table = sp.sensitivity(mlp, lambda m: sp.evaluate(m, mlp_batches), (0.5, 0.9), "magnitude")
+
+    def validate(target_sparsity, table, fold_tables):
+        budget = dict.fromkeys(table.layers, target_sparsity)
+        return SimpleNamespace(table=table, budget=budget, fold_tables=fold_tables)
+
+    goal = 0.3 * saved_bytes(mlp)
+    start = validate(0.95, table, ())
+    checked = within_file_size(start, mlp, goal, validate)
+    kept = saved_bytes(mlp, checked.budget)
+    assert saved_bytes(mlp, start.budget) < kept <= goal
+    assert kept >= 0.97 * goal

@@ -16,6 +16,7 @@ from sensiprune.targets import IgnoreSpec, require_targets
 
 SEARCH_STEPS = 40  # bisection of the uniform sparsity: 2^-40, far below one weight
 SIZE_TRIES = 4  # corrections of a cross-validated budget that saves too little
+SLACK = 0.01  # a budget this far under the goal is close enough
 PUSH = 0.005  # each correction keeps this much less again than the miss asks, times its number
 
 
@@ -47,22 +48,26 @@ def within_file_size(
     goal_bytes: float,
     validate: Callable[..., CrossValidation],
 ) -> CrossValidation:
-    """``checked``, or one validated at a higher sparsity, whose budget's file meets
+    """The budget, validated anew where needed, whose file is the nearest under
     ``goal_bytes``: a budget spread unevenly over layers of other sizes and encodings takes
     more or fewer bytes than the same sparsity alike everywhere. Each correction scales the
-    density of the prunable weights by the bytes still to save, and reuses the folds'
-    curves; where all the corrections fall short, the last budget stands (the result's
-    ``bytes_kept`` says what it reached)."""
+    density of the prunable weights by the bytes to save (or to spare, past ``SLACK``), and
+    reuses the folds' curves; where every try stays over the goal, the last stands (the
+    result's ``bytes_kept`` says what it reached)."""
     table = checked.table
     floor = saved_bytes(model, dict.fromkeys(table.layers, 1.0))
-    for tries in range(1, SIZE_TRIES + 1):
+    best = None  # (bytes, validation) of the largest budget under the goal
+    for tries in range(1, SIZE_TRIES + 2):
         # a pruned model masks every weight, those the budget leaves whole too
         predicted = saved_bytes(model, {n: checked.budget.get(n, 0.0) for n in table.layers})
-        if predicted <= goal_bytes:
+        if predicted <= goal_bytes and (best is None or predicted > best[0]):
+            best = (predicted, checked)
+        if (1.0 - SLACK) * goal_bytes <= predicted <= goal_bytes or tries > SIZE_TRIES:
             break
-        density = 1.0 - table.overall_sparsity(checked.budget)
-        # a budget moves in whole weights: push past the miss, a little further each try
-        density *= (goal_bytes - floor) / (predicted - floor) * (1.0 - PUSH * tries)
-        checked = validate(target_sparsity=1.0 - density, table=table,
+        ratio = (goal_bytes - floor) / (predicted - floor)
+        if predicted > goal_bytes:  # whole weights: push past the miss, further each try
+            ratio *= 1.0 - PUSH * tries
+        density = (1.0 - table.overall_sparsity(checked.budget)) * ratio
+        checked = validate(target_sparsity=max(0.0, 1.0 - density), table=table,
                            fold_tables=checked.fold_tables)  # fmt: skip
-    return checked
+    return best[1] if best is not None else checked
