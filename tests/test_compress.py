@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 
 import pytest
@@ -164,7 +165,7 @@ def test_a_speed_goal_keeps_the_most_accurate_budget_that_measures_the_goal(monk
     assert result.speedup == pytest.approx(2.0, rel=0.05)
 
 
-def test_a_goal_a_little_past_the_latency_tables_reach_is_searched_not_refused(monkeypatch):
+def test_a_goal_a_little_past_the_latency_tables_reach_is_searched_not_refused(monkeypatch, caplog):
     """The table adds each family's saving alone, so its limit is approximate: a goal past it
     (here 3x against a table that predicts at most 2.5x) is searched with the FLOPs and
     uniform cuts; only one far past it is refused (the bad-goal cases below)."""
@@ -176,6 +177,7 @@ def test_a_goal_a_little_past_the_latency_tables_reach_is_searched_not_refused(m
 
     _timed_as_flops(monkeypatch)
     monkeypatch.setattr(sys.modules["sensiprune.compress"], "measure_latency", short_table)
+    caplog.set_level(logging.INFO, logger="sensiprune.speed_goal")
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
@@ -185,7 +187,10 @@ def test_a_goal_a_little_past_the_latency_tables_reach_is_searched_not_refused(m
     result = sp.compress(model, batches[:4], batches[4:], {"speedup": 3.0}, folds=2,
                          criterion="magnitude", epochs_per_step=0)  # fmt: skip
     assert result.allocated_to in ("FLOPs", "uniform cuts")
-    assert result.speedup == pytest.approx(3.0, rel=0.05)
+    # channels this few move the time in steps of 10%: the slowest try that meets the goal
+    assert 3.0 <= result.speedup <= 3.3
+    tries = [r.getMessage() for r in caplog.records if r.name == "sensiprune.speed_goal"]
+    assert len(tries) == len(set(tries))  # no fraction is timed twice
 
 
 def test_the_speed_candidates_are_ranked_by_their_trial_and_a_single_one_is_not_tried():

@@ -145,12 +145,16 @@ def _search(
     ``lowest`` (every family as deep as measured); the next fraction from the two tries that
     bracket the goal, else the two nearest it (a line in log-log), else scaled by the miss."""
     tried: list[tuple[float, float]] = []  # (keep, reached)
+    timed: list[dict[str, float]] = []  # the budgets of those tries
     keep = min(1.0, max(start, lowest * FLOOR_MARGIN))
     for _ in range(CALIBRATION_TRIES):
         try:
             budget = allocate(table, **target(keep))
         except SensipruneError:
             return  # the correction asked for more than the table can give
+        if dict(budget) in timed:
+            return  # the same channels as a try before: timing them again tells nothing new
+        timed.append(dict(budget))
         trial = copy.deepcopy(model)
         if budget:
             prune(trial, dict(budget), criterion="magnitude", structured=True,
