@@ -15,7 +15,7 @@ from sensiprune.io.saving import saved_bytes
 from sensiprune.targets import IgnoreSpec, require_targets
 
 SEARCH_STEPS = 40  # bisection of the uniform sparsity: 2^-40, far below one weight
-SIZE_TRIES = 4  # corrections of a cross-validated budget that saves too little
+SIZE_TRIES = 4  # corrections of a cross-validated budget whose file misses the goal
 SLACK = 0.01  # a budget this far under the goal is close enough
 PUSH = 0.005  # each correction keeps this much less again than the miss asks, times its number
 
