@@ -138,18 +138,22 @@ def _timed_as_flops(monkeypatch):
     monkeypatch.setattr(sys.modules["sensiprune.compress"], "measured_speedup", _flop_ratio)
 
 
+def _three_convs() -> tuple[nn.Module, list]:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24 * 64, 3),
+    )  # fmt: skip
+    return model, _batches(5, 6, (3, 8, 8))
+
+
 def test_a_speed_goal_keeps_the_most_accurate_budget_that_measures_the_goal(monkeypatch):
     """A table that credits one family with 90% of the time reaches no budget near the goal
     when the time really follows the FLOPs, so it is no candidate; the FLOPs' and the uniform
     cuts' budgets measure the goal, and the one more accurate after a trial is kept."""
     _timed_as_flops(monkeypatch)
     monkeypatch.setattr(sys.modules["sensiprune.compress"], "measure_latency", _lying_table)
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24 * 64, 3),
-    )  # fmt: skip
-    batches = _batches(5, 6, (3, 8, 8))
+    model, batches = _three_convs()
     result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
                          criterion="magnitude", epochs_per_step=1)  # fmt: skip
     candidates = result.speed_candidates
@@ -178,12 +182,7 @@ def test_a_goal_a_little_past_the_latency_tables_reach_is_searched_not_refused(m
     _timed_as_flops(monkeypatch)
     monkeypatch.setattr(sys.modules["sensiprune.compress"], "measure_latency", short_table)
     caplog.set_level(logging.INFO, logger="sensiprune.speed_goal")
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24 * 64, 3),
-    )  # fmt: skip
-    batches = _batches(5, 6, (3, 8, 8))
+    model, batches = _three_convs()
     result = sp.compress(model, batches[:4], batches[4:], {"speedup": 3.0}, folds=2,
                          criterion="magnitude", epochs_per_step=0)  # fmt: skip
     assert result.allocated_to in ("FLOPs", "uniform cuts")
