@@ -35,10 +35,10 @@ log = logging.getLogger(__name__)
 SPEED_TOLERANCE = 0.02  # how close a calibrated prune must measure to the goal
 CALIBRATION_TRIES = 6  # pruned copies timed per cost model
 FLOOR_MARGIN = 1.02  # above the deepest cut's predicted cost: allocation moves in 1% steps
-# allocate's target of each cost model -> what a budget of it is allocated to, in search order
 # a goal this many times past the latency table's deepest prediction is refused; nearer ones
 # are searched (the table adds each family's saving alone: it errs by tens of percent)
 REACH_MARGIN = 1.5
+# allocate's target of each cost model -> what a budget of it is allocated to, in search order
 ALLOCATED_TO = {"latency": "measured latency", "target_flops": "FLOPs", "uniform": "uniform cuts"}
 
 
@@ -72,7 +72,7 @@ def speed_candidates(
     little alone, where uniform cuts do not."""
     deepest = [max(table.sparsities)] * len(table.layers)
     floor = lut.kept(dict(zip(table.layers, deepest)))
-    if floor > 0 and lut.total / floor * REACH_MARGIN < goal:  # past the total: no limit
+    if floor > 0 and lut.total / floor * REACH_MARGIN < goal:  # floor <= 0: no limit
         raise SensipruneError(
             f"target speedup {goal:g} is out of reach on {lut.device}: with every family "
             f"of channels cut as far as its curve was measured, the latency table predicts "
