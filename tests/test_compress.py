@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -192,12 +193,38 @@ def test_a_goal_a_little_past_the_latency_tables_reach_is_searched_not_refused(m
     assert len(tries) == len(set(tries))  # no fraction is timed twice
 
 
+def test_a_speed_goal_prunes_with_the_channel_multiple_its_budget_measured_with(monkeypatch):
+    """By default the calibrated budgets are filled up to whole vectors where that measures
+    the goal (speed_goal.filled, stubbed here to say it did): the model is then cut so; an
+    explicit round_to is kept as given."""
+    _timed_as_flops(monkeypatch)
+    filled = []
+    monkeypatch.setattr(
+        speed_goal, "filled", lambda _, c, *__: filled.append(c) or replace(c, round_to=8)
+    )
+    for round_to in (None, 1):
+        filled.clear()
+        model, batches = _three_convs()
+        result = sp.compress(model, batches[:4], batches[4:], {"speedup": 2.0}, folds=2,
+                             criterion="magnitude", epochs_per_step=0,
+                             round_to=round_to)  # fmt: skip
+        widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+        chosen = result.speed_candidates[0]
+        if round_to is None:
+            assert filled and chosen.round_to == 8
+            assert "rounded up to multiples of 8" in result.method
+            assert widths != [16, 24, 24] and all(w % 8 == 0 for w in widths)
+        else:
+            assert not filled and chosen.round_to == 1
+            assert "rounded up" not in result.method
+
+
 def test_the_speed_candidates_are_ranked_by_their_trial_and_a_single_one_is_not_tried():
     candidates = [
         SpeedCandidate(name, {}, {"a": sparsity}, 2.0, True)
         for name, sparsity in (("measured latency", 0.5), ("FLOPs", 0.3), ("uniform cuts", 0.3))
     ]
-    trial = lambda budget: 1.0 - budget["a"]  # noqa: E731
+    trial = lambda candidate: 1.0 - candidate.budget["a"]  # noqa: E731
     ranked = sys.modules["sensiprune.compress"]._most_accurate(candidates, trial)
     assert [c.allocated_to for c in ranked] == ["FLOPs", "measured latency", "uniform cuts"]
     assert [c.metric for c in ranked] == [0.7, 0.5, 0.7]  # a tie goes to the earlier

@@ -181,11 +181,14 @@ def compress(
     goal, the one most accurate on ``val_data`` after a trial prune and one epoch of
     fine-tuning is kept: which cut recovers best, no cost model says. ``round_to`` keeps
     channel counts multiples of N for structured goals (``"auto"``: one SIMD vector of this
-    device; it runs wide layers faster, but a layer only a vector or two wide can then hardly
-    be cut, so the default is 1).
+    device). By default any count is allocated, and a speed goal's budgets are then rounded
+    up to whole vectors wherever the rounded model still measures within 2% of the goal
+    (time steps at whole vectors: the channels up to the next multiple cost about no time;
+    rounding inside the allocation instead cuts narrow layers in steps too coarse).
     """
     goal, value = check_goal(target)
     structured = goal in ("flops", "speedup")
+    fill = round_to is None  # speed goals: whole vectors where they cost no time
     round_to = round_to or 1
     criterion = criterion or DEFAULT_CRITERION[goal]
     train = as_batches(data, "data")
@@ -223,12 +226,12 @@ def compress(
         trial_epochs = min(SELECTION_EPOCHS, epochs_per_step)
         trial = functools.partial(
             _trial_metric, model, train, validation, criterion=criterion, loss_fn=loss_fn,
-            metric=metric, inputs=inputs, round_to=round_to,
-            epochs=trial_epochs, lr=lr,
+            metric=metric, inputs=inputs, epochs=trial_epochs, lr=lr,
         )  # fmt: skip
-        candidates = _most_accurate(speed_candidates(model, table, lut, value, inputs, round_to),
-                                    trial)  # fmt: skip
-        allocation = candidates[0].target
+        candidates = _most_accurate(
+            speed_candidates(model, table, lut, value, inputs, round_to, fill), trial
+        )
+        allocation, round_to = candidates[0].target, candidates[0].round_to
     else:
         allocation = {"target_flops" if goal == "flops" else "max_drop": value}
     if sparsities is None:
@@ -268,8 +271,10 @@ def compress(
     timing = (dense_latency, after, faster)
     method = "structured (channels, heads, units)" if structured else "unstructured (masks)"
     if candidates:
-        chosen = candidates[0].allocated_to
-        method += f", allocated to {chosen} ({_why_chosen(candidates, trial_epochs)})"
+        chosen = candidates[0]
+        method += f", allocated to {chosen.allocated_to} ({_why_chosen(candidates, trial_epochs)})"
+        if fill and chosen.round_to > 1:
+            method += f", channel counts rounded up to multiples of {chosen.round_to} ({_WITHIN})"
     return _result(goal, value, method, criterion, checked, dense_metric, held_out, model,
                    metric, history, timing, lut, one_shot, candidates,
                    saved_bytes(model) / dense_bytes)  # fmt: skip
@@ -354,34 +359,34 @@ def _trial_metric(
     model: nn.Module,
     train: Iterable[Batch],
     validation: list[Batch],
-    budget: Mapping[str, float],
+    candidate: SpeedCandidate,
     *,
     criterion: str,
     loss_fn: LossFn | None,
     metric: Metric | None,
     inputs: tuple[torch.Tensor, ...],
-    round_to: int | str,
     epochs: int,
     lr: float,
 ) -> float:
-    """The validation metric of a copy pruned to ``budget`` as compress prunes, after
+    """The validation metric of a copy pruned to ``candidate`` as compress prunes, after
     ``epochs`` of fine-tuning: how well the budget recovers, which the one-shot drop of a
     deep cut (near chance for every budget) does not tell."""
     trial = copy.deepcopy(model)
-    _prune_step(trial, dict(budget), 1, 1, True, criterion, train, loss_fn, inputs, round_to)
+    _prune_step(trial, dict(candidate.budget), 1, 1, True, criterion, train, loss_fn, inputs,
+                candidate.round_to)  # fmt: skip
     if epochs:
         finetune(trial, train, epochs, loss_fn, lr=lr, show_progress=False)
     return evaluate(trial, validation, metric)
 
 
 def _most_accurate(
-    candidates: list[SpeedCandidate], trial: Callable[[Mapping[str, float]], float]
+    candidates: list[SpeedCandidate], trial: Callable[[SpeedCandidate], float]
 ) -> list[SpeedCandidate]:
     """The candidates with their trial metric, the best first (the earlier of a tie: the
     latency table's, then the FLOPs'); a single candidate is not tried."""
     if len(candidates) == 1:
         return candidates
-    tried = [replace(c, metric=trial(c.budget)) for c in candidates]
+    tried = [replace(c, metric=trial(c)) for c in candidates]
     best = max(tried, key=lambda c: c.metric)
     return [best, *(c for c in tried if c is not best)]
 

@@ -9,6 +9,8 @@ predicts time exactly: cutting neighbouring families together saves less than th
 up, channel counts move in whole steps, and every operator's fixed time stays. So each cost
 model is calibrated: a copy is pruned to its budget, timed against the dense model, and the
 fraction corrected until the measured speed-up is within ``SPEED_TOLERANCE`` of the goal.
+A budget that does is then filled up to whole SIMD vectors where that still measures the goal:
+the channels up to the next multiple of the vector width cost about no time.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import math
 import statistics
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -30,6 +32,7 @@ from sensiprune.errors import SensipruneError
 from sensiprune.measure import speedup
 from sensiprune.pruning import prune
 from sensiprune.selection.allocation import allocate
+from sensiprune.selection.groups import vector_width
 
 log = logging.getLogger(__name__)
 SPEED_TOLERANCE = 0.02  # how close a calibrated prune must measure to the goal
@@ -52,6 +55,7 @@ class SpeedCandidate:
     speedup: float  # the pruned copy against the dense model, timed in alternation
     within: bool  # within SPEED_TOLERANCE of the goal
     metric: float | None = None  # on the validation data after a trial prune, where compared
+    round_to: int = 1  # the channel multiple it was pruned and timed with
 
 
 def speed_candidates(
@@ -61,10 +65,12 @@ def speed_candidates(
     goal: float,
     inputs: tuple[torch.Tensor, ...],
     round_to: int | str,
+    fill: bool = False,
 ) -> list[SpeedCandidate]:
     """One budget per cost model that measured within the tolerance of ``goal``, in search
-    order (latency table, FLOPs, uniform cuts); where none did, the one nearest: the slowest
-    that meets the goal (it keeps the most), else the fastest.
+    order (latency table, FLOPs, uniform cuts), each :func:`filled` with ``fill``; where none
+    did, the one nearest: the slowest that meets the goal (it keeps the most), else the
+    fastest.
 
     Each search starts from the FLOPs of the nearest budget so far, scaled by its miss. On a
     model of many small families the latency table can promise a speed-up none of its budgets
@@ -89,6 +95,7 @@ def speed_candidates(
                          flops.kept(deepest) / flops.total, float),
         "uniform": (_uniform_target, 1.0 - max(table.sparsities), math.sqrt),
     }  # fmt: skip
+    multiple = vector_width(model) if round_to == "auto" else int(round_to)
     tried: list[SpeedCandidate] = []
     start, nearest = 1.0 / goal, None  # nearest: (speed-up, budget) closest to the goal
     for key, (target, lowest, from_flops) in costs.items():
@@ -100,9 +107,9 @@ def speed_candidates(
             log.info("speed goal %gx, %s keeping %.4f: measured %.2fx", goal, ALLOCATED_TO[key],
                      keep, reached)  # fmt: skip
             within = abs(reached / goal - 1.0) <= SPEED_TOLERANCE
-            tried.append(
-                SpeedCandidate(ALLOCATED_TO[key], target(keep), dict(budget), reached, within)
-            )
+            candidate = SpeedCandidate(ALLOCATED_TO[key], target(keep), dict(budget), reached,
+                                       within, round_to=multiple)  # fmt: skip
+            tried.append(candidate)
             if nearest is None or abs(math.log(reached / goal)) < abs(math.log(nearest[0] / goal)):
                 nearest = (reached, budget)
             if within:
@@ -115,12 +122,35 @@ def speed_candidates(
         )
     within = [t for t in tried if t.within]
     if within:
-        return within
+        return [filled(model, t, goal, inputs) if fill else t for t in within]
     meeting = [t for t in tried if t.speedup >= goal]
     nearest_one = (
         min(meeting, key=lambda t: t.speedup) if meeting else max(tried, key=lambda t: t.speedup)
     )
     return [nearest_one]
+
+
+def filled(
+    model: nn.Module, candidate: SpeedCandidate, goal: float, inputs: tuple[torch.Tensor, ...]
+) -> SpeedCandidate:
+    """``candidate`` with every family's kept channels rounded up to whole SIMD vectors
+    (:func:`~sensiprune.selection.groups.vector_width`), where that still measures within the
+    tolerance of ``goal``. A layer's time steps at multiples of the vector width (on an
+    AVX-512 CPU a convolution keeping 17 to 32 channels takes the time of 32), so the channels
+    up to the next multiple mostly cost no time and keep accuracy; where a step is crossed, the
+    measurement says so and the candidate stays as calibrated."""
+    vector = vector_width(model)
+    if vector <= candidate.round_to or not candidate.budget:
+        return candidate
+    trial = copy.deepcopy(model)
+    prune(trial, dict(candidate.budget), criterion="magnitude", structured=True,
+          example_inputs=inputs, round_to=vector)  # fmt: skip
+    reached = measured_speedup(model, trial, inputs)
+    log.info("speed goal %gx, %s filled to multiples of %d: measured %.2fx", goal,
+             candidate.allocated_to, vector, reached)  # fmt: skip
+    if abs(reached / goal - 1.0) > SPEED_TOLERANCE:
+        return candidate
+    return replace(candidate, speedup=reached, round_to=vector)
 
 
 def _target(name: str, extra: dict[str, object], keep: float) -> dict[str, object]:

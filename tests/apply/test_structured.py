@@ -159,6 +159,14 @@ def test_round_to_keeps_multiples(round_to):
         assert conv.out_channels % multiple == 0 or conv.out_channels == width < multiple
 
 
+def test_round_to_rounds_the_kept_count_up_never_down(mlp):
+    """5 of fc1's 16 outputs asked: 8 kept with round_to=4 (the vector's time is paid
+    anyway), where rounding to the nearest multiple would keep 4."""
+    sp.prune(mlp, {"fc1": 11 / 16}, criterion="magnitude", structured=True,
+             example_inputs=torch.randn(4, 8), round_to=4)  # fmt: skip
+    assert mlp.fc1.out_features == 8
+
+
 def test_auto_rounding_fills_one_vector_of_the_models_dtype():
     model = VGG()
     width = vector_width(model)

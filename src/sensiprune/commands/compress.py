@@ -72,7 +72,8 @@ def _as_json(result: CompressResult) -> dict:
 
 def _candidate_row(candidate: SpeedCandidate) -> list[str]:
     tried = "not tried" if candidate.metric is None else f"{candidate.metric:.4f}"
-    return [candidate.allocated_to, f"{candidate.speedup:.2f}x", tried]
+    counts = "any" if candidate.round_to == 1 else f"multiples of {candidate.round_to}"
+    return [candidate.allocated_to, counts, f"{candidate.speedup:.2f}x", tried]
 
 
 def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document:
@@ -134,7 +135,7 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
             "several did, each was pruned and briefly fine-tuned, and the most accurate on the "
             "validation data kept (the first row).",
             Table(
-                ["allocated to", "measured speed-up", "validation metric of the trial"],
+                ["allocated to", "channel counts", "speed-up", "validation metric of trial"],
                 [_candidate_row(c) for c in result.speed_candidates],
             ),
         )

@@ -215,7 +215,8 @@ class CompressSpec(Section):
     round_to: ChannelMultiple | None = Field(
         default=None,
         description="channel counts kept multiples of N for flops and speedup goals "
-        '("auto": one SIMD vector of this device); default 1',
+        '("auto": one SIMD vector of this device); default: any count, a speedup goal\'s '
+        "rounded up to whole vectors where it still measures the goal",
     )
     latency_cache: str | None = Field(
         default=None,

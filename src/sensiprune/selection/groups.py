@@ -74,9 +74,13 @@ def vector_width(model: nn.Module) -> int:
 
 
 def _kept_count(n: int, wanted_removed: int, min_density: float, round_to: int) -> int:
+    """Up to the next multiple of ``round_to``, never down: on vector hardware a layer's time
+    steps at multiples of the vector width (on an AVX-512 CPU a convolution keeping 17 to 32
+    channels takes the time of 32, one keeping 16 half of that), so the channels up to the
+    next multiple cost about no time and keep accuracy."""
     kept = max(n - wanted_removed, min_kept(n, min_density))
     if round_to > 1 and n >= round_to:
-        kept = max(round_to, round(kept / round_to) * round_to)
+        kept = math.ceil(kept / round_to) * round_to
     return min(kept, n)
 
 
