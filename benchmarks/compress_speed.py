@@ -8,7 +8,8 @@ measured speed-up and fine-tuned alike:
 - torch-pruning 1.6.1, its documented recipe: global Taylor importance, pruned in 5 iterative
   steps (``MetaPruner(global_pruning=True, iterative_steps=5)``).
 
-Every method may leave any channel count (``round_to`` 1, everyone's default), and every
+Every method may leave any channel count (``round_to`` 1, everyone's default; compress then
+fills its counts up to whole SIMD vectors where that measures as fast), and every
 baseline's knob (its sparsity, FLOP target or pruning ratio) is bisected until the
 pruned model measures the goal. Models: a ResNet-18-style and a MobileNetV2-style CNN on the
 digits upsampled to 3x16x16, and an LSTM classifier reading the upsampled digits as 16 rows of
@@ -179,7 +180,8 @@ def rows(name, factory, shape, epochs, goals, args) -> list[str]:
             lines.append(f"| {goal:g}x | sp.compress | refused: {error} | | | | | | | |")
             continue
         tried = ", ".join(
-            f"{c.allocated_to} {c.speedup:.2f}x" + (f" {c.metric:.3f}" if c.metric else "")
+            f"{c.allocated_to}" + (f" in multiples of {c.round_to}" if c.round_to > 1 else "")
+            + f" {c.speedup:.2f}x" + (f" {c.metric:.3f}" if c.metric else "")
             for c in result.speed_candidates
         )
         label = (f"sp.compress (allocated to {result.allocated_to}, of: {tried}; it measured "

@@ -35,7 +35,8 @@ def _three_convs() -> tuple[nn.Module, tuple[torch.Tensor]]:
     return model, (torch.randn(4, 3, 8, 8),)
 
 
-@pytest.mark.parametrize(("measured", "kept"), [(1.97, True), (1.95, False)])
+# calibrated at 2.02x: kept where as fast (to 1%) and within 2% of the goal
+@pytest.mark.parametrize(("measured", "kept"), [(2.03, True), (2.0, True), (1.98, False)])
 def test_a_budget_is_filled_up_to_whole_vectors_only_where_it_still_measures_the_goal(
     monkeypatch, measured, kept
 ):

@@ -41,6 +41,9 @@ FLOOR_MARGIN = 1.02  # above the deepest cut's predicted cost: allocation moves 
 # a goal this many times past the latency table's deepest prediction is refused; nearer ones
 # are searched (the table adds each family's saving alone: it errs by tens of percent)
 REACH_MARGIN = 1.5
+# a budget filled up to whole vectors is kept if it measures at most this much slower than
+# as calibrated (the noise of one measurement), and within SPEED_TOLERANCE of the goal
+FILL_SLACK = 0.01
 # allocate's target of each cost model -> what a budget of it is allocated to, in search order
 ALLOCATED_TO = {"latency": "measured latency", "target_flops": "FLOPs", "uniform": "uniform cuts"}
 
@@ -134,11 +137,13 @@ def filled(
     model: nn.Module, candidate: SpeedCandidate, goal: float, inputs: tuple[torch.Tensor, ...]
 ) -> SpeedCandidate:
     """``candidate`` with every family's kept channels rounded up to whole SIMD vectors
-    (:func:`~sensiprune.selection.groups.vector_width`), where that still measures within the
-    tolerance of ``goal``. A layer's time steps at multiples of the vector width (on an
-    AVX-512 CPU a convolution keeping 17 to 32 channels takes the time of 32), so the channels
-    up to the next multiple mostly cost no time and keep accuracy; where a step is crossed, the
-    measurement says so and the candidate stays as calibrated."""
+    (:func:`~sensiprune.selection.groups.vector_width`), where that measures no slower than
+    the candidate (``FILL_SLACK``) and within the tolerance of ``goal``. A layer's time steps
+    at multiples of the vector width (on an AVX-512 CPU a convolution keeping 17 to 32
+    channels takes the time of 32), so the channels up to the next multiple mostly cost no
+    time and keep accuracy; where a step is crossed, the measurement says so and the
+    candidate stays as calibrated (filling to the edge of the tolerance would leave the goal
+    to the noise of the next measurement)."""
     vector = vector_width(model)
     if vector <= candidate.round_to or not candidate.budget:
         return candidate
@@ -148,7 +153,8 @@ def filled(
     reached = measured_speedup(model, trial, inputs)
     log.info("speed goal %gx, %s filled to multiples of %d: measured %.2fx", goal,
              candidate.allocated_to, vector, reached)  # fmt: skip
-    if abs(reached / goal - 1.0) > SPEED_TOLERANCE:
+    slower = reached < candidate.speedup * (1.0 - FILL_SLACK)
+    if slower or abs(reached / goal - 1.0) > SPEED_TOLERANCE:
         return candidate
     return replace(candidate, speedup=reached, round_to=vector)
 
