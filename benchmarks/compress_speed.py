@@ -180,8 +180,10 @@ def rows(name, factory, shape, epochs, goals, args) -> list[str]:
             lines.append(f"| {goal:g}x | sp.compress | refused: {error} | | | | | | | |")
             continue
         tried = ", ".join(
-            f"{c.allocated_to}" + (f" in multiples of {c.round_to}" if c.round_to > 1 else "")
-            + f" {c.speedup:.2f}x" + (f" {c.metric:.3f}" if c.metric else "")
+            f"{c.allocated_to}"
+            + (f" in multiples of {c.round_to}" if c.round_to > 1 else "")
+            + f" {c.speedup:.2f}x"
+            + (f" {c.metric:.3f}" if c.metric else "")
             for c in result.speed_candidates
         )
         label = (f"sp.compress (allocated to {result.allocated_to}, of: {tried}; it measured "
