@@ -92,6 +92,22 @@ def test_a_flops_goal_shrinks_layers(cnn_batches):
     assert result.flops_kept <= 0.75  # the allocation aims at 0.6 in whole channels
 
 
+def test_a_params_goal_spends_no_weight_on_units_no_layer_reads(mlp_and_data):
+    """The sparsity is lowered until the model, with the units its deep budget leaves unread
+    masked, meets the goal: no unit keeps weights that nothing reads."""
+    model, train, val, test = mlp_and_data
+    total = sum(p.numel() for p in model.parameters())
+    result = sp.compress(model, train, val, {"params": 0.1}, test_data=test, folds=2,
+                         epochs_per_step=0)  # fmt: skip
+    assert result.params_kept <= 0.1 and result.params_kept == pytest.approx(
+        sum(int((p != 0).sum()) for p in model.parameters()) / total
+    )
+    assert "parameters of units no layer reads masked too" in result.method
+    for layer, reader in ((model.fc1, model.fc2), (model.fc2, model.head)):
+        unread = ~reader.weight.ne(0).any(0)
+        assert unread.any() and not layer.weight[unread].any() and not layer.bias[unread].any()
+
+
 def test_a_speed_goal_is_allocated_against_measured_latency(tmp_path):
     """The model shrinks in whole vectors of channels, runs measurably faster, and says what
     it was allocated against; timing itself is judged in benchmarks/compress.py."""

@@ -25,6 +25,7 @@ from torch import nn
 from sensiprune.analysis.latency import LatencyModel, measure_latency
 from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.analysis.validation import CrossValidation, cross_validate
+from sensiprune.apply.dead import mask_dead_units
 from sensiprune.data import Batch, LossFn, as_batches
 from sensiprune.errors import SensipruneError
 from sensiprune.io.saving import saved_bytes
@@ -33,7 +34,7 @@ from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate, finetune
 from sensiprune.selection.schedule import share_of_remaining, sparsity_at
 from sensiprune.selection.unstructured import check_sparsity
-from sensiprune.size_goal import file_sparsity, within_file_size
+from sensiprune.size_goal import file_sparsity, reclaimed, within_file_size
 from sensiprune.speed_goal import (
     SPEED_TOLERANCE,
     SpeedCandidate,
@@ -182,9 +183,14 @@ def compress(
     fine-tuning is kept: which cut recovers best, no cost model says. ``round_to`` keeps
     channel counts multiples of N for structured goals (``"auto"``: one SIMD vector of this
     device). By default any count is allocated, and a speed goal's budgets are then rounded
-    up to whole vectors wherever the rounded model still measures within 2% of the goal
+    up to whole vectors wherever the rounded model measures as fast and within 2% of the goal
     (time steps at whole vectors: the channels up to the next multiple cost about no time;
     rounding inside the allocation instead cuts narrow layers in steps too coarse).
+
+    Unstructured goals pruned in one step (and max_drop goals) also mask what produces a unit
+    no layer reads any more (every weight reading it pruned): exact, and for size goals the
+    sparsity is lowered until the model, so masked, meets the goal, which spends the freed
+    budget on weights that matter.
     """
     goal, value = check_goal(target)
     structured = goal in ("flops", "speedup")
@@ -247,11 +253,22 @@ def compress(
         checked = _sparsest_within_bound(checked, value, validate)
     elif goal == "bytes":
         checked = within_file_size(checked, model, value * dense_bytes, validate)
+    # size goals in steps fine-tune between them: which units go unread is not foreseen
+    reclaim = not structured and (goal == "max_drop" or steps == 1)
+    if reclaim and goal != "max_drop":
+        size = functools.partial(_reclaimed_size, model, goal, criterion, train, loss_fn, inputs)
+        table, fold_tables = checked.table, checked.fold_tables
+        checked = reclaimed(
+            checked, size, value * (dense_params if goal == "params" else dense_bytes),
+            lambda s: validate(target_sparsity=s, table=table, fold_tables=fold_tables),
+        )  # fmt: skip
     budget = dict(checked.budget)
-    history, one_shot = [], None
+    history, one_shot, unread = [], None, 0
     for step in range(1, steps + 1):
         _prune_step(model, budget, step, steps, structured, criterion, train, loss_fn, inputs,
                     round_to)  # fmt: skip
+        if reclaim:
+            unread += mask_dead_units(model, inputs)
         if steps == 1:  # the whole budget at once: what the cross-validation predicted
             one_shot = evaluate(model, held_out, metric)
         if epochs_per_step:
@@ -270,6 +287,8 @@ def compress(
     faster = measured_speedup(dense, model, inputs) if dense is not None else dense_latency / after
     timing = (dense_latency, after, faster)
     method = "structured (channels, heads, units)" if structured else "unstructured (masks)"
+    if unread:
+        method += f", with the {unread:,} parameters of units no layer reads masked too"
     if candidates:
         chosen = candidates[0]
         method += f", allocated to {chosen.allocated_to} ({_why_chosen(candidates, trial_epochs)})"
@@ -353,6 +372,23 @@ def _prune_step(
     if now:
         prune(model, now, criterion=criterion, data=data, loss_fn=loss_fn, structured=structured,
               example_inputs=inputs if structured else None, round_to=round_to)  # fmt: skip
+
+
+def _reclaimed_size(
+    model: nn.Module,
+    goal: str,
+    criterion: str,
+    train: Iterable[Batch],
+    loss_fn: LossFn | None,
+    inputs: tuple[torch.Tensor, ...],
+    budget: dict[str, float],
+) -> float:
+    """What a copy pruned to ``budget`` as compress prunes keeps, once the units no layer
+    reads are masked: its nonzero parameters, or the bytes sp.save writes of it."""
+    trial = copy.deepcopy(model)
+    _prune_step(trial, budget, 1, 1, False, criterion, train, loss_fn, inputs, 1)
+    mask_dead_units(trial, inputs)
+    return count_parameters(trial).nonzero if goal == "params" else saved_bytes(trial)
 
 
 def _trial_metric(

@@ -1,10 +1,13 @@
-"""A file-size goal: the weight sparsity whose saved file keeps a fraction of the dense one's
-bytes. ``sp.save`` stores a masked weight as its kept values plus their indices or a bitmask,
-so a file shrinks less than its parameter count does (a bitmask alone is 1/32 of an fp32
-tensor), and the bytes a budget saves depend on how it is spread over the layers."""
+"""Size goals. A file-size goal: the weight sparsity whose saved file keeps a fraction of the
+dense one's bytes. ``sp.save`` stores a masked weight as its kept values plus their indices or
+a bitmask, so a file shrinks less than its parameter count does (a bitmask alone is 1/32 of an
+fp32 tensor), and the bytes a budget saves depend on how it is spread over the layers. Either
+size goal: the lower sparsity that reaches it once the units no layer reads are masked too
+(``apply/dead.py``), which frees a share of the budget for weights that matter."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from torch import nn
@@ -12,8 +15,11 @@ from torch import nn
 from sensiprune.analysis.validation import CrossValidation
 from sensiprune.errors import SensipruneError
 from sensiprune.io.saving import saved_bytes
+from sensiprune.selection.allocation import allocate
 from sensiprune.targets import IgnoreSpec, require_targets
 
+RECLAIM_STEPS = 8  # bisection of the weights kept for a size goal with unread units masked
+RECLAIM_RANGE = 3.0  # up to this many times the weights: unread units hold up to 2/3
 SEARCH_STEPS = 40  # bisection of the uniform sparsity: 2^-40, far below one weight
 SIZE_TRIES = 4  # corrections of a cross-validated budget whose file misses the goal
 SLACK = 0.01  # a budget this far under the goal is close enough
@@ -71,3 +77,34 @@ def within_file_size(
         checked = validate(target_sparsity=max(0.0, 1.0 - density), table=table,
                            fold_tables=checked.fold_tables)  # fmt: skip
     return best[1] if best is not None else checked
+
+
+def reclaimed(
+    checked: CrossValidation,
+    size: Callable[[dict[str, float]], float],
+    goal: float,
+    validate: Callable[[float], CrossValidation],
+) -> CrossValidation:
+    """The budget, validated anew, that keeps the most weights while its ``size`` (of the
+    model pruned to it, with the units no layer reads masked) stays under ``goal``, within
+    ``SLACK`` where the search gets there. Masking unread units removes a share of what a
+    budget keeps that depends on which units its weights feed, so the size is not monotone
+    in the weights kept: bisected (geometrically, between the kept share of ``checked``,
+    under the goal, and ``RECLAIM_RANGE`` times it), the largest size under the goal kept;
+    ``checked`` stands where no try is under the goal."""
+    table = checked.table
+    low = 1.0 - table.overall_sparsity(checked.budget)  # weights kept, under the goal
+    high = min(1.0, low * RECLAIM_RANGE)
+    best = None  # (size, weights kept) of the largest try under the goal
+    for _ in range(RECLAIM_STEPS):
+        middle = math.sqrt(low * high)
+        reached = size(dict(allocate(table, target_sparsity=1.0 - middle)))
+        if reached > goal:
+            high = middle
+            continue
+        low = middle
+        if best is None or reached > best[0]:
+            best = (reached, middle)
+        if reached >= (1.0 - SLACK) * goal:
+            break
+    return checked if best is None else validate(1.0 - best[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,10 @@ def test_quick_demo_writes_a_report_and_a_plot(tmp_path, capsys):
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| magnitude |" in report and "| obs |" in report
     assert "| LeNet-5 | 19,754 → 5,226 |" in report  # half the channels removed for real
-    assert "LeNet-300-100, `sp.compress(target={'params': 0.025})`**: 40.0x fewer" in report
+    # 40x or, within 1%, a little past it (the units no layer reads go too)
+    assert re.search(
+        r"LeNet-300-100, `sp.compress\(target=\{'params': 0.025\}\)`\*\*: 40\.[0-4]x fewer", report
+    )
     assert "| fc1.weight |" in report  # the thresholds compress chose per layer
     assert "LeNet-5, `sp.compress(target={'speedup': 1.5})`**:" in report
     assert "x faster measured at batch 1024" in report and "| family of channels |" in report
