@@ -76,7 +76,7 @@ def vector_width(model: nn.Module) -> int:
 def _kept_count(n: int, wanted_removed: int, min_density: float, round_to: int) -> int:
     """Up to the next multiple of ``round_to``, never down: on vector hardware a layer's time
     steps at multiples of the vector width (on an AVX-512 CPU a convolution keeping 17 to 32
-    channels takes the time of 32, one keeping 16 half of that), so the channels up to the
+    channels takes the time of 32, one keeping 16 two thirds of that), so the channels up to the
     next multiple cost about no time and keep accuracy."""
     kept = max(n - wanted_removed, min_kept(n, min_density))
     if round_to > 1 and n >= round_to:
