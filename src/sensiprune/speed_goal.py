@@ -9,8 +9,8 @@ predicts time exactly: cutting neighbouring families together saves less than th
 up, channel counts move in whole steps, and every operator's fixed time stays. So each cost
 model is calibrated: a copy is pruned to its budget, timed against the dense model, and the
 fraction corrected until the measured speed-up is within ``SPEED_TOLERANCE`` of the goal.
-A budget that does is then filled up to whole SIMD vectors where that still measures the goal:
-the channels up to the next multiple of the vector width cost about no time.
+A budget that does is then filled up to whole SIMD vectors where that measures as fast: the
+channels up to the next multiple of the vector width cost about no time.
 """
 
 from __future__ import annotations
