@@ -147,10 +147,7 @@ def filled(
     vector = vector_width(model)
     if vector <= candidate.round_to or not candidate.budget:
         return candidate
-    trial = copy.deepcopy(model)
-    prune(trial, dict(candidate.budget), criterion="magnitude", structured=True,
-          example_inputs=inputs, round_to=vector)  # fmt: skip
-    reached = measured_speedup(model, trial, inputs)
+    reached = _pruned_speedup(model, candidate.budget, inputs, vector)
     log.info("speed goal %gx, %s filled to multiples of %d: measured %.2fx", goal,
              candidate.allocated_to, vector, reached)  # fmt: skip
     slower = reached < candidate.speedup * (1.0 - FILL_SLACK)
@@ -191,16 +188,27 @@ def _search(
         if dict(budget) in timed:
             return  # the same channels as a try before: timing them again tells nothing new
         timed.append(dict(budget))
-        trial = copy.deepcopy(model)
-        if budget:
-            prune(trial, dict(budget), criterion="magnitude", structured=True,
-                  example_inputs=inputs, round_to=round_to)  # fmt: skip
-        reached = measured_speedup(model, trial, inputs)
+        reached = _pruned_speedup(model, budget, inputs, round_to)
         yield keep, reached, budget
         tried.append((keep, reached))
         if reached < goal and keep <= lowest * FLOOR_MARGIN:
             return  # as deep as the table goes, and still too slow
         keep = min(1.0, max(next_keep(tried, goal), lowest * FLOOR_MARGIN))
+
+
+def _pruned_speedup(
+    model: nn.Module,
+    budget: Mapping[str, float],
+    inputs: tuple[torch.Tensor, ...],
+    round_to: int | str,
+) -> float:
+    """The measured speed-up of a copy cut to ``budget``: channel counts are all that time
+    depends on, so the cheapest scores (magnitude) choose the channels."""
+    trial = copy.deepcopy(model)
+    if budget:
+        prune(trial, dict(budget), criterion="magnitude", structured=True,
+              example_inputs=inputs, round_to=round_to)  # fmt: skip
+    return measured_speedup(model, trial, inputs)
 
 
 def next_keep(tried: list[tuple[float, float]], goal: float) -> float:

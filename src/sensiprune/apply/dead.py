@@ -16,11 +16,11 @@ from torch import nn
 from sensiprune.apply.masks import apply_masks, mask_of
 from sensiprune.errors import SensipruneError
 from sensiprune.handlers.base import Cut, positions
-from sensiprune.handlers.layouts import layout_for, size_of
+from sensiprune.handlers.layouts import layout_for
 from sensiprune.measure import count_parameters
 from sensiprune.modes import eval_mode
 from sensiprune.structure.build import build
-from sensiprune.structure.channels import Group, role_kind
+from sensiprune.structure.channels import Group, indices_by_slice, role_kind
 from sensiprune.targets import Target
 
 log = logging.getLogger(__name__)
@@ -72,22 +72,21 @@ def _checkable(group: Group) -> bool:
 
 
 def _tensors(
-    module: nn.Module, role: str, index: int
+    module: nn.Module, role: str, indices: torch.Tensor
 ) -> Iterator[tuple[Cut, torch.Tensor, torch.Tensor]]:
     """(cut, parameter, positions along the cut's dimension) of each parameter holding
-    ``index``."""
+    ``indices`` of ``role``."""
     layout = layout_for(module, role)
-    n = size_of(module, role)
     for cut in layout.cuts(module):
         tensor = getattr(module, cut.attr, None)
         if isinstance(tensor, nn.Parameter):  # not a norm's running statistics
-            yield cut, tensor, positions(cut, torch.tensor([index]), n).to(tensor.device)
+            yield cut, tensor, positions(cut, indices, layout.size(module)).to(tensor.device)
 
 
 def _unread(group: Group, modules: dict[str, nn.Module]) -> bool:
     for layer, role, index in group.members:
         if role_kind(role) == "in":
-            for cut, tensor, where in _tensors(modules[layer], role, index):
+            for cut, tensor, where in _tensors(modules[layer], role, torch.tensor([index])):
                 if tensor.index_select(cut.dim, where).any():
                     return False
     return True
@@ -100,18 +99,17 @@ def _mask_producers(
 ) -> None:
     """Mask, on the trial copy, every tensor slice producing ``groups``; ``keep`` gathers the
     masks over the rounds."""
-    for group in groups:
-        for layer, role, index in group.members:
-            if role_kind(role) not in _PRODUCING:
-                continue
-            module = modules[layer]
-            for cut, tensor, where in _tensors(module, role, index):
-                name = f"{layer}.{cut.attr}" if layer else cut.attr
-                if name not in keep:
-                    current = mask_of(module, cut.attr)
-                    mask = current if current is not None else torch.ones_like(tensor, dtype=bool)
-                    keep[name] = (layer, cut.attr, mask)
-                keep[name][2].index_fill_(cut.dim, where, False)
+    for (layer, role), indices in indices_by_slice(groups).items():
+        if role_kind(role) not in _PRODUCING:
+            continue
+        module = modules[layer]
+        for cut, tensor, where in _tensors(module, role, torch.from_numpy(indices)):
+            name = f"{layer}.{cut.attr}" if layer else cut.attr
+            if name not in keep:
+                current = mask_of(module, cut.attr)
+                mask = current if current is not None else torch.ones_like(tensor, dtype=bool)
+                keep[name] = (layer, cut.attr, mask)
+            keep[name][2].index_fill_(cut.dim, where, False)
     targets = {
         name: Target(name, layer, attr, modules[layer]) for name, (layer, attr, _) in keep.items()
     }

@@ -239,8 +239,12 @@ def masked_bytes(numel: int, kept: int, itemsize: int) -> int:
     return kept * itemsize + min(_index_bytes(numel, kept), math.ceil(numel / 8))
 
 
+def _index_dtype(numel: int) -> torch.dtype:
+    return torch.int16 if numel <= INT16_INDICES else torch.int32
+
+
 def _index_bytes(numel: int, kept: int) -> int:
-    return kept * (2 if numel <= INT16_INDICES else 4)
+    return kept * _index_dtype(numel).itemsize
 
 
 def _encode(key: str, value: torch.Tensor, keep: torch.Tensor, out: dict) -> dict:
@@ -248,8 +252,7 @@ def _encode(key: str, value: torch.Tensor, keep: torch.Tensor, out: dict) -> dic
     out[f"{key}::values"] = value.reshape(-1)[flat_keep].clone()
     n, kept = flat_keep.numel(), int(flat_keep.sum())
     if _index_bytes(n, kept) < math.ceil(n / 8):
-        index_dtype = torch.int16 if n <= INT16_INDICES else torch.int32
-        out[f"{key}::index"] = flat_keep.nonzero().reshape(-1).to(index_dtype)
+        out[f"{key}::index"] = flat_keep.nonzero().reshape(-1).to(_index_dtype(n))
         kind = "index"
     else:
         out[f"{key}::bits"] = torch.from_numpy(np.packbits(flat_keep.numpy().astype(np.uint8)))

@@ -216,7 +216,7 @@ class CompressSpec(Section):
         default=None,
         description="channel counts kept multiples of N for flops and speedup goals "
         '("auto": one SIMD vector of this device); default: any count, a speedup goal\'s '
-        "rounded up to whole vectors where it still measures the goal",
+        "rounded up to whole vectors where that measures as fast",
     )
     latency_cache: str | None = Field(
         default=None,
