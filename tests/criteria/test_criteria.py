@@ -11,6 +11,7 @@ from torch import nn
 
 import sensiprune as sp
 from sensiprune.criteria.obs import DAMPING
+from sensiprune.data import default_loss
 
 
 def _manual_grads(model, batches):
@@ -336,3 +337,38 @@ def test_obs_catches_the_dense_inputs_once_where_they_fit_with_the_same_result(
         sp.prune(model, 0.5, criterion="obs", data=mlp_batches, scope="layer")
         assert sum(module is model.fc1 for module in runs) == n + dense_runs  # n: scoring
     assert all(torch.equal(a, b) for a, b in zip(mlp.parameters(), again.parameters()))
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
+def test_obs_levels_in_one_pass_equal_one_prune_each_bit_for_bit(model_name, request, monkeypatch):
+    """A sensitivity curve's levels share one greedy OBS pass; each must be exactly what
+    pruning the layer alone to that level gives, also where the later levels are too costly
+    for exact OBS and are pruned blocked, one by one."""
+    from sensiprune.criteria import obs
+    from sensiprune.targets import find_targets
+
+    model = request.getfixturevalue(model_name)
+    batches = request.getfixturevalue(f"{model_name}_batches")
+    target = next(iter(find_targets(model).values()))
+    n = target.param.numel()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    keeps = []
+    for share in (0.3, 0.6, 0.9):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[order[: round(share * n)]] = False
+        keeps.append(keep.view(target.param.shape))
+    crit = sp.criteria.get("obs")
+    counts = obs._row_counts({target.name: target}, {target.name: keeps[1]})
+    middle = obs._exact_cost({target.name: target}, counts)
+    for budget in (obs.EXACT_BUDGET, middle):  # all exact; the last one blocked
+        monkeypatch.setattr(obs, "EXACT_BUDGET", budget)
+        before = copy.deepcopy(model.state_dict())
+        together = list(crit.compensate_levels(model, target, keeps, batches, default_loss))
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        for keep, moved in zip(keeps, together):
+            _, alone = crit.compensate(
+                model, {target.name: target}, {target.name: keep}, {}, batches, default_loss
+            )
+            assert moved.keys() == alone.keys()
+            assert all(torch.equal(moved[k], alone[k]) for k in alone)
+            assert int((moved[target.name] == 0).sum()) >= int((~keep).sum())  # all removed

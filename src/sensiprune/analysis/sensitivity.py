@@ -9,6 +9,7 @@ per-layer sparsities that reach a global target with the least predicted loss of
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -164,8 +165,10 @@ def sensitivity(
     for name in progress(distributed.mine(todo), "sensitivity, layer by layer", show_progress):
         order = torch.argsort(scores[name].reshape(-1).double().cpu(), stable=True)
         row = []
-        for s in points:
-            with _layer_pruned(model, targets[name], order, s, crit, batches, loss_fn):
+        levels = _pruned_levels(model, targets[name], order, points, crit, batches, loss_fn)
+        for s, write in zip(points, levels):
+            with _layer_restored(targets[name]):
+                write()
                 row.append(_checked(evaluate(model), f"{name} at sparsity {s}"))
         rows[name] = row
         if not distributed.active():
@@ -183,37 +186,54 @@ def sensitivity(
     )
 
 
-@contextlib.contextmanager
-def _layer_pruned(
+def _pruned_levels(
     model: nn.Module,
     target: Target,
     order: torch.Tensor,
-    sparsity: float,
+    points: Sequence[float],
     crit: criteria.Criterion,
     batches: list[Batch],
     loss_fn: LossFn | None,
-) -> Iterator[None]:
-    """One layer pruned to ``sparsity`` (with OBS, its remaining weights and bias also move);
-    every tensor of the layer that may change is restored bit for bit on the way out."""
-    module, param = target.module, target.param
+) -> Iterator[Callable[[], None]]:
+    """For each sparsity, what prunes the layer to it (with OBS, its remaining weights and
+    bias also move), asked for in turn with the layer restored in between: a compensating
+    criterion computes the levels together where it can."""
+    param = target.param
+    counts = [round(s * param.numel()) for s in points]
+    if not crit.compensates:
+        for count in counts:
+            yield functools.partial(_zeroed, param, order[:count].to(param.device))
+        return
+    keeps = []
+    for count in counts:
+        keep = torch.ones(param.numel(), dtype=torch.bool)
+        keep[order[:count]] = False
+        keeps.append(keep.view(param.shape))
+    for moved in crit.compensate_levels(model, target, keeps, batches, loss_fn or default_loss):
+        yield functools.partial(_written, target.module, moved)
+
+
+def _zeroed(param: torch.Tensor, indices: torch.Tensor) -> None:
+    with torch.no_grad():
+        param.view(-1)[indices] = 0
+
+
+def _written(module: nn.Module, moved: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for full_name, value in moved.items():
+            getattr(module, full_name.rpartition(".")[2]).copy_(value)
+
+
+@contextlib.contextmanager
+def _layer_restored(target: Target) -> Iterator[None]:
+    """Every tensor of the layer that pruning may change, restored bit for bit on the way
+    out, even if the body fails."""
+    module = target.module
     touched = [
         a for a in (target.attr, "bias") if isinstance(getattr(module, a, None), torch.Tensor)
     ]
     saved = {a: getattr(module, a).detach().clone() for a in touched}
     try:
-        with torch.no_grad():
-            count = round(sparsity * param.numel())
-            if crit.compensates:
-                keep = torch.ones(param.numel(), dtype=torch.bool)
-                keep[order[:count]] = False
-                _, moved = crit.compensate(
-                    model, {target.name: target}, {target.name: keep.view(param.shape)}, {},
-                    batches, loss_fn or default_loss,
-                )  # fmt: skip
-                for full_name, value in moved.items():
-                    getattr(module, full_name.rpartition(".")[2]).copy_(value)
-            else:
-                param.view(-1)[order[:count].to(param.device)] = 0
         yield
     finally:
         with torch.no_grad():

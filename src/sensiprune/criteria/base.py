@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,6 +112,24 @@ class Criterion:
         ``fills_patterns`` also take ``pattern=(N, M)``: N of every M consecutive inputs of a
         row go, chosen as the weights move."""
         raise NotImplementedError(f"criterion {self.name} does not compensate")
+
+    def compensate_levels(
+        self,
+        model: nn.Module,
+        target: Target,
+        keeps: Sequence[torch.Tensor],
+        batches: Sequence[Batch],
+        loss_fn: LossFn,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """For criteria with ``compensates``: :meth:`compensate`'s new weights with
+        ``target``'s layer alone pruned to each of ``keeps`` in turn (nested masks, fewest
+        pruned first), what a sensitivity curve measures. Each level is computed when it is
+        asked for, from ``model`` as it is then (the caller restores it between levels); a
+        criterion that shares work among the levels overrides this."""
+        for keep in keeps:
+            yield self.compensate(
+                model, {target.name: target}, {target.name: keep}, {}, batches, loss_fn
+            )[1]
 
     def picks_own_weights(
         self,

@@ -17,7 +17,7 @@ Two refinements make the difference on small networks:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 
 import torch
@@ -94,22 +94,40 @@ def prune_rows(
     removed first, so a pruned weight is never revived. Returns the new weights and the
     boolean mask of kept weights.
     """
+    ((result, kept),) = prune_rows_levels(
+        weight, hessian_inverse, counts[None], frozen, pruned_before
+    )
+    return result, kept
+
+
+def prune_rows_levels(
+    weight: torch.Tensor,
+    hessian_inverse: torch.Tensor,
+    counts: torch.Tensor,
+    frozen: int = 0,
+    pruned_before: torch.Tensor | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`prune_rows` to several levels in one greedy pass: ``counts`` is (levels, rows),
+    and each level's weights and mask are those a pass stopped at its counts would give.
+    A row's greedy choices do not depend on where it stops, so a sensitivity curve costs
+    its sparsest point's pass, not the sum over its points."""
     rows, cols = weight.shape
     if pruned_before is None:
         pruned_before = torch.zeros(rows, cols, dtype=torch.bool)
-    kept = torch.ones(rows, cols, dtype=torch.bool)
-    result = weight.clone()
+    levels = [(weight.clone(), torch.ones(rows, cols, dtype=torch.bool)) for _ in counts]
     chunk = max(1, _MAX_BATCHED_ELEMENTS // (cols * cols))
     for start in range(0, rows, chunk):
         stop = min(rows, start + chunk)
-        result[start:stop], kept[start:stop] = _prune_chunk(
-            result[start:stop],
+        snapshots = _prune_chunk(
+            weight[start:stop].clone(),
             hessian_inverse,
-            counts[start:stop],
+            counts[:, start:stop],
             frozen,
             pruned_before[start:stop].clone(),
         )
-    return result, kept
+        for (result, kept), (w, k) in zip(levels, snapshots):
+            result[start:stop], kept[start:stop] = w, k
+    return levels
 
 
 def _prune_chunk(
@@ -118,7 +136,7 @@ def _prune_chunk(
     counts: torch.Tensor,
     frozen: int,
     first: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     rows, cols = w.shape
     hinv = hessian_inverse.expand(rows, cols, cols).clone()
     removable = torch.ones(rows, cols, dtype=torch.bool)
@@ -126,8 +144,17 @@ def _prune_chunk(
         removable[:, cols - frozen :] = False
     kept = torch.ones(rows, cols, dtype=torch.bool)
     arange = torch.arange(rows)
-    for step in range(int(counts.max().item()) if rows else 0):
-        active = counts > step
+    most = counts.max(0).values if rows else counts.new_zeros(0)
+    snapshots = [(w.clone(), kept.clone()) for _ in counts]
+
+    def snapshot(removed: int) -> None:  # the rows whose level stops at ``removed``
+        for (level_w, level_kept), level_counts in zip(snapshots, counts):
+            done = level_counts == removed
+            if removed and done.any():
+                level_w[done], level_kept[done] = w[done], kept[done]
+
+    for step in range(int(most.max().item()) if rows else 0):
+        active = most > step
         diag = hinv.diagonal(dim1=1, dim2=2)
         saliency = w.pow(2) / diag
         saliency[first] = -torch.inf
@@ -148,7 +175,8 @@ def _prune_chunk(
         hinv[rows_now, q[active], :] = 0.0
         hinv[rows_now, :, q[active]] = 0.0
         hinv[rows_now, q[active], q[active]] = 1.0
-    return w, kept
+        snapshot(step + 1)
+    return snapshots
 
 
 class OptimalBrainSurgeon(Criterion):
@@ -229,6 +257,26 @@ class OptimalBrainSurgeon(Criterion):
                         memory.give_back()
                     del solver, weights  # before the next layers' moments are collected
         return new_masks, new_tensors
+
+    def compensate_levels(
+        self,
+        model: nn.Module,
+        target: Target,
+        keeps: Sequence[torch.Tensor],
+        batches: Sequence[Batch],
+        loss_fn: LossFn,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """The levels exact OBS prunes (its cost grows with the count, so they come first)
+        from one greedy pass, bit for bit what one :meth:`compensate` each gives; the rest
+        one by one, blocked."""
+        name = target.name
+        counts = [_row_counts({name: target}, {name: keep})[name] for keep in keeps]
+        exact = sum(_exact_cost({name: target}, {name: c}) <= EXACT_BUDGET for c in counts)
+        shared = exact if exact > 1 else 0
+        if shared:
+            yield from _levels_in_one_pass(model, target, torch.stack(counts[:shared]),
+                                           batches, loss_fn)  # fmt: skip
+        yield from super().compensate_levels(model, target, keeps[shared:], batches, loss_fn)
 
     def picks_own_weights(
         self,
@@ -329,12 +377,41 @@ def _prune_layer(
     else:  # too long for exact greedy OBS, or N:M groups: blocked, with one shared factor
         count = int(counts.sum())
         new, kept = prune_blocked(weight, solver, count, frozen, pruned_before, pattern, True)
-    cols = weight.shape[1] - frozen
     with torch.no_grad():
-        layer.weight.copy_(new[:, :cols].reshape(layer.weight.shape))
-        if has_bias:
-            layer.bias.copy_(new[:, cols])
-    return kept[:, :cols].reshape(layer.weight.shape)
+        for attr, value in _layer_tensors(layer, new).items():
+            getattr(layer, attr).copy_(value)
+    return kept[:, : layer.weight[0].numel()].reshape(layer.weight.shape)
+
+
+def _layer_tensors(layer: nn.Module, augmented: torch.Tensor) -> dict[str, torch.Tensor]:
+    """An augmented (outputs, inputs + bias) matrix as the layer's weight and bias."""
+    cols = layer.weight[0].numel()
+    tensors = {"weight": augmented[:, :cols].reshape(layer.weight.shape)}
+    if getattr(layer, "bias", None) is not None:
+        tensors["bias"] = augmented[:, cols]
+    return {attr: value.to(getattr(layer, attr)) for attr, value in tensors.items()}
+
+
+def _levels_in_one_pass(
+    model: nn.Module,
+    target: Target,
+    counts: torch.Tensor,
+    batches: Sequence[Batch],
+    loss_fn: LossFn,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """``target``'s layer alone pruned by exact greedy OBS to each row of ``counts``
+    (levels x rows) in one pass: its new tensors by parameter name, level by level. Alone,
+    the layer reads the dense inputs, so no refit."""
+    layer, name = target.module, target.name
+    with eval_mode(model):
+        _, once = _execution_groups(model, {name: target}, batches[0], loss_fn)
+        moments = _layer_moments({name: layer}, {name: layer}, model, model, batches, loss_fn,
+                                 exact=True, stop_early=once)  # fmt: skip
+    solver, weights = _solve({name: layer}, moments, [name], exact=True)
+    frozen = 1 if getattr(layer, "bias", None) is not None else 0
+    prefix = f"{target.layer}." if target.layer else ""
+    for new, _ in prune_rows_levels(weights.pop(name), solver, counts, frozen):
+        yield {prefix + attr: value for attr, value in _layer_tensors(layer, new).items()}
 
 
 class _Captured(Exception):
