@@ -372,3 +372,39 @@ def test_obs_levels_in_one_pass_equal_one_prune_each_bit_for_bit(model_name, req
             assert moved.keys() == alone.keys()
             assert all(torch.equal(moved[k], alone[k]) for k in alone)
             assert int((moved[target.name] == 0).sum()) >= int((~keep).sum())  # all removed
+
+
+def test_greedy_obs_rows_match_a_row_by_row_reference_at_every_level():
+    """The batched greedy pass (rows compacted to their live columns as they lose them)
+    against the textbook loop, one row and one removal at a time, with a bias column that
+    is never removed and rows that stop at different counts."""
+    from sensiprune.criteria.obs import prune_rows_levels
+
+    torch.manual_seed(0)
+    cols = 12
+    x = torch.randn(40, cols, dtype=torch.float64)
+    hinv = torch.linalg.inv(x.T @ x / 40)
+    weight = torch.randn(5, cols, dtype=torch.float64)
+    counts = torch.tensor([[11, 6, 0, 9, 3], [11, 8, 2, 9, 5]])
+
+    def reference(row: torch.Tensor, count: int) -> torch.Tensor:
+        w, h = row.clone(), hinv.clone()
+        removed = torch.zeros(cols, dtype=torch.bool)
+        removed_or_bias = removed.clone()
+        removed_or_bias[-1] = True
+        for _ in range(count):
+            saliency = w.pow(2) / h.diagonal()
+            saliency[removed_or_bias] = torch.inf
+            q = int(saliency.argmin())
+            w -= w[q] / h[q, q] * h[:, q]
+            h -= torch.outer(h[:, q], h[q, :]) / h[q, q]
+            w[q] = 0.0
+            removed[q] = removed_or_bias[q] = True
+            h[q, :], h[:, q], h[q, q] = 0.0, 0.0, 1.0
+        return w
+
+    levels = prune_rows_levels(weight, hinv, counts, frozen=1)
+    for (new, kept), level_counts in zip(levels, counts):
+        for r, count in enumerate(level_counts.tolist()):
+            assert torch.allclose(new[r], reference(weight[r], count), atol=1e-9)
+            assert int((~kept[r]).sum()) == count and bool(kept[r, -1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sensiprune.zoo import LeNet5, LeNet300100
+from sensiprune.zoo import LeNet5, LeNet5Caffe, LeNet300100
 
 
 def test_digits_splits_are_disjoint_and_complete(digits):
@@ -25,3 +25,13 @@ def test_demo_models_classify_digits(digits):
     assert LeNet5()(x).shape == (len(x), 10)
     assert sum(p.numel() for p in LeNet300100().parameters()) == 50_610
     assert torch.isfinite(LeNet5()(x)).all()
+
+
+def test_lenet5_caffe_has_the_caffe_layers_sized_for_its_inputs(digits):
+    x = digits.test[0][0]
+    model = LeNet5Caffe()
+    assert model(x).shape == (len(x), 10)
+    assert sum(p.numel() for p in model.parameters()) == 131_080
+    assert [type(m).__name__ for m in model.children()] == [
+        "Conv2d", "Conv2d", "MaxPool2d", "Linear", "Linear"
+    ]  # fmt: skip
