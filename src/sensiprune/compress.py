@@ -443,7 +443,9 @@ def _sparsest_within_bound(
 ) -> CrossValidation:
     """The budget for a drop goal: the sparsity the curves allow for ``bound``, then less,
     until the held-out folds, pooled, drop no more than ``bound`` with one-sided 95%
-    confidence (``BOUND_ERRORS`` standard errors over the folds). Every fold and the final
+    confidence (``BOUND_ERRORS`` standard errors: the folds' or, where larger, that of the
+    paired per-sample drops, which sees samples change sides where every fold nets out to
+    no drop). Every fold and the final
     budget are allocated to one overall sparsity, so the folds judge the sparsity the final
     budget prunes (a budget allocated to the bound on each fold's own curves reaches another
     sparsity than the final one; the benchmark found the test drop over the bound in 7 of 12

@@ -170,6 +170,35 @@ def test_fold_drops_are_pooled_by_the_samples_each_fold_held_out():
     assert alike.observed_mean == pytest.approx(0.255)
 
 
+def test_the_paired_error_sees_samples_change_sides_where_every_fold_nets_to_no_drop():
+    from sensiprune.analysis.validation import CrossValidation, paired_error
+    from sensiprune.selection.allocation import Budget
+
+    # per sample: one lost, one won, two alike: the textbook standard error of the mean
+    drops, ones = torch.tensor([1.0, -1.0, 0.0, 0.0]), torch.ones(4)
+    assert paired_error(drops, ones) == pytest.approx(drops.std().item() / 2)
+    # per batch of unequal sizes: the ratio estimator's, zero where every batch drops alike
+    assert paired_error(torch.tensor([0.5, 1.0]), torch.tensor([10.0, 20.0])) == 0.0
+    assert paired_error(torch.tensor([2.0]), torch.tensor([10.0])) == 0.0  # one unit: unknown
+    folds_alike = CrossValidation(Budget(), ((0,), (1,)), (0.0, 0.0), (0.0, 0.0), paired_error=0.01)
+    assert folds_alike.observed_std == 0.0 and folds_alike.observed_error == 0.01
+
+
+def test_cross_validation_pairs_every_held_out_sample(mlp, mlp_batches):
+    from sensiprune.runs.train import correct_predictions, metric_units
+
+    per_sample, ones = metric_units(mlp, mlp_batches)
+    assert len(per_sample) == sum(len(y) for _, y in mlp_batches) and bool((ones == 1).all())
+    assert per_sample.sum().item() == sum(correct_predictions(mlp, b)[0] for b in mlp_batches)
+    per_batch, sizes = metric_units(mlp, mlp_batches, correct_predictions)
+    assert sizes.tolist() == [len(y) for _, y in mlp_batches]
+    assert torch.allclose(per_batch.sum(), per_sample.sum())
+    result = sp.cross_validate(mlp, mlp_batches, target_sparsity=0.8, folds=2,
+                               sparsities=(0.5, 0.9))  # fmt: skip
+    assert result.paired_error > 0  # at 80%, some samples change sides
+    assert result.observed_error >= result.paired_error
+
+
 def test_cross_validation_counts_the_samples_of_each_fold(mlp, mlp_batches):
     result = sp.cross_validate(mlp, mlp_batches, target_sparsity=0.5, folds=2,
                                sparsities=(0.5, 0.9))  # fmt: skip

@@ -9,6 +9,7 @@ the test split is never passed in, so it is touched only for the final number by
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
 from sensiprune.data import Batch, LossFn
 from sensiprune.errors import SensipruneError
 from sensiprune.pruning import prune
-from sensiprune.runs.train import Metric, evaluate, evaluate_counted
+from sensiprune.runs.train import Metric, evaluate, metric_units
 from sensiprune.selection.allocation import Budget, LatencyTable, allocate
 from sensiprune.targets import IgnoreSpec
 
@@ -36,6 +37,7 @@ class CrossValidation:
     table: SensitivityTable | None = None  # the curves of all the data, the budget's source
     fold_tables: tuple[SensitivityTable, ...] = ()  # the curves each fold's budget came from
     samples: tuple[int, ...] = ()  # per fold, how many samples it held out (else all alike)
+    paired_error: float = 0.0  # the standard error of the pooled drop from every unit
 
     @property
     def observed_mean(self) -> float:
@@ -55,8 +57,11 @@ class CrossValidation:
     @property
     def observed_error(self) -> float:
         """The standard error of :attr:`observed_mean`: how far it may sit from the drop on
-        unseen data of the same kind."""
-        return self.observed_std / len(self.observed) ** 0.5 if self.observed else 0.0
+        unseen data of the same kind. The larger of two: the folds' spread (a few folds; all
+        of them may see no drop where samples still change sides both ways) and the spread
+        of the paired per-sample (or per-batch) drops that :func:`cross_validate` pools."""
+        folds = self.observed_std / len(self.observed) ** 0.5 if self.observed else 0.0
+        return max(folds, self.paired_error)
 
     def _weights(self) -> list[float]:
         return [float(n) for n in self.samples] if self.samples else [1.0] * len(self.observed)
@@ -136,7 +141,7 @@ def cross_validate(
             example_inputs=example_inputs,
         )  # fmt: skip
 
-    predicted, observed, fitted, samples = [], [], [], []
+    predicted, observed, fitted, samples, drops, units = [], [], [], [], [], []
     for f, held_out in enumerate(split):
         fitting = [b for i, b in enumerate(batches) if i not in held_out]
         unseen = [batches[i] for i in held_out]
@@ -148,11 +153,26 @@ def cross_validate(
                   structured=structured, example_inputs=example_inputs,
                   round_to=round_to)  # fmt: skip
         predicted.append(budget.predicted_drop)
-        dense, count = evaluate_counted(model, unseen, metric)
-        observed.append(dense - evaluate(pruned, unseen, metric))
-        samples.append(count)
+        dense, counts = metric_units(model, unseen, metric)
+        drops.append(dense - metric_units(pruned, unseen, metric)[0])
+        units.append(counts)
+        observed.append(float(drops[-1].sum() / counts.sum()))
+        samples.append(round(float(counts.sum())))
     table = table if table is not None else curves(batches)
     final = allocate(table, **targets)
     return CrossValidation(
-        final, split, tuple(predicted), tuple(observed), table, tuple(fitted), tuple(samples)
-    )
+        final, split, tuple(predicted), tuple(observed), table, tuple(fitted), tuple(samples),
+        paired_error(torch.cat(drops), torch.cat(units)),
+    )  # fmt: skip
+
+
+def paired_error(drops: torch.Tensor, counts: torch.Tensor) -> float:
+    """The standard error of sum(drops) / sum(counts), the pooled drop, from its units'
+    paired drops (each unit's metric sum, dense minus pruned, over ``counts`` samples): the
+    ratio estimator's, as a survey weighs clusters of unequal size."""
+    units = len(drops)
+    if units < 2:
+        return 0.0
+    total = float(counts.sum())
+    residuals = drops - counts * (float(drops.sum()) / total)
+    return math.sqrt(float(residuals.pow(2).sum()) * units / (units - 1)) / total

@@ -130,9 +130,36 @@ def _finite(params: list[torch.Tensor]) -> bool:
 
 def correct_predictions(model: nn.Module, batch: Batch) -> tuple[float, int]:
     """Accuracy numerator and denominator of an (inputs, labels) batch."""
+    right = _correct(model, batch)
+    return float(right.sum()), int(right.numel())
+
+
+def _correct(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Whether each label of an (inputs, labels) batch is predicted, flat."""
     logits = forward(model, batch[0])
     check_labels(logits, batch[1])
-    return float((logits.argmax(-1) == batch[1]).sum()), int(batch[1].numel())
+    return (logits.argmax(-1) == batch[1]).reshape(-1).cpu()
+
+
+def metric_units(
+    model: nn.Module, data: Iterable[Batch], metric: Metric | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The metric's sums and sample counts unit by unit, in eval mode: per sample for the
+    default accuracy, per batch for another metric (the finest a metric reports). Two
+    models' units on the same data are paired, which gives the standard error of their
+    difference from every sample, not from a few folds."""
+    sums, counts = [], []
+    with eval_mode(model), torch.no_grad():
+        for batch in as_batches(data, "evaluation data"):
+            if metric is None:
+                right = _correct(model, batch).double()
+                sums.append(right)
+                counts.append(torch.ones_like(right))
+            else:
+                value, n = metric(model, batch)
+                sums.append(torch.tensor([value], dtype=torch.float64))
+                counts.append(torch.tensor([n], dtype=torch.float64))
+    return torch.cat(sums), torch.cat(counts)
 
 
 def evaluate(model: nn.Module, data: Iterable[Batch], metric: Metric | None = None) -> float:
