@@ -323,6 +323,18 @@ def test_a_drop_goal_judges_on_the_folds_the_sparsity_the_final_budget_prunes(
         compress_module.BOUND_TRIES
     )
     assert result.params_kept == pytest.approx(1 - allowed, abs=0.05) or sparsity < allowed
+    assert "NOT certified" not in result.method or len(judged) == 3 * compress_module.BOUND_TRIES
+
+
+def test_a_drop_goal_the_folds_cannot_certify_says_so(mlp_and_data, monkeypatch):
+    compress_module = sys.modules["sensiprune.compress"]
+    monkeypatch.setattr(compress_module, "BOUND_ERRORS", 1e6)  # no spread is small enough
+    monkeypatch.setattr(compress_module, "BOUND_TRIES", 2)
+    model, train, val, _ = mlp_and_data
+    result = sp.compress(model, train, val, {"max_drop": 0.05}, folds=2, steps=1,
+                         criterion="magnitude", epochs_per_step=0)  # fmt: skip
+    assert "the bound is NOT certified: after 2 tightenings" in result.method
+    assert "NOT certified" in str(result)
 
 
 @pytest.mark.parametrize(

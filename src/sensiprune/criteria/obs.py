@@ -171,8 +171,8 @@ def _prune_chunk(
             ids, live = ids[stay], live[stay].gather(1, alive)
             w, kept = w[stay].gather(1, alive), kept[stay].gather(1, alive)
             first, removable = first[stay].gather(1, alive), removable[stay].gather(1, alive)
-            hinv = hinv[stay].gather(1, alive.unsqueeze(2).expand(-1, -1, held))
-            hinv = hinv.gather(2, alive.unsqueeze(1).expand(-1, cols - step, -1))
+            kept_rows = stay.nonzero()[:, 0]  # one new matrix, smaller than the last
+            hinv = hinv[kept_rows[:, None, None], alive[:, :, None], alive[:, None, :]]
             held, arange = cols - step, torch.arange(len(ids))
         active = most[ids] > step
         diag = hinv.diagonal(dim1=1, dim2=2)
