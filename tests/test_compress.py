@@ -75,12 +75,18 @@ def test_a_bytes_goal_keeps_that_share_of_the_saved_file(mlp_and_data, tmp_path)
     assert written == saved_bytes(model)
 
 
-def test_a_flops_goal_shrinks_layers(cnn_batches):
+def _two_convs(width: int) -> nn.Sequential:
+    """Two convolutions on the 2x4x4 inputs of ``cnn_batches``, then a classifier."""
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 3),
+    return nn.Sequential(
+        nn.Conv2d(2, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(width * 16, 3),
     )  # fmt: skip
+
+
+def test_a_flops_goal_shrinks_layers(cnn_batches):
+    model = _two_convs(8)
     x = cnn_batches[0][0]
     dense_flops = count_flops(model, x[:1]).effective
     result = sp.compress(model, cnn_batches, cnn_batches, {"flops": 0.6}, folds=3, steps=2,
@@ -90,6 +96,51 @@ def test_a_flops_goal_shrinks_layers(cnn_batches):
     flops = count_flops(model, x[:1]).effective
     assert result.flops_kept == pytest.approx(flops / dense_flops)
     assert result.flops_kept <= 0.75  # the allocation aims at 0.6 in whole channels
+
+
+def _share_of_parameters(dense: int):
+    """A metric that falls as the model shrinks: the share of ``dense`` parameters it keeps
+    (per batch, so the paired error of every batch's equal drop is zero)."""
+
+    def metric(model: nn.Module, batch) -> tuple[float, int]:
+        n = len(batch[0])
+        return n * sum(p.numel() for p in model.parameters()) / dense, n
+
+    return metric
+
+
+def test_a_step_past_the_drop_bound_is_undone_and_ends_the_run(cnn_batches):
+    model = _two_convs(16)
+    dense = sum(p.numel() for p in model.parameters())
+    result = sp.compress(model, cnn_batches, cnn_batches, {"flops": 0.05, "max_drop": 0.7},
+                         folds=3, criterion="magnitude", epochs_per_step=0,
+                         metric=_share_of_parameters(dense))  # fmt: skip
+    assert result.goal == {"flops": 0.05, "max_drop": 0.7}
+    assert result.stopped_short and "stopped short of the goal after step" in result.method
+    assert 1 <= len(result.steps) < 4  # the default with a bound: 4 steps, one undone
+    kept = sum(p.numel() for p in model.parameters())
+    assert result.steps[-1].metric == pytest.approx(kept / dense) and kept / dense >= 0.3
+    assert result.flops_kept > 0.05  # short of the goal
+    assert model(cnn_batches[0][0]).shape == (8, 3)  # the step before, whole and running
+
+
+def test_a_step_past_the_drop_bound_at_once_leaves_the_dense_model(mlp_and_data):
+    model, train, val, _ = mlp_and_data
+    before = copy.deepcopy(model.state_dict())
+    dense = sum(p.numel() for p in model.parameters())
+    result = sp.compress(model, train, val, {"flops": 0.3, "max_drop": 0.0}, folds=2, steps=1,
+                         epochs_per_step=0, metric=_share_of_parameters(dense))  # fmt: skip
+    assert result.stopped_short and result.steps == ()
+    assert result.params_kept == 1.0 and result.flops_kept == 1.0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_bound_never_crossed_runs_every_step(mlp_and_data):
+    model, train, val, _ = mlp_and_data
+    result = sp.compress(model, train, val, {"params": 0.3, "max_drop": 0.99}, folds=2,
+                         epochs_per_step=0)  # fmt: skip
+    assert not result.stopped_short and [s.step for s in result.steps] == [1, 2, 3, 4]
+    assert result.params_kept <= 0.3 + 1e-6
 
 
 def test_a_params_goal_spends_no_weight_on_units_no_layer_reads(mlp_and_data):
@@ -346,6 +397,10 @@ def test_a_drop_goal_the_folds_cannot_certify_says_so(mlp_and_data, monkeypatch)
         ({"speedup": float("inf")}, "above 1"),
         ({"speedup": 1000.0}, "out of reach on cpu"),
         ({"params": 0.1, "flops": 0.5}, "one goal"),
+        ({"params": 0.1, "flops": 0.5, "max_drop": 0.1}, "one goal"),
+        ({"speedup": 0.5, "max_drop": 0.1}, "above 1"),
+        ({"params": 0.1, "max_drop": 1.5}, r"in \[0, 1\)"),
+        ({"params": 0.1, "max_drp": 0.1}, "unknown goal 'max_drp'"),
         (0.5, "one goal"),
         ({"params": 1.5}, r"in \(0, 1\)"),
         ({"params": True}, "must be a number"),

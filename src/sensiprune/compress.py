@@ -24,14 +24,14 @@ from torch import nn
 
 from sensiprune.analysis.latency import LatencyModel, measure_latency
 from sensiprune.analysis.sensitivity import SensitivityTable, sensitivity
-from sensiprune.analysis.validation import CrossValidation, cross_validate
+from sensiprune.analysis.validation import CrossValidation, cross_validate, paired_error
 from sensiprune.apply.dead import mask_dead_units
 from sensiprune.data import Batch, LossFn, as_batches
 from sensiprune.errors import SensipruneError
 from sensiprune.io.saving import saved_bytes
 from sensiprune.measure import count_flops, count_parameters, latency
 from sensiprune.pruning import prune
-from sensiprune.runs.train import Metric, evaluate, finetune
+from sensiprune.runs.train import Metric, evaluate, finetune, metric_units
 from sensiprune.selection.schedule import share_of_remaining, sparsity_at
 from sensiprune.selection.unstructured import check_sparsity
 from sensiprune.size_goal import file_sparsity, reclaimed, within_file_size
@@ -51,6 +51,7 @@ DEFAULT_CRITERION = {
 STRUCTURED_POINTS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)  # channels: a 2x model cuts ~30-50%
 SELECTION_EPOCHS = 1  # fine-tuning of each speed candidate before the validation data judges
 _WITHIN = f"measured within {SPEED_TOLERANCE:.0%} of the goal"
+BOUNDED_STEPS = 4  # the default steps of a goal with a drop bound: somewhere to stop short
 BOUND_TRIES = 10  # tightenings of a drop goal's budget against the held-out folds
 BOUND_STEP = 1.2  # each tightening keeps this many times the weights of the last
 # a drop goal holds when the pooled held-out drop plus this many standard errors stays under
@@ -73,7 +74,7 @@ class CompressStep:
 class CompressResult:
     """What ``compress`` reached, and how far the cross-validated prediction held."""
 
-    goal: dict[str, float]
+    goal: dict[str, float]  # with max_drop beside the goal where one was given
     method: str
     criterion: str
     budget: dict[str, float]  # per layer (unstructured) or family of layers (structured)
@@ -98,6 +99,9 @@ class CompressResult:
     allocated_to: str | None = None
     # speed goals: every budget calibrated to the goal, the chosen one first
     speed_candidates: tuple[SpeedCandidate, ...] = ()
+    # a goal with max_drop beside it: a step dropped past it and was undone, so the model is
+    # the last step's within it, short of the goal
+    stopped_short: bool = False
 
     @property
     def measured_drop(self) -> float:
@@ -141,7 +145,7 @@ def compress(
     criterion: str | None = None,
     folds: int = 5,
     sparsities: Sequence[float] | None = None,
-    steps: int = 1,
+    steps: int | None = None,
     epochs_per_step: int = 5,
     lr: float = 1e-3,
     metric: Metric | None = None,
@@ -164,15 +168,23 @@ def compress(
       over the samples of the held-out folds, with one-sided 95% confidence (unstructured,
       OBS).
 
+    Beside any other goal, ``max_drop`` is where to stop short of it, as in
+    ``{"speedup": 3.0, "max_drop": 0.02}``: after each step's fine-tuning the model is
+    measured on ``val_data`` against the dense one, sample by sample, and a step whose drop
+    may exceed d (one-sided 95%) is undone and ends the run (the result's ``stopped_short``);
+    such a goal is pruned in ``BOUNDED_STEPS`` steps unless ``steps`` says otherwise, so that
+    there is a step to stop at.
+
     ``data`` trains (fine-tuning between steps, and the scores); ``val_data`` measures the
     curves (at ``sparsities``; by default, for weights, at points past what the goal needs, so
     that no layer's curve stops short of its threshold; for channels, from 10% to 95%, where a
     model twice as fast lies) and cross-validates the budget in ``folds``
     folds; ``test_data``, seen only at the end, gives the measured drop. ``steps`` prune /
     fine-tune steps along the cubic schedule, ``epochs_per_step`` epochs of Adam (``lr``) after
-    each. One step is the default: OBS on the dense weights, then fine-tuning, measured better
-    than steps at the same epochs (benchmarks/results/compress.md). ``metric`` (default:
-    accuracy) and ``loss_fn`` as for :func:`sensiprune.evaluate` and :func:`sensiprune.prune`.
+    each. One step is the default without a drop bound: OBS on the dense weights, then
+    fine-tuning, measured better than steps at the same epochs
+    (benchmarks/results/compress.md). ``metric`` (default: accuracy) and ``loss_fn`` as for
+    :func:`sensiprune.evaluate` and :func:`sensiprune.prune`.
 
     A speed goal times each family of channels cut at a few sparsities against the dense
     model (a latency table, reused from ``latency_cache`` when it was measured there before
@@ -192,7 +204,7 @@ def compress(
     sparsity is lowered until the model, so masked, meets the goal, which spends the freed
     budget on weights that matter.
     """
-    goal, value = check_goal(target)
+    goal, value, bound = check_goal(target)
     structured = goal in ("flops", "speedup")
     fill = round_to is None  # speed goals: whole vectors where they cost no time
     round_to = round_to or 1
@@ -200,6 +212,8 @@ def compress(
     train = as_batches(data, "data")
     validation = list(as_batches(val_data, "val_data"))
     held_out = list(as_batches(test_data, "test_data")) if test_data is not None else validation
+    if steps is None:
+        steps = 1 if bound is None else BOUNDED_STEPS
     if not isinstance(steps, int) or steps < 1:
         raise SensipruneError(f"steps must be a positive integer, got {steps!r}")
     if not isinstance(epochs_per_step, int) or epochs_per_step < 0:
@@ -263,16 +277,24 @@ def compress(
             lambda s: validate(target_sparsity=s, table=table, fold_tables=fold_tables),
         )  # fmt: skip
     budget = dict(checked.budget)
-    history, one_shot, unread = [], None, 0
+    history, one_shot, unread, crossed = [], None, 0, None
+    dense_units = metric_units(model, validation, metric) if bound is not None else None
     for step in range(1, steps + 1):
+        saved = copy.deepcopy(model) if bound is not None else None
         _prune_step(model, budget, step, steps, structured, criterion, train, loss_fn, inputs,
                     round_to)  # fmt: skip
-        if reclaim:
-            unread += mask_dead_units(model, inputs)
+        masked = mask_dead_units(model, inputs) if reclaim else 0
         if steps == 1:  # the whole budget at once: what the cross-validation predicted
             one_shot = evaluate(model, held_out, metric)
         if epochs_per_step:
             finetune(model, train, epochs_per_step, loss_fn, lr=lr, show_progress=show_progress)
+        if saved is not None:
+            crossed = _crossed(dense_units, model, validation, metric, bound, step)
+            if crossed is not None:  # this step goes too far: the last one is the result
+                _put_back(model, saved)
+                one_shot = None
+                break
+        unread += masked
         history.append(
             CompressStep(
                 step,
@@ -295,26 +317,50 @@ def compress(
             f"folds still allow a drop up to {_upper_drop(checked):+.4f} (one-sided 95%), "
             "more validation data would tell"
         )
+    if crossed is not None:
+        step, drop, upper = crossed
+        method += (
+            f"; stopped short of the goal after step {step - 1} of {steps}: step {step} "
+            f"dropped {drop:+.4f} on the validation data after fine-tuning, up to {upper:+.4f} "
+            f"(one-sided 95%), past max_drop {bound:g}, so it was undone"
+        )
     if candidates:
         chosen = candidates[0]
         method += f", allocated to {chosen.allocated_to} ({_why_chosen(candidates, trial_epochs)})"
         if fill and chosen.round_to > 1:
             method += f", channel counts rounded up to multiples of {chosen.round_to} ({_WITHIN})"
-    return _result(goal, value, method, criterion, checked, dense_metric, held_out, model,
-                   metric, history, timing, lut, one_shot, candidates,
+    goals = {goal: value, **({"max_drop": bound} if bound is not None else {})}
+    return _result(goals, crossed is not None, method, criterion, checked, dense_metric,
+                   held_out, model, metric, history, timing, lut, one_shot, candidates,
                    saved_bytes(model) / dense_bytes)  # fmt: skip
 
 
-def check_goal(target: object) -> tuple[str, float]:
-    """The one goal of ``target`` and its value, or one line saying what is wrong."""
-    if not isinstance(target, Mapping) or len(target) != 1:
+def check_goal(target: object) -> tuple[str, float, float | None]:
+    """The goal of ``target``, its value and the drop bound beside it (None without one), or
+    one line saying what is wrong. A target holds one goal, and may add ``max_drop`` to a
+    size, FLOP or speed goal as the drop after fine-tuning at which to stop short of it."""
+    if not isinstance(target, Mapping) or not 1 <= len(target) <= 2:
         raise SensipruneError(
             f"target must be a dict with one goal, one of {', '.join(GOALS)}, such as "
-            f'{{"params": 0.1}}; got {target!r}'
+            f'{{"params": 0.1}}, and optionally max_drop beside it, such as '
+            f'{{"speedup": 2.0, "max_drop": 0.01}}; got {target!r}'
         )
-    ((goal, value),) = target.items()
-    if goal not in GOALS:
-        raise SensipruneError(f"unknown goal {goal!r}: compress reaches one of {', '.join(GOALS)}")
+    for goal in target:
+        if goal not in GOALS:
+            raise SensipruneError(
+                f"unknown goal {goal!r}: compress reaches one of {', '.join(GOALS)}"
+            )
+    if len(target) == 2 and "max_drop" not in target:
+        raise SensipruneError(
+            f"target must hold one goal, and at most max_drop beside it; got {target!r}"
+        )
+    values = {goal: _checked_value(goal, value) for goal, value in target.items()}
+    bound = values.pop("max_drop") if len(values) == 2 else None
+    ((goal, value),) = values.items()
+    return goal, value, bound
+
+
+def _checked_value(goal: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise SensipruneError(f"target {goal} must be a number, got {value!r}")
     if goal == "max_drop" and not 0.0 <= value < 1.0:
@@ -329,7 +375,7 @@ def check_goal(target: object) -> tuple[str, float]:
         raise SensipruneError(
             f"target {goal} is the fraction of the dense model to keep, in (0, 1), got {value}"
         )
-    return goal, float(value)
+    return float(value)
 
 
 def _curve_points(needed: float | None) -> tuple[float, ...]:
@@ -444,6 +490,31 @@ def _why_chosen(candidates: list[SpeedCandidate], epochs: int) -> str:
     )
 
 
+def _crossed(
+    dense: tuple[torch.Tensor, torch.Tensor],
+    model: nn.Module,
+    validation: list[Batch],
+    metric: Metric | None,
+    bound: float,
+    step: int,
+) -> tuple[int, float, float] | None:
+    """(step, drop, its one-sided 95% upper end) where the fine-tuned ``model`` may have
+    dropped more than ``bound`` on the validation data (paired per sample with the dense
+    model), else None."""
+    sums, counts = dense
+    drops = sums - metric_units(model, validation, metric)[0]
+    drop = float(drops.sum() / counts.sum())
+    upper = drop + BOUND_ERRORS * paired_error(drops, counts)
+    return (step, drop, upper) if upper > bound else None
+
+
+def _put_back(model: nn.Module, saved: nn.Module) -> None:
+    """``model``, in place, as ``saved`` (a deep copy of it before a step): a structured
+    step changed its modules' shapes, so their state is taken whole."""
+    model.__dict__.clear()
+    model.__dict__.update(saved.__dict__)
+
+
 def _sparsest_within_bound(
     checked: CrossValidation, bound: float, validate: Callable[..., CrossValidation]
 ) -> CrossValidation:
@@ -474,8 +545,8 @@ def _upper_drop(checked: CrossValidation) -> float:
 
 
 def _result(
-    goal: str,
-    value: float,
+    goal: dict[str, float],
+    stopped_short: bool,
     method: str,
     criterion: str,
     checked: CrossValidation,
@@ -491,8 +562,9 @@ def _result(
     bytes_kept: float,
 ) -> CompressResult:
     return CompressResult(
-        goal={goal: value},
+        goal=goal,
         method=method,
+        stopped_short=stopped_short,
         criterion=criterion,
         budget=dict(checked.budget),
         predicted_drop=checked.budget.predicted_drop,
@@ -500,8 +572,8 @@ def _result(
         cross_validated_std=checked.observed_std,
         dense_metric=dense_metric,
         metric=evaluate(model, held_out, metric),
-        params_kept=history[-1].params_kept,
-        flops_kept=history[-1].flops_kept,
+        params_kept=history[-1].params_kept if history else 1.0,  # undone at step 1
+        flops_kept=history[-1].flops_kept if history else 1.0,
         bytes_kept=bytes_kept,
         dense_latency=timing[0],
         latency=timing[1],

@@ -66,6 +66,7 @@ def test_a_speed_goal_reports_its_latency_table(tmp_path):
         ({"target": {"bytes": 1.5}}, "compress.target"),
         ({"target": {"size": 0.1}}, "compress.target"),
         ({"target": {"params": 0.1, "flops": 0.5}}, "compress.target"),
+        ({"target": {"params": 0.1, "max_drop": 2.0}}, "compress.target"),
     ],
 )
 def test_a_recipe_without_a_valid_goal_is_one_line(tmp_path, capsys, compress, message):
@@ -74,3 +75,13 @@ def test_a_recipe_without_a_valid_goal_is_one_line(tmp_path, capsys, compress, m
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0 and "Traceback" not in err
     assert not (tmp_path / "run" / "compress.json").exists()
+
+
+def test_a_recipe_goal_may_carry_a_drop_bound(tmp_path):
+    goal = {"target": {"params": 0.5, "max_drop": 0.99}, "criterion": "magnitude", "folds": 2,
+            "steps": 2, "epochs_per_step": 0}  # fmt: skip
+    path = write_recipe(tmp_path, compress=goal, data=DATA)
+    assert main(["compress", "-q", str(path)]) == 0
+    result = json.loads((tmp_path / "run" / "compress.json").read_text())
+    assert result["goal"] == {"params": 0.5, "max_drop": 0.99}
+    assert result["stopped_short"] is False and [s["step"] for s in result["steps"]] == [1, 2]

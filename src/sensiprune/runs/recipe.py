@@ -206,7 +206,9 @@ class CompressSpec(Section):
         "parameters kept), bytes (fraction of the saved file kept), flops (fraction of the "
         "FLOPs kept), speedup (times faster, "
         "measured on this device at the validation batch size) or max_drop (largest drop of "
-        "the metric), e.g. {params: 0.1} or {speedup: 2.0}",
+        "the metric), e.g. {params: 0.1} or {speedup: 2.0}; max_drop beside another goal is "
+        "the drop after fine-tuning at which to stop short of it, e.g. "
+        "{speedup: 3.0, max_drop: 0.02}",
     )
     criterion: CriterionName | None = Field(
         default=None,
@@ -224,7 +226,12 @@ class CompressSpec(Section):
         "reused (per architecture, device, dtype and batch); default: measured afresh",
     )
     folds: int = Field(default=5, ge=2, description="k-fold cross-validation of the budget")
-    steps: int = Field(default=1, ge=1, description="prune / fine-tune steps (cubic schedule)")
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="prune / fine-tune steps (cubic schedule); default 1, or 4 with max_drop "
+        "beside another goal",
+    )
     epochs_per_step: int = Field(default=5, ge=0, description="fine-tuning after each step")
 
 
