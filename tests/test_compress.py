@@ -116,7 +116,7 @@ def test_a_step_past_the_drop_bound_is_undone_and_ends_the_run(cnn_batches):
                          folds=3, criterion="magnitude", epochs_per_step=0,
                          metric=_share_of_parameters(dense))  # fmt: skip
     assert result.goal == {"flops": 0.05, "max_drop": 0.7}
-    assert result.stopped_short and "stopped short of the goal after step" in result.method
+    assert result.stopped_short and "stopped short of the goal, after step" in result.method
     assert 1 <= len(result.steps) < 4  # the default with a bound: 4 steps, one undone
     kept = sum(p.numel() for p in model.parameters())
     assert result.steps[-1].metric == pytest.approx(kept / dense) and kept / dense >= 0.3

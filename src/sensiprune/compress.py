@@ -172,8 +172,8 @@ def compress(
     ``{"speedup": 3.0, "max_drop": 0.02}``: after each step's fine-tuning the model is
     measured on ``val_data`` against the dense one, sample by sample, and a step whose drop
     may exceed d (one-sided 95%) is undone and ends the run (the result's ``stopped_short``);
-    such a goal is pruned in ``BOUNDED_STEPS`` steps unless ``steps`` says otherwise, so that
-    there is a step to stop at.
+    such a goal is pruned in ``BOUNDED_STEPS`` steps unless ``steps`` says otherwise, each
+    keeping the same share of what the last left (more steps stop nearer the bound).
 
     ``data`` trains (fine-tuning between steps, and the scores); ``val_data`` measures the
     curves (at ``sparsities``; by default, for weights, at points past what the goal needs, so
@@ -279,10 +279,13 @@ def compress(
     budget = dict(checked.budget)
     history, one_shot, unread, crossed = [], None, 0, None
     dense_units = metric_units(model, validation, metric) if bound is not None else None
+    # with a bound, equal ratios of density a step: wherever the run stops, each step taken
+    # went as far as the others (a cubic path puts most of the way into its first step)
+    path = "cubic" if bound is None else "geometric"
     for step in range(1, steps + 1):
         saved = copy.deepcopy(model) if bound is not None else None
         _prune_step(model, budget, step, steps, structured, criterion, train, loss_fn, inputs,
-                    round_to)  # fmt: skip
+                    round_to, path)  # fmt: skip
         masked = mask_dead_units(model, inputs) if reclaim else 0
         if steps == 1:  # the whole budget at once: what the cross-validation predicted
             one_shot = evaluate(model, held_out, metric)
@@ -319,10 +322,11 @@ def compress(
         )
     if crossed is not None:
         step, drop, upper = crossed
+        kept = f"after step {step - 1}" if step > 1 else "dense: no step held"
         method += (
-            f"; stopped short of the goal after step {step - 1} of {steps}: step {step} "
-            f"dropped {drop:+.4f} on the validation data after fine-tuning, up to {upper:+.4f} "
-            f"(one-sided 95%), past max_drop {bound:g}, so it was undone"
+            f"; stopped short of the goal, {kept}: step {step} of {steps} dropped {drop:+.4f} "
+            f"on the validation data after fine-tuning, up to {upper:+.4f} (one-sided 95%), "
+            f"past max_drop {bound:g}, so it was undone"
         )
     if candidates:
         chosen = candidates[0]
@@ -414,12 +418,12 @@ def _prune_step(
     loss_fn: LossFn | None,
     inputs: tuple[torch.Tensor, ...],
     round_to: int | str,
+    path: str = "cubic",
 ) -> None:
-    """Step ``step`` of the cubic path to ``budget``: masks name the total sparsity of a
-    layer; a structured step names the share of the channels still there."""
-    now = (
-        share_of_remaining(budget, step, steps) if structured else sparsity_at(budget, step, steps)
-    )
+    """Step ``step`` of the ``path`` (a schedule) to ``budget``: masks name the total
+    sparsity of a layer; a structured step names the share of the channels still there."""
+    schedule = share_of_remaining if structured else sparsity_at
+    now = schedule(budget, step, steps, path)
     now = {k: v for k, v in now.items() if v > 0}
     if now:
         prune(model, now, criterion=criterion, data=data, loss_fn=loss_fn, structured=structured,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from sensiprune.errors import SensipruneError
 from sensiprune.selection.unstructured import Sparsity
 
-SCHEDULES = ("cubic", "linear")
+SCHEDULES = ("cubic", "linear", "geometric")
 
 
 def fraction_done(step: int, steps: int, kind: str = "cubic") -> float:
@@ -15,9 +15,10 @@ def fraction_done(step: int, steps: int, kind: str = "cubic") -> float:
 
     ``cubic`` is Zhu & Gupta 2017 (AGP): s_t = s_f · (1 − (1 − t/n)³), pruning fast while
     redundancy is plentiful and slowly near the target; ``linear`` spaces steps evenly.
+    (``geometric`` is no fraction of one path: see :func:`sparsity_at`.)
     """
-    if kind not in SCHEDULES:
-        raise SensipruneError(f"schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
+    if kind not in ("cubic", "linear"):
+        raise SensipruneError(f"schedule must be cubic or linear here, got {kind!r}")
     if not isinstance(steps, int) or steps < 1:
         raise SensipruneError(f"steps must be a positive integer, got {steps!r}")
     t = min(max(step, 0), steps) / steps
@@ -25,7 +26,13 @@ def fraction_done(step: int, steps: int, kind: str = "cubic") -> float:
 
 
 def sparsity_at(target: Sparsity, step: int, steps: int, kind: str = "cubic") -> Sparsity:
-    """The sparsity to reach at ``step``; a per-layer budget moves every layer along together."""
+    """The sparsity to reach at ``step``; a per-layer budget moves every layer along together.
+    ``geometric`` keeps the same share of what is left at every step (:func:`geometric_sparsity`):
+    equal ratios of density, so a run stopped at any step has gone an equal ratio further."""
+    if kind == "geometric":
+        return geometric_sparsity(target, step, steps)
+    if kind not in SCHEDULES:
+        raise SensipruneError(f"schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
     done = fraction_done(step, steps, kind)
     if isinstance(target, Mapping):
         return {layer: value * done for layer, value in target.items()}
