@@ -109,19 +109,26 @@ def _share_of_parameters(dense: int):
     return metric
 
 
-def test_a_step_past_the_drop_bound_is_undone_and_ends_the_run(cnn_batches):
+@pytest.mark.parametrize(
+    ("bound", "path", "stop"),
+    [
+        (0.76, [1, 2, 2.5], "after half of step 3"),  # step 3 keeps 21%, half of it 26%
+        (0.7, [1, 2], "after step 2, as half of step 3 went past it too"),
+    ],
+)
+def test_a_step_past_the_drop_bound_is_undone_and_halved_once(cnn_batches, bound, path, stop):
     model = _two_convs(16)
     dense = sum(p.numel() for p in model.parameters())
-    result = sp.compress(model, cnn_batches, cnn_batches, {"flops": 0.05, "max_drop": 0.7},
+    result = sp.compress(model, cnn_batches, cnn_batches, {"flops": 0.05, "max_drop": bound},
                          folds=3, criterion="magnitude", epochs_per_step=0,
                          metric=_share_of_parameters(dense))  # fmt: skip
-    assert result.goal == {"flops": 0.05, "max_drop": 0.7}
-    assert result.stopped_short and "stopped short of the goal, after step" in result.method
-    assert 1 <= len(result.steps) < 4  # the default with a bound: 4 steps, one undone
+    assert result.goal == {"flops": 0.05, "max_drop": bound}
+    assert result.stopped_short and f"stopped short of the goal, {stop}:" in result.method
+    assert [s.step for s in result.steps] == path  # 4 geometric steps by default with a bound
     kept = sum(p.numel() for p in model.parameters())
-    assert result.steps[-1].metric == pytest.approx(kept / dense) and kept / dense >= 0.3
+    assert result.steps[-1].metric == pytest.approx(kept / dense) and kept / dense >= 1 - bound
     assert result.flops_kept > 0.05  # short of the goal
-    assert model(cnn_batches[0][0]).shape == (8, 3)  # the step before, whole and running
+    assert model(cnn_batches[0][0]).shape == (8, 3)  # the last point held, whole and running
 
 
 def test_a_step_past_the_drop_bound_at_once_leaves_the_dense_model(mlp_and_data):
@@ -131,6 +138,7 @@ def test_a_step_past_the_drop_bound_at_once_leaves_the_dense_model(mlp_and_data)
     result = sp.compress(model, train, val, {"flops": 0.3, "max_drop": 0.0}, folds=2, steps=1,
                          epochs_per_step=0, metric=_share_of_parameters(dense))  # fmt: skip
     assert result.stopped_short and result.steps == ()
+    assert "dense: not even half of step 1 held" in result.method
     assert result.params_kept == 1.0 and result.flops_kept == 1.0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 

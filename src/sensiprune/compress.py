@@ -64,7 +64,7 @@ BOUND_ERRORS = 1.645
 class CompressStep:
     """The model after one prune / fine-tune step."""
 
-    step: int
+    step: float  # 1, 2, ...; k - 0.5 where a run with a drop bound stopped half into step k
     params_kept: float  # nonzero parameters, as a fraction of the dense model's
     flops_kept: float  # FLOPs, as a fraction of the dense model's
     metric: float  # on the validation data
@@ -171,9 +171,10 @@ def compress(
     Beside any other goal, ``max_drop`` is where to stop short of it, as in
     ``{"speedup": 3.0, "max_drop": 0.02}``: after each step's fine-tuning the model is
     measured on ``val_data`` against the dense one, sample by sample, and a step whose drop
-    may exceed d (one-sided 95%) is undone and ends the run (the result's ``stopped_short``);
-    such a goal is pruned in ``BOUNDED_STEPS`` steps unless ``steps`` says otherwise, each
-    keeping the same share of what the last left (more steps stop nearer the bound).
+    may exceed d (one-sided 95%) is undone, half of it is tried once the same way, and the
+    run ends there (the result's ``stopped_short``); such a goal is pruned in
+    ``BOUNDED_STEPS`` steps unless ``steps`` says otherwise, each keeping the same share of
+    what the last left (more steps stop nearer the bound).
 
     ``data`` trains (fine-tuning between steps, and the scores); ``val_data`` measures the
     curves (at ``sparsities``; by default, for weights, at points past what the goal needs, so
@@ -277,27 +278,34 @@ def compress(
             lambda s: validate(target_sparsity=s, table=table, fold_tables=fold_tables),
         )  # fmt: skip
     budget = dict(checked.budget)
-    history, one_shot, unread, crossed = [], None, 0, None
     dense_units = metric_units(model, validation, metric) if bound is not None else None
     # with a bound, equal ratios of density a step: wherever the run stops, each step taken
     # went as far as the others (a cubic path puts most of the way into its first step)
     path = "cubic" if bound is None else "geometric"
-    for step in range(1, steps + 1):
+    unread, one_shot = 0, None
+
+    def take(at: int, of: int) -> tuple[float, float] | None:
+        """Prune to point ``at`` of ``of`` on the path and fine-tune; where that drops past
+        the bound, undo it and say by how much (drop, upper end)."""
+        nonlocal unread, one_shot
         saved = copy.deepcopy(model) if bound is not None else None
-        _prune_step(model, budget, step, steps, structured, criterion, train, loss_fn, inputs,
+        _prune_step(model, budget, at, of, structured, criterion, train, loss_fn, inputs,
                     round_to, path)  # fmt: skip
         masked = mask_dead_units(model, inputs) if reclaim else 0
-        if steps == 1:  # the whole budget at once: what the cross-validation predicted
+        if of == 1:  # the whole budget at once: what the cross-validation predicted
             one_shot = evaluate(model, held_out, metric)
         if epochs_per_step:
             finetune(model, train, epochs_per_step, loss_fn, lr=lr, show_progress=show_progress)
         if saved is not None:
-            crossed = _crossed(dense_units, model, validation, metric, bound, step)
-            if crossed is not None:  # this step goes too far: the last one is the result
+            crossed = _crossed(dense_units, model, validation, metric, bound)
+            if crossed is not None:
                 _put_back(model, saved)
                 one_shot = None
-                break
+                return crossed
         unread += masked
+        return None
+
+    def record(step: float) -> None:
         history.append(
             CompressStep(
                 step,
@@ -306,6 +314,18 @@ def compress(
                 evaluate(model, validation, metric),
             )
         )
+
+    history, crossed = [], None
+    for step in range(1, steps + 1):
+        crossed = take(step, steps)
+        if crossed is None:
+            record(step)
+            continue
+        halfway = take(2 * step - 1, 2 * steps)  # the step past the bound, halved, once
+        if halfway is None:
+            record(step - 0.5)
+        crossed = (step, *crossed, halfway is None)
+        break
     if dense is not None:  # side by side: a shared machine drifts between start and end
         dense_latency = latency(dense, *inputs)
     after = latency(model, *inputs)
@@ -321,8 +341,12 @@ def compress(
             "more validation data would tell"
         )
     if crossed is not None:
-        step, drop, upper = crossed
-        kept = f"after step {step - 1}" if step > 1 else "dense: no step held"
+        step, drop, upper, half = crossed
+        kept = (
+            f"after half of step {step}" if half
+            else f"after step {step - 1}, as half of step {step} went past it too" if step > 1
+            else "dense: not even half of step 1 held"
+        )  # fmt: skip
         method += (
             f"; stopped short of the goal, {kept}: step {step} of {steps} dropped {drop:+.4f} "
             f"on the validation data after fine-tuning, up to {upper:+.4f} (one-sided 95%), "
@@ -500,16 +524,15 @@ def _crossed(
     validation: list[Batch],
     metric: Metric | None,
     bound: float,
-    step: int,
-) -> tuple[int, float, float] | None:
-    """(step, drop, its one-sided 95% upper end) where the fine-tuned ``model`` may have
-    dropped more than ``bound`` on the validation data (paired per sample with the dense
-    model), else None."""
+) -> tuple[float, float] | None:
+    """(drop, its one-sided 95% upper end) where the fine-tuned ``model`` may have dropped
+    more than ``bound`` on the validation data (paired per sample with the dense model),
+    else None."""
     sums, counts = dense
     drops = sums - metric_units(model, validation, metric)[0]
     drop = float(drops.sum() / counts.sum())
     upper = drop + BOUND_ERRORS * paired_error(drops, counts)
-    return (step, drop, upper) if upper > bound else None
+    return (drop, upper) if upper > bound else None
 
 
 def _put_back(model: nn.Module, saved: nn.Module) -> None:
