@@ -24,10 +24,20 @@ def test_geometric_steps_remove_the_same_fraction_of_what_is_left():
     assert densities == pytest.approx([0.1, 0.01])
 
 
+def test_a_geometric_path_cuts_the_same_share_of_what_is_left_every_step():
+    assert sparsity_at({"a": 0.99}, 1, 2, "geometric") == pytest.approx({"a": 0.9})
+    shares = [share_of_remaining({"a": 0.936}, t, 3, "geometric")["a"] for t in (1, 2, 3)]
+    assert shares == pytest.approx([0.6] * 3)  # 0.4 ** 3 = 0.064 of the channels kept
+    # half of step 2 of 2, as compress tries it where step 2 drops past its bound
+    assert 1 - sparsity_at(0.99, 3, 4, "geometric") == pytest.approx(0.01**0.75)
+
+
 @pytest.mark.parametrize(("steps", "kind"), [(0, "cubic"), (2, "exponential"), (1.5, "linear")])
 def test_bad_schedules_are_refused(steps, kind):
     with pytest.raises(SensipruneError):
         fraction_done(1, steps, kind)
+    with pytest.raises(SensipruneError):
+        sparsity_at(0.5, 1, steps, kind)
 
 
 def test_shares_of_what_is_left_add_up_to_the_target():

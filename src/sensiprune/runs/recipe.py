@@ -229,8 +229,8 @@ class CompressSpec(Section):
     steps: int | None = Field(
         default=None,
         ge=1,
-        description="prune / fine-tune steps (cubic schedule); default 1, or 4 with max_drop "
-        "beside another goal",
+        description="prune / fine-tune steps (cubic schedule); default 1, or 4 geometric ones "
+        "with max_drop beside another goal",
     )
     epochs_per_step: int = Field(default=5, ge=0, description="fine-tuning after each step")
 
