@@ -77,11 +77,14 @@ def test_a_recipe_without_a_valid_goal_is_one_line(tmp_path, capsys, compress, m
     assert not (tmp_path / "run" / "compress.json").exists()
 
 
-def test_a_recipe_goal_may_carry_a_drop_bound(tmp_path):
-    goal = {"target": {"params": 0.5, "max_drop": 0.99}, "criterion": "magnitude", "folds": 2,
-            "steps": 2, "epochs_per_step": 0}  # fmt: skip
+@pytest.mark.parametrize(("bound", "short"), [(0.99, False), (0.0, True)])
+def test_a_recipe_goal_may_carry_a_drop_bound(tmp_path, bound, short):
+    goal = {"target": {"params": 0.05, "max_drop": bound}, "criterion": "magnitude",
+            "folds": 2, "steps": 2, "epochs_per_step": 0}  # fmt: skip
     path = write_recipe(tmp_path, compress=goal, data=DATA)
     assert main(["compress", "-q", str(path)]) == 0
     result = json.loads((tmp_path / "run" / "compress.json").read_text())
-    assert result["goal"] == {"params": 0.5, "max_drop": 0.99}
-    assert result["stopped_short"] is False and [s["step"] for s in result["steps"]] == [1, 2]
+    assert result["goal"] == {"params": 0.05, "max_drop": bound}
+    assert result["stopped_short"] is short and (len(result["steps"]) < 2) is short
+    report = (tmp_path / "run" / "compress.md").read_text()
+    assert ("The run stopped short of this budget" in report) is short

@@ -108,7 +108,13 @@ def _document(recipe: Recipe, result: CompressResult, held_out: str) -> Document
     doc.add(
         "Budget",
         f"Per layer, allocated from the sensitivity curves of the validation split and "
-        f"cross-validated there; the {held_out} split measured the drop.",
+        f"cross-validated there; the {held_out} split measured the drop."
+        + (
+            " The run stopped short of this budget at the drop bound: the steps below say how "
+            "far it went."
+            if result.stopped_short
+            else ""
+        ),
         Table(
             ["layer", "sparsity"],
             [[name, f"{value:.1%}"] for name, value in sorted(result.budget.items())],
