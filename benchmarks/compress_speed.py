@@ -9,7 +9,7 @@ measured speed-up and fine-tuned alike:
   steps (``MetaPruner(global_pruning=True, iterative_steps=5)``).
 
 At 3x, compress also runs with ``max_drop`` 0.02 beside the goal: 4 geometric prune /
-fine-tune steps, stopping before a step whose validation drop may pass 2 points (4x the
+fine-tune steps, stopping before a step whose validation drop passes 2 points (4x the
 fine-tuning of the other rows: that row shows where the bound stops, not the bar).
 
 Every method may leave any channel count (``round_to`` 1, everyone's default; compress then

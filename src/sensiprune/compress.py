@@ -170,11 +170,11 @@ def compress(
 
     Beside any other goal, ``max_drop`` is where to stop short of it, as in
     ``{"speedup": 3.0, "max_drop": 0.02}``: after each step's fine-tuning the model is
-    measured on ``val_data`` against the dense one, sample by sample, and a step whose drop
-    may exceed d (one-sided 95%) is undone, half of it is tried once the same way, and the
-    run ends there (the result's ``stopped_short``); such a goal is pruned in
-    ``BOUNDED_STEPS`` steps unless ``steps`` says otherwise, each keeping the same share of
-    what the last left (more steps stop nearer the bound).
+    measured on ``val_data`` against the dense one, and a step whose drop exceeds d is
+    undone, half of it is tried once the same way, and the run ends there (the result's
+    ``stopped_short``); such a goal is pruned in ``BOUNDED_STEPS`` steps unless ``steps``
+    says otherwise, each keeping the same share of what the last left (more steps stop
+    nearer the bound).
 
     ``data`` trains (fine-tuning between steps, and the scores); ``val_data`` measures the
     curves (at ``sparsities``; by default, for weights, at points past what the goal needs, so
@@ -349,7 +349,7 @@ def compress(
         )  # fmt: skip
         method += (
             f"; stopped short of the goal, {kept}: step {step} of {steps} dropped {drop:+.4f} "
-            f"on the validation data after fine-tuning, up to {upper:+.4f} (one-sided 95%), "
+            f"on the validation data after fine-tuning (up to {upper:+.4f}, one-sided 95%), "
             f"past max_drop {bound:g}, so it was undone"
         )
     if candidates:
@@ -525,14 +525,17 @@ def _crossed(
     metric: Metric | None,
     bound: float,
 ) -> tuple[float, float] | None:
-    """(drop, its one-sided 95% upper end) where the fine-tuned ``model`` may have dropped
-    more than ``bound`` on the validation data (paired per sample with the dense model),
-    else None."""
+    """(drop, its one-sided 95% upper end) where the fine-tuned ``model`` dropped more than
+    ``bound`` on the validation data, else None. The measured drop decides, not its upper
+    end: fine-tuning alone moves a few samples either way, so on a few hundred samples the
+    upper end of a 2-point bound is crossed by models that lost nothing (the LSTM of
+    benchmarks/compress_speed.py stopped dense so); the upper end, paired per sample with
+    the dense model, is reported."""
     sums, counts = dense
     drops = sums - metric_units(model, validation, metric)[0]
     drop = float(drops.sum() / counts.sum())
     upper = drop + BOUND_ERRORS * paired_error(drops, counts)
-    return (drop, upper) if upper > bound else None
+    return (drop, upper) if drop > bound else None
 
 
 def _put_back(model: nn.Module, saved: nn.Module) -> None:
