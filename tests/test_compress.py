@@ -131,6 +131,40 @@ def test_a_step_past_the_drop_bound_is_undone_and_halved_once(cnn_batches, bound
     assert model(cnn_batches[0][0]).shape == (8, 3)  # the last point held, whole and running
 
 
+def test_an_unstructured_step_past_the_bound_leaves_the_masks_of_the_last_one(mlp_and_data):
+    """Undone in place: the masks, and the zeros they hold through fine-tuning, are the
+    last held step's."""
+    model, train, val, _ = mlp_and_data
+    dense = sum(p.numel() for p in model.parameters())
+
+    def nonzero_share(net: nn.Module, batch) -> tuple[float, int]:
+        n = len(batch[0])
+        return n * sum(int((p != 0).sum()) for p in net.parameters()) / dense, n
+
+    result = sp.compress(model, train, val, {"params": 0.15, "max_drop": 0.5}, folds=2,
+                         criterion="magnitude", epochs_per_step=1,
+                         metric=nonzero_share)  # fmt: skip
+    assert result.stopped_short and result.steps
+    kept = sum(int((p != 0).sum()) for p in model.parameters())
+    assert result.steps[-1].metric == pytest.approx(kept / dense) and kept / dense >= 0.5
+    masks = sp.get_masks(model)
+    assert masks and all(
+        int(mask.sum()) < mask.numel() for mask in masks.values()
+    )  # pruned, not dense
+    sp.finetune(model, train, epochs=1, show_progress=False)
+    assert sum(int((p != 0).sum()) for p in model.parameters()) == kept  # masks still hold
+
+
+def test_channel_steps_rounded_end_where_one_step_does(cnn_batches):
+    widths = []
+    for steps in (1, 4):
+        model = _two_convs(32)
+        sp.compress(model, cnn_batches, cnn_batches, {"flops": 0.1}, folds=3, steps=steps,
+                    criterion="magnitude", epochs_per_step=0, round_to=8)  # fmt: skip
+        widths.append((model[0].out_channels, model[3].out_channels))
+    assert widths[0] == widths[1] and all(w % 8 == 0 for w in widths[1])
+
+
 def test_a_step_past_the_drop_bound_at_once_leaves_the_dense_model(mlp_and_data):
     model, train, val, _ = mlp_and_data
     before = copy.deepcopy(model.state_dict())

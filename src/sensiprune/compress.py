@@ -32,7 +32,8 @@ from sensiprune.io.saving import saved_bytes
 from sensiprune.measure import count_flops, count_parameters, latency
 from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate, finetune, metric_units
-from sensiprune.selection.schedule import share_of_remaining, sparsity_at
+from sensiprune.selection.groups import vector_width
+from sensiprune.selection.schedule import channel_shares, share_of_remaining, sparsity_at
 from sensiprune.selection.unstructured import check_sparsity
 from sensiprune.size_goal import file_sparsity, reclaimed, within_file_size
 from sensiprune.speed_goal import (
@@ -181,7 +182,8 @@ def compress(
     that no layer's curve stops short of its threshold; for channels, from 10% to 95%, where a
     model twice as fast lies) and cross-validates the budget in ``folds``
     folds; ``test_data``, seen only at the end, gives the measured drop. ``steps`` prune /
-    fine-tune steps along the cubic schedule, ``epochs_per_step`` epochs of Adam (``lr``) after
+    fine-tune steps along the cubic schedule (geometric with a drop bound; only the last
+    rounds channel counts to ``round_to``), ``epochs_per_step`` epochs of Adam (``lr``) after
     each. One step is the default without a drop bound: OBS on the dense weights, then
     fine-tuning, measured better than steps at the same epochs
     (benchmarks/results/compress.md). ``metric`` (default: accuracy) and ``loss_fn`` as for
@@ -208,7 +210,7 @@ def compress(
     goal, value, bound = check_goal(target)
     structured = goal in ("flops", "speedup")
     fill = round_to is None  # speed goals: whole vectors where they cost no time
-    round_to = round_to or 1
+    round_to = vector_width(model) if round_to == "auto" else round_to or 1
     criterion = criterion or DEFAULT_CRITERION[goal]
     train = as_batches(data, "data")
     validation = list(as_batches(val_data, "val_data"))
@@ -278,6 +280,7 @@ def compress(
             lambda s: validate(target_sparsity=s, table=table, fold_tables=fold_tables),
         )  # fmt: skip
     budget = dict(checked.budget)
+    sizes = dict(zip(checked.table.layers, checked.table.sizes))
     dense_units = metric_units(model, validation, metric) if bound is not None else None
     # with a bound, equal ratios of density a step: wherever the run stops, each step taken
     # went as far as the others (a cubic path puts most of the way into its first step)
@@ -290,7 +293,7 @@ def compress(
         nonlocal unread, one_shot
         saved = copy.deepcopy(model) if bound is not None else None
         _prune_step(model, budget, at, of, structured, criterion, train, loss_fn, inputs,
-                    round_to, path)  # fmt: skip
+                    round_to, path, sizes)  # fmt: skip
         masked = mask_dead_units(model, inputs) if reclaim else 0
         if of == 1:  # the whole budget at once: what the cross-validation predicted
             one_shot = evaluate(model, held_out, metric)
@@ -340,6 +343,11 @@ def compress(
             f"folds still allow a drop up to {_upper_drop(checked):+.4f} (one-sided 95%), "
             "more validation data would tell"
         )
+    if candidates:
+        chosen = candidates[0]
+        method += f", allocated to {chosen.allocated_to} ({_why_chosen(candidates, trial_epochs)})"
+        if fill and chosen.round_to > 1:
+            method += f", channel counts rounded up to multiples of {chosen.round_to} ({_WITHIN})"
     if crossed is not None:
         step, drop, upper, half = crossed
         kept = (
@@ -352,15 +360,15 @@ def compress(
             f"on the validation data after fine-tuning (up to {upper:+.4f}, one-sided 95%), "
             f"past max_drop {bound:g}, so it was undone"
         )
-    if candidates:
-        chosen = candidates[0]
-        method += f", allocated to {chosen.allocated_to} ({_why_chosen(candidates, trial_epochs)})"
-        if fill and chosen.round_to > 1:
-            method += f", channel counts rounded up to multiples of {chosen.round_to} ({_WITHIN})"
     goals = {goal: value, **({"max_drop": bound} if bound is not None else {})}
+    kept = (
+        count_parameters(model).nonzero / dense_params,
+        count_flops(model, *sample).effective / dense_flops,
+        saved_bytes(model) / dense_bytes,
+    )
     return _result(goals, crossed is not None, method, criterion, checked, dense_metric,
                    held_out, model, metric, history, timing, lut, one_shot, candidates,
-                   saved_bytes(model) / dense_bytes)  # fmt: skip
+                   kept)  # fmt: skip
 
 
 def check_goal(target: object) -> tuple[str, float, float | None]:
@@ -441,13 +449,21 @@ def _prune_step(
     data: Iterable[Batch],
     loss_fn: LossFn | None,
     inputs: tuple[torch.Tensor, ...],
-    round_to: int | str,
+    round_to: int,
     path: str = "cubic",
+    sizes: Mapping[str, int] | None = None,
 ) -> None:
     """Step ``step`` of the ``path`` (a schedule) to ``budget``: masks name the total
-    sparsity of a layer; a structured step names the share of the channels still there."""
-    schedule = share_of_remaining if structured else sparsity_at
-    now = schedule(budget, step, steps, path)
+    sparsity of a layer; a structured step names the share of the channels still there,
+    from the whole counts of each family's ``sizes`` where there are several steps (only the
+    last rounded to ``round_to``: see :func:`~sensiprune.selection.schedule.channel_shares`)."""
+    if not structured:
+        now = sparsity_at(budget, step, steps, path)
+    elif steps > 1:
+        now = channel_shares(sizes, budget, step, steps, path, round_to)
+        round_to = 1
+    else:
+        now = share_of_remaining(budget, step, steps, path)
     now = {k: v for k, v in now.items() if v > 0}
     if now:
         prune(model, now, criterion=criterion, data=data, loss_fn=loss_fn, structured=structured,
@@ -540,7 +556,9 @@ def _crossed(
 
 def _put_back(model: nn.Module, saved: nn.Module) -> None:
     """``model``, in place, as ``saved`` (a deep copy of it before a step): a structured
-    step changed its modules' shapes, so their state is taken whole."""
+    step changed its modules' shapes, so their state is taken whole, and the submodules
+    become the copy's (a reference to one taken before the step, or a handle of a hook on
+    one, no longer reaches the model)."""
     model.__dict__.clear()
     model.__dict__.update(saved.__dict__)
 
@@ -589,7 +607,7 @@ def _result(
     lut: LatencyModel | None,
     one_shot: float | None,
     candidates: list[SpeedCandidate],
-    bytes_kept: float,
+    kept: tuple[float, float, float],  # parameters (nonzero), FLOPs, saved bytes
 ) -> CompressResult:
     return CompressResult(
         goal=goal,
@@ -602,9 +620,9 @@ def _result(
         cross_validated_std=checked.observed_std,
         dense_metric=dense_metric,
         metric=evaluate(model, held_out, metric),
-        params_kept=history[-1].params_kept if history else 1.0,  # undone at step 1
-        flops_kept=history[-1].flops_kept if history else 1.0,
-        bytes_kept=bytes_kept,
+        params_kept=kept[0],
+        flops_kept=kept[1],
+        bytes_kept=kept[2],
         dense_latency=timing[0],
         latency=timing[1],
         speedup=timing[2],

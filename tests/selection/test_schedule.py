@@ -6,6 +6,7 @@ import pytest
 
 from sensiprune.errors import SensipruneError
 from sensiprune.selection.schedule import (
+    channel_shares,
     fraction_done,
     geometric_sparsity,
     share_of_remaining,
@@ -47,3 +48,20 @@ def test_shares_of_what_is_left_add_up_to_the_target():
         left = {k: v * (1.0 - share[k]) for k, v in left.items()}
     assert left == pytest.approx({"a": 0.2, "b": 0.5})
     assert share_of_remaining(0.6, 1, 1) == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("kind", ["cubic", "geometric"])
+def test_channel_steps_end_on_the_count_one_step_keeps_and_never_stall(kind):
+    """32 channels to 3 in multiples of 8 keeps 8 in one step; rounded up at every step, a
+    four-step path would stall at 24. 64 to 42% in multiples of 16 keeps 32."""
+    sizes, budget = {"a": 32, "b": 64}, {"a": 0.90625, "b": 0.58}
+    left, path = dict(sizes), []
+    for step in range(1, 5):
+        shares = channel_shares(sizes, budget, step, 4, kind, round_to=8 * 2)
+        left = {k: v - round(shares[k] * v) for k, v in left.items()}
+        path.append(left)
+    assert path[-1] == {"a": 16, "b": 32}  # rounded up to 16 at the last step only
+    for name in sizes:
+        counts = [sizes[name]] + [p[name] for p in path]
+        assert counts == sorted(counts, reverse=True)  # every step keeps no more than the last
+        assert min(counts) == path[-1][name] and counts[1] < counts[0]  # never under the end

@@ -73,7 +73,7 @@ def vector_width(model: nn.Module) -> int:
     return max(1, bits // (param.dtype.itemsize * 8))
 
 
-def _kept_count(n: int, wanted_removed: int, min_density: float, round_to: int) -> int:
+def kept_count(n: int, wanted_removed: int, min_density: float, round_to: int) -> int:
     """Up to the next multiple of ``round_to``, never down: on vector hardware a layer's time
     steps at multiples of the vector width (on an AVX-512 CPU a convolution keeping 17 to 32
     channels takes the time of 32, one keeping 16 two thirds of that), so the channels up to the
@@ -90,7 +90,7 @@ def _per_family(
     removed = []
     for family, members in families.items():
         n = len(members)
-        kept = _kept_count(n, round(budget[family] * n), min_density, round_to)
+        kept = kept_count(n, round(budget[family] * n), min_density, round_to)
         order = sorted(members, key=lambda i: (values[i], i))
         removed += order[: n - kept]
     return removed

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sensiprune.errors import SensipruneError
+from sensiprune.options import PruneOptions
+from sensiprune.selection.groups import kept_count
 from sensiprune.selection.unstructured import Sparsity
 
 SCHEDULES = ("cubic", "linear", "geometric")
@@ -46,6 +48,31 @@ def share_of_remaining(target: Sparsity, step: int, steps: int, kind: str = "cub
     if isinstance(now, Mapping):
         return {k: 1.0 - (1.0 - v) / (1.0 - before[k]) for k, v in now.items()}
     return 1.0 - (1.0 - now) / (1.0 - before)
+
+
+def channel_shares(
+    sizes: Mapping[str, int],
+    budget: Mapping[str, float],
+    step: int,
+    steps: int,
+    kind: str = "cubic",
+    round_to: int = 1,
+    min_density: float = PruneOptions.min_density,
+) -> dict[str, float]:
+    """:func:`share_of_remaining` for families of ``sizes`` channels, from whole counts: the
+    path's count at every step, never under the last step's, which alone is rounded up to a
+    multiple of ``round_to`` (what one step to ``budget`` keeps). A share rounded up at
+    every step stalls: 32 channels to 8 in multiples of 8 would come back to 24 at each of
+    four steps. Prune each step's shares with ``round_to`` 1."""
+
+    def kept(name: str, at: int) -> int:
+        n, sparsity = sizes[name], budget[name]
+        final = kept_count(n, round(sparsity * n), min_density, round_to)
+        if at >= steps:
+            return final
+        return max(final, n - round(sparsity_at(sparsity, at, steps, kind) * n))
+
+    return {name: 1.0 - kept(name, step) / kept(name, step - 1) for name in budget}
 
 
 def geometric_sparsity(target: Sparsity, step: int, steps: int) -> Sparsity:
