@@ -23,7 +23,7 @@ speed-up, its speed-up within 5% of the goal.
 Writes benchmarks/results/compress_speed.md. Nothing is cached (no latency tables on disk).
 Needs torch-pruning in the venv (``pip install torch-pruning==1.6.1``). Reproduce with:
 
-    .venv/bin/python benchmarks/compress_speed.py            # about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/compress_speed.py            # about 25 minutes on 2 cores
     .venv/bin/python benchmarks/compress_speed.py --quick    # the LSTM, 2x only
 """
 
