@@ -36,6 +36,13 @@ def test_defaults_fill_what_a_recipe_leaves_out(tmp_path):
     assert recipe.finetune.optimizer.name == "adam" and recipe.prune.target.sparsity == 0.5
 
 
+@pytest.mark.parametrize("curve", ["cubic", "linear", "geometric"])
+def test_every_schedule_curve_is_a_recipe_choice(tmp_path, curve):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(GOOD + f"schedule:\n  kind: iterative\n  steps: 2\n  curve: {curve}\n")
+    assert load_recipe(path).schedule.curve == curve
+
+
 def test_a_negative_step_count_is_named_with_its_line(tmp_path):
     message = _error(tmp_path, GOOD + "schedule:\n  kind: iterative\n  steps: -3\n")
     assert (

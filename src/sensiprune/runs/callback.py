@@ -51,9 +51,11 @@ class PruningCallback(TrainerCallback):
         options: PruneOptions | None = None,
     ) -> None:
         """Prune to ``sparsity`` in ``steps`` events between fractions ``start`` and ``end`` of
-        training; ``data`` (needed by gradient criteria) and ``loss_fn`` (default: the model's
-        own loss) score the weights; ``options`` holds the other settings of every prune (its
-        criterion is ``criterion``)."""
+        training, along ``curve`` (cubic, linear or geometric: see
+        :func:`~sensiprune.selection.schedule.sparsity_at`); ``data`` (needed by gradient
+        criteria) and ``loss_fn`` (default: the model's own loss) score the weights;
+        ``options`` holds the other settings of every prune (its criterion is
+        ``criterion``)."""
         check_sparsity(sparsity)
         sparsity_at(sparsity, 1, steps, curve)  # validates steps and curve
         if not 0.0 <= start <= end <= 1.0:

@@ -293,8 +293,10 @@ class ScheduleSpec(Section):
         "fine-tuning epochs (Zhu & Gupta's AGP)",
     )
     steps: int = Field(default=1, gt=0, description="pruning steps (one_shot: 1)")
-    curve: Literal["cubic", "linear"] = Field(
-        default="cubic", description="sparsity path over the steps (cubic: Zhu & Gupta)"
+    curve: Literal["cubic", "linear", "geometric"] = Field(
+        default="cubic",
+        description="sparsity path over the steps (cubic: Zhu & Gupta; geometric: each step "
+        "keeps the same share of what is left)",
     )
     pruning_epochs: int | None = Field(
         default=None, gt=0, description="gradual: epochs that prune (default: all but the last)"
