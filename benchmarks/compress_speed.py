@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn import functional
 
 import sensiprune as sp
+from sensiprune.compress import BOUNDED_STEPS
 from sensiprune.measure import count_flops, count_parameters, speedup
 from sensiprune.zoo import load_digits_splits
 
@@ -163,11 +164,11 @@ def bounded(dense, train, val, goal):
     result = sp.compress(model, train, val, {"speedup": goal, "max_drop": BOUND}, folds=3,
                          epochs_per_step=FINETUNE_EPOCHS)  # fmt: skip
     where = (
-        "all 4 steps within it" if not result.stopped_short
-        else f"stopped after step {len(result.steps)} of 4" if result.steps
+        f"all {BOUNDED_STEPS} steps within it" if not result.stopped_short
+        else f"stopped after step {result.steps[-1].step:g} of {BOUNDED_STEPS}" if result.steps
         else "no step within it: the dense model"
     )  # fmt: skip
-    label = (f"sp.compress with max_drop {BOUND:g} beside the goal (4 steps of "
+    label = (f"sp.compress with max_drop {BOUND:g} beside the goal ({BOUNDED_STEPS} steps of "
              f"{FINETUNE_EPOCHS} epochs; {where}; it measured {result.speedup:.2f}x at its "
              "end)")  # fmt: skip
     return label, model, time.perf_counter() - started
