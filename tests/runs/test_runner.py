@@ -69,6 +69,22 @@ def test_a_structured_flops_target_shrinks_the_layers(tmp_path):
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_structured_steps_round_only_the_last_widths(tmp_path):
+    """Steps rounded up to 16 each would stall (fc2: 100 -> 80 -> 64 -> 48 -> 48); the path
+    runs on whole counts and only the last step rounds: one step's widths."""
+    path = write_recipe(
+        tmp_path,
+        model={"factory": "sensiprune.zoo:LeNet300100", "pretrain_epochs": 0},
+        prune={"criterion": "magnitude", "structured": True, "scope": "layer",
+               "round_to": 16, "target": {"sparsity": 0.75}},
+        schedule={"kind": "iterative", "steps": 4, "curve": "geometric"},
+        finetune={"epochs": 0},
+    )  # fmt: skip
+    run_recipe(path, show_progress=False)
+    model = sp.load(tmp_path / "run" / "model", LeNet300100)
+    assert (model.fc1.out_features, model.fc2.out_features) == (80, 32)
+
+
 def test_gradual_pruning_reaches_the_target_along_the_cubic_path(tmp_path):
     path = write_recipe(
         tmp_path,

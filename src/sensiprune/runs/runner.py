@@ -15,7 +15,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -340,11 +340,17 @@ class PruningRun:
 
     def _prune_step(self, step: int) -> dict[str, Any]:
         self.optimizer = self.scheduler = None  # pruned tensors change: fresh state per step
-        log.info("%s", self._prune_to(self._step_sparsity(step), self.recipe.seed + step))
+        seed, last = self.recipe.seed + step, step == self.recipe.schedule.steps
+        log.info("%s", self._prune_to(self._step_sparsity(step), seed, rounded=last))
         return {"val": self._validate(), **self._sparsity_fields()}
 
-    def _prune_to(self, sparsity: Sparsity, seed: int) -> PruneResult:
+    def _prune_to(self, sparsity: Sparsity, seed: int, rounded: bool = True) -> PruneResult:
+        """``rounded=False``: channel counts follow the path whole, not up to ``round_to``. A
+        step rounded up cuts nothing from a narrow family: 32 channels to 8 in multiples of 8
+        would come back to 24 at every step; only the last step's widths need be multiples."""
         options = self.recipe.prune.options(self.inputs, seed, self.show)
+        if not rounded and options.structured is not None:
+            options = replace(options, structured=replace(options.structured, round_to=1))
         return prune_with(self.model, sparsity, options, self.score_data, self.loss_fn)
 
     @property
