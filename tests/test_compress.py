@@ -183,6 +183,8 @@ def test_a_bound_never_crossed_runs_every_step(mlp_and_data):
                          epochs_per_step=0)  # fmt: skip
     assert not result.stopped_short and [s.step for s in result.steps] == [1, 2, 3, 4]
     assert result.params_kept <= 0.3 + 1e-6
+    # each step's metric is the one its check measured, the model's own on the validation data
+    assert result.steps[-1].metric == pytest.approx(sp.evaluate(model, val), abs=1e-12)
 
 
 def test_a_params_goal_spends_no_weight_on_units_no_layer_reads(mlp_and_data):

@@ -285,13 +285,13 @@ def compress(
     # with a bound, equal ratios of density a step: wherever the run stops, each step taken
     # went as far as the others (a cubic path puts most of the way into its first step)
     path = "cubic" if bound is None else "geometric"
-    unread, one_shot = 0, None
+    unread, one_shot, measured = 0, None, None  # measured: the last step's validation metric
 
     def take(at: int, of: int) -> tuple[float, float] | None:
         """Prune to point ``at`` of ``of`` on the path and fine-tune; where that drops past
         the bound, undo it and say by how much (drop, upper end)."""
-        nonlocal unread, one_shot
-        saved = copy.deepcopy(model) if bound is not None else None
+        nonlocal unread, one_shot, measured
+        saved, measured = (copy.deepcopy(model) if bound is not None else None), None
         _prune_step(model, budget, at, of, structured, criterion, train, loss_fn, inputs,
                     round_to, path, sizes)  # fmt: skip
         masked = mask_dead_units(model, inputs) if reclaim else 0
@@ -300,11 +300,11 @@ def compress(
         if epochs_per_step:
             finetune(model, train, epochs_per_step, loss_fn, lr=lr, show_progress=show_progress)
         if saved is not None:
-            crossed = _crossed(dense_units, model, validation, metric, bound)
-            if crossed is not None:
+            measured, drop, upper = _validation_drop(dense_units, model, validation, metric)
+            if drop > bound:
                 _put_back(model, saved)
                 one_shot = None
-                return crossed
+                return drop, upper
         unread += masked
         return None
 
@@ -314,7 +314,7 @@ def compress(
                 step,
                 count_parameters(model).nonzero / dense_params,
                 count_flops(model, *sample).effective / dense_flops,
-                evaluate(model, validation, metric),
+                measured if measured is not None else evaluate(model, validation, metric),
             )
         )
 
@@ -534,24 +534,23 @@ def _why_chosen(candidates: list[SpeedCandidate], epochs: int) -> str:
     )
 
 
-def _crossed(
+def _validation_drop(
     dense: tuple[torch.Tensor, torch.Tensor],
     model: nn.Module,
     validation: list[Batch],
     metric: Metric | None,
-    bound: float,
-) -> tuple[float, float] | None:
-    """(drop, its one-sided 95% upper end) where the fine-tuned ``model`` dropped more than
-    ``bound`` on the validation data, else None. The measured drop decides, not its upper
-    end: fine-tuning alone moves a few samples either way, so on a few hundred samples the
-    upper end of a 2-point bound is crossed by models that lost nothing (the LSTM of
-    benchmarks/compress_speed.py stopped dense so); the upper end, paired per sample with
-    the dense model, is reported."""
+) -> tuple[float, float, float]:
+    """The fine-tuned ``model``'s validation metric, its drop from the dense model's
+    per-sample ``dense`` units, and the drop's one-sided 95% upper end (paired per sample).
+    The measured drop decides against the bound, not its upper end: fine-tuning alone moves
+    a few samples either way, so on a few hundred samples the upper end of a 2-point bound
+    is crossed by models that lost nothing (the LSTM of benchmarks/compress_speed.py stopped
+    dense so); the upper end is reported."""
     sums, counts = dense
-    drops = sums - metric_units(model, validation, metric)[0]
-    drop = float(drops.sum() / counts.sum())
-    upper = drop + BOUND_ERRORS * paired_error(drops, counts)
-    return (drop, upper) if drop > bound else None
+    units = metric_units(model, validation, metric)[0]
+    drops, total = sums - units, counts.sum()
+    drop = float(drops.sum() / total)
+    return float(units.sum() / total), drop, drop + BOUND_ERRORS * paired_error(drops, counts)
 
 
 def _put_back(model: nn.Module, saved: nn.Module) -> None:
