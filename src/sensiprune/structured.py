@@ -4,6 +4,7 @@ cut, and check that the pruned model still runs with its output shapes."""
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
@@ -25,7 +26,7 @@ from sensiprune.selection.unstructured import Sparsity
 from sensiprune.structure import adapters, graph_kinds
 from sensiprune.structure.build import build
 from sensiprune.structure.graph import DependencyGraph
-from sensiprune.targets import require_targets
+from sensiprune.targets import IgnoreSpec, require_targets
 
 
 def prune_structured(
@@ -190,3 +191,15 @@ def _by_reason(untouched: Mapping[str, str], shown: int = 3) -> tuple[str, ...]:
         + f": {why}"
         for why, found in places.items()
     )
+
+
+def layer_widths(
+    model: nn.Module, example_inputs: object, ignore: IgnoreSpec = ()
+) -> dict[str, int]:
+    """The channels a structured prune may cut, per layer: every layer of a family of coupled
+    layers maps to the family's count (a budget may name any of them). Iterative steps read
+    it off the unpruned model to move whole counts toward what one step would keep."""
+    graph, _ = build(model, example_inputs)
+    groups = candidate_groups(model, graph, require_targets(model, ignore), {})
+    counts = Counter(group.producers for group in groups)
+    return {layer: count for family, count in counts.items() for layer in family}

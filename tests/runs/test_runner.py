@@ -69,15 +69,17 @@ def test_a_structured_flops_target_shrinks_the_layers(tmp_path):
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_structured_steps_round_only_the_last_widths(tmp_path):
-    """Steps rounded up to 16 each would stall (fc2: 100 -> 80 -> 64 -> 48 -> 48); the path
-    runs on whole counts and only the last step rounds: one step's widths."""
+@pytest.mark.parametrize("curve", ["cubic", "geometric"])
+def test_structured_steps_end_on_the_widths_of_one_step(tmp_path, curve):
+    """Steps rounded up to 16 each would stall (fc2: 100 -> 80 -> 64 -> 48 -> 48); steps
+    rounded at the last only would end off the grid where the path went under the rounded
+    count (cubic: fc1 78, fc2 27). Whole counts toward what one step keeps end on it."""
     path = write_recipe(
         tmp_path,
         model={"factory": "sensiprune.zoo:LeNet300100", "pretrain_epochs": 0},
         prune={"criterion": "magnitude", "structured": True, "scope": "layer",
                "round_to": 16, "target": {"sparsity": 0.75}},
-        schedule={"kind": "iterative", "steps": 4, "curve": "geometric"},
+        schedule={"kind": "iterative", "steps": 4, "curve": curve},
         finetune={"epochs": 0},
     )  # fmt: skip
     run_recipe(path, show_progress=False)

@@ -50,9 +50,11 @@ from sensiprune.runs.lock import DirectoryLock
 from sensiprune.runs.recipe import RESUME_GROUPS, Recipe, load_recipe
 from sensiprune.runs.train import correct_predictions, evaluate, finetune
 from sensiprune.selection.allocation import allocate, warn_if_clamped
-from sensiprune.selection.schedule import share_of_remaining, sparsity_at
+from sensiprune.selection.groups import vector_width
+from sensiprune.selection.schedule import channel_shares, share_of_remaining, sparsity_at
 from sensiprune.selection.unstructured import Sparsity
 from sensiprune.structure.adapters import KINDS
+from sensiprune.structured import layer_widths
 from sensiprune.targets import require_targets, resolve_layer_names
 
 log = logging.getLogger(__name__)
@@ -340,14 +342,18 @@ class PruningRun:
 
     def _prune_step(self, step: int) -> dict[str, Any]:
         self.optimizer = self.scheduler = None  # pruned tensors change: fresh state per step
-        seed, last = self.recipe.seed + step, step == self.recipe.schedule.steps
-        log.info("%s", self._prune_to(self._step_sparsity(step), seed, rounded=last))
+        seed, sparsity = self.recipe.seed + step, self._step_sparsity(step)
+        rounded = step == self.recipe.schedule.steps and "widths" not in self.progress
+        if sparsity == {}:  # whole counts: every family already at this step's count
+            log.info("step %d: every family already at its count", step)
+        else:
+            log.info("%s", self._prune_to(sparsity, seed, rounded=rounded))
         return {"val": self._validate(), **self._sparsity_fields()}
 
     def _prune_to(self, sparsity: Sparsity, seed: int, rounded: bool = True) -> PruneResult:
-        """``rounded=False``: channel counts follow the path whole, not up to ``round_to``. A
-        step rounded up cuts nothing from a narrow family: 32 channels to 8 in multiples of 8
-        would come back to 24 at every step; only the last step's widths need be multiples."""
+        """``rounded=False``: channel counts as ``sparsity`` gives them, not up to
+        ``round_to``: a step rounded up cuts nothing from a narrow family (32 channels to 8 in
+        multiples of 8 would come back to 24 at every step)."""
         options = self.recipe.prune.options(self.inputs, seed, self.show)
         if not rounded and options.structured is not None:
             options = replace(options, structured=replace(options.structured, round_to=1))
@@ -401,11 +407,39 @@ class PruningRun:
         return sparsity_at(self._target(), step, schedule.steps, schedule.curve)
 
     def _step_sparsity(self, step: int) -> Sparsity:
-        """Unstructured steps name total sparsity; structured ones the share of what is left."""
+        """Unstructured steps name total sparsity; structured ones the share of what is left:
+        with a budget per layer and channel counts rounded, from whole counts that end where
+        one step would (``schedule.channel_shares``); else (a global ranking) only the last
+        step rounds."""
         if not self.recipe.prune.structured:
             return self._target_at(step)
-        schedule = self.recipe.schedule
-        return share_of_remaining(self._target(), step, schedule.steps, schedule.curve)
+        spec, schedule = self.recipe.prune, self.recipe.schedule
+        target = self._target()
+        widths = self._widths(target) if step == 1 else self.progress.get("widths")
+        if widths is None:
+            return share_of_remaining(target, step, schedule.steps, schedule.curve)
+        named = target if isinstance(target, dict) else dict.fromkeys(widths, target)
+        multiple = vector_width(self.model) if spec.round_to == "auto" else spec.round_to
+        shares = channel_shares(widths, named, step, schedule.steps, schedule.curve, multiple,
+                                spec.min_density)  # fmt: skip
+        return {layer: share for layer, share in shares.items() if share > 0}
+
+    def _widths(self, target: Sparsity) -> dict[str, int] | None:
+        """The channel count of each layer ``target`` names (all, for one sparsity per
+        layer), read off the unpruned model and kept in the progress for a resumed run;
+        None where the steps are not rounded or a global ranking decides the counts."""
+        spec = self.recipe.prune
+        self.progress.pop("widths", None)
+        if spec.round_to == 1 or self.recipe.schedule.steps == 1:
+            return None
+        if not isinstance(target, dict) and spec.scope != "layer":
+            return None
+        widths = layer_widths(self.model, self.inputs, spec.ignore)
+        named = target if isinstance(target, dict) else widths
+        if not set(named) <= set(widths):  # per-kind budgets (heads, ffn) are not layers
+            return None
+        self.progress["widths"] = {layer: widths[layer] for layer in named}
+        return self.progress["widths"]
 
     def _allocated_budget(self) -> dict[str, float]:
         spec, target = self.recipe.prune, self.recipe.prune.target
