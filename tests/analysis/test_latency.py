@@ -105,3 +105,17 @@ def test_allocate_spends_sensitivity_where_the_seconds_are():
         sp.allocate(table, target_latency=0.1, latency=lut)
     with pytest.raises(sp.SensipruneError, match="exactly one"):
         sp.allocate(table, target_latency=0.7, target_flops=0.5, latency=lut)
+
+
+def test_allocate_crosses_a_flat_stretch_of_the_table_to_the_saving_behind_it():
+    """Time falls at whole vectors: a family may save nothing until half its channels go,
+    then much. 1% steps that save nothing must not end the search short of the target."""
+    table = SensitivityTable(
+        "magnitude", 1.0, ("stepped", "smooth"), (64, 64), (0.25, 0.5, 0.75, 0.9),
+        ((0.99, 0.98, 0.97, 0.96), (0.9, 0.8, 0.7, 0.6)),
+    )  # fmt: skip
+    lut = LatencyModel(1.0, (0.25, 0.5, 0.75), {"stepped": (0.0, 0.0, 0.5),
+                                                 "smooth": (0.05, 0.1, 0.15)}, "test")  # fmt: skip
+    budget = sp.allocate(table, target_latency=0.5, latency=lut)
+    assert budget["stepped"] >= 0.7  # the cheap family, past its flat stretch
+    assert lut.kept(dict(budget)) <= 0.5 + 1e-9
