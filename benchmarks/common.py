@@ -24,14 +24,25 @@ def parser(doc: str, default_out: str, quick_help: str) -> argparse.ArgumentPars
     return cli
 
 
-def header(title: str, script: str, args: argparse.Namespace, extra: str = "") -> list[str]:
-    """Title, the command that reproduces the table, and the machine it ran on."""
+def header(
+    title: str,
+    script: str,
+    args: argparse.Namespace,
+    extra: str = "",
+    seeds: list[int] | None = None,
+) -> list[str]:
+    """Title, the command that reproduces the table, and the machine it ran on (``seeds``:
+    a run over several seeds, from ``--seed`` on)."""
+    options = " --quick" if args.quick else ""
+    if seeds is not None and len(seeds) > 1:
+        options += f" --seeds {len(seeds)}" + (f" --seed {seeds[0]}" if seeds[0] else "")
+    ran = f"seeds {seeds[0]}-{seeds[-1]}" if seeds and len(seeds) > 1 else f"seed {args.seed}"
     return [
         f"# {title}",
         "",
-        f"`python benchmarks/{script}{' --quick' if args.quick else ''}` — "
+        f"`python benchmarks/{script}{options}` — "
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, seed {args.seed}{extra}.",
+        f"torch {torch.__version__}, {ran}{extra}.",
         "",
     ]
 
