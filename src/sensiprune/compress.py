@@ -33,7 +33,7 @@ from sensiprune.measure import count_flops, count_parameters, latency
 from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate, finetune, metric_units
 from sensiprune.selection.groups import vector_width
-from sensiprune.selection.schedule import channel_shares, share_of_remaining, sparsity_at
+from sensiprune.selection.schedule import sparsity_at, structured_step
 from sensiprune.selection.unstructured import check_sparsity
 from sensiprune.size_goal import file_sparsity, reclaimed, within_file_size
 from sensiprune.speed_goal import (
@@ -456,14 +456,12 @@ def _prune_step(
     """Step ``step`` of the ``path`` (a schedule) to ``budget``: masks name the total
     sparsity of a layer; a structured step names the share of the channels still there,
     from the whole counts of each family's ``sizes`` where there are several steps (only the
-    last rounded to ``round_to``: see :func:`~sensiprune.selection.schedule.channel_shares`)."""
-    if not structured:
-        now = sparsity_at(budget, step, steps, path)
-    elif steps > 1:
-        now = channel_shares(sizes, budget, step, steps, path, round_to)
-        round_to = 1
+    last rounded to ``round_to``: see :func:`~sensiprune.selection.schedule.structured_step`)."""
+    if structured:
+        widths = sizes if steps > 1 else None
+        now, round_to = structured_step(budget, step, steps, path, widths, round_to)
     else:
-        now = share_of_remaining(budget, step, steps, path)
+        now = sparsity_at(budget, step, steps, path)
     now = {k: v for k, v in now.items() if v > 0}
     if now:
         prune(model, now, criterion=criterion, data=data, loss_fn=loss_fn, structured=structured,

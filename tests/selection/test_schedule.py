@@ -11,6 +11,7 @@ from sensiprune.selection.schedule import (
     geometric_sparsity,
     share_of_remaining,
     sparsity_at,
+    structured_step,
 )
 
 
@@ -65,3 +66,15 @@ def test_channel_steps_end_on_the_count_one_step_keeps_and_never_stall(kind):
         counts = [sizes[name]] + [p[name] for p in path]
         assert counts == sorted(counts, reverse=True)  # every step keeps no more than the last
         assert min(counts) == path[-1][name] and counts[1] < counts[0]  # never under the end
+
+
+def test_a_structured_step_rounds_once_and_skips_families_already_at_their_count():
+    """Without widths (a global ranking), the share of what is left, rounded at the last step
+    only; with widths, whole counts cut with round_to 1, and a family whose count does not
+    move this step is left out (pruned by 0 it would still be scored and cut again)."""
+    assert structured_step(0.5, 1, 2, "linear", None, 8) == (pytest.approx(0.25), 1)
+    assert structured_step(0.5, 2, 2, "linear", None, 8) == (pytest.approx(1 / 3), 8)
+    # 8 channels to 4 in multiples of 4: the cubic path's step 3 of 3 keeps 4, as step 2 did
+    shares, multiple = structured_step({"a": 0.5, "b": 0.5}, 3, 3, "cubic", {"a": 8, "b": 64}, 4)
+    assert multiple == 1 and set(shares) == {"b"}
+    assert structured_step(0.5, 1, 1, "cubic", {"a": 8}, 4) == ({"a": 0.5}, 1)

@@ -51,7 +51,7 @@ from sensiprune.runs.recipe import RESUME_GROUPS, Recipe, load_recipe
 from sensiprune.runs.train import correct_predictions, evaluate, finetune
 from sensiprune.selection.allocation import allocate, warn_if_clamped
 from sensiprune.selection.groups import vector_width
-from sensiprune.selection.schedule import channel_shares, share_of_remaining, sparsity_at
+from sensiprune.selection.schedule import sparsity_at, structured_step
 from sensiprune.selection.unstructured import Sparsity
 from sensiprune.structure.adapters import KINDS
 from sensiprune.structured import layer_widths
@@ -342,21 +342,20 @@ class PruningRun:
 
     def _prune_step(self, step: int) -> dict[str, Any]:
         self.optimizer = self.scheduler = None  # pruned tensors change: fresh state per step
-        seed, sparsity = self.recipe.seed + step, self._step_sparsity(step)
-        rounded = step == self.recipe.schedule.steps and "widths" not in self.progress
+        seed, (sparsity, multiple) = self.recipe.seed + step, self._step_sparsity(step)
         if sparsity == {}:  # whole counts: every family already at this step's count
             log.info("step %d: every family already at its count", step)
         else:
-            log.info("%s", self._prune_to(sparsity, seed, rounded=rounded))
+            log.info("%s", self._prune_to(sparsity, seed, multiple))
         return {"val": self._validate(), **self._sparsity_fields()}
 
-    def _prune_to(self, sparsity: Sparsity, seed: int, rounded: bool = True) -> PruneResult:
-        """``rounded=False``: channel counts as ``sparsity`` gives them, not up to
-        ``round_to``: a step rounded up cuts nothing from a narrow family (32 channels to 8 in
-        multiples of 8 would come back to 24 at every step)."""
+    def _prune_to(self, sparsity: Sparsity, seed: int, round_to: int | None = None) -> PruneResult:
+        """``round_to``: this step's channel multiple where it is not the recipe's (a step
+        rounded up cuts nothing from a narrow family: 32 channels to 8 in multiples of 8 would
+        come back to 24 at every step)."""
         options = self.recipe.prune.options(self.inputs, seed, self.show)
-        if not rounded and options.structured is not None:
-            options = replace(options, structured=replace(options.structured, round_to=1))
+        if round_to is not None and options.structured is not None:
+            options = replace(options, structured=replace(options.structured, round_to=round_to))
         return prune_with(self.model, sparsity, options, self.score_data, self.loss_fn)
 
     @property
@@ -406,23 +405,19 @@ class PruningRun:
         schedule = self.recipe.schedule
         return sparsity_at(self._target(), step, schedule.steps, schedule.curve)
 
-    def _step_sparsity(self, step: int) -> Sparsity:
-        """Unstructured steps name total sparsity; structured ones the share of what is left:
-        with a budget per layer and channel counts rounded, from whole counts that end where
-        one step would (``schedule.channel_shares``); else (a global ranking) only the last
-        step rounds."""
+    def _step_sparsity(self, step: int) -> tuple[Sparsity, int | None]:
+        """What step ``step`` prunes, and its channel multiple (None: the recipe's).
+        Unstructured steps name total sparsity; structured ones the share of what is left
+        (``schedule.structured_step``: whole counts where a budget per layer and rounded
+        counts give widths to count from, else rounded at the last step only)."""
         if not self.recipe.prune.structured:
-            return self._target_at(step)
+            return self._target_at(step), None
         spec, schedule = self.recipe.prune, self.recipe.schedule
         target = self._target()
         widths = self._widths(target) if step == 1 else self.progress.get("widths")
-        if widths is None:
-            return share_of_remaining(target, step, schedule.steps, schedule.curve)
-        named = target if isinstance(target, dict) else dict.fromkeys(widths, target)
         multiple = vector_width(self.model) if spec.round_to == "auto" else spec.round_to
-        shares = channel_shares(widths, named, step, schedule.steps, schedule.curve, multiple,
-                                spec.min_density)  # fmt: skip
-        return {layer: share for layer, share in shares.items() if share > 0}
+        return structured_step(target, step, schedule.steps, schedule.curve, widths, multiple,
+                               spec.min_density)  # fmt: skip
 
     def _widths(self, target: Sparsity) -> dict[str, int] | None:
         """The channel count of each layer ``target`` names (all, for one sparsity per

@@ -75,6 +75,27 @@ def channel_shares(
     return {name: 1.0 - kept(name, step) / kept(name, step - 1) for name in budget}
 
 
+def structured_step(
+    target: Sparsity,
+    step: int,
+    steps: int,
+    kind: str,
+    widths: Mapping[str, int] | None,
+    round_to: int,
+    min_density: float = PruneOptions.min_density,
+) -> tuple[Sparsity, int]:
+    """What structured step ``step`` of ``steps`` to ``target`` cuts, and the channel multiple
+    to cut it with. With each family's channel count (``widths``: a budget per layer decides
+    the counts), :func:`channel_shares` without the families already at this step's count,
+    cut to any count; without (a global ranking decides them step by step),
+    :func:`share_of_remaining`, rounded to ``round_to`` at the last step only."""
+    if widths is None:
+        return share_of_remaining(target, step, steps, kind), round_to if step == steps else 1
+    named = target if isinstance(target, Mapping) else dict.fromkeys(widths, target)
+    shares = channel_shares(widths, named, step, steps, kind, round_to, min_density)
+    return {name: share for name, share in shares.items() if share > 0}, 1
+
+
 def geometric_sparsity(target: Sparsity, step: int, steps: int) -> Sparsity:
     """Sparsity after ``step`` of ``steps`` equal *ratios* of density: 1 − (1 − s)^(t/n).
 
