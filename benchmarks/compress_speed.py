@@ -355,7 +355,9 @@ def main() -> None:
                                   GOALS[:1] if args.quick else GOALS, seed)  # fmt: skip
             lines += table
             outcomes += outcome
-    finish(lines + summary(outcomes, seeds), args.out, started)
+        # written after every seed: a run cut short keeps the seeds it finished
+        done = seeds[: seeds.index(seed) + 1]
+        finish(lines + summary(outcomes, done), args.out, started)
 
 
 if __name__ == "__main__":
