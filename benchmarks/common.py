@@ -34,8 +34,10 @@ def header(
     """Title, the command that reproduces the table, and the machine it ran on (``seeds``:
     a run over several seeds, from ``--seed`` on)."""
     options = " --quick" if args.quick else ""
-    if seeds is not None and len(seeds) > 1:
-        options += f" --seeds {len(seeds)}" + (f" --seed {seeds[0]}" if seeds[0] else "")
+    if seeds is not None and not args.quick:
+        options += f" --seeds {len(seeds)}"
+    if args.seed:
+        options += f" --seed {args.seed}"
     ran = f"seeds {seeds[0]}-{seeds[-1]}" if seeds and len(seeds) > 1 else f"seed {args.seed}"
     return [
         f"# {title}",

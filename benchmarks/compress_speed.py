@@ -269,12 +269,13 @@ def rows(name, factory, shape, epochs, goals, seed) -> tuple[list[str], list[Out
     return lines, outcomes
 
 
-def summary(outcomes: list[Outcome], seeds: list[int]) -> list[str]:
+def summary(outcomes: list[Outcome], seeds: list[int], planned: int) -> list[str]:
     """Each method's mean over the seeds, and how often compress met the bar: within 5% of the
     goal and more accurate than every baseline that ran (the bounded row is not a bar row)."""
+    short = f" (of {planned} planned: the run was cut short)" if len(seeds) < planned else ""
     lines = [
         "",
-        f"## Over {len(seeds)} seeds",
+        f"## Over {len(seeds)} seed{'s' * (len(seeds) != 1)}{short}",
         "",
         "Mean test accuracy (± std over the seeds) and mean measured speed-up of each method; "
         "*within 5%*: in how many seeds its speed-up was within 5% of the goal. *bar*, on "
@@ -308,12 +309,12 @@ def summary(outcomes: list[Outcome], seeds: list[int]) -> list[str]:
 
 def _beats_baselines(mine: Outcome, outcomes: list[Outcome]) -> bool:
     """More accurate than every baseline that ran at the same seed and goal (a peer that
-    failed has no outcome)."""
+    failed has no outcome; with none that ran, there is nothing to beat)."""
     rivals = [
         o for o in outcomes
         if o.seed == mine.seed and o.method not in (COMPRESS, BOUNDED)
     ]  # fmt: skip
-    return all(mine.accuracy > other.accuracy for other in rivals)
+    return bool(rivals) and all(mine.accuracy > other.accuracy for other in rivals)
 
 
 def main() -> None:
@@ -322,6 +323,8 @@ def main() -> None:
         "--seeds", type=int, default=3, help="how many seeds, from --seed on (default: 3)"
     )
     args = cli.parse_args()
+    if args.seeds < 1 or (args.quick and args.seeds != 3):
+        cli.error("--seeds takes a count of at least 1, and --quick runs one seed alone")
     seeds = [args.seed] if args.quick else list(range(args.seed, args.seed + args.seeds))
     started = time.perf_counter()
     models = [("LSTM classifier", LSTMClassifier, "rows", 30)]
@@ -357,7 +360,7 @@ def main() -> None:
             outcomes += outcome
         # written after every seed: a run cut short keeps the seeds it finished
         done = seeds[: seeds.index(seed) + 1]
-        finish(lines + summary(outcomes, done), args.out, started)
+        finish(lines + summary(outcomes, done, len(seeds)), args.out, started)
 
 
 if __name__ == "__main__":

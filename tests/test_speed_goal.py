@@ -3,6 +3,8 @@ are pooled, and the filling of a calibrated budget up to whole vectors."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -20,11 +22,23 @@ from sensiprune.speed_goal import SpeedCandidate
         ([(0.5, 1.0)], 0.25),  # one try: the prior slope, speed-up as 1 / kept
         ([(0.5, 1.0), (0.25, 4.0)], 2**-1.5),  # far apart: about the line through both
         ([(0.5, 1.0), (0.4, 1.25)], 0.25),  # on the prior's line: extended
-        ([(0.5, 1.0), (0.4, 1.0)], 0.2**0.5 / 16),  # no slope: the flattest believed, -0.25
+        ([(0.5, 1.0), (0.4, 1.0)], 0.2**0.5 / 2),  # no slope: the prior's, through both
+        # four tries on 1 / kept near the goal; a far one off that line is left out of the fit
+        ([(0.9, 1.05), (0.6, 5 / 3), (0.55, 1 / 0.55), (0.45, 1 / 0.45), (0.4, 2.5)], 0.5),
     ],
 )
 def test_the_next_fraction_follows_a_power_law_through_the_nearest_tries(tried, expected):
     assert speed_goal.next_keep(tried, 2.0) == pytest.approx(expected, rel=0.02)
+
+
+def test_two_tries_close_together_are_drawn_towards_the_prior_slope():
+    """0.5 kept measured 1.0x and 0.45 measured 1.2x: the line through both (slope -1.73)
+    puts the goal at 0.335 kept, the prior (speed-up as 1 / kept) through their middle at
+    0.260; tries 10% apart, each a few percent off, get a slope between the two."""
+    tried = [(0.5, 1.0), (0.45, 1.2)]
+    through_both = 0.5 * 2.0 ** (math.log(0.9) / math.log(1.2))
+    prior_only = math.exp(statistics.fmean([math.log(0.5), math.log(0.45)])) / (2 / 1.2**0.5)
+    assert prior_only < speed_goal.next_keep(tried, 2.0) < through_both
 
 
 def test_a_try_that_erred_onto_the_goal_is_not_taken_at_its_word(monkeypatch):

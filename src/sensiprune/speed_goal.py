@@ -47,7 +47,7 @@ CONFIRMATIONS = 2  # more timings of a try that lands within the tolerance: the 
 FIT_TRIES = 4  # the tries nearest the goal the power law is fitted through
 # the power law's prior: speed-up falls as 1/kept, held as strongly as two tries 10% apart
 PRIOR_SLOPE, PRIOR_WEIGHT = -1.0, 2 * (math.log(1.1) / 2) ** 2
-FLATTEST = -0.25  # a fitted slope flatter than this is noise: it would send the next try far
+FLATTEST = -0.25  # a fitted slope flatter than this is noise: the prior's is taken instead
 FLOOR_MARGIN = 1.02  # above the deepest cut's predicted cost: allocation moves in 1% steps
 # a goal this many times past the latency table's deepest prediction is refused; nearer ones
 # are searched (the table adds each family's saving alone: it errs by tens of percent)
@@ -66,7 +66,8 @@ class SpeedCandidate:
     allocated_to: str  # one of ALLOCATED_TO's values
     target: dict[str, object]  # allocate's keyword arguments, the table aside
     budget: dict[str, float]  # what allocate gave for it: sparsity per family
-    speedup: float  # against the dense model, timed in alternation (within: median of 3)
+    speedup: float  # against the dense model, timed in alternation (within: median of 3;
+    # filled: the calibrated speed-up times the filled cut's, timed against the calibrated)
     within: bool  # within SPEED_TOLERANCE of the goal
     metric: float | None = None  # on the validation data after a trial prune, where compared
     round_to: int = 1  # the channel multiple it was pruned and timed with
@@ -143,7 +144,7 @@ def filled(
 ) -> SpeedCandidate:
     """``candidate`` with every family's kept channels rounded up to whole SIMD vectors
     (:func:`~sensiprune.selection.groups.vector_width`), where that measures no slower than
-    the candidate (``FILL_SLACK``) and so stays within the tolerance of ``goal``. A layer's
+    the candidate (``FILL_SLACK``) and within the tolerance of ``goal``. A layer's
     time steps at multiples of the vector width (on an AVX-512 CPU a convolution keeping 17 to
     32 channels takes the time of 32), so the channels up to the next multiple mostly cost no
     time and keep accuracy; where a step is crossed, the measurement says so and the
@@ -247,7 +248,9 @@ def _power_law(tried: list[tuple[float, float]], goal: float) -> tuple[float, fl
     x0, y0 = statistics.fmean(xs), statistics.fmean(ys)
     spread = sum((x - x0) ** 2 for x in xs)
     along = sum((x - x0) * (y - y0) for x, y in zip(xs, ys, strict=True))
-    slope = min((along + PRIOR_WEIGHT * PRIOR_SLOPE) / (spread + PRIOR_WEIGHT), FLATTEST)
+    slope = (along + PRIOR_WEIGHT * PRIOR_SLOPE) / (spread + PRIOR_WEIGHT)
+    if slope > FLATTEST:  # would send the next try as far as a flat line reaches
+        slope = PRIOR_SLOPE
     return y0 - slope * x0, slope
 
 
