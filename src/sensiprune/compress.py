@@ -32,7 +32,7 @@ from sensiprune.io.saving import saved_bytes
 from sensiprune.measure import count_flops, count_parameters, latency
 from sensiprune.pruning import prune
 from sensiprune.runs.train import Metric, evaluate, finetune, metric_units
-from sensiprune.selection.groups import vector_width
+from sensiprune.selection.groups import channel_multiple
 from sensiprune.selection.schedule import sparsity_at, structured_step
 from sensiprune.selection.unstructured import check_sparsity
 from sensiprune.size_goal import file_sparsity, reclaimed, within_file_size
@@ -210,7 +210,7 @@ def compress(
     goal, value, bound = check_goal(target)
     structured = goal in ("flops", "speedup")
     fill = round_to is None  # speed goals: whole vectors where they cost no time
-    round_to = vector_width(model) if round_to == "auto" else round_to or 1
+    round_to = channel_multiple(model, round_to or 1)
     criterion = criterion or DEFAULT_CRITERION[goal]
     train = as_batches(data, "data")
     validation = list(as_batches(val_data, "val_data"))

@@ -38,7 +38,7 @@ from sensiprune.errors import SensipruneError
 from sensiprune.measure import speedup
 from sensiprune.pruning import prune
 from sensiprune.selection.allocation import allocate
-from sensiprune.selection.groups import vector_width
+from sensiprune.selection.groups import channel_multiple, vector_width
 
 log = logging.getLogger(__name__)
 SPEED_TOLERANCE = 0.02  # how close a calibrated prune must measure to the goal
@@ -110,7 +110,7 @@ def speed_candidates(
                          flops.kept(deepest) / flops.total, float),
         "uniform": (_uniform_target, 1.0 - max(table.sparsities), math.sqrt),
     }  # fmt: skip
-    multiple = vector_width(model) if round_to == "auto" else int(round_to)
+    multiple = channel_multiple(model, round_to)
     tried: list[SpeedCandidate] = []
     start, nearest = 1.0 / goal, None  # nearest: (speed-up, budget) closest to the goal
     for key, (target, lowest, from_flops) in costs.items():

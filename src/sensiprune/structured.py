@@ -20,7 +20,7 @@ from sensiprune.data import Batch, LossFn, as_batches
 from sensiprune.errors import CutRefused
 from sensiprune.options import PruneOptions
 from sensiprune.result import PruneResult, describe
-from sensiprune.selection.groups import candidate_groups, select_groups, vector_width
+from sensiprune.selection.groups import candidate_groups, channel_multiple, select_groups
 from sensiprune.selection.ties import honor
 from sensiprune.selection.unstructured import Sparsity
 from sensiprune.structure import adapters, graph_kinds
@@ -100,7 +100,7 @@ def _cut(
     if adapters.QUERY_HEADS in kinds:  # every key/value group keeps as many query heads
         groups, values = adapters.pair_query_heads(blocks, groups, values)
     distributed.broadcast_([values])  # rank 0 decides: every rank cuts the same
-    round_to = vector_width(model) if shape.round_to == "auto" else shape.round_to
+    round_to = channel_multiple(model, shape.round_to)
     removed = select_groups(groups, values, budget, by_kind, options, round_to)
     numbers = [group.number for group in groups]
     removed = honor(numbers, values, removed, graph.ties, options.min_density)

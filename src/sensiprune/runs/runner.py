@@ -50,7 +50,7 @@ from sensiprune.runs.lock import DirectoryLock
 from sensiprune.runs.recipe import RESUME_GROUPS, Recipe, load_recipe
 from sensiprune.runs.train import correct_predictions, evaluate, finetune
 from sensiprune.selection.allocation import allocate, warn_if_clamped
-from sensiprune.selection.groups import vector_width
+from sensiprune.selection.groups import channel_multiple
 from sensiprune.selection.schedule import sparsity_at, structured_step
 from sensiprune.selection.unstructured import Sparsity
 from sensiprune.structure.adapters import KINDS
@@ -415,7 +415,7 @@ class PruningRun:
         spec, schedule = self.recipe.prune, self.recipe.schedule
         target = self._target()
         widths = self._widths(target) if step == 1 else self.progress.get("widths")
-        multiple = vector_width(self.model) if spec.round_to == "auto" else spec.round_to
+        multiple = channel_multiple(self.model, spec.round_to)
         return structured_step(target, step, schedule.steps, schedule.curve, widths, multiple,
                                spec.min_density)  # fmt: skip
 

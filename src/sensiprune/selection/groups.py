@@ -73,6 +73,12 @@ def vector_width(model: nn.Module) -> int:
     return max(1, bits // (param.dtype.itemsize * 8))
 
 
+def channel_multiple(model: nn.Module, round_to: int | str) -> int:
+    """``round_to`` as a count: ``"auto"`` is one SIMD vector of the model's device
+    (:func:`vector_width`)."""
+    return vector_width(model) if round_to == "auto" else int(round_to)
+
+
 def kept_count(n: int, wanted_removed: int, min_density: float, round_to: int) -> int:
     """Up to the next multiple of ``round_to``, never down: on vector hardware a layer's time
     steps at multiples of the vector width (on an AVX-512 CPU a convolution keeping 17 to 32
