@@ -13,6 +13,14 @@ from pathlib import Path
 
 import torch
 
+from sensiprune.threads import WAIT_POLICY, respawn_spinning
+
+
+def spin_threads() -> None:
+    """A benchmark that times re-runs itself with the CPU's threads spinning between
+    operators (see ``sensiprune.threads``), unless OMP_WAIT_POLICY is set already."""
+    respawn_spinning(sys.argv)
+
 
 def parser(doc: str, default_out: str, quick_help: str) -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(
@@ -39,6 +47,8 @@ def header(
     if args.seed:
         options += f" --seed {args.seed}"
     ran = f"seeds {seeds[0]}-{seeds[-1]}" if seeds and len(seeds) > 1 else f"seed {args.seed}"
+    if WAIT_POLICY in os.environ:
+        ran += f", {WAIT_POLICY}={os.environ[WAIT_POLICY]}"
     return [
         f"# {title}",
         "",

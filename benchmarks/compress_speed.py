@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from common import finish, header, parser
+from common import finish, header, parser, spin_threads
 from structured import MobileNetV2Style, ResNet18Style
 from torch import nn
 from torch.nn import functional
@@ -319,6 +319,7 @@ def _beats_baselines(mine: Outcome, outcomes: list[Outcome]) -> bool:
 
 
 def main() -> None:
+    spin_threads()
     cli = parser(__doc__, "benchmarks/results/compress_speed.md", "the LSTM at 2x only")
     cli.add_argument(
         "--seeds", type=int, default=3, help="how many seeds, from --seed on (default: 3)"

@@ -27,7 +27,7 @@ import statistics
 import time
 
 import torch
-from common import finish, header, leave_benchmarks_folder, parser, trained_on_digits
+from common import finish, header, leave_benchmarks_folder, parser, spin_threads, trained_on_digits
 from torch import nn
 
 import sensiprune as sp
@@ -201,6 +201,7 @@ def cosine(dense: nn.Module, pruned: nn.Module, batch: dict) -> float:
 
 
 def main() -> None:
+    spin_threads()
     args = parser(__doc__, "benchmarks/results/sparse.md", "90% only").parse_args()
     sparsities = (0.9,) if args.quick else (0.8, 0.9, 0.95)
     torch.manual_seed(args.seed)

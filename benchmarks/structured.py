@@ -14,7 +14,7 @@ import time
 from importlib import metadata
 
 import torch
-from common import finish, header, parser, trained_on_digits
+from common import finish, header, parser, spin_threads, trained_on_digits
 from torch import nn
 
 import sensiprune as sp
@@ -279,6 +279,7 @@ def accuracy_table(seed: int, epochs: int) -> list[str]:
 
 
 def main() -> None:
+    spin_threads()
     args = parser(
         __doc__, "benchmarks/results/structured.md", "fewer repeats and epochs"
     ).parse_args()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import finish, header, leave_benchmarks_folder, parser
+from common import finish, header, leave_benchmarks_folder, parser, spin_threads
 
 leave_benchmarks_folder()  # this script's name is the library's
 
@@ -40,6 +40,7 @@ CRITERIA = ("group_loss", "magnitude", "activation", "random")
 
 
 def main() -> None:
+    spin_threads()
     args = parser(
         __doc__, "benchmarks/results/transformers.md", "fewer texts and budgets"
     ).parse_args()

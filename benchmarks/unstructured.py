@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import finish, header, parser
+from common import finish, header, parser, spin_threads
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -307,6 +307,7 @@ def sparse_latency_table(repeats: int) -> list[str]:
 
 
 def main() -> None:
+    spin_threads()
     args = parser(
         __doc__, "benchmarks/results/unstructured.md", "fewer sparsities and repeats"
     ).parse_args()

@@ -24,6 +24,7 @@ from sensiprune.handlers.base import countable_by_shape, layer_flops
 from sensiprune.memory import steady_allocator
 from sensiprune.modes import eval_mode
 from sensiprune.structure.channels import tensor_shapes
+from sensiprune.threads import warn_if_threads_sleep
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ def latency(
     """Median seconds of one forward pass after ``warmup`` untimed runs (with malloc kept
     steady: see :mod:`sensiprune.memory`)."""
     steady_allocator()
+    warn_if_threads_sleep()
     with eval_mode(model), torch.no_grad():
         for _ in range(warmup):
             model(*example_inputs)
@@ -228,8 +230,10 @@ def timed_alternately(
     each at a time: timing one and then the other lets a noisy machine's slow spell fall on
     one side only; alternating puts all of them under the same conditions. Host memory is
     kept steady first (:mod:`sensiprune.memory`): with malloc's defaults the ratio of the
-    same two models moved from 1.16x to 2.08x with the process's history."""
+    same two models moved from 1.16x to 2.08x with the process's history. The CPU's thread
+    team had best spin between operators too (:mod:`sensiprune.threads`)."""
     steady_allocator()
+    warn_if_threads_sleep()
     for _ in range(warmup):
         for call in calls:
             call()

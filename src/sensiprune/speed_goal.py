@@ -10,12 +10,13 @@ up, channel counts move in whole steps, and every operator's fixed time stays. S
 model is calibrated: a copy is pruned to its budget, timed against the dense model, and the
 fraction corrected until the speed-up is within ``SPEED_TOLERANCE`` of the goal. Each try
 is timed once and the next fraction read off a power law fitted through the tries nearest
-the goal (two tries alone, each a few percent off, can point anywhere). A try that lands
-within the tolerance is not taken at its word: on a shared 2-core machine the same pair of
-models measures 5-10% apart from one timing to the next, so the first try that lands there is
-the one that erred towards the goal (a try measured 2.11x that measured 1.78-1.82x three
-times right after); it is timed twice more and holds if the median does. A budget within
-the tolerance is then filled up to whole SIMD vectors where that measures as fast: the
+the goal (two tries alone, each a few percent off, can point anywhere). No try is taken at
+its word: on a shared 2-core machine the speed-up of the same pair of models drifts by 10-20%
+over seconds, in spells (one LSTM pair: 1.9-2.7x within 90 s), so the first try that lands
+near the goal is the one that erred towards it, and timing it again right away, inside the
+same spell, errs the same way. So the search runs through at least ``MIN_TRIES`` tries, at
+different moments, and each try's speed-up is read off the fit through them all. A budget
+within the tolerance is then filled up to whole SIMD vectors where that measures as fast: the
 channels up to the next multiple of the vector width cost about no time.
 """
 
@@ -43,11 +44,12 @@ from sensiprune.selection.groups import channel_multiple, vector_width
 log = logging.getLogger(__name__)
 SPEED_TOLERANCE = 0.02  # how close a calibrated prune must measure to the goal
 CALIBRATION_TRIES = 6  # pruned copies timed per cost model, at most
-CONFIRMATIONS = 2  # more timings of a try that lands within the tolerance: the median holds
+MIN_TRIES = 3  # tries the fit passes through before it may end the search
+FIT_WEIGHT = 1.0  # the fit through the tries counts as this many timings of a try's budget
 FIT_TRIES = 4  # the tries nearest the goal the power law is fitted through
 # the power law's prior: speed-up falls as 1/kept, held as strongly as two tries 10% apart
 PRIOR_SLOPE, PRIOR_WEIGHT = -1.0, 2 * (math.log(1.1) / 2) ** 2
-FLATTEST = -0.25  # a fitted slope flatter than this is noise: the prior's is taken instead
+FLATTEST = -0.25  # a fitted slope flatter than this is noise: the next try takes the prior's
 FLOOR_MARGIN = 1.02  # above the deepest cut's predicted cost: allocation moves in 1% steps
 # a goal this many times past the latency table's deepest prediction is refused; nearer ones
 # are searched (the table adds each family's saving alone: it errs by tens of percent)
@@ -66,8 +68,8 @@ class SpeedCandidate:
     allocated_to: str  # one of ALLOCATED_TO's values
     target: dict[str, object]  # allocate's keyword arguments, the table aside
     budget: dict[str, float]  # what allocate gave for it: sparsity per family
-    speedup: float  # against the dense model, timed in alternation (within: median of 3;
-    # filled: the calibrated speed-up times the filled cut's, timed against the calibrated)
+    speedup: float  # against the dense model, timed in alternation, read off the fit through
+    # the tries (filled: that times the filled cut's, timed against the calibrated)
     within: bool  # within SPEED_TOLERANCE of the goal
     metric: float | None = None  # on the validation data after a trial prune, where compared
     round_to: int = 1  # the channel multiple it was pruned and timed with
@@ -82,10 +84,10 @@ def speed_candidates(
     round_to: int | str,
     fill: bool = False,
 ) -> list[SpeedCandidate]:
-    """One budget per cost model that measured within the tolerance of ``goal``, in search
-    order (latency table, FLOPs, uniform cuts), each :func:`filled` with ``fill``; where none
-    did, the one nearest: the slowest that meets the goal (it keeps the most), else the
-    fastest.
+    """One budget per cost model that measured within the tolerance of ``goal`` (its try
+    nearest the goal), in search order (latency table, FLOPs, uniform cuts), each
+    :func:`filled` with ``fill``; where none did, the one nearest: the slowest that meets the
+    goal (it keeps the most), else the fastest.
 
     Each search starts from the FLOPs of the nearest budget so far, scaled by its miss. On a
     model of many small families the latency table can promise a speed-up none of its budgets
@@ -111,25 +113,29 @@ def speed_candidates(
         "uniform": (_uniform_target, 1.0 - max(table.sparsities), math.sqrt),
     }  # fmt: skip
     multiple = channel_multiple(model, round_to)
-    tried: list[SpeedCandidate] = []
-    start, nearest = 1.0 / goal, None  # nearest: (speed-up, budget) closest to the goal
+    tried: list[SpeedCandidate] = []  # every try
+    best: list[SpeedCandidate] = []  # each cost model's try nearest the goal
+    start = 1.0 / goal
     for key, (target, lowest, from_flops) in costs.items():
-        if nearest is not None:
-            levels = [nearest[1].get(layer, 0.0) for layer in table.layers]
-            start = from_flops(flops.kept(levels) / flops.total * nearest[0] / goal)
-        for keep, reached, budget in _search(model, table, goal, inputs, round_to, start,
-                                             lowest, target, key):  # fmt: skip
-            tried.append(SpeedCandidate(ALLOCATED_TO[key], target(keep), dict(budget), reached,
-                                        _within(reached, goal), round_to=multiple))  # fmt: skip
-            if nearest is None or abs(math.log(reached / goal)) < abs(math.log(nearest[0] / goal)):
-                nearest = (reached, budget)
+        if best:
+            nearest = min(best, key=lambda t: abs(math.log(t.speedup / goal)))
+            levels = [nearest.budget.get(layer, 0.0) for layer in table.layers]
+            start = from_flops(flops.kept(levels) / flops.total * nearest.speedup / goal)
+        tries = [
+            SpeedCandidate(ALLOCATED_TO[key], target(keep), dict(budget), reached,
+                           _within(reached, goal), round_to=multiple)
+            for keep, reached, budget in _search(model, table, goal, inputs, round_to, start,
+                                                 lowest, target, key)
+        ]  # fmt: skip
+        tried += tries
+        best += [min(tries, key=lambda t: abs(math.log(t.speedup / goal)))] if tries else []
     if not tried:
         raise SensipruneError(
             f"target speedup {goal:g}: no budget could be allocated for it from the curves "
             "(latency table, FLOPs or uniform cuts); lower the goal, or measure the curves "
             "deeper (sparsities=...)"
         )
-    within = [t for t in tried if t.within]
+    within = [t for t in best if t.within]
     if within:
         return [filled(model, t, goal, inputs) if fill else t for t in within]
     meeting = [t for t in tried if t.speedup >= goal]
@@ -184,11 +190,11 @@ def _search(
     target: Callable[[float], dict[str, object]],
     key: str,
 ) -> list[tuple[float, float, Mapping[str, float]]]:
-    """(fraction kept, speed-up, budget) of each try, from ``start``, never below ``lowest``
-    (every family as deep as measured), each next fraction where the power law fitted
-    through the tries so far puts the goal. A try is timed once; one that lands within the
-    tolerance is timed ``CONFIRMATIONS`` more times and its speed-up is the median, and the
-    search ends where that holds."""
+    """(fraction kept, fitted speed-up, budget) of each try, from ``start``, never below
+    ``lowest`` (every family as deep as measured), each next fraction where the power law
+    fitted through the tries so far puts the goal. A try is timed once and its speed-up read
+    off the final fit, not its own timing: the search ends once ``MIN_TRIES`` tries put the
+    last one within the tolerance, so a try that erred onto the goal cannot end it alone."""
     tried: list[tuple[float, float, Mapping[str, float]]] = []
     keep = min(1.0, max(start, lowest * FLOOR_MARGIN))
     for _ in range(CALIBRATION_TRIES):
@@ -196,21 +202,18 @@ def _search(
             budget = allocate(table, **target(keep))
         except SensipruneError:
             break  # the correction asked for more than the table can give
-        if any(dict(budget) == dict(timed) for *_, timed in tried):
-            break  # the same channels as a try before: timing them again tells little
+        # the same channels as a try before are timed again: one more timing to average
         trial = _cut_copy(model, budget, inputs, round_to)
         reached = measured_speedup(model, trial, inputs, timings=1)
-        if _within(reached, goal):
-            again = [measured_speedup(model, trial, inputs, 1) for _ in range(CONFIRMATIONS)]
-            reached = statistics.median([reached, *again])
         log.info("speed goal %gx, %s keeping %.4f: measured %.2fx", goal, ALLOCATED_TO[key],
                  keep, reached)  # fmt: skip
         tried.append((keep, reached, budget))
-        if _within(reached, goal) or (reached < goal and keep <= lowest * FLOOR_MARGIN):
-            break  # calibrated, or as deep as the table goes and still too slow
-        points = [(k, r) for k, r, _ in tried]
-        keep = min(1.0, max(next_keep(points, goal), lowest * FLOOR_MARGIN))
-    return tried
+        if reached < goal and keep <= lowest * FLOOR_MARGIN:
+            break  # as deep as the table goes and still too slow
+        if len(tried) >= MIN_TRIES and _within(pooled(tried, goal)[-1], goal):
+            break  # calibrated
+        keep = min(1.0, max(next_keep([(k, r) for k, r, _ in tried], goal), lowest * FLOOR_MARGIN))
+    return [(k, r, budget) for (k, _, budget), r in zip(tried, pooled(tried, goal), strict=True)]
 
 
 def _within(reached: float, goal: float) -> bool:
@@ -232,26 +235,51 @@ def _cut_copy(
 
 def next_keep(tried: list[tuple[float, float]], goal: float) -> float:
     """The fraction kept where the power law fitted through ``tried`` (fraction, speed-up)
-    reaches ``goal``."""
-    intercept, slope = _power_law(tried, goal)
-    return math.exp((math.log(goal) - intercept) / slope)
+    reaches ``goal``; a fitted slope flatter than ``FLATTEST`` is noise and would send the
+    next try as far as a flat line reaches, so the prior's is taken instead."""
+    x0, y0, slope = _power_law(_near(tried, goal))
+    slope = PRIOR_SLOPE if slope > FLATTEST else slope
+    return math.exp(x0 + (math.log(goal) - y0) / slope)
 
 
-def _power_law(tried: list[tuple[float, float]], goal: float) -> tuple[float, float]:
-    """(intercept, slope) of log speed-up against log fraction kept, least squares through
-    the ``FIT_TRIES`` tries nearest the goal, the slope drawn towards ``PRIOR_SLOPE``: over a
-    short range the speed-up is close to a power law of the fraction kept, and tries close
-    together, each timed with a few percent of error, say little about its slope alone."""
-    near = sorted(tried, key=lambda t: abs(math.log(t[1] / goal)))[:FIT_TRIES]
-    xs = [math.log(keep) for keep, _ in near]
-    ys = [math.log(reached) for _, reached in near]
+def pooled(tried: list[tuple[float, float, Mapping[str, float]]], goal: float) -> list[float]:
+    """Each try's speed-up (of ``tried``: fraction kept, timing, budget): the timings of its
+    budget (the same channels timed again are the same model) pooled in log with the power
+    law fitted through the tries nearest the goal, which counts as ``FIT_WEIGHT`` timings; a
+    try outside the fit has its budget's timings alone. Each timing errs by several percent,
+    the fit through the tries near the goal by less, but the fit is smooth where time steps
+    with whole channels, which the budget's own timings are not."""
+    if not tried:
+        return []
+    points = [(keep, reached) for keep, reached, _ in tried]
+    near = _near(points, goal)
+    x0, y0, slope = _power_law(near)
+    speedups = []
+    for keep, reached, budget in tried:
+        own = [math.log(r) for _, r, other in tried if dict(other) == dict(budget)]
+        weight = FIT_WEIGHT if (keep, reached) in near else 0.0
+        line = y0 + slope * (math.log(keep) - x0)
+        speedups.append(math.exp((sum(own) + weight * line) / (len(own) + weight)))
+    return speedups
+
+
+def _near(tried: list[tuple[float, float]], goal: float) -> list[tuple[float, float]]:
+    """The ``FIT_TRIES`` tries nearest the goal."""
+    return sorted(tried, key=lambda t: abs(math.log(t[1] / goal)))[:FIT_TRIES]
+
+
+def _power_law(tried: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """(mean log fraction, mean log speed-up, slope) of the least-squares line of log
+    speed-up against log fraction kept through ``tried``, the slope drawn towards
+    ``PRIOR_SLOPE``: over a short range the speed-up is close to a power law of the fraction
+    kept, and tries close together, each timed with a few percent of error, say little about
+    its slope alone."""
+    xs = [math.log(keep) for keep, _ in tried]
+    ys = [math.log(reached) for _, reached in tried]
     x0, y0 = statistics.fmean(xs), statistics.fmean(ys)
     spread = sum((x - x0) ** 2 for x in xs)
     along = sum((x - x0) * (y - y0) for x, y in zip(xs, ys, strict=True))
-    slope = (along + PRIOR_WEIGHT * PRIOR_SLOPE) / (spread + PRIOR_WEIGHT)
-    if slope > FLATTEST:  # would send the next try as far as a flat line reaches
-        slope = PRIOR_SLOPE
-    return y0 - slope * x0, slope
+    return x0, y0, (along + PRIOR_WEIGHT * PRIOR_SLOPE) / (spread + PRIOR_WEIGHT)
 
 
 def measured_speedup(
