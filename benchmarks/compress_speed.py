@@ -321,13 +321,12 @@ def _beats_baselines(mine: Outcome, outcomes: list[Outcome]) -> bool:
 def main() -> None:
     spin_threads()
     cli = parser(__doc__, "benchmarks/results/compress_speed.md", "the LSTM at 2x only")
-    cli.add_argument(
-        "--seeds", type=int, default=3, help="how many seeds, from --seed on (default: 3)"
-    )
+    cli.add_argument("--seeds", type=int, help="how many seeds, from --seed on (default: 3)")
     args = cli.parse_args()
-    if args.seeds < 1 or (args.quick and args.seeds != 3):
+    if (args.seeds is not None and args.seeds < 1) or (args.quick and args.seeds is not None):
         cli.error("--seeds takes a count of at least 1, and --quick runs one seed alone")
-    seeds = [args.seed] if args.quick else list(range(args.seed, args.seed + args.seeds))
+    count = 1 if args.quick else args.seeds or 3
+    seeds = list(range(args.seed, args.seed + count))
     started = time.perf_counter()
     models = [("LSTM classifier", LSTMClassifier, "rows", 30)]
     if not args.quick:

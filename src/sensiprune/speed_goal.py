@@ -15,7 +15,7 @@ its word: on a shared 2-core machine the speed-up of the same pair of models dri
 over seconds, in spells (one LSTM pair: 1.9-2.7x within 90 s), so the first try that lands
 near the goal is the one that erred towards it, and timing it again right away, inside the
 same spell, errs the same way. So the search runs through at least ``MIN_TRIES`` tries, at
-different moments, and each try's speed-up is read off the fit through them all. A budget
+different moments, and each budget's timings are pooled with the fit through them. A budget
 within the tolerance is then filled up to whole SIMD vectors where that measures as fast: the
 channels up to the next multiple of the vector width cost about no time.
 """
@@ -68,8 +68,9 @@ class SpeedCandidate:
     allocated_to: str  # one of ALLOCATED_TO's values
     target: dict[str, object]  # allocate's keyword arguments, the table aside
     budget: dict[str, float]  # what allocate gave for it: sparsity per family
-    speedup: float  # against the dense model, timed in alternation, read off the fit through
-    # the tries (filled: that times the filled cut's, timed against the calibrated)
+    speedup: float  # against the dense model, timed in alternation: its budget's timings
+    # pooled with the fit through the tries (filled: that times the filled cut's, timed
+    # against the calibrated)
     within: bool  # within SPEED_TOLERANCE of the goal
     metric: float | None = None  # on the validation data after a trial prune, where compared
     round_to: int = 1  # the channel multiple it was pruned and timed with
@@ -190,11 +191,11 @@ def _search(
     target: Callable[[float], dict[str, object]],
     key: str,
 ) -> list[tuple[float, float, Mapping[str, float]]]:
-    """(fraction kept, fitted speed-up, budget) of each try, from ``start``, never below
-    ``lowest`` (every family as deep as measured), each next fraction where the power law
-    fitted through the tries so far puts the goal. A try is timed once and its speed-up read
-    off the final fit, not its own timing: the search ends once ``MIN_TRIES`` tries put the
-    last one within the tolerance, so a try that erred onto the goal cannot end it alone."""
+    """(fraction kept, speed-up, budget) of each try, from ``start``, never below ``lowest``
+    (every family as deep as measured), each next fraction where the power law fitted
+    through the tries so far puts the goal. A try is timed once and its speed-up is
+    :func:`pooled`, not its own timing: the search ends once ``MIN_TRIES`` tries or more put
+    the last one within the tolerance, so a try that erred onto the goal cannot end it."""
     tried: list[tuple[float, float, Mapping[str, float]]] = []
     keep = min(1.0, max(start, lowest * FLOOR_MARGIN))
     for _ in range(CALIBRATION_TRIES):
