@@ -114,19 +114,26 @@ def test_where_no_budget_is_within_the_nearest_are_timed_again_before_one_is_cho
     monkeypatch,
 ):
     """A 3x goal out of reach: the try timed 2.90x was lucky (it measures 2.40x after), the
-    2.60x one was not (2.60x again). Chosen on the first timings the fastest is the lucky
-    one; timed again, the other, and its speed-up is the new timings'."""
-    truth = {0.03: 2.40, 0.05: 2.60, 0.2: 1.5}
+    one timed 1.5x unlucky (2.60x after). Chosen on the first timings the fastest is the
+    lucky one; timed again, the other, and its speed-up is the new timings'. A budget tried
+    twice is timed again once, so the third nearest budget gets its turn."""
+    truth = {0.03: 2.40, 0.05: 2.60, 0.2: 1.5, 0.3: 1.2}
 
     def timed(_dense, pruned, _inputs, timings):
         assert timings == 1
         return truth[pruned.level]
 
-    monkeypatch.setattr(speed_goal, "_cut_copy", lambda _m, b, *_: SimpleNamespace(level=b["a"]))
+    cut = []
+    monkeypatch.setattr(
+        speed_goal,
+        "_cut_copy",
+        lambda _m, b, *_: cut.append(b["a"]) or SimpleNamespace(level=b["a"]),
+    )
     monkeypatch.setattr(speed_goal, "measured_speedup", timed)
     tried = [
         SpeedCandidate("FLOPs", {}, {"a": level}, first, False)
-        for level, first in ((0.03, 2.90), (0.05, 2.60), (0.2, 1.5), (0.2, 1.4))
+        for level, first in ((0.03, 2.90), (0.2, 1.6), (0.2, 1.55), (0.05, 1.5), (0.3, 1.2))
     ]
     chosen = speed_goal.fallback(None, tried, 3.0, ())
     assert chosen.budget == {"a": 0.05} and chosen.speedup == 2.60 and not chosen.within
+    assert cut == [0.03, 0.2, 0.05]  # the three nearest budgets, the one tried twice cut once

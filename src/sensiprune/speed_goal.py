@@ -120,7 +120,7 @@ def speed_candidates(
     start = 1.0 / goal
     for key, (target, lowest, from_flops) in costs.items():
         if best:
-            nearest = min(best, key=lambda t: abs(math.log(t.speedup / goal)))
+            nearest = min(best, key=lambda t: _miss(t.speedup, goal))
             levels = [nearest.budget.get(layer, 0.0) for layer in table.layers]
             start = from_flops(flops.kept(levels) / flops.total * nearest.speedup / goal)
         tries = [
@@ -130,7 +130,7 @@ def speed_candidates(
                                                  lowest, target, key)
         ]  # fmt: skip
         tried += tries
-        best += [min(tries, key=lambda t: abs(math.log(t.speedup / goal)))] if tries else []
+        best += [min(tries, key=lambda t: _miss(t.speedup, goal))] if tries else []
     if not tried:
         raise SensipruneError(
             f"target speedup {goal:g}: no budget could be allocated for it from the curves "
@@ -151,15 +151,19 @@ def fallback(
     are timed ``RETIMINGS`` times afresh, in turn, and chosen again on those: a try chosen
     for its timing is the one whose timing erred towards the goal (a MobileNetV2 cut chosen
     at 2.90x measured 2.35-2.46x), and timings taken after the choice do not err its way."""
-    nearest = _nearest_first(tried, goal)[:FALLBACK_RETIMED]
+    distinct: dict[tuple[tuple[str, float], ...], SpeedCandidate] = {}
+    for t in _nearest_first(tried, goal):  # a budget tried twice is the same model: timed once
+        distinct.setdefault(tuple(sorted(t.budget.items())), t)
+    nearest = list(distinct.values())[:FALLBACK_RETIMED]
     cuts = [_cut_copy(model, t.budget, inputs, t.round_to) for t in nearest]
     timings: list[list[float]] = [[] for _ in cuts]
     for _ in range(RETIMINGS):
         for cut, times in zip(cuts, timings, strict=True):
             times.append(measured_speedup(model, cut, inputs, timings=1))
+    medians = [statistics.median(times) for times in timings]
     retimed = [
-        replace(t, speedup=statistics.median(times), within=_within(statistics.median(times), goal))
-        for t, times in zip(nearest, timings, strict=True)
+        replace(t, speedup=median, within=_within(median, goal))
+        for t, median in zip(nearest, medians, strict=True)
     ]
     return _nearest_first(retimed, goal)[0]
 
@@ -246,6 +250,11 @@ def _within(reached: float, goal: float) -> bool:
     return abs(reached / goal - 1.0) <= SPEED_TOLERANCE
 
 
+def _miss(reached: float, goal: float) -> float:
+    """How far ``reached`` is from ``goal``, as many times faster as slower."""
+    return abs(math.log(reached / goal))
+
+
 def _cut_copy(
     model: nn.Module, budget: Mapping[str, float], inputs: tuple[torch.Tensor, ...],
     round_to: int | str,
@@ -291,7 +300,7 @@ def pooled(tried: list[tuple[float, float, Mapping[str, float]]], goal: float) -
 
 def _near(tried: list[tuple[float, float]], goal: float) -> list[tuple[float, float]]:
     """The ``FIT_TRIES`` tries nearest the goal."""
-    return sorted(tried, key=lambda t: abs(math.log(t[1] / goal)))[:FIT_TRIES]
+    return sorted(tried, key=lambda t: _miss(t[1], goal))[:FIT_TRIES]
 
 
 def _power_law(tried: list[tuple[float, float]]) -> tuple[float, float, float]:
