@@ -345,6 +345,22 @@ def test_the_speed_candidates_are_ranked_by_their_trial_and_a_single_one_is_not_
     assert alone == candidates[:1] and alone[0].metric is None
 
 
+def test_a_missed_speed_goal_says_which_of_the_nearest_budgets_it_kept_and_why():
+    why = sys.modules["sensiprune.compress"]._why_chosen
+    nearest = [
+        SpeedCandidate("FLOPs", {}, {"a": 0.4}, 2.2, False, metric=0.9),
+        SpeedCandidate("uniform cuts", {}, {"a": 0.6}, 2.4, False, metric=0.5),
+    ]
+    assert why(nearest, 1) == (
+        "no allocation measured within 2% of the goal while calibrating: the most accurate on "
+        "the validation data, pruned and fine-tuned 1 epoch, of 2 cost models' nearest budgets, "
+        "timed again, none more than 10% farther from the goal than the nearest"
+    )
+    assert why(nearest[1:], 1) == (
+        "no allocation measured within 2% of the goal while calibrating: the nearest"
+    )
+
+
 def test_a_speed_goal_cuts_every_family_alike_where_no_allocation_can_be_made(monkeypatch):
     """The last search: one sparsity in every family (timing stubbed as the FLOP ratio, and
     the latency table's and the FLOP model's allocations refused, so that only it is left)."""

@@ -37,6 +37,7 @@ from sensiprune.selection.schedule import sparsity_at, structured_step
 from sensiprune.selection.unstructured import check_sparsity
 from sensiprune.size_goal import file_sparsity, reclaimed, within_file_size
 from sensiprune.speed_goal import (
+    NEAR_EQUAL,
     SPEED_TOLERANCE,
     SpeedCandidate,
     measured_speedup,
@@ -522,13 +523,19 @@ def _most_accurate(
 
 
 def _why_chosen(candidates: list[SpeedCandidate], epochs: int) -> str:
-    if not candidates[0].within:
-        return f"no allocation {_WITHIN}: the nearest"
+    missed = f"no allocation {_WITHIN} while calibrating"
+    within = all(c.within for c in candidates)
     if len(candidates) == 1:
-        return f"the only allocation {_WITHIN}"
-    return (
+        return f"the only allocation {_WITHIN}" if within else f"{missed}: the nearest"
+    trial = (
         f"the most accurate on the validation data, pruned and fine-tuned {epochs} "
-        f"epoch{'s' * (epochs != 1)}, of the {len(candidates)} allocations {_WITHIN}"
+        f"epoch{'s' * (epochs != 1)}"
+    )
+    if within:
+        return f"{trial}, of the {len(candidates)} allocations {_WITHIN}"
+    return (
+        f"{missed}: {trial}, of {len(candidates)} cost models' nearest budgets, timed "
+        f"again, none more than {NEAR_EQUAL:.0%} farther from the goal than the nearest"
     )
 
 
