@@ -354,7 +354,7 @@ def test_a_missed_speed_goal_says_which_of_the_nearest_budgets_it_kept_and_why()
     assert why(nearest, 1) == (
         "no allocation measured within 2% of the goal while calibrating: the most accurate on "
         "the validation data, pruned and fine-tuned 1 epoch, of 2 cost models' nearest budgets, "
-        "timed again, none more than 10% farther from the goal than the nearest"
+        "timed again, each within 10% of the nearest's speed-up"
     )
     assert why(nearest[1:], 1) == (
         "no allocation measured within 2% of the goal while calibrating: the nearest"

@@ -535,7 +535,7 @@ def _why_chosen(candidates: list[SpeedCandidate], epochs: int) -> str:
         return f"{trial}, of the {len(candidates)} allocations {_WITHIN}"
     return (
         f"{missed}: {trial}, of {len(candidates)} cost models' nearest budgets, timed "
-        f"again, none more than {NEAR_EQUAL:.0%} farther from the goal than the nearest"
+        f"again, each within {NEAR_EQUAL:.0%} of the nearest's speed-up"
     )
 
 

@@ -48,8 +48,8 @@ MIN_TRIES = 3  # tries the fit passes through before it may end the search
 FIT_WEIGHT = 1.0  # the fit through the tries counts as this many timings of a try's budget
 FIT_TRIES = 4  # the tries nearest the goal the power law is fitted through
 FALLBACK_RETIMED, RETIMINGS = 3, 2  # no budget within: the nearest tries, timed this often again
-# no budget within: cost models whose nearest measure this close to the nearest of all go to
-# the accuracy trial (the same pair of models drifts 10-20% with the machine's spells)
+# no budget within: cost models whose nearest measure this close to the speed-up of the
+# nearest of all go to the accuracy trial (one pair of models drifts 10-20% in spells)
 NEAR_EQUAL = 0.10
 # the power law's prior: speed-up falls as 1/kept, held as strongly as two tries 10% apart
 PRIOR_SLOPE, PRIOR_WEIGHT = -1.0, 2 * (math.log(1.1) / 2) ** 2
@@ -92,7 +92,7 @@ def speed_candidates(
     """One budget per cost model that measured within the tolerance of ``goal`` (its try
     nearest the goal), in search order (latency table, FLOPs, uniform cuts), each
     :func:`filled` with ``fill``; where none did, the nearest, timed again, and the cost
-    models' nearest that measure about as near (:func:`fallback`).
+    models' nearest that measure about as fast (:func:`fallback`).
 
     Each search starts from the FLOPs of the nearest budget so far, scaled by its miss. On a
     model of many small families the latency table can promise a speed-up none of its budgets
@@ -149,12 +149,9 @@ def speed_candidates(
 def fallback(
     model: nn.Module, tried: list[SpeedCandidate], goal: float, inputs: tuple[torch.Tensor, ...]
 ) -> list[SpeedCandidate]:
-    """Where no budget measured within the tolerance: the nearest, first (the slowest that
-    meets the goal, which keeps the most, else the fastest), then each other cost model's
-    nearest where it misses the goal by at most ``NEAR_EQUAL`` more than the nearest does,
-    for ``compress``'s accuracy trial; where the nearest meets the goal, only others that
-    meet it too (a ResNet's cut at 2.71x was kept for its accuracy over one at 3.21x, for a
-    3x goal).
+    """Where no budget measured within the tolerance: the nearest, first, then each other
+    cost model's nearest whose speed-up is within ``NEAR_EQUAL`` of the nearest's, for
+    ``compress``'s accuracy trial.
 
     The ``FALLBACK_RETIMED`` nearest budgets, and each cost model's nearest, are timed
     ``RETIMINGS`` times afresh, in turn, and chosen again on those: a try chosen for its
@@ -163,7 +160,9 @@ def fallback(
     alone decides only between budgets its timings tell apart: the nearest may be the one
     whose accuracy collapsed (benchmarks/results/compress_speed.md, a MobileNetV2 at a 3x
     goal out of reach: uniform cuts measured 2.2-2.3x at 0.36-0.50 test accuracy after
-    fine-tuning, FLOP budgets 1.95-2.05x at 0.91-0.93)."""
+    fine-tuning, FLOP budgets 1.95-2.05x at 0.91-0.93). Nearest is as many times faster as
+    slower: a budget past the goal keeps less, and past it by 20% it costs accuracy a
+    budget 5% short would not have."""
     distinct: dict[tuple[tuple[str, float], ...], SpeedCandidate] = {}
     for t in _nearest_first(tried, goal):  # a budget tried twice is the same model: timed once
         distinct.setdefault(tuple(sorted(t.budget.items())), t)
@@ -184,21 +183,17 @@ def fallback(
         ],
         goal,
     )
-    nearest_of_all = retimed[0]
-    reach = _miss(nearest_of_all.speedup, goal) + math.log1p(NEAR_EQUAL)
-    meets = nearest_of_all.speedup >= goal  # then no budget that misses it competes
+    apart = math.log1p(NEAR_EQUAL)
     each: dict[str, SpeedCandidate] = {}
     for t in retimed:
-        if _miss(t.speedup, goal) <= reach and (t.speedup >= goal or not meets):
+        if abs(math.log(t.speedup / retimed[0].speedup)) <= apart:
             each.setdefault(t.allocated_to, t)
     return list(each.values())
 
 
 def _nearest_first(tried: list[SpeedCandidate], goal: float) -> list[SpeedCandidate]:
-    """The tries that meet the goal, slowest first, then the others, fastest first."""
-    meeting = sorted((t for t in tried if t.speedup >= goal), key=lambda t: t.speedup)
-    short = sorted((t for t in tried if t.speedup < goal), key=lambda t: -t.speedup)
-    return meeting + short
+    """``tried``, nearest the goal first (the earlier of a tie)."""
+    return sorted(tried, key=lambda t: _miss(t.speedup, goal))
 
 
 def filled(
