@@ -159,8 +159,8 @@ def fallback(
     measured 2.35-2.46x), and timings taken after the choice do not err its way. Speed
     alone decides only between budgets its timings tell apart: the nearest may be the one
     whose accuracy collapsed (benchmarks/results/compress_speed.md, a MobileNetV2 at a 3x
-    goal out of reach: uniform cuts measured 2.2-2.3x at 0.36-0.50 test accuracy after
-    fine-tuning, FLOP budgets 1.95-2.05x at 0.91-0.93). Nearest is as many times faster as
+    goal out of reach: uniform cuts measured 2.26x at 0.39 mean test accuracy after
+    fine-tuning, FLOP budgets 1.91x at 0.92). Nearest is as many times faster as
     slower: a budget past the goal keeps less, and past it by 20% it costs accuracy a
     budget 5% short would not have."""
     distinct: dict[tuple[tuple[str, float], ...], SpeedCandidate] = {}
