@@ -144,10 +144,10 @@ def test_where_no_budget_is_within_the_nearest_are_timed_again_before_one_is_cho
     assert cut == [0.03, 0.2, 0.05]  # the three nearest budgets, the one tried twice cut once
 
 
-def test_where_no_budget_is_within_cost_models_about_as_near_go_to_the_accuracy_trial(
+def test_where_no_budget_is_within_cost_models_about_as_fast_go_to_the_accuracy_trial(
     monkeypatch,
 ):
-    """A 3x goal out of reach: uniform cuts reach 2.40x, FLOP budgets 2.25x (about as near:
+    """A 3x goal out of reach: uniform cuts reach 2.40x, FLOP budgets 2.25x (about as fast:
     which recovers, the trial tells), the latency table 1.8x (too far to compete). Each
     cost model's nearest is timed again, though the latency table's is not among the three
     nearest tries; the nearest comes first."""
