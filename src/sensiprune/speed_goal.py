@@ -186,7 +186,7 @@ def fallback(
     apart = math.log1p(NEAR_EQUAL)
     each: dict[str, SpeedCandidate] = {}
     for t in retimed:
-        if abs(math.log(t.speedup / retimed[0].speedup)) <= apart:
+        if _miss(t.speedup, retimed[0].speedup) <= apart:
             each.setdefault(t.allocated_to, t)
     return list(each.values())
 
