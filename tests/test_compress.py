@@ -338,11 +338,29 @@ def test_the_speed_candidates_are_ranked_by_their_trial_and_a_single_one_is_not_
         for name, sparsity in (("measured latency", 0.5), ("FLOPs", 0.3), ("uniform cuts", 0.3))
     ]
     trial = lambda candidate: 1.0 - candidate.budget["a"]  # noqa: E731
-    ranked = sys.modules["sensiprune.compress"]._most_accurate(candidates, trial)
+    ranked = sys.modules["sensiprune.compress"]._most_accurate(candidates, trial, 2.0)
     assert [c.allocated_to for c in ranked] == ["FLOPs", "measured latency", "uniform cuts"]
     assert [c.metric for c in ranked] == [0.7, 0.5, 0.7]  # a tie goes to the earlier
-    alone = sys.modules["sensiprune.compress"]._most_accurate(candidates[:1], trial)
+    alone = sys.modules["sensiprune.compress"]._most_accurate(candidates[:1], trial, 2.0)
     assert alone == candidates[:1] and alone[0].metric is None
+
+
+def test_out_of_reach_the_trial_weighs_accuracy_against_how_far_off_the_goal_a_budget_ran():
+    """A 3x goal out of reach: uniform cuts came nearest (2.90x) by collapsing; the FLOP
+    budget, 2.27x, keeps three times the accuracy and is kept. The trial metric is the
+    candidate's own, undiscounted."""
+    candidates = [
+        SpeedCandidate("uniform cuts", {}, {"a": 0.9}, 2.90, False),
+        SpeedCandidate("FLOPs", {}, {"a": 0.6}, 2.27, False),
+    ]
+    trial = {0.9: 0.10, 0.6: 0.33}
+    ranked = sys.modules["sensiprune.compress"]._most_accurate(
+        candidates, lambda c: trial[c.budget["a"]], 3.0
+    )
+    assert [(c.allocated_to, c.metric) for c in ranked] == [
+        ("FLOPs", 0.33),
+        ("uniform cuts", 0.10),
+    ]
 
 
 def test_a_missed_speed_goal_says_which_of_the_nearest_budgets_it_kept_and_why():
@@ -354,7 +372,7 @@ def test_a_missed_speed_goal_says_which_of_the_nearest_budgets_it_kept_and_why()
     assert why(nearest, 1) == (
         "no allocation measured within 2% of the goal while calibrating: the most accurate on "
         "the validation data, pruned and fine-tuned 1 epoch, of 2 cost models' nearest budgets, "
-        "timed again, each within 10% of the nearest's speed-up"
+        "timed again, less 1% of its metric for each 1% it measured more than 10% off the goal"
     )
     assert why(nearest[1:], 1) == (
         "no allocation measured within 2% of the goal while calibrating: the nearest"

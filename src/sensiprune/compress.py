@@ -40,6 +40,7 @@ from sensiprune.speed_goal import (
     NEAR_EQUAL,
     SPEED_TOLERANCE,
     SpeedCandidate,
+    discounted,
     measured_speedup,
     speed_candidates,
 )
@@ -196,7 +197,9 @@ def compress(
     and measures it, correcting the target until the measured speed-up is within 2% of the
     goal; FLOP budgets and uniform cuts are calibrated alike. Of the budgets that measure the
     goal, the one most accurate on ``val_data`` after a trial prune and one epoch of
-    fine-tuning is kept: which cut recovers best, no cost model says. ``round_to`` keeps
+    fine-tuning is kept: which cut recovers best, no cost model says. Where none measures
+    it (a goal out of reach), each cost model's nearest budget is tried alike, its metric
+    less 1% for each 1% it measured more than 10% off the goal. ``round_to`` keeps
     channel counts multiples of N for structured goals (``"auto"``: one SIMD vector of this
     device). By default any count is allocated, and a speed goal's budgets are then rounded
     up to whole vectors wherever the rounded model measures as fast and within 2% of the goal
@@ -253,7 +256,7 @@ def compress(
             metric=metric, inputs=inputs, epochs=trial_epochs, lr=lr,
         )  # fmt: skip
         candidates = _most_accurate(
-            speed_candidates(model, table, lut, value, inputs, round_to, fill), trial
+            speed_candidates(model, table, lut, value, inputs, round_to, fill), trial, value
         )
         allocation, round_to = candidates[0].target, candidates[0].round_to
     else:
@@ -511,14 +514,16 @@ def _trial_metric(
 
 
 def _most_accurate(
-    candidates: list[SpeedCandidate], trial: Callable[[SpeedCandidate], float]
+    candidates: list[SpeedCandidate], trial: Callable[[SpeedCandidate], float], goal: float
 ) -> list[SpeedCandidate]:
-    """The candidates with their trial metric, the best first (the earlier of a tie: the
-    latency table's, then the FLOPs'); a single candidate is not tried."""
+    """The candidates with their trial metric, the best first, the metric
+    :func:`~sensiprune.speed_goal.discounted` by how far the candidate measured off ``goal``
+    (the earlier of a tie: the latency table's, then the FLOPs'); a single candidate is not
+    tried."""
     if len(candidates) == 1:
         return candidates
     tried = [replace(c, metric=trial(c)) for c in candidates]
-    best = max(tried, key=lambda c: c.metric)
+    best = max(tried, key=lambda c: discounted(c.metric, c.speedup, goal))
     return [best, *(c for c in tried if c is not best)]
 
 
@@ -535,7 +540,8 @@ def _why_chosen(candidates: list[SpeedCandidate], epochs: int) -> str:
         return f"{trial}, of the {len(candidates)} allocations {_WITHIN}"
     return (
         f"{missed}: {trial}, of {len(candidates)} cost models' nearest budgets, timed "
-        f"again, each within {NEAR_EQUAL:.0%} of the nearest's speed-up"
+        f"again, less 1% of its metric for each 1% it measured more than {NEAR_EQUAL:.0%} "
+        "off the goal"
     )
 
 

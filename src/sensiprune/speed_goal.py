@@ -48,8 +48,8 @@ MIN_TRIES = 3  # tries the fit passes through before it may end the search
 FIT_WEIGHT = 1.0  # the fit through the tries counts as this many timings of a try's budget
 FIT_TRIES = 4  # the tries nearest the goal the power law is fitted through
 FALLBACK_RETIMED, RETIMINGS = 3, 2  # no budget within: the nearest tries, timed this often again
-# no budget within: cost models whose nearest measure this close to the speed-up of the
-# nearest of all go to the accuracy trial (one pair of models drifts 10-20% in spells)
+# speed-ups this close to the goal are not told apart (one pair of models drifts 10-20% in
+# spells): the trial's metric decides alone; past it, each 1% further off costs 1% of it
 NEAR_EQUAL = 0.10
 # the power law's prior: speed-up falls as 1/kept, held as strongly as two tries 10% apart
 PRIOR_SLOPE, PRIOR_WEIGHT = -1.0, 2 * (math.log(1.1) / 2) ** 2
@@ -91,8 +91,8 @@ def speed_candidates(
 ) -> list[SpeedCandidate]:
     """One budget per cost model that measured within the tolerance of ``goal`` (its try
     nearest the goal), in search order (latency table, FLOPs, uniform cuts), each
-    :func:`filled` with ``fill``; where none did, the nearest, timed again, and the cost
-    models' nearest that measure about as fast (:func:`fallback`).
+    :func:`filled` with ``fill``; where none did, each cost model's nearest, timed again
+    (:func:`fallback`).
 
     Each search starts from the FLOPs of the nearest budget so far, scaled by its miss. On a
     model of many small families the latency table can promise a speed-up none of its budgets
@@ -149,20 +149,19 @@ def speed_candidates(
 def fallback(
     model: nn.Module, tried: list[SpeedCandidate], goal: float, inputs: tuple[torch.Tensor, ...]
 ) -> list[SpeedCandidate]:
-    """Where no budget measured within the tolerance: the nearest, first, then each other
-    cost model's nearest whose speed-up is within ``NEAR_EQUAL`` of the nearest's, for
-    ``compress``'s accuracy trial.
+    """Where no budget measured within the tolerance: each cost model's nearest, the
+    nearest of all first, for ``compress``'s accuracy trial (which weighs their speed-ups by
+    :func:`discounted`).
 
     The ``FALLBACK_RETIMED`` nearest budgets, and each cost model's nearest, are timed
     ``RETIMINGS`` times afresh, in turn, and chosen again on those: a try chosen for its
     timing is the one whose timing erred towards the goal (a MobileNetV2 cut chosen at 2.90x
     measured 2.35-2.46x), and timings taken after the choice do not err its way. Speed
-    alone decides only between budgets its timings tell apart: the nearest may be the one
-    whose accuracy collapsed (benchmarks/results/compress_speed.md, a MobileNetV2 at a 3x
-    goal out of reach: uniform cuts measured 2.26x at 0.39 mean test accuracy after
-    fine-tuning, FLOP budgets 1.91x at 0.92). Nearest is as many times faster as
-    slower: a budget past the goal keeps less, and past it by 20% it costs accuracy a
-    budget 5% short would not have."""
+    alone does not choose: the nearest may be the one whose accuracy collapsed
+    (benchmarks/results/compress_speed.md, a MobileNetV2 at a 3x goal out of reach: uniform
+    cuts measured 2.26x at 0.39 mean test accuracy after fine-tuning, FLOP budgets 1.91x at
+    0.92). Nearest is as many times faster as slower: a budget past the goal keeps less, and
+    past it by 20% it costs accuracy a budget 5% short would not have."""
     distinct: dict[tuple[tuple[str, float], ...], SpeedCandidate] = {}
     for t in _nearest_first(tried, goal):  # a budget tried twice is the same model: timed once
         distinct.setdefault(tuple(sorted(t.budget.items())), t)
@@ -176,19 +175,26 @@ def fallback(
         for cut, times in zip(cuts, timings, strict=True):
             times.append(measured_speedup(model, cut, inputs, timings=1))
     medians = [statistics.median(times) for times in timings]
-    retimed = _nearest_first(
-        [
-            replace(t, speedup=median, within=_within(median, goal))
-            for t, median in zip(nearest, medians, strict=True)
-        ],
-        goal,
-    )
-    apart = math.log1p(NEAR_EQUAL)
+    retimed = [
+        replace(t, speedup=median, within=_within(median, goal))
+        for t, median in zip(nearest, medians, strict=True)
+    ]
     each: dict[str, SpeedCandidate] = {}
-    for t in retimed:
-        if _miss(t.speedup, retimed[0].speedup) <= apart:
-            each.setdefault(t.allocated_to, t)
+    for t in _nearest_first(retimed, goal):
+        each.setdefault(t.allocated_to, t)
     return list(each.values())
+
+
+def discounted(metric: float, speedup: float, goal: float) -> float:
+    """A trial's ``metric`` as the choice between speed candidates weighs it: whole within
+    ``NEAR_EQUAL`` of the goal, where timings do not tell speed-ups apart, and less 1% of its
+    size for each 1% further off, either way. A budget that comes nearer a goal out of reach
+    only by collapsing is not kept for its speed (benchmarks/results/compress_speed.md, a
+    MobileNetV2 at a 3x goal: uniform cuts at 2.90x, alone within 10% of the nearest, were
+    kept and ended at 0.41 test accuracy), and one 21% past the goal does not beat one 5%
+    short at equal accuracy."""
+    excess = max(0.0, _miss(speedup, goal) - math.log1p(NEAR_EQUAL))
+    return metric - abs(metric) * (1.0 - math.exp(-excess))
 
 
 def _nearest_first(tried: list[SpeedCandidate], goal: float) -> list[SpeedCandidate]:
